@@ -1,0 +1,186 @@
+//! `clients`, `keys` and `audit`: act on the database and keys folder directly, so they work
+//! with the broker stopped or running.
+
+use std::io::Write;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::Failure;
+use crate::audit::{self, ChainReport};
+use crate::clients::{self, NewClient};
+use crate::config::Config;
+use crate::domain::{Action, CallerKind, Scope, TenantId, WorkspaceId};
+use crate::store::Store;
+use crate::store::clients as client_rows;
+use crate::store::keys as key_rows;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum ClientsCmd {
+    /// Register a client; prints its id and secret once, as JSON.
+    Create {
+        /// Tenant (org) id.
+        #[arg(long)]
+        tenant: TenantId,
+        /// agent, workspace, operator, install or service.
+        #[arg(long)]
+        kind: CallerKind,
+        /// A human name.
+        #[arg(long)]
+        name: String,
+        /// The workspace a workspace (or agent) client is bound to.
+        #[arg(long)]
+        workspace: Option<WorkspaceId>,
+        /// Exactly these scopes (repeatable); default: the kind's defaults.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<Scope>,
+        /// A gated action this install client may bypass, audited (repeatable).
+        #[arg(long = "allow-bypass", value_name = "ACTION")]
+        allow_bypass: Vec<Action>,
+    },
+    /// List clients.
+    List,
+    /// Disable a client: its secret stops working at once.
+    Disable {
+        /// Client id.
+        id: String,
+    },
+    /// Issue a new secret; the old one stops working at once.
+    RotateSecret {
+        /// Client id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum KeysCmd {
+    /// List registered signing keys.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum AuditCmd {
+    /// Recompute every hash; exit 1 naming the first bad record.
+    Verify,
+    /// Write every record as JSON lines on stdout.
+    Export,
+}
+
+fn now() -> i64 {
+    crate::server::Clock::default().now()
+}
+
+fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}")?;
+    Ok(())
+}
+
+pub(super) async fn clients(config: &Config, cmd: ClientsCmd) -> Result<(), Failure> {
+    let store = Store::open(&config.database_url).await?;
+    let result = run_clients(config, &store, cmd).await;
+    store.close().await;
+    result
+}
+
+async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<(), Failure> {
+    match cmd {
+        ClientsCmd::Create { tenant, kind, name, workspace, scopes, allow_bypass } => {
+            let new = NewClient { tenant, kind, name, workspace, scopes, allow_bypass };
+            let (c, secret) = clients::create(store, &config.policy, new, "cli", now()).await?;
+            print_json(&json!({
+                "client_id": c.client_id,
+                "client_secret": secret.expose(),
+                "tenant": c.tenant,
+                "kind": c.kind,
+                "name": c.name,
+                "workspace": c.workspace,
+                "scope": c.scopes.to_string(),
+                "allow_bypass": c.allow_bypass,
+            }))
+        }
+        ClientsCmd::List => {
+            let list = client_rows::list(store).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} SCOPE", "CLIENT_ID", "TENANT", "KIND", "STATUS", "NAME", "WORKSPACE")?;
+            for c in list {
+                writeln!(
+                    out,
+                    "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {}",
+                    c.client_id,
+                    c.tenant,
+                    c.kind,
+                    if c.disabled { "disabled" } else { "active" },
+                    c.name,
+                    c.workspace.as_ref().map_or("-", |w| w.as_str()),
+                    c.scopes
+                )?;
+            }
+            Ok(())
+        }
+        ClientsCmd::Disable { id } => {
+            let c = clients::disable(store, &id, "cli", now()).await?;
+            print_json(&json!({ "client_id": c.client_id, "disabled": true }))
+        }
+        ClientsCmd::RotateSecret { id } => {
+            let (c, secret) = clients::rotate_secret(store, &id, "cli", now()).await?;
+            print_json(&json!({ "client_id": c.client_id, "client_secret": secret.expose() }))
+        }
+    }
+}
+
+pub(super) async fn keys(config: &Config, cmd: KeysCmd) -> Result<(), Failure> {
+    let store = Store::open(&config.database_url).await?;
+    match cmd {
+        KeysCmd::List => {
+            let rows = key_rows::list(&store).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{:<44} {:<6} {:<8} {:<12} {:<12} {:<12} {:<12}", "KID", "ALG", "HERE", "CREATED", "ACTIVATES", "RETIRED", "UNPUBLISH")?;
+            for k in rows {
+                let here = config.keys_dir.join(format!("{}.pem", k.kid)).exists();
+                let t = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
+                writeln!(
+                    out,
+                    "{:<44} {:<6} {:<8} {:<12} {:<12} {:<12} {:<12}",
+                    k.kid,
+                    k.alg,
+                    if here { "yes" } else { "no" },
+                    k.created_at,
+                    k.activates_at,
+                    t(k.retired_at),
+                    t(k.unpublish_at)
+                )?;
+            }
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub(super) async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Failure> {
+    let store = Store::open(&config.database_url).await?;
+    let result = match cmd {
+        AuditCmd::Verify => match audit::verify(&store).await? {
+            ChainReport::Intact { records } => {
+                println!("audit chain intact: {records} records");
+                Ok(())
+            }
+            ChainReport::Broken { seq, reason } => Err(Failure(format!("audit chain broken at record {seq}: {reason}"))),
+        },
+        AuditCmd::Export => {
+            let mut after = 0;
+            let mut out = std::io::stdout().lock();
+            loop {
+                let page = audit::read_page(&store, after, 1000).await?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for r in &page {
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
+                }
+            }
+            Ok(())
+        }
+    };
+    store.close().await;
+    result
+}

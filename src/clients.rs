@@ -1,0 +1,199 @@
+//! Client registration and authentication.
+//!
+//! A bootstrap secret is 256 random bits with the prefix `tessera_sk_`, so secret scanners
+//! can recognise a leaked one. Only its SHA-256 is stored: with 256 bits of entropy a slow
+//! password hash buys nothing and would cap the token endpoint.
+
+use ring::digest::{SHA256, digest};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::audit::{self, AuditEvent};
+use crate::domain::{Action, CallerKind, ClientId, Scope, ScopeSet, TenantId, WorkspaceId};
+use crate::policy::Policy;
+use crate::store::clients::{self as rows, ClientRecord};
+use crate::store::{Store, StoreError};
+use crate::token::b64;
+
+/// The prefix of every bootstrap secret.
+pub const SECRET_PREFIX: &str = "tessera_sk_";
+
+/// A bootstrap secret in memory: zeroed on drop, redacted in Debug.
+pub struct ClientSecret(Zeroizing<String>);
+
+impl ClientSecret {
+    /// Wraps a presented secret.
+    pub fn new(s: String) -> Self {
+        ClientSecret(Zeroizing::new(s))
+    }
+    /// The secret text, for the one place that prints it or hashes it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientSecret(***)")
+    }
+}
+
+/// Why a registration or change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request breaks a rule; the message says which.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such client.
+    #[error("no client {0}")]
+    NotFound(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What to register.
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Kind.
+    pub kind: CallerKind,
+    /// Human name.
+    pub name: String,
+    /// Bound workspace.
+    pub workspace: Option<WorkspaceId>,
+    /// Exactly these scopes; empty means the kind's defaults.
+    pub scopes: Vec<Scope>,
+    /// Gated actions the client may bypass (install clients only).
+    pub allow_bypass: Vec<Action>,
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
+    let mut b = [0u8; N];
+    SystemRandom::new().fill(&mut b).map_err(|_| StoreError::Setup("system random source failed".into()))?;
+    Ok(b)
+}
+
+fn new_secret() -> Result<ClientSecret, StoreError> {
+    let bytes = Zeroizing::new(random_bytes::<32>()?);
+    Ok(ClientSecret::new(format!("{SECRET_PREFIX}{}", b64::encode(bytes.as_ref()))))
+}
+
+/// The stored form of a secret: lowercase hex SHA-256.
+pub fn hash_secret(secret: &str) -> String {
+    digest(&SHA256, secret.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Registers a client; returns it with its secret, which is shown once and never stored.
+pub async fn create(store: &Store, policy: &Policy, new: NewClient, actor: &str, now: i64) -> Result<(ClientRecord, ClientSecret), ClientError> {
+    let name = new.name.trim();
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(ClientError::Invalid("name must be 1 to 128 printable characters".into()));
+    }
+    let ceiling = policy.ceiling(new.kind);
+    let scopes: ScopeSet = if new.scopes.is_empty() { policy.defaults(new.kind) } else { new.scopes.into_iter().collect() };
+    for s in scopes.iter() {
+        if policy.is_gated(s.as_str()) {
+            return Err(ClientError::Invalid(format!(
+                "{s} is a gated action, never a scope; gated actions run only on an approved capability"
+            )));
+        }
+        if !ceiling.contains(s.as_str()) {
+            return Err(ClientError::Invalid(format!("{s} is outside the {} ceiling ({ceiling})", new.kind)));
+        }
+    }
+    if new.workspace.is_some() && !matches!(new.kind, CallerKind::Workspace | CallerKind::Agent) {
+        return Err(ClientError::Invalid("--workspace applies to workspace and agent clients only".into()));
+    }
+    if new.kind == CallerKind::Workspace && new.workspace.is_none() {
+        return Err(ClientError::Invalid("a workspace client needs --workspace".into()));
+    }
+    if !new.allow_bypass.is_empty() && new.kind != CallerKind::Install {
+        return Err(ClientError::Invalid("--allow-bypass applies to install clients only".into()));
+    }
+    for a in &new.allow_bypass {
+        if !policy.is_gated(a.as_str()) {
+            return Err(ClientError::Invalid(format!("{a} is not a gated action")));
+        }
+    }
+    let client_id = ClientId::parse(&format!("tc_{}", b64::encode(&random_bytes::<16>()?)))
+        .map_err(|e| ClientError::Invalid(e.to_string()))?;
+    let secret = new_secret()?;
+    let record = ClientRecord {
+        client_id,
+        tenant: new.tenant,
+        kind: new.kind,
+        name: name.to_owned(),
+        workspace: new.workspace,
+        scopes,
+        allow_bypass: new.allow_bypass,
+        disabled: false,
+        created_at: now,
+    };
+    let event = AuditEvent::new(
+        "client.created",
+        actor,
+        record.tenant.as_str(),
+        record.client_id.as_str(),
+        json!({
+            "kind": record.kind, "name": record.name, "workspace": record.workspace,
+            "scope": record.scopes.to_string(),
+            "allow_bypass": record.allow_bypass,
+        }),
+    );
+    let mut tx = store.begin_write().await?;
+    rows::insert(&mut tx, &record, &hash_secret(secret.expose())).await?;
+    audit::append(&mut tx, store.backend(), &[event], now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok((record, secret))
+}
+
+/// Replaces a client's secret; the old one stops working at once.
+pub async fn rotate_secret(store: &Store, client_id: &str, actor: &str, now: i64) -> Result<(ClientRecord, ClientSecret), ClientError> {
+    let record = rows::get(store, client_id).await?.ok_or_else(|| ClientError::NotFound(client_id.to_owned()))?;
+    let secret = new_secret()?;
+    let mut tx = store.begin_write().await?;
+    if !rows::set_secret_hash(&mut tx, client_id, &hash_secret(secret.expose()), now).await? {
+        return Err(ClientError::NotFound(client_id.to_owned()));
+    }
+    let event = AuditEvent::new("client.secret_rotated", actor, record.tenant.as_str(), client_id, json!({}));
+    audit::append(&mut tx, store.backend(), &[event], now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok((record, secret))
+}
+
+/// Disables a client; its secret stops working at once.
+pub async fn disable(store: &Store, client_id: &str, actor: &str, now: i64) -> Result<ClientRecord, ClientError> {
+    let record = rows::get(store, client_id).await?.ok_or_else(|| ClientError::NotFound(client_id.to_owned()))?;
+    let mut tx = store.begin_write().await?;
+    if !rows::disable(&mut tx, client_id, now).await? {
+        return Err(ClientError::NotFound(client_id.to_owned()));
+    }
+    let event = AuditEvent::new("client.disabled", actor, record.tenant.as_str(), client_id, json!({}));
+    audit::append(&mut tx, store.backend(), &[event], now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(ClientRecord { disabled: true, ..record })
+}
+
+/// A hash no secret has: compared against when the client is unknown, so an unknown client
+/// and a wrong secret cost the same work.
+const UNKNOWN_CLIENT_HASH: &str = "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+
+/// Checks a client id and secret. Unknown client, wrong secret and disabled client all give
+/// `None` after the same steps: one lookup, one hash, one constant-time compare.
+pub async fn authenticate(store: &Store, client_id: &str, secret: &ClientSecret) -> Result<Option<ClientRecord>, StoreError> {
+    let found = rows::get_with_hash(store, client_id).await?;
+    let presented = hash_secret(secret.expose());
+    let (record, stored) = match found {
+        Some((r, h)) => (Some(r), h),
+        None => (None, UNKNOWN_CLIENT_HASH.to_owned()),
+    };
+    let equal: bool = presented.as_bytes().ct_eq(stored.as_bytes()).into();
+    Ok(match record {
+        Some(r) if equal && !r.disabled => Some(r),
+        _ => None,
+    })
+}

@@ -1,0 +1,328 @@
+//! Layered configuration: built-in defaults, then the TOML file named by `TESSERA_CONFIG` or
+//! `--config`, then `TESSERA_*` environment variables. An unknown key in the file is an error
+//! that names the key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::policy::{Policy, PolicyFile};
+
+/// A configuration problem, worded for the person who wrote the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// A database URL; its password never reaches Debug output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+    /// The URL itself, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Whether it names PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                let userinfo = &self.0[scheme_end + 3..at];
+                match userinfo.find(':') {
+                    Some(colon) => format!("{}{}:***{}", &self.0[..scheme_end + 3], &userinfo[..colon], &self.0[at..]),
+                    None => self.0.clone(),
+                }
+            }
+            _ => self.0.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Database URL.
+    pub database_url: DatabaseUrl,
+    /// Folder of private signing keys.
+    pub keys_dir: PathBuf,
+    /// Issuer URL, exactly as it appears in `iss`.
+    pub issuer: String,
+    /// Audience placed in `aud`.
+    pub audience: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Whole-request timeout, seconds.
+    pub request_timeout_secs: u64,
+    /// Largest accepted request body, bytes.
+    pub max_body_bytes: usize,
+    /// `Cache-Control: max-age` of the JWKS, seconds.
+    pub jwks_max_age_secs: u64,
+    /// Leeway the broker allows when it verifies tokens, seconds (at most 60).
+    pub leeway_secs: i64,
+    /// Failed client authentications allowed per client id and per peer, per minute.
+    pub failed_auth_per_minute: u32,
+    /// Successful token requests allowed per client per minute; 0 means unlimited.
+    pub token_requests_per_minute: u32,
+    /// The policy.
+    pub policy: Policy,
+}
+
+/// The TOML file. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    database_url: Option<String>,
+    keys_dir: Option<PathBuf>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    log_format: Option<LogFormat>,
+    request_timeout_secs: Option<u64>,
+    max_body_bytes: Option<usize>,
+    jwks_max_age_secs: Option<u64>,
+    leeway_secs: Option<i64>,
+    failed_auth_per_minute: Option<u32>,
+    token_requests_per_minute: Option<u32>,
+    policy: Option<PolicyFile>,
+}
+
+/// The environment variables read, with the file key each one overrides.
+pub const ENV_VARS: [(&str, &str); 12] = [
+    ("TESSERA_LISTEN", "listen"),
+    ("TESSERA_DATABASE_URL", "database_url"),
+    ("TESSERA_KEYS_DIR", "keys_dir"),
+    ("TESSERA_ISSUER", "issuer"),
+    ("TESSERA_AUDIENCE", "audience"),
+    ("TESSERA_LOG_FORMAT", "log_format"),
+    ("TESSERA_REQUEST_TIMEOUT_SECS", "request_timeout_secs"),
+    ("TESSERA_MAX_BODY_BYTES", "max_body_bytes"),
+    ("TESSERA_JWKS_MAX_AGE_SECS", "jwks_max_age_secs"),
+    ("TESSERA_LEEWAY_SECS", "leeway_secs"),
+    ("TESSERA_FAILED_AUTH_PER_MINUTE", "failed_auth_per_minute"),
+    ("TESSERA_TOKEN_REQUESTS_PER_MINUTE", "token_requests_per_minute"),
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
+            database_url: DatabaseUrl::new("sqlite://data/tessera.db"),
+            keys_dir: PathBuf::from("keys"),
+            issuer: "http://127.0.0.1:8700".to_owned(),
+            audience: "core".to_owned(),
+            log_format: LogFormat::Text,
+            request_timeout_secs: 10,
+            max_body_bytes: 16 * 1024,
+            jwks_max_age_secs: 300,
+            leeway_secs: 30,
+            failed_auth_per_minute: 30,
+            token_requests_per_minute: 0,
+            policy: Policy::default(),
+        }
+    }
+}
+
+fn parse_env<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
+    value.parse().map_err(|_| ConfigError(format!("{name}: cannot parse {value:?}")))
+}
+
+impl Config {
+    /// Loads the configuration from the file named by `--config` (or `TESSERA_CONFIG` in
+    /// `env`) and the environment `env`.
+    pub fn load(config_path: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let path = config_path.map(Path::to_path_buf).or_else(|| env.get("TESSERA_CONFIG").map(PathBuf::from));
+        let file = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", p.display())))?;
+                Self::parse_file(&text).map_err(|e| ConfigError(format!("{}: {}", p.display(), e.0)))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut c = Config::default();
+        if let Some(v) = file.listen {
+            c.listen = parse_env("listen", &v)?;
+        }
+        if let Some(v) = file.database_url {
+            c.database_url = DatabaseUrl::new(v);
+        }
+        if let Some(v) = file.keys_dir {
+            c.keys_dir = v;
+        }
+        if let Some(v) = file.issuer {
+            c.issuer = v;
+        }
+        if let Some(v) = file.audience {
+            c.audience = v;
+        }
+        if let Some(v) = file.log_format {
+            c.log_format = v;
+        }
+        if let Some(v) = file.request_timeout_secs {
+            c.request_timeout_secs = v;
+        }
+        if let Some(v) = file.max_body_bytes {
+            c.max_body_bytes = v;
+        }
+        if let Some(v) = file.jwks_max_age_secs {
+            c.jwks_max_age_secs = v;
+        }
+        if let Some(v) = file.leeway_secs {
+            c.leeway_secs = v;
+        }
+        if let Some(v) = file.failed_auth_per_minute {
+            c.failed_auth_per_minute = v;
+        }
+        if let Some(v) = file.token_requests_per_minute {
+            c.token_requests_per_minute = v;
+        }
+        if let Some(p) = &file.policy {
+            c.policy = Policy::from_file(p).map_err(|e| ConfigError(e.to_string()))?;
+        }
+        c.apply_env(env)?;
+        c.check()?;
+        Ok(c)
+    }
+
+    fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
+        // toml's message for an unknown key reads "unknown field `x`, expected one of …".
+        toml::from_str(text).map_err(|e| ConfigError(e.message().to_owned()))
+    }
+
+    fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        for (name, _) in ENV_VARS {
+            let Some(v) = env.get(name) else { continue };
+            match name {
+                "TESSERA_LISTEN" => self.listen = parse_env(name, v)?,
+                "TESSERA_DATABASE_URL" => self.database_url = DatabaseUrl::new(v.clone()),
+                "TESSERA_KEYS_DIR" => self.keys_dir = PathBuf::from(v),
+                "TESSERA_ISSUER" => self.issuer = v.clone(),
+                "TESSERA_AUDIENCE" => self.audience = v.clone(),
+                "TESSERA_LOG_FORMAT" => {
+                    self.log_format = match v.as_str() {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        _ => return Err(ConfigError(format!("{name}: expected text or json"))),
+                    }
+                }
+                "TESSERA_REQUEST_TIMEOUT_SECS" => self.request_timeout_secs = parse_env(name, v)?,
+                "TESSERA_MAX_BODY_BYTES" => self.max_body_bytes = parse_env(name, v)?,
+                "TESSERA_JWKS_MAX_AGE_SECS" => self.jwks_max_age_secs = parse_env(name, v)?,
+                "TESSERA_LEEWAY_SECS" => self.leeway_secs = parse_env(name, v)?,
+                "TESSERA_FAILED_AUTH_PER_MINUTE" => self.failed_auth_per_minute = parse_env(name, v)?,
+                "TESSERA_TOKEN_REQUESTS_PER_MINUTE" => self.token_requests_per_minute = parse_env(name, v)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let issuer_ok = (self.issuer.starts_with("https://") || self.issuer.starts_with("http://"))
+            && !self.issuer.contains(['?', '#'])
+            && !self.issuer.ends_with('/');
+        if !issuer_ok {
+            return Err(ConfigError("issuer must be an http(s) URL without query, fragment or trailing slash".into()));
+        }
+        if self.audience.is_empty() {
+            return Err(ConfigError("audience must not be empty".into()));
+        }
+        if !(0..=60).contains(&self.leeway_secs) {
+            return Err(ConfigError("leeway_secs must be between 0 and 60".into()));
+        }
+        if self.request_timeout_secs == 0 || self.max_body_bytes < 1024 {
+            return Err(ConfigError("request_timeout_secs must be positive and max_body_bytes at least 1024".into()));
+        }
+        if self.failed_auth_per_minute == 0 {
+            return Err(ConfigError("failed_auth_per_minute must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::load(None, &HashMap::new()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8700");
+        assert_eq!(c.database_url.expose(), "sqlite://data/tessera.db");
+        assert_eq!(c.keys_dir, PathBuf::from("keys"));
+        assert_eq!(c.issuer, "http://127.0.0.1:8700");
+        assert_eq!(c.audience, "core");
+        assert_eq!(c.policy.access_token_ttl_secs, 300);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "audience = \"file\"\nissuer = \"https://file.example\"\n[policy]\naccess_token_ttl_secs = 60\n").unwrap();
+        let c = Config::load(Some(&path), &env(&[("TESSERA_AUDIENCE", "env")])).unwrap();
+        assert_eq!(c.audience, "env");
+        assert_eq!(c.issuer, "https://file.example");
+        assert_eq!(c.policy.access_token_ttl_secs, 60);
+        let via_env = Config::load(None, &env(&[("TESSERA_CONFIG", path.to_str().unwrap())])).unwrap();
+        assert_eq!(via_env.audience, "file");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "audiense = \"x\"\n").unwrap();
+        let e = Config::load(Some(&path), &HashMap::new()).unwrap_err();
+        assert!(e.0.contains("audiense"), "{e}");
+        std::fs::write(&path, "[policy]\nacess_token_ttl_secs = 5\n").unwrap();
+        let e = Config::load(Some(&path), &HashMap::new()).unwrap_err();
+        assert!(e.0.contains("acess_token_ttl_secs"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::load(None, &env(&[("TESSERA_LISTEN", "nope")])).is_err());
+        assert!(Config::load(None, &env(&[("TESSERA_ISSUER", "ftp://x")])).is_err());
+        assert!(Config::load(None, &env(&[("TESSERA_LEEWAY_SECS", "61")])).is_err());
+    }
+
+    #[test]
+    fn database_password_is_redacted() {
+        let u = DatabaseUrl::new("postgres://tessera:s3cret@127.0.0.1:5432/t");
+        assert!(!format!("{u:?}").contains("s3cret"));
+        assert_eq!(u.redacted(), "postgres://tessera:***@127.0.0.1:5432/t");
+    }
+}

@@ -1,0 +1,359 @@
+//! Signing keys: generated with ring, kept as `<kid>.pem` (PKCS#8, mode 0600) in the keys
+//! folder, their public halves registered in the database so that every replica's JWKS lists
+//! every live key.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ring::digest::{SHA256, digest};
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::Serialize;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::audit::{self, AuditEvent};
+use crate::store::keys::{self as key_rows, KeyRow};
+use crate::store::{Store, StoreError};
+use crate::token::{ALG_EDDSA, TYP_ACCESS, TYP_CAPABILITY, b64, jws};
+use crate::verify::{KeyLookup, PublicKey};
+
+/// A key problem at start-up or rotation.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Reading or writing the keys folder failed.
+    #[error("keys folder {path}: {reason}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A key file is not what it must be.
+    #[error("key file {path}: {reason}")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> KeyError {
+    KeyError::Io { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+/// The RFC 7638 thumbprint of an Ed25519 public key, used as its `kid`.
+pub fn thumbprint(public_key: &[u8]) -> String {
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, b64::encode(public_key));
+    b64::encode(digest(&SHA256, canonical.as_bytes()).as_ref())
+}
+
+/// A private key that signs tokens. Its Debug output shows only the `kid`.
+pub struct Signer {
+    kid: String,
+    pair: Ed25519KeyPair,
+    header_access: String,
+    header_capability: String,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    fn new(pair: Ed25519KeyPair) -> Signer {
+        let kid = thumbprint(pair.public_key().as_ref());
+        Signer {
+            header_access: jws::encode_header(TYP_ACCESS, &kid),
+            header_capability: jws::encode_header(TYP_CAPABILITY, &kid),
+            kid,
+            pair,
+        }
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The raw public key.
+    pub fn public_key(&self) -> &[u8] {
+        self.pair.public_key().as_ref()
+    }
+
+    /// Signs an access token.
+    pub fn sign_access<C: Serialize>(&self, claims: &C) -> Result<String, serde_json::Error> {
+        jws::sign_ed25519(&self.header_access, claims, &self.pair)
+    }
+
+    /// Signs a capability token.
+    pub fn sign_capability<C: Serialize>(&self, claims: &C) -> Result<String, serde_json::Error> {
+        jws::sign_ed25519(&self.header_capability, claims, &self.pair)
+    }
+}
+
+fn pem_encode(der: &[u8]) -> Zeroizing<String> {
+    let b = Zeroizing::new(STANDARD.encode(der));
+    let mut out = Zeroizing::new(String::from("-----BEGIN PRIVATE KEY-----\n"));
+    for chunk in b.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END PRIVATE KEY-----\n");
+    out
+}
+
+fn pem_decode(text: &str) -> Option<Zeroizing<Vec<u8>>> {
+    let body = text.trim().strip_prefix("-----BEGIN PRIVATE KEY-----")?.strip_suffix("-----END PRIVATE KEY-----")?;
+    let joined: Zeroizing<String> = Zeroizing::new(body.split_ascii_whitespace().collect());
+    STANDARD.decode(joined.as_bytes()).ok().map(Zeroizing::new)
+}
+
+/// Creates the keys folder (mode 0700) if needed.
+fn ensure_dir(dir: &Path) -> Result<(), KeyError> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| io_err(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Generates a key, writes `<kid>.pem` with mode 0600, and returns its signer.
+pub fn generate(dir: &Path) -> Result<Signer, KeyError> {
+    ensure_dir(dir)?;
+    let rng = SystemRandom::new();
+    let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| io_err(dir, "key generation failed"))?;
+    let der = Zeroizing::new(doc.as_ref().to_vec());
+    let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| io_err(dir, "generated key did not parse"))?;
+    let signer = Signer::new(pair);
+    let path = dir.join(format!("{}.pem", signer.kid));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    f.write_all(pem_encode(&der).as_bytes()).map_err(|e| io_err(&path, e))?;
+    f.sync_all().map_err(|e| io_err(&path, e))?;
+    Ok(signer)
+}
+
+/// Loads every `<kid>.pem` in the folder, refusing files readable by others or whose name is
+/// not their key's thumbprint.
+pub fn load_dir(dir: &Path) -> Result<Vec<Signer>, KeyError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let path = entry.map_err(|e| io_err(dir, e))?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pem") {
+            continue;
+        }
+        let bad = |reason: &str| KeyError::BadKey { path: path.clone(), reason: reason.to_owned() };
+        let meta = std::fs::metadata(&path).map_err(|e| io_err(&path, e))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(bad("is readable by group or others; run chmod 600 on it"));
+        }
+        let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?);
+        let der = pem_decode(&text).ok_or_else(|| bad("is not a PKCS#8 PEM file"))?;
+        let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| bad("is not an Ed25519 PKCS#8 key"))?;
+        let signer = Signer::new(pair);
+        if path.file_stem().and_then(|s| s.to_str()) != Some(signer.kid.as_str()) {
+            return Err(bad("its name is not the key's thumbprint (<kid>.pem)"));
+        }
+        out.push(signer);
+    }
+    Ok(out)
+}
+
+/// The JWK of a registered key.
+pub fn jwk(row: &KeyRow) -> serde_json::Value {
+    json!({ "kty": "OKP", "crv": "Ed25519", "x": row.public_key, "kid": row.kid, "alg": row.alg, "use": "sig" })
+}
+
+/// The signing key of this replica and the published keys of all replicas.
+#[derive(Debug)]
+pub struct KeyRing {
+    store: Store,
+    signer: RwLock<Arc<Signer>>,
+    published: RwLock<Published>,
+    last_refresh: Mutex<Option<Instant>>,
+}
+
+#[derive(Debug, Default)]
+struct Published {
+    keys: HashMap<String, Arc<PublicKey>>,
+    jwks: Arc<String>,
+}
+
+/// Least time between two database refreshes caused by unknown `kid`s.
+const REFRESH_COOLDOWN: Duration = Duration::from_secs(1);
+
+impl KeyRing {
+    /// Loads the local keys, registers any the database lacks, generates one if there is
+    /// none that may sign, and reads the published set.
+    pub async fn load(store: Store, dir: &Path, now: i64) -> Result<KeyRing, KeyError> {
+        let local = load_dir(dir)?;
+        let rows = key_rows::list(&store).await?;
+        let mut usable: Vec<(i64, Signer)> = Vec::new();
+        for signer in local {
+            match rows.iter().find(|r| r.kid == signer.kid) {
+                Some(r) if r.retired_at.is_none() => usable.push((r.activates_at, signer)),
+                Some(_) => {}
+                None => {
+                    register(&store, &signer, now, now).await?;
+                    usable.push((now, signer));
+                }
+            }
+        }
+        usable.retain(|(activates, _)| *activates <= now);
+        usable.sort_by_key(|(activates, _)| *activates);
+        let signer = match usable.pop() {
+            Some((_, s)) => s,
+            None => {
+                let s = generate(dir)?;
+                register(&store, &s, now, now).await?;
+                s
+            }
+        };
+        let ring = KeyRing {
+            store,
+            signer: RwLock::new(Arc::new(signer)),
+            published: RwLock::new(Published::default()),
+            last_refresh: Mutex::new(None),
+        };
+        ring.refresh(now).await?;
+        Ok(ring)
+    }
+
+    /// The key this replica signs with.
+    pub fn signer(&self) -> Arc<Signer> {
+        match self.signer.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The JWKS document, as served.
+    pub fn jwks(&self) -> Arc<String> {
+        match self.published.read() {
+            Ok(g) => g.jwks.clone(),
+            Err(poisoned) => poisoned.into_inner().jwks.clone(),
+        }
+    }
+
+    /// Re-reads the published keys from the database.
+    pub async fn refresh(&self, now: i64) -> Result<(), StoreError> {
+        let rows = key_rows::published(&self.store, now).await?;
+        let mut keys = HashMap::new();
+        let mut jwks = Vec::new();
+        for r in &rows {
+            let Ok(raw) = b64::decode(&r.public_key) else { continue };
+            if raw.len() != 32 || r.alg != ALG_EDDSA {
+                continue;
+            }
+            keys.insert(r.kid.clone(), Arc::new(PublicKey { kid: r.kid.clone(), alg: r.alg.clone(), raw }));
+            jwks.push(jwk(r));
+        }
+        let doc = Arc::new(json!({ "keys": jwks }).to_string());
+        match self.published.write() {
+            Ok(mut g) => *g = Published { keys, jwks: doc },
+            Err(poisoned) => *poisoned.into_inner() = Published { keys, jwks: doc },
+        }
+        if let Ok(mut t) = self.last_refresh.lock() {
+            *t = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Refreshes after an unknown `kid`, at most once per cooldown. Returns whether it did.
+    pub async fn refresh_for_unknown(&self, now: i64) -> bool {
+        let due = match self.last_refresh.lock() {
+            Ok(mut t) => {
+                let due = t.is_none_or(|at| at.elapsed() >= REFRESH_COOLDOWN);
+                if due {
+                    *t = Some(Instant::now());
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        due && self.refresh(now).await.is_ok()
+    }
+}
+
+impl KeyLookup for KeyRing {
+    fn lookup(&self, kid: &str) -> Option<Arc<PublicKey>> {
+        match self.published.read() {
+            Ok(g) => g.keys.get(kid).cloned(),
+            Err(poisoned) => poisoned.into_inner().keys.get(kid).cloned(),
+        }
+    }
+}
+
+/// Registers a signer's public half and audits it.
+pub async fn register(store: &Store, signer: &Signer, now: i64, activates_at: i64) -> Result<(), StoreError> {
+    let row = KeyRow {
+        kid: signer.kid.clone(),
+        alg: ALG_EDDSA.to_owned(),
+        public_key: b64::encode(signer.public_key()),
+        created_at: now,
+        activates_at,
+        retired_at: None,
+        unpublish_at: None,
+    };
+    let mut tx = store.begin_write().await?;
+    key_rows::insert(&mut tx, &row).await?;
+    audit::append(&mut tx, store.backend(), &[AuditEvent::new("key.registered", "broker", "", &row.kid, json!({"alg": row.alg, "activates_at": activates_at}))], now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_then_load_round_trips_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = generate(dir.path()).unwrap();
+        let path = dir.path().join(format!("{}.pem", s.kid()));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let loaded = load_dir(dir.path()).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].kid(), s.kid());
+        assert!(!format!("{s:?}").contains("pair"));
+    }
+
+    #[test]
+    fn refuses_loose_permissions_and_renamed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = generate(dir.path()).unwrap();
+        let path = dir.path().join(format!("{}.pem", s.kid()));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(load_dir(dir.path()), Err(KeyError::BadKey { .. })));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&path, dir.path().join("other.pem")).unwrap();
+        assert!(matches!(load_dir(dir.path()), Err(KeyError::BadKey { .. })));
+    }
+
+    #[test]
+    fn thumbprint_matches_rfc8037_example() {
+        // RFC 8037 Appendix A.3: the thumbprint of the example Ed25519 key.
+        let x = b64::decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo").unwrap();
+        assert_eq!(thumbprint(&x), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+    }
+}

@@ -1,0 +1,325 @@
+//! The policy: scope catalogue, gated actions, each caller kind's ceiling and defaults, TTLs
+//! and quorum. Built-in defaults, overridable from the configuration file.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+
+use crate::domain::{Action, CallerKind, Scope, ScopeSet};
+use crate::token::MAX_LIFETIME_SECS;
+
+/// The gated actions of the default policy (design §5).
+pub const DEFAULT_GATED_ACTIONS: [&str; 5] =
+    ["org_token_mint", "secret_write", "workspace_delete", "workspace_deprovision", "workspace_token_mint"];
+
+/// Scopes only an operator may ever hold.
+pub const OPERATOR_ONLY_SCOPES: [&str; 2] = ["approvals:read", "approvals:decide"];
+
+const CATALOGUE: [&str; 13] = [
+    "workspaces:read",
+    "workspaces:write",
+    "plugins:read",
+    "plugins:write",
+    "budgets:read",
+    "budgets:write",
+    "secrets:list",
+    "approvals:create",
+    "approvals:read",
+    "approvals:decide",
+    "tokens:introspect",
+    "tokens:revoke",
+    "tokens:exchange",
+];
+
+fn default_ceiling(kind: CallerKind) -> &'static [&'static str] {
+    match kind {
+        CallerKind::Agent | CallerKind::Install => &[
+            "workspaces:read",
+            "workspaces:write",
+            "plugins:read",
+            "plugins:write",
+            "budgets:read",
+            "budgets:write",
+            "secrets:list",
+            "approvals:create",
+            "tokens:exchange",
+        ],
+        CallerKind::Workspace => &[
+            "workspaces:read",
+            "workspaces:write",
+            "plugins:read",
+            "budgets:read",
+            "secrets:list",
+            "approvals:create",
+        ],
+        CallerKind::Operator => &[
+            "workspaces:read",
+            "plugins:read",
+            "budgets:read",
+            "secrets:list",
+            "approvals:read",
+            "approvals:decide",
+            "tokens:introspect",
+            "tokens:revoke",
+        ],
+        CallerKind::Service => &["tokens:introspect"],
+    }
+}
+
+fn default_defaults(kind: CallerKind) -> &'static [&'static str] {
+    match kind {
+        CallerKind::Agent | CallerKind::Install => &["workspaces:read", "workspaces:write", "approvals:create"],
+        CallerKind::Workspace => &["workspaces:read", "approvals:create"],
+        CallerKind::Operator => &["workspaces:read", "approvals:read", "approvals:decide"],
+        CallerKind::Service => &["tokens:introspect"],
+    }
+}
+
+/// A policy error: the configuration breaks a rule no configuration may break.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy: {0}")]
+pub struct PolicyError(pub String);
+
+/// One caller kind's scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindPolicy {
+    /// Everything a client of this kind may ever hold.
+    pub ceiling: ScopeSet,
+    /// What a client registered without `--scope` gets.
+    pub defaults: ScopeSet,
+}
+
+/// The effective policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    catalogue: ScopeSet,
+    gated: BTreeSet<String>,
+    kinds: BTreeMap<CallerKind, KindPolicy>,
+    /// Access-token lifetime, seconds.
+    pub access_token_ttl_secs: i64,
+    /// Capability lifetime after approval, seconds.
+    pub capability_ttl_secs: i64,
+    /// How long a request stays pending, seconds.
+    pub approval_ttl_secs: i64,
+    quorum: BTreeMap<String, u32>,
+}
+
+/// The `[policy]` table of the configuration file. Every field is optional; what is absent
+/// keeps its built-in default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Extra scopes added to the catalogue.
+    pub extra_scopes: Option<Vec<String>>,
+    /// The gated actions (replaces the default list).
+    pub gated_actions: Option<Vec<String>>,
+    /// Access-token lifetime, seconds (at most 900).
+    pub access_token_ttl_secs: Option<i64>,
+    /// Capability lifetime, seconds (at most 900).
+    pub capability_ttl_secs: Option<i64>,
+    /// Pending-request lifetime, seconds.
+    pub approval_ttl_secs: Option<i64>,
+    /// Quorum per action.
+    pub quorum: Option<BTreeMap<String, u32>>,
+    /// Per-kind ceilings and defaults.
+    pub kinds: Option<BTreeMap<CallerKind, KindFile>>,
+}
+
+/// A `[policy.kinds.<kind>]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindFile {
+    /// Replaces the kind's ceiling.
+    pub ceiling: Option<Vec<String>>,
+    /// Replaces the kind's defaults.
+    pub defaults: Option<Vec<String>>,
+}
+
+fn scope_set(list: &[&str]) -> ScopeSet {
+    list.iter().filter_map(|s| Scope::parse(s).ok()).collect()
+}
+
+fn parse_scopes(what: &str, list: &[String]) -> Result<ScopeSet, PolicyError> {
+    list.iter()
+        .map(|s| Scope::parse(s).map_err(|e| PolicyError(format!("{what}: {e}"))))
+        .collect()
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        let kinds = CallerKind::ALL
+            .into_iter()
+            .map(|k| (k, KindPolicy { ceiling: scope_set(default_ceiling(k)), defaults: scope_set(default_defaults(k)) }))
+            .collect();
+        Policy {
+            catalogue: scope_set(&CATALOGUE),
+            gated: DEFAULT_GATED_ACTIONS.iter().map(|s| (*s).to_owned()).collect(),
+            kinds,
+            access_token_ttl_secs: 300,
+            capability_ttl_secs: 300,
+            approval_ttl_secs: 3600,
+            quorum: BTreeMap::new(),
+        }
+    }
+}
+
+impl Policy {
+    /// The default policy with the file's overrides applied, then checked.
+    pub fn from_file(file: &PolicyFile) -> Result<Self, PolicyError> {
+        let mut p = Policy::default();
+        if let Some(extra) = &file.extra_scopes {
+            for s in parse_scopes("extra_scopes", extra)?.iter() {
+                p.catalogue.insert(s.clone());
+            }
+        }
+        if let Some(gated) = &file.gated_actions {
+            p.gated = gated
+                .iter()
+                .map(|a| Action::parse(a).map(|a| a.as_str().to_owned()).map_err(|e| PolicyError(format!("gated_actions: {e}"))))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = file.access_token_ttl_secs {
+            p.access_token_ttl_secs = v;
+        }
+        if let Some(v) = file.capability_ttl_secs {
+            p.capability_ttl_secs = v;
+        }
+        if let Some(v) = file.approval_ttl_secs {
+            p.approval_ttl_secs = v;
+        }
+        if let Some(q) = &file.quorum {
+            p.quorum = q.clone();
+        }
+        if let Some(kinds) = &file.kinds {
+            for (kind, kf) in kinds {
+                let entry = p.kinds.entry(*kind).or_insert_with(|| KindPolicy { ceiling: ScopeSet::default(), defaults: ScopeSet::default() });
+                if let Some(c) = &kf.ceiling {
+                    entry.ceiling = parse_scopes(&format!("kinds.{kind}.ceiling"), c)?;
+                }
+                if let Some(d) = &kf.defaults {
+                    entry.defaults = parse_scopes(&format!("kinds.{kind}.defaults"), d)?;
+                }
+            }
+        }
+        p.check()?;
+        Ok(p)
+    }
+
+    /// Checks the rules that no configuration may break.
+    pub fn check(&self) -> Result<(), PolicyError> {
+        for (what, ttl, max) in [
+            ("access_token_ttl_secs", self.access_token_ttl_secs, MAX_LIFETIME_SECS),
+            ("capability_ttl_secs", self.capability_ttl_secs, MAX_LIFETIME_SECS),
+            ("approval_ttl_secs", self.approval_ttl_secs, 7 * 24 * 3600),
+        ] {
+            if !(1..=max).contains(&ttl) {
+                return Err(PolicyError(format!("{what} must be between 1 and {max}")));
+            }
+        }
+        for g in &self.gated {
+            if self.catalogue.contains(g) {
+                return Err(PolicyError(format!("gated action {g:?} cannot also be a scope")));
+            }
+        }
+        for (action, q) in &self.quorum {
+            if !self.gated.contains(action) {
+                return Err(PolicyError(format!("quorum names {action:?}, which is not a gated action")));
+            }
+            if !(1..=16).contains(q) {
+                return Err(PolicyError(format!("quorum for {action:?} must be between 1 and 16")));
+            }
+        }
+        for (kind, kp) in &self.kinds {
+            if !kp.ceiling.is_subset(&self.catalogue) {
+                let extra = kp.ceiling.difference(&self.catalogue);
+                return Err(PolicyError(format!("{kind} ceiling names scopes outside the catalogue: {extra}")));
+            }
+            if !kp.defaults.is_subset(&kp.ceiling) {
+                let extra = kp.defaults.difference(&kp.ceiling);
+                return Err(PolicyError(format!("{kind} defaults exceed its ceiling: {extra}")));
+            }
+            if *kind != CallerKind::Operator {
+                for s in OPERATOR_ONLY_SCOPES {
+                    if kp.ceiling.contains(s) {
+                        return Err(PolicyError(format!("only operators may hold {s}; remove it from the {kind} ceiling")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is a gated action.
+    pub fn is_gated(&self, name: &str) -> bool {
+        self.gated.contains(name)
+    }
+
+    /// The gated actions.
+    pub fn gated_actions(&self) -> impl Iterator<Item = &str> {
+        self.gated.iter().map(String::as_str)
+    }
+
+    /// The scope catalogue.
+    pub fn catalogue(&self) -> &ScopeSet {
+        &self.catalogue
+    }
+
+    /// The kind's ceiling (empty if the kind is unknown to the policy).
+    pub fn ceiling(&self, kind: CallerKind) -> ScopeSet {
+        self.kinds.get(&kind).map(|k| k.ceiling.clone()).unwrap_or_default()
+    }
+
+    /// The kind's default scopes.
+    pub fn defaults(&self, kind: CallerKind) -> ScopeSet {
+        self.kinds.get(&kind).map(|k| k.defaults.clone()).unwrap_or_default()
+    }
+
+    /// The quorum for a gated action (default 1).
+    pub fn quorum(&self, action: &str) -> u32 {
+        self.quorum.get(action).copied().unwrap_or(1)
+    }
+
+    /// What a client of `kind` registered with `granted` may be issued now: the
+    /// registration, within today's ceiling, never a gated action.
+    pub fn allowed(&self, kind: CallerKind, granted: &ScopeSet) -> ScopeSet {
+        let mut s = granted.intersection(&self.ceiling(kind));
+        s.retain(|sc| !self.is_gated(sc.as_str()));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_hold_the_rules() {
+        let p = Policy::default();
+        p.check().unwrap();
+        for kind in CallerKind::ALL {
+            for g in DEFAULT_GATED_ACTIONS {
+                assert!(!p.ceiling(kind).contains(g));
+            }
+            let decide = p.ceiling(kind).contains("approvals:decide");
+            assert_eq!(decide, kind == CallerKind::Operator, "{kind}");
+        }
+        assert_eq!(p.defaults(CallerKind::Agent).to_string(), "approvals:create workspaces:read workspaces:write");
+        assert_eq!(p.defaults(CallerKind::Service).to_string(), "tokens:introspect");
+        assert_eq!(p.quorum("secret_write"), 1);
+    }
+
+    #[test]
+    fn configuration_cannot_break_the_rules() {
+        let give_decide = PolicyFile {
+            kinds: Some([(CallerKind::Agent, KindFile { ceiling: Some(vec!["approvals:decide".into()]), defaults: Some(vec![]) })].into()),
+            ..Default::default()
+        };
+        assert!(Policy::from_file(&give_decide).unwrap_err().0.contains("only operators"));
+        let gated_scope = PolicyFile { extra_scopes: Some(vec!["secret_write".into()]), ..Default::default() };
+        assert!(Policy::from_file(&gated_scope).is_err());
+        let long = PolicyFile { access_token_ttl_secs: Some(901), ..Default::default() };
+        assert!(Policy::from_file(&long).is_err());
+        let q = PolicyFile { quorum: Some([("secret_write".to_owned(), 2)].into()), ..Default::default() };
+        assert_eq!(Policy::from_file(&q).unwrap().quorum("secret_write"), 2);
+    }
+}

@@ -1,0 +1,210 @@
+//! The HTTP server: `app(state)` builds the router; [`Application`] binds and serves it.
+
+pub mod error;
+mod health;
+mod oauth;
+mod wellknown;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::audit::AuditWriter;
+use crate::config::Config;
+use crate::keys::KeyRing;
+use crate::store::Store;
+pub use error::{ApiError, ApiResult};
+
+/// Wall-clock time in Unix seconds, with an offset tests can move. Domain code takes `now`
+/// as a parameter; this is read once per request at the edge.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    offset: Arc<AtomicI64>,
+}
+
+impl Clock {
+    /// Now, Unix seconds.
+    pub fn now(&self) -> i64 {
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        secs + self.offset.load(Ordering::Relaxed)
+    }
+    /// Moves this clock forward (tests).
+    pub fn advance(&self, secs: i64) {
+        self.offset.fetch_add(secs, Ordering::Relaxed);
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    store: Store,
+    keys: KeyRing,
+    audit: AuditWriter,
+    clock: Clock,
+}
+
+impl AppState {
+    /// Opens storage and keys for `config`.
+    pub async fn open(config: Config, clock: Clock) -> anyhow::Result<AppState> {
+        let store = Store::open(&config.database_url).await?;
+        let keys = KeyRing::load(store.clone(), &config.keys_dir, clock.now()).await?;
+        let audit = AuditWriter::start(store.clone());
+        Ok(AppState { inner: Arc::new(Inner { config, store, keys, audit, clock }) })
+    }
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    /// The keys.
+    pub fn keys(&self) -> &KeyRing {
+        &self.inner.keys
+    }
+    /// The group-commit audit writer.
+    pub fn audit(&self) -> &AuditWriter {
+        &self.inner.audit
+    }
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+    /// Now, Unix seconds.
+    pub fn now(&self) -> i64 {
+        self.inner.clock.now()
+    }
+}
+
+/// The router, without a socket: tests may drive it with `oneshot`.
+pub fn app(state: AppState) -> Router {
+    let timeout = Duration::from_secs(state.config().request_timeout_secs);
+    Router::new()
+        .merge(wellknown::routes())
+        .merge(oauth::routes())
+        .merge(health::routes())
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(middleware::from_fn(error_shape))
+        .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(
+            // Spans carry the method and path only: never the query, never a header.
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .with_state(state)
+}
+
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::unavailable(&"request timed out").into_response(),
+    }
+}
+
+/// Gives framework-made answers (405 and the like, which have no JSON body) the pinned shape.
+async fn error_shape(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if is_json || res.status().is_success() || res.status().is_redirection() {
+        return res;
+    }
+    match res.status() {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allow = res.headers().get(header::ALLOW).cloned();
+            let mut out = ApiError::method_not_allowed().into_response();
+            if let Some(a) = allow {
+                out.headers_mut().insert(header::ALLOW, a);
+            }
+            out
+        }
+        StatusCode::NOT_FOUND => ApiError::not_found("no such endpoint").into_response(),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::invalid_request("request body too large").into_response(),
+        s if s.is_client_error() => ApiError::invalid_request("malformed request").into_response(),
+        _ => res,
+    }
+}
+
+/// A bound, ready-to-serve broker.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Opens storage and keys and binds the configured address.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(config.listen).await?;
+        Self::build_with_listener(config, listener, Clock::default()).await
+    }
+
+    /// Opens storage and keys and serves on `listener` (tests bind port 0 first).
+    pub async fn build_with_listener(config: Config, listener: TcpListener, clock: Clock) -> anyhow::Result<Application> {
+        let state = AppState::open(config, clock).await?;
+        Ok(Application { listener, state })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until SIGTERM or ctrl-c, then drains in-flight requests.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes.
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let router = app(self.state.clone());
+        axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stop)
+            .await?;
+        self.state.store().close().await;
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,227 @@
+//! `POST /oauth/token` (RFC 6749 §4.4 client credentials).
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::to_bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::json;
+
+use super::{ApiError, ApiResult, AppState};
+use crate::audit::AuditEvent;
+use crate::clients::{self, ClientSecret};
+use crate::domain::ScopeSet;
+use crate::store::clients::ClientRecord;
+use crate::token::claims::Audience;
+use crate::token::{AccessClaims, b64};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/oauth/token", post(token).fallback(|| async { ApiError::method_not_allowed() }))
+}
+
+/// The longest client id or secret considered at all.
+const MAX_CREDENTIAL_LEN: usize = 256;
+
+/// A parsed `application/x-www-form-urlencoded` body in which no parameter repeats.
+pub(super) struct Form(HashMap<String, String>);
+
+impl Form {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+/// Reads an OAuth request: parameters only in the body, the right content type, a bounded
+/// size, no parameter twice (RFC 6749 §3.2).
+pub(super) async fn read_form(state: &AppState, req: Request) -> ApiResult<(HeaderMap, Form)> {
+    let (parts, body) = req.into_parts();
+    if parts.uri.query().is_some_and(|q| !q.is_empty()) {
+        return Err(ApiError::invalid_request(
+            "parameters belong in the request body; never put credentials or tokens in the URL",
+        ));
+    }
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(ApiError::invalid_request("Content-Type must be application/x-www-form-urlencoded"));
+    }
+    let limit = state.config().max_body_bytes;
+    let bytes = to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(&bytes).map_err(|_| ApiError::invalid_request("the body is not a valid form"))?;
+    let mut map = HashMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        if map.contains_key(&k) {
+            let shown: String = k.chars().take(32).collect();
+            return Err(ApiError::invalid_request(format!("parameter {shown:?} appears more than once")));
+        }
+        map.insert(k, v);
+    }
+    Ok((parts.headers, Form(map)))
+}
+
+/// Client credentials as presented, before they are checked.
+pub(super) struct PresentedCredentials {
+    pub(super) client_id: String,
+    pub(super) secret: ClientSecret,
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let plus_as_space = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space).decode_utf8().ok().map(|c| c.into_owned())
+}
+
+/// Finds the one client authentication method used: HTTP Basic (`client_secret_basic`) or
+/// `client_id` and `client_secret` in the body (`client_secret_post`).
+pub(super) fn presented_credentials(headers: &HeaderMap, form: &Form) -> ApiResult<PresentedCredentials> {
+    let basic = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => {
+            let v = v.to_str().map_err(|_| ApiError::invalid_client("malformed Authorization header"))?;
+            let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+            if !scheme.eq_ignore_ascii_case("basic") {
+                return Err(ApiError::invalid_client(
+                    "unsupported client authentication; use HTTP Basic or client_secret_post",
+                ));
+            }
+            let decoded = STANDARD
+                .decode(rest.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::invalid_client("malformed Basic credentials"))?;
+            let (id, secret) = decoded.split_once(':').ok_or_else(|| ApiError::invalid_client("malformed Basic credentials"))?;
+            let id = percent_decode(id).ok_or_else(|| ApiError::invalid_client("malformed Basic credentials"))?;
+            let secret = percent_decode(secret).ok_or_else(|| ApiError::invalid_client("malformed Basic credentials"))?;
+            Some((id, secret))
+        }
+    };
+    let (id, secret) = match (basic, form.get("client_id"), form.get("client_secret")) {
+        (Some(_), _, Some(_)) => {
+            return Err(ApiError::invalid_request("use exactly one client authentication method, not HTTP Basic and client_secret together"));
+        }
+        (Some((id, secret)), Some(body_id), None) if body_id != id => {
+            let _ = secret;
+            return Err(ApiError::invalid_request("client_id in the body does not match HTTP Basic"));
+        }
+        (Some((id, secret)), _, None) => (id, secret),
+        (None, Some(id), Some(secret)) => (id.to_owned(), secret.to_owned()),
+        (None, _, _) => return Err(ApiError::invalid_client("client authentication required (HTTP Basic or client_secret_post)")),
+    };
+    Ok(PresentedCredentials { client_id: id, secret: ClientSecret::new(secret) })
+}
+
+/// Authenticates the client. Unknown client, wrong secret and disabled client give the same
+/// answer after the same work.
+pub(super) async fn authenticate(state: &AppState, creds: &PresentedCredentials) -> ApiResult<ClientRecord> {
+    let failed = || ApiError::invalid_client("client authentication failed");
+    if creds.client_id.is_empty() || creds.client_id.len() > MAX_CREDENTIAL_LEN || creds.secret.expose().len() > MAX_CREDENTIAL_LEN {
+        return Err(failed());
+    }
+    match clients::authenticate(state.store(), &creds.client_id, &creds.secret).await? {
+        Some(c) => Ok(c),
+        None => {
+            tracing::info!(client_id = %creds.client_id.chars().take(64).collect::<String>(), "client authentication failed");
+            Err(failed())
+        }
+    }
+}
+
+/// A fresh 128-bit token id.
+pub(super) fn new_jti() -> ApiResult<String> {
+    let mut b = [0u8; 16];
+    SystemRandom::new().fill(&mut b).map_err(|_| ApiError::internal(&"random source failed"))?;
+    Ok(b64::encode(&b))
+}
+
+/// The scopes to grant: what was asked for, each of it allowed, or everything allowed.
+pub(super) fn select_scopes(state: &AppState, client: &ClientRecord, requested: Option<&str>) -> ApiResult<ScopeSet> {
+    let policy = &state.config().policy;
+    let allowed = policy.allowed(client.kind, &client.scopes);
+    let Some(raw) = requested else { return Ok(allowed) };
+    for word in raw.split_ascii_whitespace() {
+        if policy.is_gated(word) {
+            let shown: String = word.chars().take(64).collect();
+            return Err(ApiError::invalid_scope(format!(
+                "{shown} is a gated action and is never granted as a scope; request it through an approval (POST /v1/approvals) and present the capability"
+            )));
+        }
+    }
+    let wanted = ScopeSet::parse_list(raw).map_err(|e| ApiError::invalid_scope(e.to_string()))?;
+    if wanted.is_empty() {
+        return Err(ApiError::invalid_scope("scope is empty; omit it to get every allowed scope"));
+    }
+    let outside = wanted.difference(&allowed);
+    if !outside.is_empty() {
+        return Err(ApiError::invalid_scope(format!("not granted to this client: {outside}")));
+    }
+    Ok(wanted)
+}
+
+/// Mints an access token for `client`, audits it, and builds the token response.
+pub(super) async fn issue_access_token(
+    state: &AppState,
+    client: &ClientRecord,
+    scopes: ScopeSet,
+    grant: &str,
+    now: i64,
+) -> ApiResult<Response> {
+    let ttl = state.config().policy.access_token_ttl_secs;
+    let claims = AccessClaims {
+        iss: state.config().issuer.clone(),
+        sub: client.client_id.to_string(),
+        client_id: client.client_id.to_string(),
+        aud: Audience::One(state.config().audience.clone()),
+        iat: now,
+        nbf: now,
+        exp: now + ttl,
+        jti: new_jti()?,
+        scope: scopes.to_string(),
+        tenant: client.tenant.to_string(),
+        caller_kind: client.kind,
+        workspace: client.workspace.as_ref().map(|w| w.to_string()),
+        act: None,
+    };
+    let token = state.keys().signer().sign_access(&claims).map_err(|e| ApiError::internal(&e))?;
+    let event = AuditEvent::new(
+        "token.issued",
+        client.client_id.as_str(),
+        client.tenant.as_str(),
+        &claims.jti,
+        json!({ "grant": grant, "sub": claims.sub, "kind": client.kind, "scope": claims.scope, "exp": claims.exp }),
+    );
+    state.audit().record(event, now).await.map_err(|e| ApiError::unavailable(&e))?;
+    let mut res = axum::Json(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "scope": claims.scope,
+    }))
+    .into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(res)
+}
+
+async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
+    let (headers, form) = read_form(&state, req).await?;
+    let Some(grant_type) = form.get("grant_type") else {
+        return Err(ApiError::invalid_request("grant_type is required"));
+    };
+    let grant_type = grant_type.to_owned();
+    let creds = presented_credentials(&headers, &form)?;
+    let client = authenticate(&state, &creds).await?;
+    let now = state.now();
+    match grant_type.as_str() {
+        "client_credentials" => {
+            let scopes = select_scopes(&state, &client, form.get("scope"))?;
+            issue_access_token(&state, &client, scopes, "client_credentials", now).await
+        }
+        _ => Err(ApiError::unsupported_grant_type("supported grant types: client_credentials")),
+    }
+}

@@ -1,0 +1,42 @@
+//! `/.well-known/jwks.json` and RFC 8414 metadata.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    let body = state.keys().jwks();
+    let max_age = state.config().jwks_max_age_secs;
+    let mut res = (*body).clone().into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    res
+}
+
+async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let iss = &state.config().issuer;
+    let scopes: Vec<String> = state.config().policy.catalogue().iter().map(|s| s.to_string()).collect();
+    Json(json!({
+        "issuer": iss,
+        "token_endpoint": format!("{iss}/oauth/token"),
+        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "response_types_supported": [],
+        "scopes_supported": scopes,
+    }))
+}

@@ -1,0 +1,124 @@
+//! The `clients` table.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::{Store, StoreError, parse_col};
+use crate::domain::{Action, CallerKind, ClientId, ScopeSet, TenantId, WorkspaceId};
+
+/// A registered client, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClientRecord {
+    /// The client id.
+    pub client_id: ClientId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its kind, fixed at registration.
+    pub kind: CallerKind,
+    /// A human name.
+    pub name: String,
+    /// The bound workspace, if any.
+    pub workspace: Option<WorkspaceId>,
+    /// The scopes it was registered with.
+    pub scopes: ScopeSet,
+    /// Gated actions it may take the audited bypass for (install clients only).
+    pub allow_bypass: Vec<Action>,
+    /// Whether it is disabled.
+    pub disabled: bool,
+    /// Registration time, Unix seconds.
+    pub created_at: i64,
+}
+
+const COLUMNS: &str = "client_id, tenant, kind, name, workspace, scopes, allow_bypass, disabled, created_at";
+
+fn from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
+    let client_id: String = row.try_get("client_id")?;
+    let tenant: String = row.try_get("tenant")?;
+    let kind: String = row.try_get("kind")?;
+    let workspace: Option<String> = row.try_get("workspace")?;
+    let scopes: String = row.try_get("scopes")?;
+    let bypass: String = row.try_get("allow_bypass")?;
+    Ok(ClientRecord {
+        client_id: parse_col("client_id", &client_id)?,
+        tenant: parse_col("tenant", &tenant)?,
+        kind: parse_col("kind", &kind)?,
+        name: row.try_get("name")?,
+        workspace: workspace.map(|w| parse_col("workspace", &w)).transpose()?,
+        scopes: ScopeSet::parse_list(&scopes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        allow_bypass: bypass
+            .split_ascii_whitespace()
+            .map(|a| Action::parse(a).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect::<Result<_, _>>()?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Inserts a client with its secret hash.
+pub async fn insert(conn: &mut AnyConnection, c: &ClientRecord, secret_hash: &str) -> Result<(), StoreError> {
+    let bypass: Vec<&str> = c.allow_bypass.iter().map(Action::as_str).collect();
+    sqlx::query(
+        "INSERT INTO clients (client_id, tenant, kind, name, workspace, scopes, allow_bypass, secret_hash, disabled, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+    )
+    .bind(c.client_id.as_str())
+    .bind(c.tenant.as_str())
+    .bind(c.kind.as_str())
+    .bind(&c.name)
+    .bind(c.workspace.as_ref().map(|w| w.as_str().to_owned()))
+    .bind(c.scopes.to_string())
+    .bind(bypass.join(" "))
+    .bind(secret_hash)
+    .bind(i64::from(c.disabled))
+    .bind(c.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A client and its stored secret hash, for authentication.
+pub async fn get_with_hash(store: &Store, client_id: &str) -> Result<Option<(ClientRecord, String)>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS}, secret_hash FROM clients WHERE client_id = $1"))
+        .bind(client_id)
+        .fetch_optional(store.pool())
+        .await?;
+    row.map(|r| Ok((from_row(&r)?, r.try_get::<String, _>("secret_hash")?))).transpose()
+}
+
+/// A client by id.
+pub async fn get(store: &Store, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM clients WHERE client_id = $1"))
+        .bind(client_id)
+        .fetch_optional(store.pool())
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Every client, by tenant then name.
+pub async fn list(store: &Store) -> Result<Vec<ClientRecord>, StoreError> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM clients ORDER BY tenant, name, client_id"))
+        .fetch_all(store.pool())
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Marks a client disabled; false if there is no such client.
+pub async fn disable(conn: &mut AnyConnection, client_id: &str, now: i64) -> Result<bool, StoreError> {
+    let r = sqlx::query("UPDATE clients SET disabled = 1, updated_at = $2 WHERE client_id = $1")
+        .bind(client_id)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Replaces a client's secret hash; false if there is no such client.
+pub async fn set_secret_hash(conn: &mut AnyConnection, client_id: &str, hash: &str, now: i64) -> Result<bool, StoreError> {
+    let r = sqlx::query("UPDATE clients SET secret_hash = $2, updated_at = $3 WHERE client_id = $1")
+        .bind(client_id)
+        .bind(hash)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}

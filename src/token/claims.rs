@@ -1,0 +1,120 @@
+//! The claim sets of the two token types (design §4).
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::CallerKind;
+
+/// `aud`: one audience or several (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// A single audience, as Tessera issues it.
+    One(String),
+    /// Several audiences.
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// Whether `aud` names `ours`, compared exactly.
+    pub fn contains(&self, ours: &str) -> bool {
+        match self {
+            Audience::One(a) => a == ours,
+            Audience::Many(list) => list.iter().any(|a| a == ours),
+        }
+    }
+}
+
+/// An RFC 8693 actor: who is acting on behalf of the token's subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The acting client's id.
+    pub sub: String,
+    /// The acting client's id, repeated for RFC 9068 consumers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The actor before this one; informational only (RFC 8693 §4.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+impl Actor {
+    /// How many actors the chain holds, this one included.
+    pub fn depth(&self) -> usize {
+        1 + self.act.as_ref().map_or(0, |a| a.depth())
+    }
+}
+
+/// The claims of an access token (`typ: at+jwt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// The broker's issuer URL.
+    pub iss: String,
+    /// The client id.
+    pub sub: String,
+    /// The client id (RFC 9068 §2.2).
+    pub client_id: String,
+    /// The audience.
+    pub aud: Audience,
+    /// Issued at, seconds.
+    pub iat: i64,
+    /// Not before, seconds.
+    pub nbf: i64,
+    /// Expiry, seconds.
+    pub exp: i64,
+    /// Unique id.
+    pub jti: String,
+    /// Space-separated granted scopes; never a gated action.
+    pub scope: String,
+    /// The tenant (org).
+    pub tenant: String,
+    /// The caller's kind, fixed at registration.
+    pub caller_kind: CallerKind,
+    /// The bound workspace, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// The RFC 8693 actor chain of an exchanged token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+}
+
+impl AccessClaims {
+    /// Whether the token grants `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scope.split(' ').any(|s| s == scope)
+    }
+}
+
+/// The claims of a capability token (`typ: cap+jwt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapabilityClaims {
+    /// The broker's issuer URL.
+    pub iss: String,
+    /// The requester's client id: only it may use the capability.
+    pub sub: String,
+    /// The audience.
+    pub aud: Audience,
+    /// Issued at, seconds.
+    pub iat: i64,
+    /// Not before, seconds.
+    pub nbf: i64,
+    /// Expiry, seconds.
+    pub exp: i64,
+    /// Unique id; redeemed once.
+    pub jti: String,
+    /// The requester's tenant.
+    pub tenant: String,
+    /// The requester's kind.
+    pub caller_kind: CallerKind,
+    /// The gated action.
+    pub action: String,
+    /// The target resource.
+    pub resource: String,
+    /// Digest of the request parameters.
+    pub params_digest: String,
+    /// The approval this capability came from.
+    pub approval_id: String,
+    /// The operators that approved (empty with `bypass`).
+    pub approvers: Vec<String>,
+    /// True only for an audited install bypass.
+    pub bypass: bool,
+}

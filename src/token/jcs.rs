@@ -1,0 +1,140 @@
+//! RFC 8785 JSON Canonicalization Scheme and the `params_digest` built on it.
+//!
+//! Written here rather than taken from a crate because the digest must agree byte for byte
+//! with core implementations in other languages, and RFC 8785 §3.2.3 orders object members
+//! by their UTF-16 code units, which byte-wise ordering of UTF-8 gets wrong above U+FFFF.
+//! Numbers use `ryu-js`, which implements ECMAScript's Number-to-String.
+
+use ring::digest::{SHA256, digest};
+use serde_json::Value;
+
+use crate::domain::ParamsDigest;
+
+/// The canonical form of `value`.
+pub fn canonicalize(value: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, value);
+    out
+}
+
+/// `sha256:` + base64url of SHA-256 over the JCS form of `params`.
+pub fn params_digest(params: &Value) -> ParamsDigest {
+    let canonical = canonicalize(params);
+    let d = digest(&SHA256, canonical.as_bytes());
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(d.as_ref());
+    ParamsDigest::from_sha256(&bytes)
+}
+
+fn write_value(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => write_number(out, n),
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            out.push('{');
+            for (i, (k, v)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(out, k);
+                out.push(':');
+                write_value(out, v);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_number(out: &mut String, n: &serde_json::Number) {
+    // JSON numbers are IEEE 754 doubles in I-JSON (RFC 7493), which JCS builds on.
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    if !f.is_finite() {
+        // Unreachable for parsed JSON; kept total rather than panicking.
+        out.push_str("null");
+        return;
+    }
+    if f == 0.0 {
+        out.push('0');
+        return;
+    }
+    let mut buf = ryu_js::Buffer::new();
+    out.push_str(buf.format_finite(f));
+}
+
+fn write_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0C}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(text: &str) -> String {
+        canonicalize(&serde_json::from_str(text).unwrap())
+    }
+
+    #[test]
+    fn rfc8785_section_3_2_2_example() {
+        let input = r#"{
+          "numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
+          "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
+          "literals": [null, true, false]
+        }"#;
+        let expected = "{\"literals\":[null,true,false],\"numbers\":[333333333.3333333,1e+30,4.5,0.002,1e-27],\"string\":\"€$\\u000f\\nA'B\\\"\\\\\\\\\\\"/\"}";
+        assert_eq!(canon(input), expected);
+    }
+
+    #[test]
+    fn members_sort_by_utf16_code_units() {
+        // RFC 8785 §3.2.3: U+1F600 (surrogates D83D DE00) sorts before U+FB33 in UTF-16,
+        // though after it in UTF-8.
+        let got = canon("{\"\u{fb33}\":1,\"\u{1f600}\":2,\"a\":3}");
+        assert_eq!(got, "{\"a\":3,\"\u{1f600}\":2,\"\u{fb33}\":1}");
+    }
+
+    #[test]
+    fn numbers_follow_ecmascript() {
+        assert_eq!(canon("[-0, 1.0, 100, 1e21, 1e20, 0.1, -5e-7]"), "[0,1,100,1e+21,100000000000000000000,0.1,-5e-7]");
+    }
+
+    #[test]
+    fn digest_is_order_independent_and_pinned() {
+        let a = params_digest(&serde_json::json!({"key": "K", "value": "v"}));
+        let b = params_digest(&serde_json::from_str(r#"{ "value":"v","key":"K" }"#).unwrap());
+        assert_eq!(a, b);
+        assert!(a.as_str().starts_with("sha256:"));
+        // sha256 of the 2-byte string "{}".
+        assert_eq!(
+            params_digest(&serde_json::json!({})).as_str(),
+            "sha256:RBNvo1WzZ4oRRq0W9-hknpT7T8If536DEMBg9hyq_4o"
+        );
+    }
+}

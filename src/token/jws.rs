@@ -1,0 +1,216 @@
+//! Compact JWS: the one strict parser, and Ed25519 signing.
+//!
+//! Everything about the format is checked before any cryptography: exactly three segments
+//! of the base64url alphabet, a size cap, canonical base64url, a header that is a JSON object
+//! with no duplicate members and none of the members that would let a token choose its own
+//! key (`jwk`, `jku`, `x5u`, `x5c`) or demand extensions (`crit`).
+
+use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{MAX_TOKEN_BYTES, b64, strict_json};
+
+/// Why a compact JWS was refused before its claims were looked at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwsError {
+    /// Larger than the size cap.
+    #[error("token larger than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge,
+    /// Not three segments of base64url, or not canonical base64url.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// The header is not an acceptable JOSE header.
+    #[error("unacceptable token header: {0}")]
+    Header(String),
+    /// The claims are not an acceptable JSON object of the expected shape.
+    #[error("unacceptable claims: {0}")]
+    Claims(String),
+    /// The signature does not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+}
+
+/// The JOSE header members Tessera looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// `alg`, exactly as sent.
+    pub alg: String,
+    /// `typ`, exactly as sent.
+    pub typ: String,
+    /// `kid`, exactly as sent.
+    pub kid: String,
+}
+
+/// Header members that are refused outright.
+const FORBIDDEN_HEADER_MEMBERS: [&str; 6] = ["crit", "jku", "jwk", "x5u", "x5c", "b64"];
+
+/// A compact JWS whose format and header passed, whose signature has not been checked.
+#[derive(Debug)]
+pub struct UnverifiedJws<'a> {
+    header: Header,
+    signing_input: &'a str,
+    payload_b64: &'a str,
+    signature: Vec<u8>,
+}
+
+/// Whether `kid` is a plausible key id: short, and of the base64url alphabet.
+pub fn kid_is_plausible(kid: &str) -> bool {
+    !kid.is_empty()
+        && kid.len() <= 64
+        && kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl<'a> UnverifiedJws<'a> {
+    /// Parses the compact serialization, checking format and header only.
+    pub fn parse(token: &'a str) -> Result<Self, JwsError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(JwsError::TooLarge);
+        }
+        if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(JwsError::Malformed("characters outside the base64url alphabet"));
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JwsError::Malformed("a compact JWS has exactly three segments"));
+        };
+        if h.is_empty() || p.is_empty() || s.is_empty() {
+            return Err(JwsError::Malformed("empty segment"));
+        }
+        let header_bytes = b64::decode(h).map_err(|_| JwsError::Malformed("header is not canonical base64url"))?;
+        let signature = b64::decode(s).map_err(|_| JwsError::Malformed("signature is not canonical base64url"))?;
+        let header = parse_header(&header_bytes)?;
+        Ok(UnverifiedJws {
+            header,
+            signing_input: &token[..h.len() + 1 + p.len()],
+            payload_b64: p,
+            signature,
+        })
+    }
+
+    /// The checked header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Verifies the Ed25519 signature with a raw 32-byte public key.
+    pub fn verify_ed25519(&self, public_key: &[u8]) -> Result<(), JwsError> {
+        if self.signature.len() != 64 {
+            return Err(JwsError::BadSignature);
+        }
+        UnparsedPublicKey::new(&ED25519, public_key)
+            .verify(self.signing_input.as_bytes(), &self.signature)
+            .map_err(|_| JwsError::BadSignature)
+    }
+
+    /// Decodes the claims into `T`, refusing duplicate members and deep nesting. Call only
+    /// after the signature verified.
+    pub fn claims<T: DeserializeOwned>(&self) -> Result<T, JwsError> {
+        let bytes = b64::decode(self.payload_b64)
+            .map_err(|_| JwsError::Malformed("payload is not canonical base64url"))?;
+        let map = strict_json::parse_object(&bytes).map_err(JwsError::Claims)?;
+        serde_json::from_value(Value::Object(map)).map_err(|e| JwsError::Claims(e.to_string()))
+    }
+}
+
+fn parse_header(bytes: &[u8]) -> Result<Header, JwsError> {
+    let map = strict_json::parse_object(bytes).map_err(JwsError::Header)?;
+    if let Some(m) = FORBIDDEN_HEADER_MEMBERS.iter().find(|m| map.contains_key(**m)) {
+        return Err(JwsError::Header(format!("header member {m:?} is not accepted")));
+    }
+    let get = |name: &str| -> Result<String, JwsError> {
+        match map.get(name) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(JwsError::Header(format!("{name:?} must be a string"))),
+            None => Err(JwsError::Header(format!("{name:?} is required"))),
+        }
+    };
+    let header = Header { alg: get("alg")?, typ: get("typ")?, kid: get("kid")? };
+    if !kid_is_plausible(&header.kid) {
+        return Err(JwsError::Header("kid is not a plausible key id".to_owned()));
+    }
+    Ok(header)
+}
+
+/// The base64url of a compact JWS header naming `EdDSA`, `typ` and `kid`.
+pub fn encode_header(typ: &str, kid: &str) -> String {
+    let header = serde_json::json!({ "alg": super::ALG_EDDSA, "kid": kid, "typ": typ });
+    b64::encode(header.to_string().as_bytes())
+}
+
+/// Signs `claims` under a header prepared by [`encode_header`].
+pub fn sign_ed25519<C: Serialize>(
+    header_b64: &str,
+    claims: &C,
+    key: &Ed25519KeyPair,
+) -> Result<String, serde_json::Error> {
+    let payload = serde_json::to_vec(claims)?;
+    let mut token = String::with_capacity(header_b64.len() + payload.len() * 4 / 3 + 90);
+    token.push_str(header_b64);
+    token.push('.');
+    token.push_str(&b64::encode(&payload));
+    let signature = key.sign(token.as_bytes());
+    token.push('.');
+    token.push_str(&b64::encode(signature.as_ref()));
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::rand::SystemRandom;
+    use ring::signature::KeyPair;
+
+    fn keypair() -> Ed25519KeyPair {
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap()
+    }
+
+    fn with_header(header: &str) -> String {
+        format!("{}.{}.{}", b64::encode(header.as_bytes()), b64::encode(b"{}"), b64::encode(&[0u8; 64]))
+    }
+
+    #[test]
+    fn signs_and_verifies() {
+        let key = keypair();
+        let token = sign_ed25519(&encode_header("at+jwt", "k1"), &serde_json::json!({"a": 1}), &key).unwrap();
+        let jws = UnverifiedJws::parse(&token).unwrap();
+        assert_eq!(jws.header().alg, "EdDSA");
+        assert_eq!(jws.header().typ, "at+jwt");
+        jws.verify_ed25519(key.public_key().as_ref()).unwrap();
+        assert_eq!(jws.claims::<serde_json::Value>().unwrap()["a"], 1);
+        let other = keypair();
+        assert_eq!(jws.verify_ed25519(other.public_key().as_ref()), Err(JwsError::BadSignature));
+    }
+
+    #[test]
+    fn refuses_bad_shapes() {
+        assert!(UnverifiedJws::parse("a.b").is_err());
+        assert!(UnverifiedJws::parse("a.b.c.d").is_err());
+        assert!(UnverifiedJws::parse("a..c").is_err());
+        assert!(UnverifiedJws::parse("a b.c.d").is_err());
+        assert_eq!(UnverifiedJws::parse(&"a".repeat(MAX_TOKEN_BYTES + 1)).unwrap_err(), JwsError::TooLarge);
+    }
+
+    #[test]
+    fn refuses_dangerous_headers() {
+        for h in [
+            r#"{"alg":"EdDSA","typ":"at+jwt","kid":"k","crit":["exp"]}"#,
+            r#"{"alg":"EdDSA","typ":"at+jwt","kid":"k","jku":"http://x"}"#,
+            r#"{"alg":"EdDSA","typ":"at+jwt","kid":"k","jwk":{}}"#,
+            r#"{"alg":"EdDSA","typ":"at+jwt","kid":"k","x5u":"http://x"}"#,
+            r#"{"alg":"EdDSA","typ":"at+jwt","kid":"k","x5c":[]}"#,
+            r#"{"alg":"EdDSA","typ":"at+jwt","kid":"k","kid":"j"}"#,
+            r#"{"alg":"EdDSA","typ":"at+jwt","kid":"../../etc/passwd"}"#,
+            r#"{"alg":"EdDSA","typ":"at+jwt"}"#,
+            r#"{"alg":"EdDSA","typ":"at+jwt","kid":1}"#,
+            r#"["alg"]"#,
+        ] {
+            assert!(matches!(UnverifiedJws::parse(&with_header(h)), Err(JwsError::Header(_))), "{h}");
+        }
+    }
+}
