@@ -1,1 +1,3 @@
-fn main(){}
+//! The reference core (issue 4).
+
+fn main() {}

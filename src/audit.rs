@@ -44,7 +44,13 @@ pub struct AuditEvent {
 impl AuditEvent {
     /// Builds an event.
     pub fn new(event: &str, actor: &str, tenant: &str, subject: &str, detail: Value) -> Self {
-        AuditEvent { event: event.to_owned(), actor: actor.to_owned(), tenant: tenant.to_owned(), subject: subject.to_owned(), detail }
+        AuditEvent {
+            event: event.to_owned(),
+            actor: actor.to_owned(),
+            tenant: tenant.to_owned(),
+            subject: subject.to_owned(),
+            detail,
+        }
     }
 }
 
@@ -71,51 +77,72 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-/// The hash of a record's content chained to `prev_hash`.
-pub fn record_hash(seq: i64, at: i64, event: &str, actor: &str, tenant: &str, subject: &str, detail: &str, prev_hash: &str) -> String {
+/// The hash of a record's content chained to its `prev_hash` (the `hash` field is ignored).
+pub fn record_hash(r: &AuditRecord) -> String {
     let content = json!({
-        "seq": seq, "at": at, "event": event, "actor": actor, "tenant": tenant,
-        "subject": subject, "detail": detail, "prev_hash": prev_hash,
+        "seq": r.seq, "at": r.at, "event": r.event, "actor": r.actor, "tenant": r.tenant,
+        "subject": r.subject, "detail": r.detail, "prev_hash": r.prev_hash,
     });
     let d = digest(&SHA256, jcs::canonicalize(&content).as_bytes());
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Appends `events` at time `at` inside the caller's transaction.
-pub async fn append(conn: &mut AnyConnection, backend: Backend, events: &[AuditEvent], at: i64) -> Result<(), StoreError> {
+pub async fn append(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    events: &[AuditEvent],
+    at: i64,
+) -> Result<(), StoreError> {
     let items: Vec<(&AuditEvent, i64)> = events.iter().map(|e| (e, at)).collect();
     append_items(conn, backend, &items).await
 }
 
 /// Appends events, each with its own time, inside the caller's transaction.
-async fn append_items(conn: &mut AnyConnection, backend: Backend, items: &[(&AuditEvent, i64)]) -> Result<(), StoreError> {
+async fn append_items(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    items: &[(&AuditEvent, i64)],
+) -> Result<(), StoreError> {
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PG_CHAIN_LOCK).execute(&mut *conn).await?;
     }
-    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *conn).await?;
+    let last =
+        sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *conn).await?;
     let (mut seq, mut prev) = match last {
         Some(row) => (row.try_get::<i64, _>("seq")?, row.try_get::<String, _>("hash")?),
         None => (0, GENESIS.to_owned()),
     };
     for &(e, at) in items {
         seq += 1;
-        let detail = jcs::canonicalize(&e.detail);
-        let hash = record_hash(seq, at, &e.event, &e.actor, &e.tenant, &e.subject, &detail, &prev);
+        let mut r = AuditRecord {
+            seq,
+            at,
+            event: e.event.clone(),
+            actor: e.actor.clone(),
+            tenant: e.tenant.clone(),
+            subject: e.subject.clone(),
+            detail: jcs::canonicalize(&e.detail),
+            prev_hash: prev,
+            hash: String::new(),
+        };
+        r.hash = record_hash(&r);
         sqlx::query(
             "INSERT INTO audit_log (seq, at, event, actor, tenant, subject, detail, prev_hash, hash) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
-        .bind(seq)
-        .bind(at)
-        .bind(&e.event)
-        .bind(&e.actor)
-        .bind(&e.tenant)
-        .bind(&e.subject)
-        .bind(&detail)
-        .bind(&prev)
-        .bind(&hash)
+        .bind(r.seq)
+        .bind(r.at)
+        .bind(&r.event)
+        .bind(&r.actor)
+        .bind(&r.tenant)
+        .bind(&r.subject)
+        .bind(&r.detail)
+        .bind(&r.prev_hash)
+        .bind(&r.hash)
         .execute(&mut *conn)
         .await?;
+        let hash = r.hash;
         prev = hash;
     }
     Ok(())
@@ -184,12 +211,18 @@ pub async fn verify(store: &Store) -> Result<ChainReport, StoreError> {
         }
         for r in page {
             if r.seq != expected_seq {
-                return Ok(ChainReport::Broken { seq: expected_seq, reason: format!("record missing (next is {})", r.seq) });
+                return Ok(ChainReport::Broken {
+                    seq: expected_seq,
+                    reason: format!("record missing (next is {})", r.seq),
+                });
             }
             if r.prev_hash != prev {
-                return Ok(ChainReport::Broken { seq: r.seq, reason: "prev_hash does not match the previous record".into() });
+                return Ok(ChainReport::Broken {
+                    seq: r.seq,
+                    reason: "prev_hash does not match the previous record".into(),
+                });
             }
-            let h = record_hash(r.seq, r.at, &r.event, &r.actor, &r.tenant, &r.subject, &r.detail, &r.prev_hash);
+            let h = record_hash(&r);
             if h != r.hash {
                 return Ok(ChainReport::Broken { seq: r.seq, reason: "content does not match its hash".into() });
             }

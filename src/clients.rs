@@ -88,13 +88,20 @@ pub fn hash_secret(secret: &str) -> String {
 }
 
 /// Registers a client; returns it with its secret, which is shown once and never stored.
-pub async fn create(store: &Store, policy: &Policy, new: NewClient, actor: &str, now: i64) -> Result<(ClientRecord, ClientSecret), ClientError> {
+pub async fn create(
+    store: &Store,
+    policy: &Policy,
+    new: NewClient,
+    actor: &str,
+    now: i64,
+) -> Result<(ClientRecord, ClientSecret), ClientError> {
     let name = new.name.trim();
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         return Err(ClientError::Invalid("name must be 1 to 128 printable characters".into()));
     }
     let ceiling = policy.ceiling(new.kind);
-    let scopes: ScopeSet = if new.scopes.is_empty() { policy.defaults(new.kind) } else { new.scopes.into_iter().collect() };
+    let scopes: ScopeSet =
+        if new.scopes.is_empty() { policy.defaults(new.kind) } else { new.scopes.into_iter().collect() };
     for s in scopes.iter() {
         if policy.is_gated(s.as_str()) {
             return Err(ClientError::Invalid(format!(
@@ -152,7 +159,12 @@ pub async fn create(store: &Store, policy: &Policy, new: NewClient, actor: &str,
 }
 
 /// Replaces a client's secret; the old one stops working at once.
-pub async fn rotate_secret(store: &Store, client_id: &str, actor: &str, now: i64) -> Result<(ClientRecord, ClientSecret), ClientError> {
+pub async fn rotate_secret(
+    store: &Store,
+    client_id: &str,
+    actor: &str,
+    now: i64,
+) -> Result<(ClientRecord, ClientSecret), ClientError> {
     let record = rows::get(store, client_id).await?.ok_or_else(|| ClientError::NotFound(client_id.to_owned()))?;
     let secret = new_secret()?;
     let mut tx = store.begin_write().await?;
@@ -184,7 +196,11 @@ const UNKNOWN_CLIENT_HASH: &str = "fffffffffffffffffffffffffffffffffffffffffffff
 
 /// Checks a client id and secret. Unknown client, wrong secret and disabled client all give
 /// `None` after the same steps: one lookup, one hash, one constant-time compare.
-pub async fn authenticate(store: &Store, client_id: &str, secret: &ClientSecret) -> Result<Option<ClientRecord>, StoreError> {
+pub async fn authenticate(
+    store: &Store,
+    client_id: &str,
+    secret: &ClientSecret,
+) -> Result<Option<ClientRecord>, StoreError> {
     let found = rows::get_with_hash(store, client_id).await?;
     let presented = hash_secret(secret.expose());
     let (record, stored) = match found {

@@ -161,8 +161,8 @@ impl Config {
         let path = config_path.map(Path::to_path_buf).or_else(|| env.get("TESSERA_CONFIG").map(PathBuf::from));
         let file = match &path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", p.display())))?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| ConfigError(format!("cannot read {}: {e}", p.display())))?;
                 Self::parse_file(&text).map_err(|e| ConfigError(format!("{}: {}", p.display(), e.0)))?
             }
             None => FileConfig::default(),
@@ -291,7 +291,11 @@ mod tests {
     fn file_then_environment() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.toml");
-        std::fs::write(&path, "audience = \"file\"\nissuer = \"https://file.example\"\n[policy]\naccess_token_ttl_secs = 60\n").unwrap();
+        std::fs::write(
+            &path,
+            "audience = \"file\"\nissuer = \"https://file.example\"\n[policy]\naccess_token_ttl_secs = 60\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&path), &env(&[("TESSERA_AUDIENCE", "env")])).unwrap();
         assert_eq!(c.audience, "env");
         assert_eq!(c.issuer, "https://file.example");

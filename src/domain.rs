@@ -46,13 +46,8 @@ pub enum CallerKind {
 
 impl CallerKind {
     /// Every kind, in a stable order.
-    pub const ALL: [CallerKind; 5] = [
-        CallerKind::Agent,
-        CallerKind::Workspace,
-        CallerKind::Operator,
-        CallerKind::Install,
-        CallerKind::Service,
-    ];
+    pub const ALL: [CallerKind; 5] =
+        [CallerKind::Agent, CallerKind::Workspace, CallerKind::Operator, CallerKind::Install, CallerKind::Service];
 
     /// The pinned lowercase name.
     pub fn as_str(self) -> &'static str {
@@ -80,15 +75,9 @@ impl fmt::Display for CallerKind {
 impl FromStr for CallerKind {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        CallerKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                InvalidValue::new(
-                    "caller kind",
-                    "expected one of agent, workspace, operator, install, service",
-                )
-            })
+        CallerKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            InvalidValue::new("caller kind", "expected one of agent, workspace, operator, install, service")
+        })
     }
 }
 
@@ -177,8 +166,7 @@ impl Scope {
         let ok = !s.is_empty()
             && s.len() <= 64
             && s.split(':').all(|part| {
-                !part.is_empty()
-                    && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             });
         if ok {
             Ok(Scope(s.to_owned()))
@@ -331,10 +319,7 @@ impl Resource {
                 return Err(InvalidValue::new(WHAT, "segments must be non-empty and not '.' or '..'"));
             }
             if !seg.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~@:+".contains(c)) {
-                return Err(InvalidValue::new(
-                    WHAT,
-                    "segments may hold only letters, digits and - _ . ~ @ : +",
-                ));
+                return Err(InvalidValue::new(WHAT, "segments may hold only letters, digits and - _ . ~ @ : +"));
             }
         }
         Ok(Resource(s.to_owned()))
@@ -424,11 +409,7 @@ impl ApprovalId {
             .filter(|rest| rest.len() == 22)
             .and_then(|rest| b64::decode(rest).ok())
             .is_some_and(|b| b.len() == 16);
-        if ok {
-            Ok(ApprovalId(s.to_owned()))
-        } else {
-            Err(InvalidValue::new("approval id", "malformed"))
-        }
+        if ok { Ok(ApprovalId(s.to_owned())) } else { Err(InvalidValue::new("approval id", "malformed")) }
     }
     /// Builds an id from 16 random bytes.
     pub fn from_random(bytes: &[u8; 16]) -> Self {

@@ -317,7 +317,19 @@ pub async fn register(store: &Store, signer: &Signer, now: i64, activates_at: i6
     };
     let mut tx = store.begin_write().await?;
     key_rows::insert(&mut tx, &row).await?;
-    audit::append(&mut tx, store.backend(), &[AuditEvent::new("key.registered", "broker", "", &row.kid, json!({"alg": row.alg, "activates_at": activates_at}))], now).await?;
+    audit::append(
+        &mut tx,
+        store.backend(),
+        &[AuditEvent::new(
+            "key.registered",
+            "broker",
+            "",
+            &row.kid,
+            json!({"alg": row.alg, "activates_at": activates_at}),
+        )],
+        now,
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

@@ -44,14 +44,9 @@ fn default_ceiling(kind: CallerKind) -> &'static [&'static str] {
             "approvals:create",
             "tokens:exchange",
         ],
-        CallerKind::Workspace => &[
-            "workspaces:read",
-            "workspaces:write",
-            "plugins:read",
-            "budgets:read",
-            "secrets:list",
-            "approvals:create",
-        ],
+        CallerKind::Workspace => {
+            &["workspaces:read", "workspaces:write", "plugins:read", "budgets:read", "secrets:list", "approvals:create"]
+        }
         CallerKind::Operator => &[
             "workspaces:read",
             "plugins:read",
@@ -140,16 +135,16 @@ fn scope_set(list: &[&str]) -> ScopeSet {
 }
 
 fn parse_scopes(what: &str, list: &[String]) -> Result<ScopeSet, PolicyError> {
-    list.iter()
-        .map(|s| Scope::parse(s).map_err(|e| PolicyError(format!("{what}: {e}"))))
-        .collect()
+    list.iter().map(|s| Scope::parse(s).map_err(|e| PolicyError(format!("{what}: {e}")))).collect()
 }
 
 impl Default for Policy {
     fn default() -> Self {
         let kinds = CallerKind::ALL
             .into_iter()
-            .map(|k| (k, KindPolicy { ceiling: scope_set(default_ceiling(k)), defaults: scope_set(default_defaults(k)) }))
+            .map(|k| {
+                (k, KindPolicy { ceiling: scope_set(default_ceiling(k)), defaults: scope_set(default_defaults(k)) })
+            })
             .collect();
         Policy {
             catalogue: scope_set(&CATALOGUE),
@@ -175,7 +170,11 @@ impl Policy {
         if let Some(gated) = &file.gated_actions {
             p.gated = gated
                 .iter()
-                .map(|a| Action::parse(a).map(|a| a.as_str().to_owned()).map_err(|e| PolicyError(format!("gated_actions: {e}"))))
+                .map(|a| {
+                    Action::parse(a)
+                        .map(|a| a.as_str().to_owned())
+                        .map_err(|e| PolicyError(format!("gated_actions: {e}")))
+                })
                 .collect::<Result<_, _>>()?;
         }
         if let Some(v) = file.access_token_ttl_secs {
@@ -192,7 +191,10 @@ impl Policy {
         }
         if let Some(kinds) = &file.kinds {
             for (kind, kf) in kinds {
-                let entry = p.kinds.entry(*kind).or_insert_with(|| KindPolicy { ceiling: ScopeSet::default(), defaults: ScopeSet::default() });
+                let entry = p
+                    .kinds
+                    .entry(*kind)
+                    .or_insert_with(|| KindPolicy { ceiling: ScopeSet::default(), defaults: ScopeSet::default() });
                 if let Some(c) = &kf.ceiling {
                     entry.ceiling = parse_scopes(&format!("kinds.{kind}.ceiling"), c)?;
                 }
@@ -241,7 +243,9 @@ impl Policy {
             if *kind != CallerKind::Operator {
                 for s in OPERATOR_ONLY_SCOPES {
                     if kp.ceiling.contains(s) {
-                        return Err(PolicyError(format!("only operators may hold {s}; remove it from the {kind} ceiling")));
+                        return Err(PolicyError(format!(
+                            "only operators may hold {s}; remove it from the {kind} ceiling"
+                        )));
                     }
                 }
             }
@@ -311,7 +315,13 @@ mod tests {
     #[test]
     fn configuration_cannot_break_the_rules() {
         let give_decide = PolicyFile {
-            kinds: Some([(CallerKind::Agent, KindFile { ceiling: Some(vec!["approvals:decide".into()]), defaults: Some(vec![]) })].into()),
+            kinds: Some(
+                [(
+                    CallerKind::Agent,
+                    KindFile { ceiling: Some(vec!["approvals:decide".into()]), defaults: Some(vec![]) },
+                )]
+                .into(),
+            ),
             ..Default::default()
         };
         assert!(Policy::from_file(&give_decide).unwrap_err().0.contains("only operators"));

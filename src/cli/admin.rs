@@ -102,7 +102,11 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
         ClientsCmd::List => {
             let list = client_rows::list(store).await?;
             let mut out = std::io::stdout().lock();
-            writeln!(out, "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} SCOPE", "CLIENT_ID", "TENANT", "KIND", "STATUS", "NAME", "WORKSPACE")?;
+            writeln!(
+                out,
+                "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} SCOPE",
+                "CLIENT_ID", "TENANT", "KIND", "STATUS", "NAME", "WORKSPACE"
+            )?;
             for c in list {
                 writeln!(
                     out,
@@ -135,7 +139,11 @@ pub(super) async fn keys(config: &Config, cmd: KeysCmd) -> Result<(), Failure> {
         KeysCmd::List => {
             let rows = key_rows::list(&store).await?;
             let mut out = std::io::stdout().lock();
-            writeln!(out, "{:<44} {:<6} {:<8} {:<12} {:<12} {:<12} {:<12}", "KID", "ALG", "HERE", "CREATED", "ACTIVATES", "RETIRED", "UNPUBLISH")?;
+            writeln!(
+                out,
+                "{:<44} {:<6} {:<8} {:<12} {:<12} {:<12} {:<12}",
+                "KID", "ALG", "HERE", "CREATED", "ACTIVATES", "RETIRED", "UNPUBLISH"
+            )?;
             for k in rows {
                 let here = config.keys_dir.join(format!("{}.pem", k.kid)).exists();
                 let t = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
@@ -165,7 +173,9 @@ pub(super) async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Failure>
                 println!("audit chain intact: {records} records");
                 Ok(())
             }
-            ChainReport::Broken { seq, reason } => Err(Failure(format!("audit chain broken at record {seq}: {reason}"))),
+            ChainReport::Broken { seq, reason } => {
+                Err(Failure(format!("audit chain broken at record {seq}: {reason}")))
+            }
         },
         AuditCmd::Export => {
             let mut after = 0;

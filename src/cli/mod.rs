@@ -112,7 +112,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 fn init_logging(config: &Config, env: &HashMap<String, String>, default: &str) {
     let filter = env.get("TESSERA_LOG").cloned().unwrap_or_else(|| default.to_owned());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match config.log_format {
         LogFormat::Json => builder.json().try_init(),

@@ -28,7 +28,10 @@ impl ApiError {
     }
     /// 401 `invalid_client`, with `WWW-Authenticate: Basic`.
     pub fn invalid_client(d: impl Into<String>) -> Self {
-        ApiError { www_authenticate: Some("Basic realm=\"tessera\", charset=\"UTF-8\""), ..Self::new(StatusCode::UNAUTHORIZED, "invalid_client", d) }
+        ApiError {
+            www_authenticate: Some("Basic realm=\"tessera\", charset=\"UTF-8\""),
+            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_client", d)
+        }
     }
     /// 400 `invalid_grant`.
     pub fn invalid_grant(d: impl Into<String>) -> Self {
@@ -52,7 +55,10 @@ impl ApiError {
     }
     /// 401 `invalid_token`, with `WWW-Authenticate: Bearer`.
     pub fn invalid_token(d: impl Into<String>) -> Self {
-        ApiError { www_authenticate: Some("Bearer error=\"invalid_token\""), ..Self::new(StatusCode::UNAUTHORIZED, "invalid_token", d) }
+        ApiError {
+            www_authenticate: Some("Bearer error=\"invalid_token\""),
+            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_token", d)
+        }
     }
     /// 403 `forbidden`.
     pub fn forbidden(d: impl Into<String>) -> Self {
@@ -88,12 +94,19 @@ impl ApiError {
     }
     /// 429 `rate_limited` with `Retry-After`.
     pub fn rate_limited(retry_after_secs: u64) -> Self {
-        ApiError { retry_after: Some(retry_after_secs.max(1)), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; retry later") }
+        ApiError {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; retry later")
+        }
     }
     /// 503 `temporarily_unavailable`, after logging the cause.
     pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(%cause, "request failed: dependency unavailable");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the service is temporarily unavailable; retry later")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the service is temporarily unavailable; retry later",
+        )
     }
     /// 500 `server_error`, after logging the cause.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
@@ -119,7 +132,8 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut res = (self.status, Json(json!({ "error": self.code, "error_description": self.description }))).into_response();
+        let mut res =
+            (self.status, Json(json!({ "error": self.code, "error_description": self.description }))).into_response();
         let h = res.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(v) = self.www_authenticate {

@@ -22,5 +22,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
     let signing_key = !state.keys().signer().kid().is_empty();
     let ready = database && signing_key;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "status": if ready { "ready" } else { "not ready" }, "database": database, "signing_key": signing_key })))
+    (
+        status,
+        Json(
+            json!({ "status": if ready { "ready" } else { "not ready" }, "database": database, "signing_key": signing_key }),
+        ),
+    )
 }

@@ -104,9 +104,9 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
         .layer(
             // Spans carry the method and path only: never the query, never a header.
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
-            }),
+            TraceLayer::new_for_http().make_span_with(
+                |req: &Request| tracing::info_span!("request", method = %req.method(), path = %req.uri().path()),
+            ),
         )
         .with_state(state)
 }
@@ -159,7 +159,11 @@ impl Application {
     }
 
     /// Opens storage and keys and serves on `listener` (tests bind port 0 first).
-    pub async fn build_with_listener(config: Config, listener: TcpListener, clock: Clock) -> anyhow::Result<Application> {
+    pub async fn build_with_listener(
+        config: Config,
+        listener: TcpListener,
+        clock: Clock,
+    ) -> anyhow::Result<Application> {
         let state = AppState::open(config, clock).await?;
         Ok(Application { listener, state })
     }

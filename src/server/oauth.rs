@@ -95,15 +95,19 @@ pub(super) fn presented_credentials(headers: &HeaderMap, form: &Form) -> ApiResu
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
                 .ok_or_else(|| ApiError::invalid_client("malformed Basic credentials"))?;
-            let (id, secret) = decoded.split_once(':').ok_or_else(|| ApiError::invalid_client("malformed Basic credentials"))?;
+            let (id, secret) =
+                decoded.split_once(':').ok_or_else(|| ApiError::invalid_client("malformed Basic credentials"))?;
             let id = percent_decode(id).ok_or_else(|| ApiError::invalid_client("malformed Basic credentials"))?;
-            let secret = percent_decode(secret).ok_or_else(|| ApiError::invalid_client("malformed Basic credentials"))?;
+            let secret =
+                percent_decode(secret).ok_or_else(|| ApiError::invalid_client("malformed Basic credentials"))?;
             Some((id, secret))
         }
     };
     let (id, secret) = match (basic, form.get("client_id"), form.get("client_secret")) {
         (Some(_), _, Some(_)) => {
-            return Err(ApiError::invalid_request("use exactly one client authentication method, not HTTP Basic and client_secret together"));
+            return Err(ApiError::invalid_request(
+                "use exactly one client authentication method, not HTTP Basic and client_secret together",
+            ));
         }
         (Some((id, secret)), Some(body_id), None) if body_id != id => {
             let _ = secret;
@@ -111,7 +115,9 @@ pub(super) fn presented_credentials(headers: &HeaderMap, form: &Form) -> ApiResu
         }
         (Some((id, secret)), _, None) => (id, secret),
         (None, Some(id), Some(secret)) => (id.to_owned(), secret.to_owned()),
-        (None, _, _) => return Err(ApiError::invalid_client("client authentication required (HTTP Basic or client_secret_post)")),
+        (None, _, _) => {
+            return Err(ApiError::invalid_client("client authentication required (HTTP Basic or client_secret_post)"));
+        }
     };
     Ok(PresentedCredentials { client_id: id, secret: ClientSecret::new(secret) })
 }
@@ -120,7 +126,10 @@ pub(super) fn presented_credentials(headers: &HeaderMap, form: &Form) -> ApiResu
 /// answer after the same work.
 pub(super) async fn authenticate(state: &AppState, creds: &PresentedCredentials) -> ApiResult<ClientRecord> {
     let failed = || ApiError::invalid_client("client authentication failed");
-    if creds.client_id.is_empty() || creds.client_id.len() > MAX_CREDENTIAL_LEN || creds.secret.expose().len() > MAX_CREDENTIAL_LEN {
+    if creds.client_id.is_empty()
+        || creds.client_id.len() > MAX_CREDENTIAL_LEN
+        || creds.secret.expose().len() > MAX_CREDENTIAL_LEN
+    {
         return Err(failed());
     }
     match clients::authenticate(state.store(), &creds.client_id, &creds.secret).await? {

@@ -113,7 +113,12 @@ pub async fn disable(conn: &mut AnyConnection, client_id: &str, now: i64) -> Res
 }
 
 /// Replaces a client's secret hash; false if there is no such client.
-pub async fn set_secret_hash(conn: &mut AnyConnection, client_id: &str, hash: &str, now: i64) -> Result<bool, StoreError> {
+pub async fn set_secret_hash(
+    conn: &mut AnyConnection,
+    client_id: &str,
+    hash: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
     let r = sqlx::query("UPDATE clients SET secret_hash = $2, updated_at = $3 WHERE client_id = $1")
         .bind(client_id)
         .bind(hash)

@@ -69,12 +69,18 @@ pub async fn published(store: &Store, now: i64) -> Result<Vec<KeyRow>, StoreErro
 }
 
 /// Retires a key: it stops signing at `retired_at` and leaves the JWKS at `unpublish_at`.
-pub async fn retire(conn: &mut AnyConnection, kid: &str, retired_at: i64, unpublish_at: i64) -> Result<bool, StoreError> {
-    let r = sqlx::query("UPDATE signing_keys SET retired_at = $2, unpublish_at = $3 WHERE kid = $1 AND retired_at IS NULL")
-        .bind(kid)
-        .bind(retired_at)
-        .bind(unpublish_at)
-        .execute(conn)
-        .await?;
+pub async fn retire(
+    conn: &mut AnyConnection,
+    kid: &str,
+    retired_at: i64,
+    unpublish_at: i64,
+) -> Result<bool, StoreError> {
+    let r =
+        sqlx::query("UPDATE signing_keys SET retired_at = $2, unpublish_at = $3 WHERE kid = $1 AND retired_at IS NULL")
+            .bind(kid)
+            .bind(retired_at)
+            .bind(unpublish_at)
+            .execute(conn)
+            .await?;
     Ok(r.rows_affected() == 1)
 }

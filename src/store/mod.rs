@@ -66,7 +66,8 @@ impl Store {
             let path = rest.split('?').next().unwrap_or_default();
             if path.is_empty() || path == ":memory:" {
                 return Err(StoreError::Setup(
-                    "an in-memory SQLite database would give each pooled connection its own database; use a file".into(),
+                    "an in-memory SQLite database would give each pooled connection its own database; use a file"
+                        .into(),
                 ));
             }
             if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -74,7 +75,8 @@ impl Store {
                     .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", parent.display())))?;
             }
             let sep = if rest.contains('?') { '&' } else { '?' };
-            let with_mode = if rest.contains("mode=") { raw.to_owned() } else { format!("sqlite://{rest}{sep}mode=rwc") };
+            let with_mode =
+                if rest.contains("mode=") { raw.to_owned() } else { format!("sqlite://{rest}{sep}mode=rwc") };
             (Backend::Sqlite, with_mode)
         } else {
             return Err(StoreError::Setup(format!(

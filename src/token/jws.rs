@@ -58,9 +58,7 @@ pub struct UnverifiedJws<'a> {
 
 /// Whether `kid` is a plausible key id: short, and of the base64url alphabet.
 pub fn kid_is_plausible(kid: &str) -> bool {
-    !kid.is_empty()
-        && kid.len() <= 64
-        && kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !kid.is_empty() && kid.len() <= 64 && kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl<'a> UnverifiedJws<'a> {
@@ -69,13 +67,11 @@ impl<'a> UnverifiedJws<'a> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(JwsError::TooLarge);
         }
-        if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        {
+        if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
             return Err(JwsError::Malformed("characters outside the base64url alphabet"));
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(JwsError::Malformed("a compact JWS has exactly three segments"));
         };
         if h.is_empty() || p.is_empty() || s.is_empty() {
@@ -84,12 +80,7 @@ impl<'a> UnverifiedJws<'a> {
         let header_bytes = b64::decode(h).map_err(|_| JwsError::Malformed("header is not canonical base64url"))?;
         let signature = b64::decode(s).map_err(|_| JwsError::Malformed("signature is not canonical base64url"))?;
         let header = parse_header(&header_bytes)?;
-        Ok(UnverifiedJws {
-            header,
-            signing_input: &token[..h.len() + 1 + p.len()],
-            payload_b64: p,
-            signature,
-        })
+        Ok(UnverifiedJws { header, signing_input: &token[..h.len() + 1 + p.len()], payload_b64: p, signature })
     }
 
     /// The checked header.
@@ -110,8 +101,8 @@ impl<'a> UnverifiedJws<'a> {
     /// Decodes the claims into `T`, refusing duplicate members and deep nesting. Call only
     /// after the signature verified.
     pub fn claims<T: DeserializeOwned>(&self) -> Result<T, JwsError> {
-        let bytes = b64::decode(self.payload_b64)
-            .map_err(|_| JwsError::Malformed("payload is not canonical base64url"))?;
+        let bytes =
+            b64::decode(self.payload_b64).map_err(|_| JwsError::Malformed("payload is not canonical base64url"))?;
         let map = strict_json::parse_object(&bytes).map_err(JwsError::Claims)?;
         serde_json::from_value(Value::Object(map)).map_err(|e| JwsError::Claims(e.to_string()))
     }

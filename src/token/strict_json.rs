@@ -39,11 +39,7 @@ struct StrictVisitor {
 
 impl StrictVisitor {
     fn deeper<E: de::Error>(&self) -> Result<usize, E> {
-        if self.depth >= MAX_DEPTH {
-            Err(E::custom("JSON nested too deeply"))
-        } else {
-            Ok(self.depth + 1)
-        }
+        if self.depth >= MAX_DEPTH { Err(E::custom("JSON nested too deeply")) } else { Ok(self.depth + 1) }
     }
 }
 
@@ -63,9 +59,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Value::from(v))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        serde_json::Number::from_f64(v)
-            .map(Value::Number)
-            .ok_or_else(|| E::custom("number out of range"))
+        serde_json::Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("number out of range"))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
         Ok(Value::String(v.to_owned()))

@@ -8,8 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::token::claims::Audience;
 use crate::token::jws::{JwsError, UnverifiedJws};
 use crate::token::{
-    ALG_EDDSA, AccessClaims, CapabilityClaims, MAX_LEEWAY_SECS, MAX_LIFETIME_SECS, TYP_ACCESS,
-    TYP_CAPABILITY,
+    ALG_EDDSA, AccessClaims, CapabilityClaims, MAX_LEEWAY_SECS, MAX_LIFETIME_SECS, TYP_ACCESS, TYP_CAPABILITY,
 };
 
 /// Why a token was refused. Display text is safe to log: it never includes the token.
@@ -92,7 +91,12 @@ pub struct Policy {
 impl Policy {
     /// A policy with 30 s leeway and the 900 s lifetime cap.
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
-        Policy { issuer: issuer.into(), audience: audience.into(), leeway_secs: 30, max_lifetime_secs: MAX_LIFETIME_SECS }
+        Policy {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            leeway_secs: 30,
+            max_lifetime_secs: MAX_LIFETIME_SECS,
+        }
     }
 
     fn leeway(&self) -> i64 {
@@ -126,7 +130,12 @@ impl Policy {
 
     /// Verifies a capability token at time `now` (Unix seconds). Binding it to a request is
     /// the caller's next step (see [`crate::verify::CapabilityBinding`]).
-    pub fn verify_capability(&self, keys: &dyn KeyLookup, token: &str, now: i64) -> Result<CapabilityClaims, VerifyError> {
+    pub fn verify_capability(
+        &self,
+        keys: &dyn KeyLookup,
+        token: &str,
+        now: i64,
+    ) -> Result<CapabilityClaims, VerifyError> {
         let claims: CapabilityClaims = self.verify_common(keys, token, &[TYP_CAPABILITY], TYP_CAPABILITY)?;
         self.check_registered(&claims.iss, &claims.aud, claims.iat, claims.nbf, claims.exp, now)?;
         if claims.sub.is_empty() {
@@ -164,7 +173,15 @@ impl Policy {
         Ok(jws.claims()?)
     }
 
-    fn check_registered(&self, iss: &str, aud: &Audience, iat: i64, nbf: i64, exp: i64, now: i64) -> Result<(), VerifyError> {
+    fn check_registered(
+        &self,
+        iss: &str,
+        aud: &Audience,
+        iat: i64,
+        nbf: i64,
+        exp: i64,
+        now: i64,
+    ) -> Result<(), VerifyError> {
         if iss != self.issuer {
             return Err(VerifyError::Issuer);
         }

@@ -1,1 +1,7 @@
+//! The one integration test binary: every module drives a real broker on a loopback port.
 
+// Test code: a panic is a failed test, with the message that says why.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod foundation;
+mod helpers;
