@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::policy::{Policy, PolicyFile};
+use crate::webhooks::{WebhookConfig, WebhookSecret};
 
 /// A configuration problem, worded for the person who wrote the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,6 +92,8 @@ pub struct Config {
     pub failed_auth_per_minute: u32,
     /// Successful token requests allowed per client per minute; 0 means unlimited.
     pub token_requests_per_minute: u32,
+    /// Webhooks told of each new pending approval.
+    pub webhooks: Vec<WebhookConfig>,
     /// The policy.
     pub policy: Policy,
 }
@@ -111,6 +114,7 @@ struct FileConfig {
     leeway_secs: Option<i64>,
     failed_auth_per_minute: Option<u32>,
     token_requests_per_minute: Option<u32>,
+    webhooks: Option<Vec<WebhookConfig>>,
     policy: Option<PolicyFile>,
 }
 
@@ -145,6 +149,7 @@ impl Default for Config {
             leeway_secs: 30,
             failed_auth_per_minute: 30,
             token_requests_per_minute: 0,
+            webhooks: Vec::new(),
             policy: Policy::default(),
         }
     }
@@ -204,6 +209,9 @@ impl Config {
         if let Some(v) = file.token_requests_per_minute {
             c.token_requests_per_minute = v;
         }
+        if let Some(w) = file.webhooks {
+            c.webhooks = w;
+        }
         if let Some(p) = &file.policy {
             c.policy = Policy::from_file(p).map_err(|e| ConfigError(e.to_string()))?;
         }
@@ -242,6 +250,13 @@ impl Config {
                 _ => {}
             }
         }
+        match (env.get("TESSERA_WEBHOOK_URL"), env.get("TESSERA_WEBHOOK_SECRET")) {
+            (Some(url), Some(secret)) => {
+                self.webhooks.push(WebhookConfig { url: url.clone(), secret: WebhookSecret::new(secret.clone()) })
+            }
+            (None, None) => {}
+            _ => return Err(ConfigError("TESSERA_WEBHOOK_URL and TESSERA_WEBHOOK_SECRET go together".into())),
+        }
         Ok(())
     }
 
@@ -260,6 +275,11 @@ impl Config {
         }
         if self.request_timeout_secs == 0 || self.max_body_bytes < 1024 {
             return Err(ConfigError("request_timeout_secs must be positive and max_body_bytes at least 1024".into()));
+        }
+        for w in &self.webhooks {
+            if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
+                return Err(ConfigError(format!("webhook url {:?} must be http(s)", w.url)));
+            }
         }
         if self.failed_auth_per_minute == 0 {
             return Err(ConfigError("failed_auth_per_minute must be at least 1".into()));

@@ -19,6 +19,8 @@ pub mod token;
 pub mod verify;
 
 #[cfg(feature = "server")]
+pub mod approvals;
+#[cfg(feature = "server")]
 pub mod audit;
 #[cfg(feature = "server")]
 pub mod cli;
@@ -34,3 +36,5 @@ pub mod policy;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+pub mod webhooks;

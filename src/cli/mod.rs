@@ -2,6 +2,7 @@
 //! stderr, 2 usage error.
 
 mod admin;
+mod approvals;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,6 +39,15 @@ enum Command {
     Audit(admin::AuditCmd),
     /// Apply the database schema.
     Migrate,
+    /// List, show, approve and deny approvals over HTTP, as an operator
+    /// (TESSERA_CLIENT_ID, TESSERA_CLIENT_SECRET).
+    Approvals {
+        /// The broker's URL (default: the configured issuer).
+        #[arg(long, value_name = "URL", global = true)]
+        server: Option<String>,
+        #[command(subcommand)]
+        command: approvals::ApprovalsCmd,
+    },
 }
 
 /// A failure to report: one line on stderr, exit 1.
@@ -99,6 +109,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit(cmd) => {
             init_logging(&config, &env, "warn");
             admin::audit(&config, cmd).await
+        }
+        Command::Approvals { server, command } => {
+            init_logging(&config, &env, "warn");
+            approvals::run(server.as_deref().unwrap_or(&config.issuer), command).await
         }
         Command::Migrate => {
             init_logging(&config, &env, "warn");

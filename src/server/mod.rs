@@ -1,5 +1,7 @@
 //! The HTTP server: `app(state)` builds the router; [`Application`] binds and serves it.
 
+mod approvals;
+pub mod auth;
 pub mod error;
 mod health;
 mod oauth;
@@ -22,6 +24,7 @@ use crate::audit::AuditWriter;
 use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::store::Store;
+use crate::webhooks::Notifier;
 pub use error::{ApiError, ApiResult};
 
 /// Wall-clock time in Unix seconds, with an offset tests can move. Domain code takes `now`
@@ -56,6 +59,8 @@ struct Inner {
     keys: KeyRing,
     audit: AuditWriter,
     clock: Clock,
+    verifier: crate::verify::Policy,
+    notifier: Arc<Notifier>,
 }
 
 impl AppState {
@@ -64,7 +69,10 @@ impl AppState {
         let store = Store::open(&config.database_url).await?;
         let keys = KeyRing::load(store.clone(), &config.keys_dir, clock.now()).await?;
         let audit = AuditWriter::start(store.clone());
-        Ok(AppState { inner: Arc::new(Inner { config, store, keys, audit, clock }) })
+        let mut verifier = crate::verify::Policy::new(config.issuer.clone(), config.audience.clone());
+        verifier.leeway_secs = config.leeway_secs;
+        let notifier = Arc::new(Notifier::new(config.webhooks.clone(), Duration::from_millis(500)));
+        Ok(AppState { inner: Arc::new(Inner { config, store, keys, audit, clock, verifier, notifier }) })
     }
     /// The configuration.
     pub fn config(&self) -> &Config {
@@ -90,6 +98,14 @@ impl AppState {
     pub fn now(&self) -> i64 {
         self.inner.clock.now()
     }
+    /// How the broker verifies tokens presented to it.
+    pub fn verifier(&self) -> &crate::verify::Policy {
+        &self.inner.verifier
+    }
+    /// The webhook notifier.
+    pub fn notifier(&self) -> &Arc<Notifier> {
+        &self.inner.notifier
+    }
 }
 
 /// The router, without a socket: tests may drive it with `oneshot`.
@@ -99,6 +115,7 @@ pub fn app(state: AppState) -> Router {
         .merge(wellknown::routes())
         .merge(oauth::routes())
         .merge(health::routes())
+        .merge(approvals::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(middleware::from_fn(error_shape))
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
@@ -186,11 +203,25 @@ impl Application {
     /// Serves until `stop` completes.
     pub async fn run_until(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let router = app(self.state.clone());
+        let sweeper = tokio::spawn(sweep_expired_approvals(self.state.clone()));
         axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stop)
             .await?;
+        sweeper.abort();
         self.state.store().close().await;
         Ok(())
+    }
+}
+
+/// Records the expiry of overdue approvals every 30 seconds, so the audit log shows them
+/// even when nobody reads them.
+async fn sweep_expired_approvals(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        if let Err(e) = crate::approvals::sweep_expired(state.store(), state.now()).await {
+            tracing::warn!(error = %e, "approval expiry sweep failed");
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Storage on SQLite (the embedded default) or PostgreSQL, through one set of portable
 //! queries: `$n` placeholders, integer times and flags, text columns.
 
+pub mod approvals;
 pub mod clients;
 pub mod keys;
 

@@ -117,7 +117,7 @@ async fn disable_and_rotate_take_effect_on_the_next_request() {
     let c = app.create_client("org-1", CallerKind::Agent, "a").await;
     app.access_token(&c).await;
 
-    let out = app.cli(&["clients", "rotate-secret", &c.id]);
+    let out = app.cli(&["clients", "rotate-secret", &c.id]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rotated["client_id"], c.id);
@@ -126,7 +126,7 @@ async fn disable_and_rotate_take_effect_on_the_next_request() {
         .await;
     app.access_token(&new).await;
 
-    let out = app.cli(&["clients", "disable", &c.id]);
+    let out = app.cli(&["clients", "disable", &c.id]).await;
     assert!(out.status.success());
     assert_error(app.token_request(&[("grant_type", "client_credentials")], Some(&new)).await, 401, "invalid_client")
         .await;
@@ -341,7 +341,7 @@ async fn every_issued_token_is_audited_without_the_token() {
     let detail: Value = serde_json::from_str(&rec.detail).unwrap();
     assert_eq!(detail["scope"], "approvals:create workspaces:read workspaces:write");
     assert!(detail["exp"].is_i64());
-    let export = app.cli(&["audit", "export"]);
+    let export = app.cli(&["audit", "export"]).await;
     assert!(export.status.success());
     let text = String::from_utf8(export.stdout).unwrap();
     assert!(text.lines().count() >= 3);
@@ -370,14 +370,14 @@ async fn audit_verify_passes_then_names_an_altered_record() {
     for _ in 0..3 {
         app.access_token(&c).await;
     }
-    let ok = app.cli(&["audit", "verify"]);
+    let ok = app.cli(&["audit", "verify"]).await;
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("intact"));
     let pool = app.state.store().pool();
 
     // Alter a middle record.
     sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3").execute(pool).await.unwrap();
-    let bad = app.cli(&["audit", "verify"]);
+    let bad = app.cli(&["audit", "verify"]).await;
     assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("record 3"), "{err}");
@@ -385,34 +385,36 @@ async fn audit_verify_passes_then_names_an_altered_record() {
 
     // Restore it, then alter the last record only, even recomputing its own hash naively.
     sqlx::query("UPDATE audit_log SET actor = $1 WHERE seq = 3").bind(&c.id).execute(pool).await.unwrap();
-    assert_eq!(app.cli(&["audit", "verify"]).status.code(), Some(0));
+    assert_eq!(app.cli(&["audit", "verify"]).await.status.code(), Some(0));
     let last: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log").fetch_one(pool).await.unwrap();
     sqlx::query("UPDATE audit_log SET detail = '{}' WHERE seq = $1").bind(last).execute(pool).await.unwrap();
-    let bad = app.cli(&["audit", "verify"]);
+    let bad = app.cli(&["audit", "verify"]).await;
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains(&format!("record {last}")));
 
     // Deleting a record is a gap.
     sqlx::query("DELETE FROM audit_log WHERE seq = 2").execute(pool).await.unwrap();
-    let bad = app.cli(&["audit", "verify"]);
+    let bad = app.cli(&["audit", "verify"]).await;
     assert!(String::from_utf8_lossy(&bad.stderr).contains("record 2"));
 }
 
 #[tokio::test]
 async fn the_cli_registers_a_client_that_gets_a_token() {
     let app = spawn_app().await;
-    let out = app.cli(&[
-        "clients",
-        "create",
-        "--tenant",
-        "org-7",
-        "--kind",
-        "agent",
-        "--name",
-        "concierge",
-        "--scope",
-        "workspaces:read",
-    ]);
+    let out = app
+        .cli(&[
+            "clients",
+            "create",
+            "--tenant",
+            "org-7",
+            "--kind",
+            "agent",
+            "--name",
+            "concierge",
+            "--scope",
+            "workspaces:read",
+        ])
+        .await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let secret = created["client_secret"].as_str().unwrap();
@@ -433,45 +435,38 @@ async fn the_cli_registers_a_client_that_gets_a_token() {
     assert_eq!(stored, tessera::clients::hash_secret(secret));
 
     // `list` shows it, without the secret.
-    let list = app.cli(&["clients", "list"]);
+    let list = app.cli(&["clients", "list"]).await;
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(text.contains(&c.id) && !text.contains(secret));
 
     // Usage errors exit 2; refused registrations exit 1 with one line.
-    let usage = app.cli(&["clients", "create", "--tenant", "org-7", "--kind", "robot", "--name", "x"]);
+    let usage = app.cli(&["clients", "create", "--tenant", "org-7", "--kind", "robot", "--name", "x"]).await;
     assert_eq!(usage.status.code(), Some(2));
-    let refused = app.cli(&[
-        "clients",
-        "create",
-        "--tenant",
-        "org-7",
-        "--kind",
-        "agent",
-        "--name",
-        "x",
-        "--scope",
-        "approvals:decide",
-    ]);
+    let refused = app
+        .cli(&[
+            "clients",
+            "create",
+            "--tenant",
+            "org-7",
+            "--kind",
+            "agent",
+            "--name",
+            "x",
+            "--scope",
+            "approvals:decide",
+        ])
+        .await;
     assert_eq!(refused.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&refused.stderr).trim().lines().count(), 1);
-    let gated = app.cli(&[
-        "clients",
-        "create",
-        "--tenant",
-        "org-7",
-        "--kind",
-        "install",
-        "--name",
-        "x",
-        "--scope",
-        "secret_write",
-    ]);
+    let gated = app
+        .cli(&["clients", "create", "--tenant", "org-7", "--kind", "install", "--name", "x", "--scope", "secret_write"])
+        .await;
     assert_eq!(gated.status.code(), Some(1));
-    let missing = app.cli(&["clients", "disable", "tc_nobody"]);
+    let missing = app.cli(&["clients", "disable", "tc_nobody"]).await;
     assert_eq!(missing.status.code(), Some(1));
 
     // keys list names the signing key.
-    let keys = app.cli(&["keys", "list"]);
+    let keys = app.cli(&["keys", "list"]).await;
     assert!(String::from_utf8_lossy(&keys.stdout).contains(app.state.keys().signer().kid()));
 }
 
@@ -486,7 +481,8 @@ async fn an_unknown_configuration_key_is_named() {
         "http://127.0.0.1:1",
         &["--config", path.to_str().unwrap(), "serve"],
         &[],
-    );
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_adress"));
 }

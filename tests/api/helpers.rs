@@ -153,19 +153,20 @@ impl TestApp {
     }
 
     /// Runs the real `tessera` binary against this broker's database and keys.
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        cli_on(&self.database_url, &self.keys_dir(), &self.base, args, &[])
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        cli_on(&self.database_url, &self.keys_dir(), &self.base, args, &[]).await
     }
 }
 
-pub fn cli_on(
+/// Runs the binary without blocking the runtime the broker under test runs on.
+pub async fn cli_on(
     database_url: &str,
     keys_dir: &Path,
     issuer: &str,
     args: &[&str],
     env: &[(&str, &str)],
 ) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
     cmd.args(args)
         .env_remove("TESSERA_CONFIG")
         .env("TESSERA_DATABASE_URL", database_url)
@@ -174,7 +175,8 @@ pub fn cli_on(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().unwrap()
+    cmd.kill_on_drop(true);
+    tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output()).await.expect("CLI finished").unwrap()
 }
 
 /// Asserts an error answer in the pinned shape and returns its body.
@@ -196,4 +198,62 @@ pub fn peek_claims(token: &str) -> Value {
 pub fn peek_header(token: &str) -> Value {
     let part = token.split('.').next().unwrap();
     serde_json::from_slice(&tessera::token::b64::decode(part).unwrap()).unwrap()
+}
+
+impl TestApp {
+    pub async fn get_bearer(&self, path: &str, token: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn post_bearer(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.http.post(self.url(path)).bearer_auth(token).json(body).send().await.unwrap()
+    }
+
+    /// Creates an approval request as `token`; returns the response.
+    pub async fn request_approval(
+        &self,
+        token: &str,
+        action: &str,
+        resource: &str,
+        params: &Value,
+    ) -> reqwest::Response {
+        let body = serde_json::json!({
+            "action": action,
+            "resource": resource,
+            "params_digest": tessera::verify::params_digest(params).to_string(),
+            "summary": {"note": "test"},
+            "reason": "needed for the test",
+        });
+        self.post_bearer("/v1/approvals", token, &body).await
+    }
+
+    /// Creates an approval and returns its id (asserting 202).
+    pub async fn pending_approval(&self, token: &str, action: &str, resource: &str, params: &Value) -> String {
+        let res = self.request_approval(token, action, resource, params).await;
+        assert_eq!(res.status(), 202);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["status"], "pending");
+        body["approval_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn decide(&self, token: &str, id: &str, decision: &str) -> reqwest::Response {
+        self.post_bearer(&format!("/v1/approvals/{id}/decision"), token, &serde_json::json!({"decision": decision}))
+            .await
+    }
+
+    pub async fn redeem(&self, token: &str, capability: &str) -> reqwest::Response {
+        self.post_bearer("/v1/capabilities/redeem", token, &serde_json::json!({"capability": capability})).await
+    }
+
+    /// The requester's reading of an approval's capability.
+    pub async fn capability(&self, token: &str, id: &str) -> Option<String> {
+        let res = self.get_bearer(&format!("/v1/approvals/{id}"), token).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["capability"].as_str().map(str::to_owned)
+    }
+
+    pub async fn audit_events(&self) -> Vec<String> {
+        tessera::audit::read_page(self.state.store(), 0, 10_000).await.unwrap().into_iter().map(|r| r.event).collect()
+    }
 }

@@ -3,5 +3,6 @@
 // Test code: a panic is a failed test, with the message that says why.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod approvals;
 mod foundation;
 mod helpers;

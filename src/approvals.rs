@@ -1,0 +1,533 @@
+//! The approval gate: requests, operator decisions, capabilities and their one-time
+//! redemption. Every function takes `now`; nothing here reads the clock.
+
+use serde_json::{Value, json};
+
+use crate::audit::{self, AuditEvent};
+use crate::domain::{Action, ApprovalId, CallerKind, ParamsDigest, Resource};
+use crate::keys::Signer;
+use crate::policy::Policy;
+use crate::store::approvals::{self as rows, ApprovalRow, Decision, Status};
+use crate::store::clients::ClientRecord;
+use crate::store::{Store, StoreError};
+use crate::token::claims::Audience;
+use crate::token::{AccessClaims, CapabilityClaims, b64};
+use crate::verify::{self, KeyLookup, VerifyError};
+
+/// Largest summary accepted, as serialized JSON.
+pub const MAX_SUMMARY_BYTES: usize = 4096;
+/// Longest reason or note.
+pub const MAX_TEXT_CHARS: usize = 1000;
+
+/// Why an approval operation was refused. Each maps to one pinned error code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    /// 400 `invalid_request`.
+    #[error("{0}")]
+    Invalid(String),
+    /// 403 `forbidden`.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 403 `self_target_forbidden`.
+    #[error("an agent may not write a platform secret into its own workspace; set configuration instead")]
+    SelfTarget,
+    /// 403 `bypass_not_allowed`.
+    #[error("{0}")]
+    BypassNotAllowed(String),
+    /// 404 `not_found`.
+    #[error("no such approval")]
+    NotFound,
+    /// 409 `conflict`.
+    #[error("{0}")]
+    Conflict(String),
+    /// 410 `expired`.
+    #[error("{0}")]
+    Expired(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing failed.
+    #[error("signing failed")]
+    Signing,
+}
+
+/// What the broker signs capabilities with and for.
+#[derive(Debug, Clone, Copy)]
+pub struct Issuing<'a> {
+    /// The signing key.
+    pub signer: &'a Signer,
+    /// `iss`.
+    pub issuer: &'a str,
+    /// `aud`.
+    pub audience: &'a str,
+}
+
+/// The body of `POST /v1/approvals`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRequest {
+    /// The gated action.
+    pub action: Action,
+    /// Its target.
+    pub resource: Resource,
+    /// Digest of the request parameters.
+    pub params_digest: ParamsDigest,
+    /// A redacted summary of the parameters, for operators.
+    #[serde(default)]
+    pub summary: Option<Value>,
+    /// Why the caller wants it.
+    pub reason: String,
+}
+
+/// An operator's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Approve.
+    Approve,
+    /// Deny.
+    Deny,
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], ApprovalError> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; N];
+    ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| ApprovalError::Signing)?;
+    Ok(b)
+}
+
+fn check_text(what: &str, s: &str, required: bool) -> Result<(), ApprovalError> {
+    if required && s.trim().is_empty() {
+        return Err(ApprovalError::Invalid(format!("{what} is required")));
+    }
+    if s.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApprovalError::Invalid(format!("{what} is longer than {MAX_TEXT_CHARS} characters")));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApprovalError::Invalid(format!("{what} contains control characters")));
+    }
+    Ok(())
+}
+
+fn check_summary(summary: &Option<Value>) -> Result<String, ApprovalError> {
+    match summary {
+        None | Some(Value::Null) => Ok("{}".to_owned()),
+        Some(Value::Object(_)) => {
+            let text = crate::token::jcs::canonicalize(summary.as_ref().unwrap_or(&Value::Null));
+            if text.len() > MAX_SUMMARY_BYTES {
+                Err(ApprovalError::Invalid(format!("summary is larger than {MAX_SUMMARY_BYTES} bytes")))
+            } else {
+                Ok(text)
+            }
+        }
+        Some(_) => Err(ApprovalError::Invalid("summary must be a JSON object".into())),
+    }
+}
+
+/// The capability claims of an approved (or bypassed) approval.
+pub fn capability_claims(row: &ApprovalRow, issuing: Issuing<'_>) -> Option<CapabilityClaims> {
+    let (jti, iat, exp) = (row.cap_jti.clone()?, row.cap_iat?, row.cap_exp?);
+    Some(CapabilityClaims {
+        iss: issuing.issuer.to_owned(),
+        sub: row.requester.clone(),
+        aud: Audience::One(issuing.audience.to_owned()),
+        iat,
+        nbf: iat,
+        exp,
+        jti,
+        tenant: row.tenant.clone(),
+        caller_kind: row.requester_kind,
+        action: row.action.clone(),
+        resource: row.resource.clone(),
+        params_digest: row.params_digest.clone(),
+        approval_id: row.approval_id.clone(),
+        approvers: if row.bypass { Vec::new() } else { row.approvers() },
+        bypass: row.bypass,
+    })
+}
+
+/// The signed capability of `row`, if it holds a live one. Ed25519 is deterministic, so the
+/// same approval read twice with the same key gives the same token; no token is stored.
+pub fn capability_token(row: &ApprovalRow, issuing: Issuing<'_>, now: i64) -> Result<Option<String>, ApprovalError> {
+    if row.effective_status(now) != Status::Approved {
+        return Ok(None);
+    }
+    match capability_claims(row, issuing) {
+        Some(c) => issuing.signer.sign_capability(&c).map(Some).map_err(|_| ApprovalError::Signing),
+        None => Ok(None),
+    }
+}
+
+/// Creates an approval request for `caller`, or, for an install client allowed to, an
+/// audited bypass that is approved at once.
+pub async fn request(
+    store: &Store,
+    policy: &Policy,
+    caller: &AccessClaims,
+    client: &ClientRecord,
+    req: NewRequest,
+    bypass_reason: Option<&str>,
+    now: i64,
+) -> Result<ApprovalRow, ApprovalError> {
+    if !caller.caller_kind.may_request_approvals() {
+        return Err(ApprovalError::Forbidden(format!("a {} client cannot request approvals", caller.caller_kind)));
+    }
+    if !caller.has_scope("approvals:create") {
+        return Err(ApprovalError::Forbidden("the token lacks the approvals:create scope".into()));
+    }
+    if !policy.is_gated(req.action.as_str()) {
+        return Err(ApprovalError::Invalid(format!(
+            "{} is not a gated action; gated actions are: {}",
+            req.action,
+            policy.gated_actions().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    check_text("reason", &req.reason, true)?;
+    let summary = check_summary(&req.summary)?;
+    if matches!(caller.caller_kind, CallerKind::Agent | CallerKind::Workspace)
+        && req.action.as_str() == "secret_write"
+        && caller.workspace.is_some()
+        && req.resource.workspace() == caller.workspace.as_deref()
+    {
+        return Err(ApprovalError::SelfTarget);
+    }
+    if let Some(reason) = bypass_reason {
+        let allowed = caller.caller_kind == CallerKind::Install
+            && client.kind == CallerKind::Install
+            && client.allow_bypass.iter().any(|a| a == &req.action);
+        if !allowed {
+            return Err(ApprovalError::BypassNotAllowed(format!(
+                "this client may not bypass approval for {}; ask an operator",
+                req.action
+            )));
+        }
+        check_text("the bypass reason", reason, true)?;
+    }
+
+    let id = ApprovalId::from_random(&random_bytes::<16>()?);
+    let mut row = ApprovalRow {
+        approval_id: id.to_string(),
+        tenant: caller.tenant.clone(),
+        action: req.action.to_string(),
+        resource: req.resource.to_string(),
+        params_digest: req.params_digest.to_string(),
+        summary,
+        reason: req.reason.clone(),
+        requester: caller.sub.clone(),
+        requester_kind: caller.caller_kind,
+        status: Status::Pending,
+        quorum: i64::from(policy.quorum(req.action.as_str())),
+        created_at: now,
+        expires_at: now + policy.approval_ttl_secs,
+        decided_at: None,
+        bypass: false,
+        cap_jti: None,
+        cap_iat: None,
+        cap_exp: None,
+        redeemed_at: None,
+        redeemed_by: None,
+        decisions: Vec::new(),
+    };
+    let base = json!({ "action": row.action, "resource": row.resource, "params_digest": row.params_digest, "reason": row.reason });
+    let mut events =
+        vec![AuditEvent::new("approval.requested", &row.requester, &row.tenant, &row.approval_id, base.clone())];
+    if let Some(reason) = bypass_reason {
+        let jti = b64::encode(&random_bytes::<16>()?);
+        row.status = Status::Approved;
+        row.bypass = true;
+        row.decided_at = Some(now);
+        row.cap_exp = Some(now + policy.capability_ttl_secs);
+        row.cap_iat = Some(now);
+        row.cap_jti = Some(jti.clone());
+        events.push(AuditEvent::new(
+            "approval.bypassed",
+            &row.requester,
+            &row.tenant,
+            &row.approval_id,
+            json!({ "bypass_reason": reason, "action": row.action, "resource": row.resource }),
+        ));
+        events.push(AuditEvent::new(
+            "capability.issued",
+            &row.requester,
+            &row.tenant,
+            &row.approval_id,
+            json!({ "jti": jti, "exp": row.cap_exp, "bypass": true }),
+        ));
+    }
+    let mut tx = store.begin_write().await?;
+    rows::insert(&mut tx, &row).await?;
+    audit::append(&mut tx, store.backend(), &events, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(row)
+}
+
+/// Whether `caller` may see `row` at all: its requester, or an operator of its tenant.
+pub fn visible_to(row: &ApprovalRow, caller: &AccessClaims) -> bool {
+    row.requester == caller.sub || (caller.caller_kind == CallerKind::Operator && caller.tenant == row.tenant)
+}
+
+/// Writes the expiry of an overdue approval (with its audit record) on `conn`.
+async fn write_expiry(
+    conn: &mut sqlx::AnyConnection,
+    store: &Store,
+    row: &ApprovalRow,
+    now: i64,
+) -> Result<bool, StoreError> {
+    if row.status == Status::Expired || row.effective_status(now) != Status::Expired {
+        return Ok(false);
+    }
+    if !rows::transition(conn, &row.approval_id, row.status, Status::Expired, None).await? {
+        return Ok(false);
+    }
+    let what = if row.status == Status::Pending { "request" } else { "capability" };
+    audit::append(
+        conn,
+        store.backend(),
+        &[AuditEvent::new("approval.expired", "broker", &row.tenant, &row.approval_id, json!({ "expired": what }))],
+        now,
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Records the expiry of every overdue approval; returns how many.
+pub async fn sweep_expired(store: &Store, now: i64) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for id in rows::due_for_expiry(store, now, 500).await? {
+        let mut tx = store.begin_write().await?;
+        if let Some(row) = rows::get_on(&mut tx, &id).await?
+            && write_expiry(&mut tx, store, &row, now).await?
+        {
+            n += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(n)
+}
+
+/// Reads one approval as `caller` sees it, recording its expiry first if it is overdue.
+pub async fn read(store: &Store, caller: &AccessClaims, id: &str, now: i64) -> Result<ApprovalRow, ApprovalError> {
+    if ApprovalId::parse(id).is_err() {
+        return Err(ApprovalError::NotFound);
+    }
+    let row = rows::get(store, id).await?.ok_or(ApprovalError::NotFound)?;
+    if !visible_to(&row, caller) {
+        return Err(ApprovalError::NotFound);
+    }
+    if row.requester != caller.sub && !caller.has_scope("approvals:read") {
+        return Err(ApprovalError::Forbidden("the token lacks the approvals:read scope".into()));
+    }
+    if row.effective_status(now) == Status::Expired && row.status != Status::Expired {
+        let mut tx = store.begin_write().await?;
+        write_expiry(&mut tx, store, &row, now).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        return rows::get(store, id).await?.ok_or(ApprovalError::NotFound);
+    }
+    Ok(row)
+}
+
+/// Lists a tenant's approvals in `status` for an operator.
+pub async fn list(
+    store: &Store,
+    caller: &AccessClaims,
+    status: Status,
+    after: Option<(i64, String)>,
+    limit: i64,
+    now: i64,
+) -> Result<Vec<ApprovalRow>, ApprovalError> {
+    if caller.caller_kind != CallerKind::Operator {
+        return Err(ApprovalError::Forbidden("only operators list approvals".into()));
+    }
+    if !caller.has_scope("approvals:read") {
+        return Err(ApprovalError::Forbidden("the token lacks the approvals:read scope".into()));
+    }
+    sweep_expired(store, now).await?;
+    Ok(rows::list(store, &caller.tenant, status, after, limit).await?)
+}
+
+/// Loads an approval inside a write transaction, if `caller` may see it.
+async fn load_visible(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    caller: &AccessClaims,
+    id: &str,
+) -> Result<ApprovalRow, ApprovalError> {
+    if ApprovalId::parse(id).is_err() {
+        return Err(ApprovalError::NotFound);
+    }
+    let row = rows::get_on(tx, id).await?.ok_or(ApprovalError::NotFound)?;
+    if !visible_to(&row, caller) {
+        return Err(ApprovalError::NotFound);
+    }
+    Ok(row)
+}
+
+fn refuse_unless_pending(row: &ApprovalRow, now: i64) -> Result<(), ApprovalError> {
+    match row.effective_status(now) {
+        Status::Pending => Ok(()),
+        Status::Expired => Err(ApprovalError::Expired("the request has expired".into())),
+        s => Err(ApprovalError::Conflict(format!("the request is no longer pending (it is {})", s.as_str()))),
+    }
+}
+
+/// An operator approves or denies. Quorum counts distinct operators; one deny ends it.
+pub async fn decide(
+    store: &Store,
+    policy: &Policy,
+    caller: &AccessClaims,
+    id: &str,
+    verdict: Verdict,
+    note: Option<String>,
+    now: i64,
+) -> Result<ApprovalRow, ApprovalError> {
+    if let Some(n) = &note {
+        check_text("note", n, false)?;
+    }
+    let mut tx = store.begin_write().await?;
+    let row = load_visible(&mut tx, caller, id).await?;
+    if row.requester == caller.sub {
+        return Err(ApprovalError::Forbidden("the requester can never decide its own request".into()));
+    }
+    if caller.caller_kind != CallerKind::Operator || !caller.has_scope("approvals:decide") {
+        return Err(ApprovalError::Forbidden("only operators holding approvals:decide may decide".into()));
+    }
+    if row.effective_status(now) == Status::Expired {
+        write_expiry(&mut tx, store, &row, now).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        return Err(ApprovalError::Expired("the request has expired".into()));
+    }
+    refuse_unless_pending(&row, now)?;
+    if row.decisions.iter().any(|d| d.operator == caller.sub) {
+        return Err(ApprovalError::Conflict("you have already decided this request".into()));
+    }
+    let decision = Decision {
+        operator: caller.sub.clone(),
+        decision: match verdict {
+            Verdict::Approve => "approve".into(),
+            Verdict::Deny => "deny".into(),
+        },
+        note: note.clone(),
+        at: now,
+    };
+    rows::insert_decision(&mut tx, id, &decision).await.map_err(|e| {
+        if e.is_unique_violation() {
+            ApprovalError::Conflict("you have already decided this request".into())
+        } else {
+            e.into()
+        }
+    })?;
+    let mut events = vec![AuditEvent::new(
+        "approval.decided",
+        &caller.sub,
+        &row.tenant,
+        id,
+        json!({ "decision": decision.decision, "note": note }),
+    )];
+    let approvals = row.decisions.iter().filter(|d| d.decision == "approve").count() as i64 + 1;
+    let moved = match verdict {
+        Verdict::Deny => {
+            events.push(AuditEvent::new("approval.denied", &caller.sub, &row.tenant, id, json!({})));
+            rows::transition(&mut tx, id, Status::Pending, Status::Denied, Some(now)).await?
+        }
+        Verdict::Approve if approvals >= row.quorum => {
+            let jti = b64::encode(&random_bytes::<16>()?);
+            let exp = now + policy.capability_ttl_secs;
+            events.push(AuditEvent::new(
+                "approval.approved",
+                &caller.sub,
+                &row.tenant,
+                id,
+                json!({ "approvals": approvals }),
+            ));
+            events.push(AuditEvent::new(
+                "capability.issued",
+                &caller.sub,
+                &row.tenant,
+                id,
+                json!({ "jti": jti, "exp": exp, "requester": row.requester }),
+            ));
+            rows::approve(&mut tx, id, &jti, now, exp).await?
+        }
+        Verdict::Approve => true,
+    };
+    if !moved {
+        return Err(ApprovalError::Conflict("the request was decided concurrently".into()));
+    }
+    audit::append(&mut tx, store.backend(), &events, now).await?;
+    let updated = rows::get_on(&mut tx, id).await?.ok_or(ApprovalError::NotFound)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(updated)
+}
+
+/// The requester withdraws its pending request.
+pub async fn withdraw(store: &Store, caller: &AccessClaims, id: &str, now: i64) -> Result<ApprovalRow, ApprovalError> {
+    let mut tx = store.begin_write().await?;
+    let row = load_visible(&mut tx, caller, id).await?;
+    if row.requester != caller.sub {
+        return Err(ApprovalError::Forbidden("only the requester may withdraw a request".into()));
+    }
+    if row.effective_status(now) == Status::Expired {
+        write_expiry(&mut tx, store, &row, now).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        return Err(ApprovalError::Expired("the request has expired".into()));
+    }
+    refuse_unless_pending(&row, now)?;
+    if !rows::transition(&mut tx, id, Status::Pending, Status::Withdrawn, Some(now)).await? {
+        return Err(ApprovalError::Conflict("the request was decided concurrently".into()));
+    }
+    audit::append(
+        &mut tx,
+        store.backend(),
+        &[AuditEvent::new("approval.withdrawn", &caller.sub, &row.tenant, id, json!({}))],
+        now,
+    )
+    .await?;
+    let updated = rows::get_on(&mut tx, id).await?.ok_or(ApprovalError::NotFound)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(updated)
+}
+
+/// Redeems a capability exactly once. The caller must be its `sub` or a `service` client of
+/// the same tenant.
+pub async fn redeem(
+    store: &Store,
+    verifier: &verify::Policy,
+    keys: &(dyn KeyLookup + Sync),
+    caller: &AccessClaims,
+    capability: &str,
+    now: i64,
+) -> Result<CapabilityClaims, ApprovalError> {
+    let cap = verifier.verify_capability(keys, capability, now).map_err(|e| match e {
+        VerifyError::Expired => ApprovalError::Expired("the capability has expired".into()),
+        e => ApprovalError::Invalid(format!("capability does not verify: {e}")),
+    })?;
+    if caller.tenant != cap.tenant {
+        return Err(ApprovalError::Forbidden("the capability belongs to another tenant".into()));
+    }
+    if caller.sub != cap.sub && caller.caller_kind != CallerKind::Service {
+        return Err(ApprovalError::Forbidden("only the capability's holder or a service may redeem it".into()));
+    }
+    let mut tx = store.begin_write().await?;
+    if !rows::redeem(&mut tx, &cap.approval_id, &cap.jti, &caller.sub, now).await? {
+        let row = rows::get_on(&mut tx, &cap.approval_id).await?;
+        return Err(match row.map(|r| (r.effective_status(now), r.cap_jti == Some(cap.jti.clone()))) {
+            Some((Status::Redeemed, true)) => ApprovalError::Conflict("the capability was already redeemed".into()),
+            Some((Status::Expired, true)) => ApprovalError::Expired("the capability has expired".into()),
+            _ => ApprovalError::Conflict("the capability is no longer redeemable".into()),
+        });
+    }
+    audit::append(
+        &mut tx,
+        store.backend(),
+        &[AuditEvent::new(
+            "capability.redeemed",
+            &caller.sub,
+            &cap.tenant,
+            &cap.approval_id,
+            json!({ "jti": cap.jti, "action": cap.action, "resource": cap.resource }),
+        )],
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(cap)
+}

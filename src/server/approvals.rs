@@ -1,0 +1,237 @@
+//! `/v1/approvals` and `/v1/capabilities/redeem`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::{Caller, StrictJson};
+use super::{ApiError, ApiResult, AppState};
+use crate::approvals::{self, ApprovalError, Issuing, NewRequest, Verdict};
+use crate::store::approvals::{ApprovalRow, Status};
+use crate::token::b64;
+
+/// The header with which an allowed install client bypasses the gate, giving its reason.
+pub const BYPASS_HEADER: &str = "Tessera-Gate-Bypass";
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/approvals", post(create).get(list))
+        .route("/v1/approvals/{id}", get(show))
+        .route("/v1/approvals/{id}/decision", post(decide))
+        .route("/v1/approvals/{id}/withdraw", post(withdraw))
+        .route("/v1/capabilities/redeem", post(redeem))
+}
+
+impl From<ApprovalError> for ApiError {
+    fn from(e: ApprovalError) -> Self {
+        match e {
+            ApprovalError::Invalid(m) => ApiError::invalid_request(m),
+            ApprovalError::Forbidden(m) => ApiError::forbidden(m),
+            e @ ApprovalError::SelfTarget => ApiError::self_target_forbidden(e.to_string()),
+            ApprovalError::BypassNotAllowed(m) => ApiError::bypass_not_allowed(m),
+            ApprovalError::NotFound => ApiError::not_found("no such approval"),
+            ApprovalError::Conflict(m) => ApiError::conflict(m),
+            ApprovalError::Expired(m) => ApiError::expired(m),
+            ApprovalError::Store(e) => ApiError::unavailable(&e),
+            ApprovalError::Signing => ApiError::internal(&"capability signing failed"),
+        }
+    }
+}
+
+/// RFC 3339 text of a Unix time.
+pub(crate) fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// An approval as the API shows it. `capability` only in the requester's own reading.
+pub(crate) fn approval_json(row: &ApprovalRow, now: i64, capability: Option<String>) -> Value {
+    let status = row.effective_status(now);
+    let decisions: Vec<Value> = row
+        .decisions
+        .iter()
+        .map(|d| json!({ "operator": d.operator, "decision": d.decision, "note": d.note, "at": rfc3339(d.at) }))
+        .collect();
+    let summary: Value = serde_json::from_str(&row.summary).unwrap_or_else(|_| json!({}));
+    let mut v = json!({
+        "approval_id": row.approval_id,
+        "status": status.as_str(),
+        "action": row.action,
+        "resource": row.resource,
+        "params_digest": row.params_digest,
+        "summary": summary,
+        "reason": row.reason,
+        "tenant": row.tenant,
+        "requester": row.requester,
+        "requester_kind": row.requester_kind,
+        "created_at": rfc3339(row.created_at),
+        "expires_at": rfc3339(row.expires_at),
+        "quorum": row.quorum,
+        "decisions": decisions,
+        "bypass": row.bypass,
+    });
+    if let Some(exp) = row.cap_exp {
+        v["capability_expires_at"] = json!(rfc3339(exp));
+    }
+    if let Some(c) = capability {
+        v["capability"] = json!(c);
+    }
+    v
+}
+
+fn capability_for(state: &AppState, row: &ApprovalRow, now: i64) -> ApiResult<Option<String>> {
+    let signer = state.keys().signer();
+    let cfg = state.config();
+    let issuing = Issuing { signer: &signer, issuer: &cfg.issuer, audience: &cfg.audience };
+    Ok(approvals::capability_token(row, issuing, now)?)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    StrictJson(req): StrictJson<NewRequest>,
+) -> ApiResult<Response> {
+    let now = state.now();
+    let bypass = match headers.get(BYPASS_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::invalid_request("Tessera-Gate-Bypass must be printable text"))?
+                .trim()
+                .to_owned(),
+        ),
+    };
+    let row = approvals::request(
+        state.store(),
+        &state.config().policy,
+        &caller.claims,
+        &caller.client,
+        req,
+        bypass.as_deref(),
+        now,
+    )
+    .await?;
+    if row.bypass {
+        let capability = capability_for(&state, &row, now)?;
+        let mut body = approval_json(&row, now, capability);
+        body["status"] = json!("approved");
+        return Ok((StatusCode::CREATED, Json(body)).into_response());
+    }
+    let payload = json!({
+        "event": "approval.requested",
+        "approval": approval_json(&row, now, None),
+        "console_url": format!("{}/console/approvals/{}", state.config().issuer, row.approval_id),
+    });
+    state.notifier().notify(&payload, now);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "approval_id": row.approval_id, "status": "pending", "expires_at": rfc3339(row.expires_at) })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+fn encode_cursor(row: &ApprovalRow) -> String {
+    b64::encode(format!("{}:{}", row.created_at, row.approval_id).as_bytes())
+}
+
+fn decode_cursor(c: &str) -> Option<(i64, String)> {
+    let text = String::from_utf8(b64::decode(c).ok()?).ok()?;
+    let (t, id) = text.split_once(':')?;
+    Some((t.parse().ok()?, id.to_owned()))
+}
+
+async fn list(State(state): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let q: ListQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid_request(format!("query: {e}")))?;
+    let status: Status = q.status.as_deref().unwrap_or("pending").parse().map_err(ApiError::invalid_request)?;
+    let after = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::invalid_request("malformed cursor"))?),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::invalid_request("limit must be between 1 and 200"));
+    }
+    let now = state.now();
+    let page = approvals::list(state.store(), &caller.claims, status, after, limit + 1, now).await?;
+    let more = page.len() as i64 > limit;
+    let shown: Vec<&ApprovalRow> = page.iter().take(limit as usize).collect();
+    let next = if more { shown.last().map(|r| encode_cursor(r)) } else { None };
+    let items: Vec<Value> = shown.iter().map(|r| approval_json(r, now, None)).collect();
+    Ok(Json(json!({ "approvals": items, "next": next })))
+}
+
+async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let now = state.now();
+    let row = approvals::read(state.store(), &caller.claims, &id, now).await?;
+    let capability = if row.requester == caller.claims.sub { capability_for(&state, &row, now)? } else { None };
+    Ok(Json(approval_json(&row, now, capability)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    decision: Verdict,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn decide(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    StrictJson(body): StrictJson<DecisionBody>,
+) -> ApiResult<Json<Value>> {
+    let now = state.now();
+    let row =
+        approvals::decide(state.store(), &state.config().policy, &caller.claims, &id, body.decision, body.note, now)
+            .await?;
+    Ok(Json(approval_json(&row, now, None)))
+}
+
+async fn withdraw(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let now = state.now();
+    let row = approvals::withdraw(state.store(), &caller.claims, &id, now).await?;
+    Ok(Json(approval_json(&row, now, None)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemBody {
+    capability: String,
+}
+
+async fn redeem(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictJson(body): StrictJson<RedeemBody>,
+) -> ApiResult<Json<Value>> {
+    let now = state.now();
+    let cap =
+        approvals::redeem(state.store(), state.verifier(), state.keys(), &caller.claims, &body.capability, now).await?;
+    Ok(Json(json!({
+        "redeemed": true,
+        "approval_id": cap.approval_id,
+        "jti": cap.jti,
+        "sub": cap.sub,
+        "action": cap.action,
+        "resource": cap.resource,
+        "params_digest": cap.params_digest,
+    })))
+}

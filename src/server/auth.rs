@@ -1,0 +1,87 @@
+//! Bearer access tokens on `/v1/*`, and strict JSON bodies.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{ApiError, AppState};
+use crate::store::clients::{self as client_rows, ClientRecord};
+use crate::token::{AccessClaims, strict_json};
+use crate::verify::VerifyError;
+
+/// The verified caller of a `/v1` route: a valid access token of this broker whose client is
+/// still registered, enabled, and of the tenant and kind the token says.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The verified claims.
+    pub claims: AccessClaims,
+    /// The client's registration as it is now.
+    pub client: ClientRecord,
+}
+
+/// The token of `Authorization: Bearer <token>`, refusing anything else.
+pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return Err(ApiError::invalid_token("an access token is required: Authorization: Bearer <token>"));
+    };
+    let v = v.to_str().map_err(|_| ApiError::invalid_token("malformed Authorization header"))?;
+    match v.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
+        _ => Err(ApiError::invalid_token("an access token is required: Authorization: Bearer <token>")),
+    }
+}
+
+/// Verifies an access token with the broker's published keys, refreshing them once (rate
+/// limited) when the `kid` is unknown, as another replica's new key would be.
+pub(super) async fn verify_access(state: &AppState, token: &str, now: i64) -> Result<AccessClaims, VerifyError> {
+    let verifier = state.verifier();
+    match verifier.verify_access(state.keys(), token, now) {
+        Err(VerifyError::UnknownKey) if state.keys().refresh_for_unknown(now).await => {
+            verifier.verify_access(state.keys(), token, now)
+        }
+        r => r,
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers)?;
+        let now = state.now();
+        let claims = verify_access(state, token, now)
+            .await
+            .map_err(|e| ApiError::invalid_token(format!("access token rejected: {e}")))?;
+        let client = client_rows::get(state.store(), &claims.sub)
+            .await?
+            .filter(|c| !c.disabled && c.tenant.as_str() == claims.tenant && c.kind == claims.caller_kind)
+            .ok_or_else(|| ApiError::invalid_token("access token rejected: the client is disabled or unknown"))?;
+        Ok(Caller { claims, client })
+    }
+}
+
+/// A JSON body: `application/json`, bounded, an object with no duplicate members, then
+/// deserialized into `T` (which refuses unknown fields).
+#[derive(Debug)]
+pub struct StrictJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for StrictJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::invalid_request("Content-Type must be application/json"));
+        }
+        let limit = state.config().max_body_bytes;
+        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| ApiError::too_large(limit))?;
+        let map = strict_json::parse_object(&bytes).map_err(|e| ApiError::invalid_request(format!("body: {e}")))?;
+        let value =
+            serde_json::from_value(Value::Object(map)).map_err(|e| ApiError::invalid_request(format!("body: {e}")))?;
+        Ok(StrictJson(value))
+    }
+}

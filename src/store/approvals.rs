@@ -1,0 +1,351 @@
+//! The `approvals` and `decisions` tables.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::{Store, StoreError, parse_col};
+use crate::domain::CallerKind;
+
+/// An approval's status, as pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting for operators.
+    Pending,
+    /// Approved; the capability may be fetched and redeemed.
+    Approved,
+    /// Denied by an operator.
+    Denied,
+    /// Not decided in time, or the capability not redeemed in time.
+    Expired,
+    /// The capability was redeemed.
+    Redeemed,
+    /// Withdrawn by the requester.
+    Withdrawn,
+}
+
+impl Status {
+    /// Every status.
+    pub const ALL: [Status; 6] =
+        [Status::Pending, Status::Approved, Status::Denied, Status::Expired, Status::Redeemed, Status::Withdrawn];
+
+    /// The pinned name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Denied => "denied",
+            Status::Expired => "expired",
+            Status::Redeemed => "redeemed",
+            Status::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| "status must be one of pending, approved, denied, expired, redeemed, withdrawn".to_owned())
+    }
+}
+
+/// One operator's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The operator's client id.
+    pub operator: String,
+    /// `approve` or `deny`.
+    pub decision: String,
+    /// The operator's note.
+    pub note: Option<String>,
+    /// When, Unix seconds.
+    pub at: i64,
+}
+
+/// A stored approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRow {
+    /// Opaque id.
+    pub approval_id: String,
+    /// The requester's tenant.
+    pub tenant: String,
+    /// The gated action.
+    pub action: String,
+    /// The target resource.
+    pub resource: String,
+    /// The request-parameters digest.
+    pub params_digest: String,
+    /// Redacted summary, JSON object text.
+    pub summary: String,
+    /// The requester's reason.
+    pub reason: String,
+    /// The requester's client id.
+    pub requester: String,
+    /// The requester's kind.
+    pub requester_kind: CallerKind,
+    /// Current status as stored (see `effective_status`).
+    pub status: Status,
+    /// Approvals needed.
+    pub quorum: i64,
+    /// Created, Unix seconds.
+    pub created_at: i64,
+    /// Pending until, Unix seconds.
+    pub expires_at: i64,
+    /// When it was decided.
+    pub decided_at: Option<i64>,
+    /// Whether it came from an install bypass.
+    pub bypass: bool,
+    /// The capability's jti, once approved.
+    pub cap_jti: Option<String>,
+    /// The capability's iat.
+    pub cap_iat: Option<i64>,
+    /// The capability's exp.
+    pub cap_exp: Option<i64>,
+    /// When it was redeemed.
+    pub redeemed_at: Option<i64>,
+    /// Who redeemed it.
+    pub redeemed_by: Option<String>,
+    /// Decisions so far, oldest first.
+    pub decisions: Vec<Decision>,
+}
+
+impl ApprovalRow {
+    /// The status at `now`: a pending request past its deadline, or an approved one whose
+    /// capability has expired unredeemed, is expired whether or not that has been written.
+    pub fn effective_status(&self, now: i64) -> Status {
+        match self.status {
+            Status::Pending if now >= self.expires_at => Status::Expired,
+            Status::Approved if self.cap_exp.is_some_and(|e| now >= e) => Status::Expired,
+            s => s,
+        }
+    }
+
+    /// The approving operators, in decision order.
+    pub fn approvers(&self) -> Vec<String> {
+        self.decisions.iter().filter(|d| d.decision == "approve").map(|d| d.operator.clone()).collect()
+    }
+}
+
+const COLUMNS: &str = "approval_id, tenant, action, resource, params_digest, summary, reason, requester, \
+    requester_kind, status, quorum, created_at, expires_at, decided_at, bypass, cap_jti, cap_iat, cap_exp, \
+    redeemed_at, redeemed_by";
+
+fn from_row(r: &AnyRow) -> Result<ApprovalRow, StoreError> {
+    let kind: String = r.try_get("requester_kind")?;
+    let status: String = r.try_get("status")?;
+    Ok(ApprovalRow {
+        approval_id: r.try_get("approval_id")?,
+        tenant: r.try_get("tenant")?,
+        action: r.try_get("action")?,
+        resource: r.try_get("resource")?,
+        params_digest: r.try_get("params_digest")?,
+        summary: r.try_get("summary")?,
+        reason: r.try_get("reason")?,
+        requester: r.try_get("requester")?,
+        requester_kind: parse_col("requester_kind", &kind)?,
+        status: parse_col("status", &status)?,
+        quorum: r.try_get("quorum")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        decided_at: r.try_get("decided_at")?,
+        bypass: r.try_get::<i64, _>("bypass")? != 0,
+        cap_jti: r.try_get("cap_jti")?,
+        cap_iat: r.try_get("cap_iat")?,
+        cap_exp: r.try_get("cap_exp")?,
+        redeemed_at: r.try_get("redeemed_at")?,
+        redeemed_by: r.try_get("redeemed_by")?,
+        decisions: Vec::new(),
+    })
+}
+
+/// Inserts a new approval (its decisions are inserted separately).
+pub async fn insert(conn: &mut AnyConnection, a: &ApprovalRow) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+    ))
+    .bind(&a.approval_id)
+    .bind(&a.tenant)
+    .bind(&a.action)
+    .bind(&a.resource)
+    .bind(&a.params_digest)
+    .bind(&a.summary)
+    .bind(&a.reason)
+    .bind(&a.requester)
+    .bind(a.requester_kind.as_str())
+    .bind(a.status.as_str())
+    .bind(a.quorum)
+    .bind(a.created_at)
+    .bind(a.expires_at)
+    .bind(a.decided_at)
+    .bind(i64::from(a.bypass))
+    .bind(&a.cap_jti)
+    .bind(a.cap_iat)
+    .bind(a.cap_exp)
+    .bind(a.redeemed_at)
+    .bind(&a.redeemed_by)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn load_decisions(conn: &mut AnyConnection, rows: &mut [ApprovalRow]) -> Result<(), StoreError> {
+    for a in rows.iter_mut() {
+        let ds = sqlx::query(
+            "SELECT operator, decision, note, at FROM decisions WHERE approval_id = $1 ORDER BY at, operator",
+        )
+        .bind(&a.approval_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        a.decisions = ds
+            .iter()
+            .map(|d| {
+                Ok(Decision {
+                    operator: d.try_get("operator")?,
+                    decision: d.try_get("decision")?,
+                    note: d.try_get("note")?,
+                    at: d.try_get("at")?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+    }
+    Ok(())
+}
+
+/// One approval with its decisions, read on `conn` (inside a transaction if it is one).
+pub async fn get_on(conn: &mut AnyConnection, id: &str) -> Result<Option<ApprovalRow>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM approvals WHERE approval_id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut rows = [from_row(&row)?];
+    load_decisions(conn, &mut rows).await?;
+    let [a] = rows;
+    Ok(Some(a))
+}
+
+/// One approval with its decisions.
+pub async fn get(store: &Store, id: &str) -> Result<Option<ApprovalRow>, StoreError> {
+    let mut conn = store.pool().acquire().await?;
+    get_on(&mut conn, id).await
+}
+
+/// A page of a tenant's approvals in `status`, oldest first, after the cursor
+/// `(created_at, approval_id)`.
+pub async fn list(
+    store: &Store,
+    tenant: &str,
+    status: Status,
+    after: Option<(i64, String)>,
+    limit: i64,
+) -> Result<Vec<ApprovalRow>, StoreError> {
+    let (after_t, after_id) = after.unwrap_or((i64::MIN, String::new()));
+    let mut conn = store.pool().acquire().await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM approvals WHERE tenant = $1 AND status = $2 \
+         AND (created_at > $3 OR (created_at = $3 AND approval_id > $4)) \
+         ORDER BY created_at, approval_id LIMIT $5"
+    ))
+    .bind(tenant)
+    .bind(status.as_str())
+    .bind(after_t)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    load_decisions(&mut conn, &mut out).await?;
+    Ok(out)
+}
+
+/// The ids of approvals whose stored status is overdue at `now`.
+pub async fn due_for_expiry(store: &Store, now: i64, limit: i64) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT approval_id FROM approvals WHERE (status = 'pending' AND expires_at <= $1) \
+         OR (status = 'approved' AND cap_exp <= $1) ORDER BY approval_id LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter().map(|r| Ok(r.try_get("approval_id")?)).collect()
+}
+
+/// Moves an approval from `from` to `to`; false if it was no longer in `from`.
+pub async fn transition(
+    conn: &mut AnyConnection,
+    id: &str,
+    from: Status,
+    to: Status,
+    decided_at: Option<i64>,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query(
+        "UPDATE approvals SET status = $3, decided_at = COALESCE($4, decided_at) WHERE approval_id = $1 AND status = $2",
+    )
+    .bind(id)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(decided_at)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Approves a pending request and records its capability; false if it was not pending.
+pub async fn approve(conn: &mut AnyConnection, id: &str, jti: &str, iat: i64, exp: i64) -> Result<bool, StoreError> {
+    let r = sqlx::query(
+        "UPDATE approvals SET status = 'approved', decided_at = $3, cap_jti = $2, cap_iat = $3, cap_exp = $4 \
+         WHERE approval_id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(jti)
+    .bind(iat)
+    .bind(exp)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Records one operator's decision; a second decision by the same operator is a unique
+/// violation.
+pub async fn insert_decision(conn: &mut AnyConnection, id: &str, d: &Decision) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO decisions (approval_id, operator, decision, note, at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id)
+        .bind(&d.operator)
+        .bind(&d.decision)
+        .bind(&d.note)
+        .bind(d.at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Redeems the capability `jti` of approval `id` exactly once: true for the one caller that
+/// moves it from approved to redeemed before it expires.
+pub async fn redeem(conn: &mut AnyConnection, id: &str, jti: &str, by: &str, now: i64) -> Result<bool, StoreError> {
+    let r = sqlx::query(
+        "UPDATE approvals SET status = 'redeemed', redeemed_at = $4, redeemed_by = $3 \
+         WHERE approval_id = $1 AND cap_jti = $2 AND status = 'approved' AND cap_exp > $4",
+    )
+    .bind(id)
+    .bind(jti)
+    .bind(by)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A requester's most recent approvals (for operators weighing a request).
+pub async fn recent_by_requester(store: &Store, requester: &str, limit: i64) -> Result<Vec<ApprovalRow>, StoreError> {
+    let rows =
+        sqlx::query(&format!("SELECT {COLUMNS} FROM approvals WHERE requester = $1 ORDER BY created_at DESC LIMIT $2"))
+            .bind(requester)
+            .bind(limit)
+            .fetch_all(store.pool())
+            .await?;
+    rows.iter().map(from_row).collect()
+}
