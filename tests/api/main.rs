@@ -6,3 +6,4 @@
 mod approvals;
 mod foundation;
 mod helpers;
+mod vectors;

@@ -1,0 +1,1 @@
+//! Shared test vectors: committed tokens with expected verdicts, checked for drift.
