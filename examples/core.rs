@@ -1,3 +1,180 @@
-//! The reference core (issue 4).
+//! The reference core: a small stand-in for the platform, built on the verifier library's
+//! gate. It is what the end-to-end tests drive and what a core team copies from.
+//!
+//! It holds no credentials of its own. Every route first verifies the caller's access token
+//! offline through the broker's JWKS; gated routes run only on a capability for exactly this
+//! request, redeemed once at the broker with the caller's own token.
+//!
+//! ```sh
+//! CORE_LISTEN=127.0.0.1:8710 CORE_BROKER_URL=http://127.0.0.1:8700 cargo run --example core
+//! ```
 
-fn main() {}
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use serde_json::{Value, json};
+use tessera::verify::Verifier;
+use tessera::verify::gate::{Gate, GateRequest, Identity};
+
+/// One side effect core executed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Effect {
+    /// The gated action.
+    pub action: String,
+    /// Its resource.
+    pub resource: String,
+}
+
+/// Core's in-memory state: the effects executed so far.
+#[derive(Debug, Clone, Default)]
+pub struct Effects(Arc<Mutex<Vec<Effect>>>);
+
+impl Effects {
+    fn record(&self, action: &str, resource: String) {
+        let mut v = match self.0.lock() {
+            Ok(v) => v,
+            Err(p) => p.into_inner(),
+        };
+        v.push(Effect { action: action.to_owned(), resource });
+    }
+
+    /// A copy of the effects so far.
+    pub fn list(&self) -> Vec<Effect> {
+        match self.0.lock() {
+            Ok(v) => v.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+fn workspace_secret(r: &GateRequest<'_>) -> Option<String> {
+    Some(format!("workspaces/{}/secrets/{}", r.path("id")?, r.body_str("key")?))
+}
+
+fn org_secret(r: &GateRequest<'_>) -> Option<String> {
+    Some(format!("orgs/{}/secrets/{}", r.caller.tenant, r.body_str("key")?))
+}
+
+fn org_tokens(r: &GateRequest<'_>) -> Option<String> {
+    r.body_str("name")?;
+    Some(format!("orgs/{}/tokens", r.caller.tenant))
+}
+
+fn workspace(r: &GateRequest<'_>) -> Option<String> {
+    Some(format!("workspaces/{}", r.path("id")?))
+}
+
+fn workspace_tokens(r: &GateRequest<'_>) -> Option<String> {
+    Some(format!("workspaces/{}/tokens", r.path("id")?))
+}
+
+/// Core's routes (design §9), each behind the gate.
+pub fn router(gate: &Gate, effects: Effects) -> Router {
+    Router::new()
+        .route("/workspaces/{id}", get(read_workspace).route_layer(gate.authenticated()))
+        .route(
+            "/workspaces/{id}",
+            axum::routing::delete(|State(e): State<Effects>, Path(id): Path<String>| async move {
+                e.record("workspace_delete", format!("workspaces/{id}"));
+                Json(json!({ "deleted": id }))
+            })
+            .route_layer(gate.gated("workspace_delete", workspace)),
+        )
+        .route(
+            "/org/tokens",
+            post(|State(e): State<Effects>, Extension(who): Extension<Identity>| async move {
+                e.record("org_token_mint", format!("orgs/{}/tokens", who.0.tenant));
+                (StatusCode::CREATED, Json(json!({ "created": true })))
+            })
+            .route_layer(gate.gated("org_token_mint", org_tokens)),
+        )
+        .route(
+            "/workspaces/{id}/secrets",
+            put(|State(e): State<Effects>, Path(id): Path<String>, Json(body): Json<Value>| async move {
+                let key = body["key"].as_str().unwrap_or_default();
+                e.record("secret_write", format!("workspaces/{id}/secrets/{key}"));
+                Json(json!({ "written": key }))
+            })
+            .route_layer(gate.gated("secret_write", workspace_secret)),
+        )
+        .route(
+            "/settings/secrets",
+            put(|State(e): State<Effects>, Extension(who): Extension<Identity>, Json(body): Json<Value>| async move {
+                let key = body["key"].as_str().unwrap_or_default();
+                e.record("secret_write", format!("orgs/{}/secrets/{key}", who.0.tenant));
+                Json(json!({ "written": key }))
+            })
+            .route_layer(gate.gated("secret_write", org_secret)),
+        )
+        .route(
+            "/workspaces/{id}/deprovision",
+            post(|State(e): State<Effects>, Path(id): Path<String>| async move {
+                e.record("workspace_deprovision", format!("workspaces/{id}"));
+                Json(json!({ "deprovisioned": id }))
+            })
+            .route_layer(gate.gated("workspace_deprovision", workspace)),
+        )
+        .route(
+            "/admin/workspaces/{id}/tokens",
+            post(|State(e): State<Effects>, Path(id): Path<String>| async move {
+                e.record("workspace_token_mint", format!("workspaces/{id}/tokens"));
+                (StatusCode::CREATED, Json(json!({ "created": true })))
+            })
+            .route_layer(gate.gated("workspace_token_mint", workspace_tokens)),
+        )
+        .route("/debug/effects", get(|State(e): State<Effects>| async move { Json(e.list()) }))
+        .fallback(|| async {
+            (StatusCode::NOT_FOUND, Json(json!({ "error": "not_found", "error_description": "no such endpoint" })))
+        })
+        .with_state(effects)
+}
+
+async fn read_workspace(Path(id): Path<String>, Extension(who): Extension<Identity>) -> Response {
+    if !who.0.has_scope("workspaces:read") {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": "forbidden", "error_description": "the token lacks workspaces:read" })),
+        )
+            .into_response();
+    }
+    Json(json!({ "id": id })).into_response()
+}
+
+/// Runs core until ctrl-c.
+#[allow(dead_code)] // the end-to-end tests include this file and drive `router` instead
+fn main() -> std::process::ExitCode {
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    let listen = env("CORE_LISTEN", "127.0.0.1:8710");
+    let broker = env("CORE_BROKER_URL", "http://127.0.0.1:8700");
+    let issuer = env("CORE_ISSUER", &broker);
+    let audience = env("CORE_AUDIENCE", "core");
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("core: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), Box<dyn std::error::Error>> = rt.block_on(async {
+        let gate = Gate::new(Verifier::for_issuer(&issuer, &audience), &broker);
+        let listener = tokio::net::TcpListener::bind(&listen).await?;
+        eprintln!("core listening on {listen}, trusting {issuer}");
+        axum::serve(listener, router(&gate, Effects::default()))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("core: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -4,11 +4,76 @@
 //! Build it alone with `default-features = false, features = ["verify"]`.
 
 mod checks;
+pub mod gate;
+pub mod jwks;
 
 pub use checks::{KeyLookup, Policy, PublicKey, VerifyError};
+pub use jwks::{JwksClient, JwksOptions};
 
 pub use crate::token::jcs::params_digest;
 pub use crate::token::{AccessClaims, CapabilityClaims};
+
+/// Offline verification against a broker's JWKS: the checks of [`Policy`] with keys from a
+/// caching [`JwksClient`].
+#[derive(Debug)]
+pub struct Verifier {
+    policy: Policy,
+    jwks: JwksClient,
+}
+
+impl Verifier {
+    /// Verifies tokens of `policy.issuer` with keys from `jwks`.
+    pub fn new(policy: Policy, jwks: JwksClient) -> Verifier {
+        Verifier { policy, jwks }
+    }
+
+    /// Trusts the broker at `issuer` (its JWKS at `/.well-known/jwks.json`) for `audience`,
+    /// with the default leeway, lifetime cap and cache settings.
+    pub fn for_issuer(issuer: &str, audience: &str) -> Verifier {
+        let issuer = issuer.trim_end_matches('/');
+        let jwks = JwksClient::new(format!("{issuer}/.well-known/jwks.json"), JwksOptions::default());
+        Verifier::new(Policy::new(issuer, audience), jwks)
+    }
+
+    /// The checks applied.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The key cache.
+    pub fn jwks(&self) -> &JwksClient {
+        &self.jwks
+    }
+
+    async fn with_keys<T>(
+        &self,
+        token: &str,
+        check: impl Fn(&dyn KeyLookup) -> Result<T, VerifyError>,
+    ) -> Result<T, VerifyError> {
+        self.jwks.ensure_fresh().await;
+        match check(&*self.jwks.snapshot()) {
+            Err(VerifyError::UnknownKey) => {
+                let kid = crate::token::UnverifiedJws::parse(token).map(|j| j.header().kid.clone())?;
+                if self.jwks.refresh_for_unknown_kid(&kid).await {
+                    check(&*self.jwks.snapshot())
+                } else {
+                    Err(VerifyError::UnknownKey)
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// Verifies an access token at `now` (Unix seconds).
+    pub async fn verify_access(&self, token: &str, now: i64) -> Result<AccessClaims, VerifyError> {
+        self.with_keys(token, |keys| self.policy.verify_access(keys, token, now)).await
+    }
+
+    /// Verifies a capability token at `now` (Unix seconds).
+    pub async fn verify_capability(&self, token: &str, now: i64) -> Result<CapabilityClaims, VerifyError> {
+        self.with_keys(token, |keys| self.policy.verify_capability(keys, token, now)).await
+    }
+}
 
 /// The deepest RFC 8693 actor chain accepted.
 pub const MAX_ACT_DEPTH: usize = 4;

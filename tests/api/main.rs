@@ -5,5 +5,6 @@
 
 mod approvals;
 mod foundation;
+mod gate;
 mod helpers;
 mod vectors;

@@ -1,0 +1,429 @@
+//! The gate: a tower [`Layer`] for axum routes of a resource server.
+//!
+//! Every route behind it first needs a valid access token of the broker (else `401
+//! invalid_token`). A gated route declares its action and how its resource is derived from
+//! the request; it then runs only on a valid capability for exactly this request:
+//!
+//! - without a `Tessera-Capability` header, the gate creates the approval at the broker *as
+//!   the caller* (forwarding the caller's bearer token), with a summary in which
+//!   secret-looking fields are replaced by their length and SHA-256 fingerprint, and answers
+//!   `202 {"approval_id", "status": "pending"}`; the handler does not run;
+//! - with one, it verifies the capability offline, checks that it is bound to this action,
+//!   resource, parameter digest, caller and tenant (else `403 forbidden`), redeems it at the
+//!   broker (`409 conflict` if already redeemed), and only then runs the handler.
+//!
+//! The verified identity reaches the handler as the [`Identity`] request extension, the
+//! redeemed capability as [`Redeemed`].
+//!
+//! ```no_run
+//! use axum::{Extension, Json, Router, routing::put};
+//! use tessera::verify::gate::{Gate, Identity};
+//! use tessera::verify::Verifier;
+//!
+//! # async fn wire() {
+//! let broker = "https://tessera.internal";
+//! let gate = Gate::new(Verifier::for_issuer(broker, "core"), broker);
+//! let app: Router = Router::new().route(
+//!     "/workspaces/{id}/secrets",
+//!     put(|Extension(who): Extension<Identity>| async move { Json(who.0.sub) })
+//!         .route_layer(gate.gated("secret_write", |r| {
+//!             Some(format!("workspaces/{}/secrets/{}", r.path("id")?, r.body_str("key")?))
+//!         })),
+//! );
+//! # let _ = app;
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ring::digest::{SHA256, digest};
+use serde_json::{Value, json};
+use tower::{Layer, Service};
+
+use super::{AccessClaims, CapabilityBinding, CapabilityClaims, Verifier, check_binding, params_digest};
+use crate::token::{b64, strict_json};
+
+/// The header carrying the capability on a gated request.
+pub const CAPABILITY_HEADER: &str = "Tessera-Capability";
+/// The header with which an allowed install client asks for the audited bypass.
+pub const BYPASS_HEADER: &str = "Tessera-Gate-Bypass";
+/// Largest request body a gated route accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The verified caller, as a request extension.
+#[derive(Debug, Clone)]
+pub struct Identity(pub AccessClaims);
+
+/// The capability redeemed for this request, as a request extension.
+#[derive(Debug, Clone)]
+pub struct Redeemed(pub CapabilityClaims);
+
+/// What a route's resource function sees.
+#[derive(Debug)]
+pub struct GateRequest<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The matched path parameters.
+    pub path_params: &'a HashMap<String, String>,
+    /// The JSON body (`{}` when there is none): the parameters the digest covers.
+    pub params: &'a Value,
+    /// The verified caller.
+    pub caller: &'a AccessClaims,
+}
+
+impl GateRequest<'_> {
+    /// A path parameter.
+    pub fn path(&self, name: &str) -> Option<&str> {
+        self.path_params.get(name).map(String::as_str)
+    }
+    /// A string member of the body.
+    pub fn body_str(&self, name: &str) -> Option<&str> {
+        self.params.get(name).and_then(Value::as_str)
+    }
+}
+
+type ResourceFn = dyn Fn(&GateRequest<'_>) -> Option<String> + Send + Sync;
+type Clock = dyn Fn() -> i64 + Send + Sync;
+
+struct Rule {
+    action: String,
+    resource: Box<ResourceFn>,
+}
+
+struct GateInner {
+    verifier: Verifier,
+    broker: String,
+    http: reqwest::Client,
+    clock: Box<Clock>,
+}
+
+/// The shared gate: one per resource server, cloned into each route's layer.
+#[derive(Clone)]
+pub struct Gate(Arc<GateInner>);
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate").field("broker", &self.0.broker).finish_non_exhaustive()
+    }
+}
+
+fn system_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl Gate {
+    /// A gate that verifies with `verifier` and creates approvals and redeems capabilities
+    /// at the broker at `broker_url`.
+    pub fn new(verifier: Verifier, broker_url: &str) -> Gate {
+        Self::with_clock(verifier, broker_url, system_now)
+    }
+
+    /// As [`Gate::new`], reading time from `clock` (Unix seconds).
+    pub fn with_clock(verifier: Verifier, broker_url: &str, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Gate {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Gate(Arc::new(GateInner {
+            verifier,
+            broker: broker_url.trim_end_matches('/').to_owned(),
+            http,
+            clock: Box::new(clock),
+        }))
+    }
+
+    /// A layer that only requires a valid access token.
+    pub fn authenticated(&self) -> GateLayer {
+        GateLayer { gate: self.clone(), rule: None }
+    }
+
+    /// A layer for a gated route: `action`, and the resource derived from each request
+    /// (`None` refuses the request as malformed).
+    pub fn gated(
+        &self,
+        action: &str,
+        resource: impl Fn(&GateRequest<'_>) -> Option<String> + Send + Sync + 'static,
+    ) -> GateLayer {
+        GateLayer {
+            gate: self.clone(),
+            rule: Some(Arc::new(Rule { action: action.to_owned(), resource: Box::new(resource) })),
+        }
+    }
+
+    /// The verifier.
+    pub fn verifier(&self) -> &Verifier {
+        &self.0.verifier
+    }
+}
+
+/// The layer of one route.
+#[derive(Clone)]
+pub struct GateLayer {
+    gate: Gate,
+    rule: Option<Arc<Rule>>,
+}
+
+impl<S> Layer<S> for GateLayer {
+    type Service = GateService<S>;
+    fn layer(&self, inner: S) -> GateService<S> {
+        GateService { inner, gate: self.gate.clone(), rule: self.rule.clone() }
+    }
+}
+
+/// The service of one route.
+#[derive(Clone)]
+pub struct GateService<S> {
+    inner: S,
+    gate: Gate,
+    rule: Option<Arc<Rule>>,
+}
+
+impl<S> Service<Request<Body>> for GateService<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // Take the service that was driven to readiness; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let gate = self.gate.clone();
+        let rule = self.rule.clone();
+        Box::pin(async move {
+            match gate.admit(req, rule.as_deref()).await {
+                Ok(req) => inner.call(req).await,
+                Err(res) => Ok(res),
+            }
+        })
+    }
+}
+
+fn error(status: StatusCode, code: &str, description: impl Into<String>) -> Response {
+    let mut res =
+        (status, axum::Json(json!({ "error": code, "error_description": description.into() }))).into_response();
+    if status == StatusCode::UNAUTHORIZED
+        && let Ok(v) = HeaderValue::from_str("Bearer error=\"invalid_token\"")
+    {
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    res
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(v), None) = (all.next(), all.next()) else { return None };
+    let (scheme, token) = v.to_str().ok()?.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+/// Member names whose values are treated as secrets in summaries.
+const SECRET_WORDS: [&str; 11] =
+    ["secret", "password", "passwd", "token", "value", "credential", "private", "apikey", "api_key", "auth", "cookie"];
+
+/// The parameters with every secret-looking member's value replaced by
+/// `{"redacted": true, "length": N, "sha256": "sha256:…"}`, recursively.
+pub fn redact(params: &Value) -> Value {
+    match params {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let lower = k.to_ascii_lowercase();
+                    let secret = SECRET_WORDS.iter().any(|w| lower.contains(w));
+                    (k.clone(), if secret { fingerprint(v) } else { redact(v) })
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
+        other => other.clone(),
+    }
+}
+
+fn fingerprint(v: &Value) -> Value {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let d = digest(&SHA256, text.as_bytes());
+    json!({ "redacted": true, "length": text.chars().count(), "sha256": format!("sha256:{}", b64::encode(d.as_ref())) })
+}
+
+async fn relay(res: reqwest::Response) -> Response {
+    let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    match res.json::<Value>().await {
+        Ok(body) => (status, axum::Json(body)).into_response(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the broker answered unreadably"),
+    }
+}
+
+impl Gate {
+    async fn admit(&self, req: Request<Body>, rule: Option<&Rule>) -> Result<Request<Body>, Response> {
+        let g = &self.0;
+        let (mut parts, body) = req.into_parts();
+        let Some(token) = bearer(&parts.headers).map(str::to_owned) else {
+            return Err(error(StatusCode::UNAUTHORIZED, "invalid_token", "an access token is required"));
+        };
+        let now = (g.clock)();
+        let caller = g
+            .verifier
+            .verify_access(&token, now)
+            .await
+            .map_err(|e| error(StatusCode::UNAUTHORIZED, "invalid_token", format!("access token rejected: {e}")))?;
+        let Some(rule) = rule else {
+            parts.extensions.insert(Identity(caller));
+            return Ok(Request::from_parts(parts, body));
+        };
+
+        let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "request body too large"))?;
+        let params = if bytes.is_empty() {
+            json!({})
+        } else {
+            Value::Object(strict_json::parse_object(&bytes).map_err(|e| {
+                error(StatusCode::BAD_REQUEST, "invalid_request", format!("the body must be a JSON object: {e}"))
+            })?)
+        };
+        let path_params: HashMap<String, String> = RawPathParams::from_request_parts(&mut parts, &())
+            .await
+            .map(|p| p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+            .unwrap_or_default();
+        let view = GateRequest { method: &parts.method, path_params: &path_params, params: &params, caller: &caller };
+        let Some(resource) = (rule.resource)(&view) else {
+            return Err(error(StatusCode::BAD_REQUEST, "invalid_request", "the request does not name its target"));
+        };
+        let digest = params_digest(&params).to_string();
+
+        let Some(capability) = parts.headers.get(CAPABILITY_HEADER) else {
+            return Err(self.request_approval(&parts, &token, &rule.action, &resource, &digest, &params).await);
+        };
+        let capability = capability
+            .to_str()
+            .map_err(|_| error(StatusCode::FORBIDDEN, "forbidden", "the capability does not verify"))?
+            .trim()
+            .to_owned();
+        let cap =
+            g.verifier.verify_capability(&capability, now).await.map_err(|e| {
+                error(StatusCode::FORBIDDEN, "forbidden", format!("the capability does not verify: {e}"))
+            })?;
+        let binding = CapabilityBinding { action: &rule.action, resource: &resource, params_digest: &digest };
+        check_binding(&cap, &caller, binding).map_err(|e| {
+            error(StatusCode::FORBIDDEN, "forbidden", format!("the capability does not match this request: {e}"))
+        })?;
+        self.redeem(&token, &capability).await?;
+        parts.extensions.insert(Identity(caller));
+        parts.extensions.insert(Redeemed(cap));
+        Ok(Request::from_parts(parts, Body::from(bytes)))
+    }
+
+    async fn request_approval(
+        &self,
+        parts: &axum::http::request::Parts,
+        token: &str,
+        action: &str,
+        resource: &str,
+        digest: &str,
+        params: &Value,
+    ) -> Response {
+        let g = &self.0;
+        let body = json!({
+            "action": action,
+            "resource": resource,
+            "params_digest": digest,
+            "summary": redact(params),
+            "reason": format!("gated request {} {}", parts.method, parts.uri.path()),
+        });
+        let mut req = g.http.post(format!("{}/v1/approvals", g.broker)).bearer_auth(token).json(&body);
+        if let Some(b) = parts.headers.get(BYPASS_HEADER) {
+            req = req.header(BYPASS_HEADER, b.clone());
+        }
+        let res = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "broker unreachable while creating an approval");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the broker is unreachable");
+            }
+        };
+        if res.status() == reqwest::StatusCode::ACCEPTED {
+            return match res.json::<Value>().await {
+                Ok(v) => {
+                    (StatusCode::ACCEPTED, axum::Json(json!({ "approval_id": v["approval_id"], "status": "pending" })))
+                        .into_response()
+                }
+                Err(_) => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the broker answered unreadably")
+                }
+            };
+        }
+        if res.status().is_server_error() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the broker could not take the request",
+            );
+        }
+        // A refusal (403 self_target_forbidden, …) or an install bypass (201 with the
+        // capability): the caller sees the broker's own answer.
+        relay(res).await
+    }
+
+    async fn redeem(&self, token: &str, capability: &str) -> Result<(), Response> {
+        let g = &self.0;
+        let res = g
+            .http
+            .post(format!("{}/v1/capabilities/redeem", g.broker))
+            .bearer_auth(token)
+            .json(&json!({ "capability": capability }))
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "broker unreachable while redeeming");
+                error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the broker is unreachable")
+            })?;
+        match res.status().as_u16() {
+            200 => Ok(()),
+            409 => Err(error(StatusCode::CONFLICT, "conflict", "the capability was already redeemed")),
+            401 => Err(error(StatusCode::UNAUTHORIZED, "invalid_token", "the broker refused the access token")),
+            s if s >= 500 => {
+                Err(error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the broker could not redeem"))
+            }
+            _ => Err(error(StatusCode::FORBIDDEN, "forbidden", "the broker refused to redeem the capability")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_looking_members_are_fingerprinted() {
+        let r = redact(
+            &json!({"key": "OPENAI_KEY", "value": "sk-123", "nested": {"api_token": 42}, "list": [{"password": "p"}]}),
+        );
+        assert_eq!(r["key"], "OPENAI_KEY");
+        assert_eq!(r["value"]["length"], 6);
+        assert_eq!(r["value"]["redacted"], true);
+        assert!(r["value"]["sha256"].as_str().unwrap().starts_with("sha256:"));
+        assert_eq!(r["nested"]["api_token"]["length"], 2);
+        assert_eq!(r["list"][0]["password"]["length"], 1);
+        assert!(!r.to_string().contains("sk-123"));
+    }
+}

@@ -1,0 +1,343 @@
+//! Issue: the verifier library, the gate middleware and the reference core — the incident,
+//! replayed against the real thing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tessera::domain::CallerKind;
+use tessera::verify::gate::Gate;
+use tessera::verify::{JwksClient, JwksOptions, Policy, Verifier};
+
+use crate::helpers::*;
+
+#[path = "../../examples/core.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod core_example;
+
+struct World {
+    broker: TestApp,
+    core: String,
+    http: reqwest::Client,
+    agent: TestClient,
+    op: TestClient,
+}
+
+async fn spawn_core(broker: &TestApp) -> String {
+    let clock = broker.state.clock().clone();
+    let gate = Gate::with_clock(Verifier::for_issuer(&broker.base, "core"), &broker.base, move || clock.now());
+    let router = core_example::router(&gate, core_example::Effects::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+async fn world() -> World {
+    let broker = spawn_app().await;
+    let core = spawn_core(&broker).await;
+    let agent = broker.create_client("org-1", CallerKind::Agent, "concierge").await;
+    let op = broker.create_client("org-1", CallerKind::Operator, "alice").await;
+    World { broker, core, http: reqwest::Client::new(), agent, op }
+}
+
+impl World {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        cap: Option<&str>,
+    ) -> reqwest::Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.core)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(c) = cap {
+            req = req.header("Tessera-Capability", c);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn effects(&self) -> Vec<Value> {
+        let v: Value =
+            self.http.get(format!("{}/debug/effects", self.core)).send().await.unwrap().json().await.unwrap();
+        v.as_array().unwrap().clone()
+    }
+
+    async fn pending(&self) -> Vec<Value> {
+        let t = self.broker.access_token(&self.op).await;
+        let v: Value = self.broker.get_bearer("/v1/approvals?status=pending", &t).await.json().await.unwrap();
+        v["approvals"].as_array().unwrap().clone()
+    }
+
+    async fn approve(&self, id: &str) {
+        let t = self.broker.access_token(&self.op).await;
+        assert_eq!(self.broker.decide(&t, id, "approve").await.status(), 200);
+    }
+
+    /// Runs a gated call to approval and returns the capability.
+    async fn approved_capability(&self, token: &str, method: &str, path: &str, body: Value) -> String {
+        let res = self.call(method, path, token, Some(body), None).await;
+        assert_eq!(res.status(), 202);
+        let v: Value = res.json().await.unwrap();
+        let id = v["approval_id"].as_str().unwrap().to_owned();
+        self.approve(&id).await;
+        self.broker.capability(token, &id).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn the_incident_cannot_happen_again() {
+    let w = world().await;
+    let at = w.broker.access_token(&w.agent).await;
+
+    // First try: 202 pending, an approval operators can see, and no effect.
+    let res = w.call("POST", "/org/tokens", &at, Some(json!({"name": "ci"})), None).await;
+    assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "pending");
+    let id = body["approval_id"].as_str().unwrap().to_owned();
+    let pending = w.pending().await;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["approval_id"], id);
+    assert_eq!(pending[0]["action"], "org_token_mint");
+    assert_eq!(pending[0]["resource"], "orgs/org-1/tokens");
+    assert_eq!(pending[0]["requester"], w.agent.id);
+    assert!(w.effects().await.is_empty());
+
+    // The agent cannot approve its own request, nor mint a token that skips the gate.
+    assert_error(w.broker.decide(&at, &id, "approve").await, 403, "forbidden").await;
+    let res = w
+        .broker
+        .token_request(&[("grant_type", "client_credentials"), ("scope", "org_token_mint")], Some(&w.agent))
+        .await;
+    assert_error(res, 400, "invalid_scope").await;
+
+    // An operator approves; the retry with the capability runs exactly one effect.
+    w.approve(&id).await;
+    let cap = w.broker.capability(&at, &id).await.unwrap();
+    let res = w.call("POST", "/org/tokens", &at, Some(json!({"name": "ci"})), Some(&cap)).await;
+    assert_eq!(res.status(), 201);
+    let effects = w.effects().await;
+    assert_eq!(effects, vec![json!({"action": "org_token_mint", "resource": "orgs/org-1/tokens"})]);
+
+    // The replay is 409; the same capability with another body is 403; nothing more runs.
+    let res = w.call("POST", "/org/tokens", &at, Some(json!({"name": "ci"})), Some(&cap)).await;
+    assert_error(res, 409, "conflict").await;
+    let res = w.call("POST", "/org/tokens", &at, Some(json!({"name": "admin-2"})), Some(&cap)).await;
+    assert_error(res, 403, "forbidden").await;
+    assert_eq!(w.effects().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_capability_fits_only_its_own_request() {
+    let w = world().await;
+    let at = w.broker.access_token(&w.agent).await;
+    let body = json!({"key": "OPENAI_KEY", "value": "sk-live-0123456789"});
+    let cap = w.approved_capability(&at, "PUT", "/workspaces/ws-1/secrets", body.clone()).await;
+
+    // Another workspace, another key, another value, another verb: 403.
+    let other_value = json!({"key": "OPENAI_KEY", "value": "sk-live-evil"});
+    let other_key = json!({"key": "ANTHROPIC_KEY", "value": "sk-live-0123456789"});
+    for (method, path, b) in [
+        ("PUT", "/workspaces/ws-2/secrets", body.clone()),
+        ("PUT", "/workspaces/ws-1/secrets", other_value),
+        ("PUT", "/workspaces/ws-1/secrets", other_key),
+        ("PUT", "/settings/secrets", body.clone()),
+        ("DELETE", "/workspaces/ws-1", body.clone()),
+    ] {
+        let res = w.call(method, path, &at, Some(b), Some(&cap)).await;
+        assert_error(res, 403, "forbidden").await;
+    }
+    // Another agent of the same tenant holding it: 403 (bound to the requester).
+    let thief = w.broker.create_client("org-1", CallerKind::Agent, "thief").await;
+    let tt = w.broker.access_token(&thief).await;
+    assert_error(
+        w.call("PUT", "/workspaces/ws-1/secrets", &tt, Some(body.clone()), Some(&cap)).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert!(w.effects().await.is_empty());
+
+    // The right request still works, once.
+    assert_eq!(w.call("PUT", "/workspaces/ws-1/secrets", &at, Some(body.clone()), Some(&cap)).await.status(), 200);
+    assert_eq!(
+        w.effects().await,
+        vec![json!({"action": "secret_write", "resource": "workspaces/ws-1/secrets/OPENAI_KEY"})]
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_never_interchangeable_and_the_token_comes_first() {
+    let w = world().await;
+    let at = w.broker.access_token(&w.agent).await;
+    let cap = w.approved_capability(&at, "DELETE", "/workspaces/ws-7", json!({})).await;
+    // A capability as the bearer token: 401 before anything else.
+    let res = w.call("DELETE", "/workspaces/ws-7", &cap, None, Some(&cap)).await;
+    assert_error(res, 401, "invalid_token").await;
+    // The access token as a capability: 403.
+    let res = w.call("DELETE", "/workspaces/ws-7", &at, None, Some(&at)).await;
+    assert_error(res, 403, "forbidden").await;
+    // No token, or garbage: 401, and no approval is created.
+    let before = w.pending().await.len();
+    let res = w.http.post(format!("{}/org/tokens", w.core)).json(&json!({"name": "x"})).send().await.unwrap();
+    assert_error(res, 401, "invalid_token").await;
+    assert_error(
+        w.call("POST", "/org/tokens", "garbage", Some(json!({"name": "x"})), None).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(w.pending().await.len(), before);
+    assert!(w.effects().await.is_empty());
+}
+
+#[tokio::test]
+async fn every_gated_route_asks_and_secret_values_never_reach_the_broker() {
+    let w = world().await;
+    let at = w.broker.access_token(&w.agent).await;
+    let cases = [
+        (
+            "PUT",
+            "/workspaces/ws-1/secrets",
+            json!({"key": "K1", "value": "hunter2-secret"}),
+            "secret_write",
+            "workspaces/ws-1/secrets/K1",
+        ),
+        (
+            "PUT",
+            "/settings/secrets",
+            json!({"key": "K2", "value": "hunter2-secret"}),
+            "secret_write",
+            "orgs/org-1/secrets/K2",
+        ),
+        ("DELETE", "/workspaces/ws-1", json!({}), "workspace_delete", "workspaces/ws-1"),
+        ("POST", "/workspaces/ws-1/deprovision", json!({}), "workspace_deprovision", "workspaces/ws-1"),
+        ("POST", "/admin/workspaces/ws-1/tokens", json!({}), "workspace_token_mint", "workspaces/ws-1/tokens"),
+        ("POST", "/org/tokens", json!({"name": "n"}), "org_token_mint", "orgs/org-1/tokens"),
+    ];
+    for (method, path, body, action, resource) in cases.clone() {
+        let res = w.call(method, path, &at, Some(body.clone()), None).await;
+        assert_eq!(res.status(), 202, "{method} {path}");
+        let id = res.json::<Value>().await.unwrap()["approval_id"].as_str().unwrap().to_owned();
+        let ot = w.broker.access_token(&w.op).await;
+        let a: Value = w.broker.get_bearer(&format!("/v1/approvals/{id}"), &ot).await.json().await.unwrap();
+        assert_eq!(a["action"], action);
+        assert_eq!(a["resource"], resource);
+        assert_eq!(a["params_digest"], tessera::verify::params_digest(&body).to_string());
+        assert_eq!(a["requester"], w.agent.id);
+        if body.get("value").is_some() {
+            assert_eq!(a["summary"]["value"]["length"], 14);
+            assert_eq!(a["summary"]["value"]["redacted"], true);
+        }
+    }
+    let export = w.broker.cli(&["audit", "export"]).await;
+    let everything = format!("{}{:?}", String::from_utf8_lossy(&export.stdout), w.pending().await);
+    assert!(!everything.contains("hunter2-secret"));
+    assert!(w.effects().await.is_empty());
+
+    // Reads need only the right scope.
+    assert_eq!(w.call("GET", "/workspaces/ws-1", &at, None, None).await.status(), 200);
+    let narrow = w.broker.create_client_with("org-1", CallerKind::Agent, "n", None, &["approvals:create"], &[]).await;
+    let nt = w.broker.access_token(&narrow).await;
+    assert_error(w.call("GET", "/workspaces/ws-1", &nt, None, None).await, 403, "forbidden").await;
+    // A malformed gated request is 400 and creates nothing.
+    let before = w.pending().await.len();
+    assert_error(
+        w.call("PUT", "/workspaces/ws-1/secrets", &at, Some(json!({"value": "x"})), None).await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    let res = w
+        .http
+        .put(format!("{}/workspaces/ws-1/secrets", w.core))
+        .bearer_auth(&at)
+        .header("content-type", "application/json")
+        .body("[1,2]")
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "invalid_request").await;
+    assert_eq!(w.pending().await.len(), before);
+}
+
+#[tokio::test]
+async fn the_brokers_refusals_reach_the_caller() {
+    let w = world().await;
+    let ws = w.broker.create_client_with("org-1", CallerKind::Workspace, "rt", Some("ws-1"), &[], &[]).await;
+    let wt = w.broker.access_token(&ws).await;
+    let res = w.call("PUT", "/workspaces/ws-1/secrets", &wt, Some(json!({"key": "K", "value": "v"})), None).await;
+    assert_error(res, 403, "self_target_forbidden").await;
+    // An agent sending the bypass header through core is refused too.
+    let at = w.broker.access_token(&w.agent).await;
+    let res = w
+        .http
+        .post(format!("{}/org/tokens", w.core))
+        .bearer_auth(&at)
+        .header("Tessera-Gate-Bypass", "trust me")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 403, "bypass_not_allowed").await;
+    assert!(w.effects().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_kid_flood_costs_at_most_one_fetch_per_cooldown() {
+    let broker = spawn_app().await;
+    let agent = broker.create_client("org-1", CallerKind::Agent, "a").await;
+    let at = broker.access_token(&agent).await;
+    let jwks = JwksClient::new(broker.url("/.well-known/jwks.json"), JwksOptions::default());
+    let verifier = Arc::new(Verifier::new(Policy::new(broker.base.clone(), "core"), jwks));
+    verifier.verify_access(&at, broker.state.now()).await.unwrap();
+    assert_eq!(verifier.jwks().fetch_count(), 1);
+    // Forge tokens with random kids: each is refused, and together they cause one fetch.
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let v = verifier.clone();
+        let mut parts: Vec<String> = at.split('.').map(str::to_owned).collect();
+        parts[0] =
+            tessera::token::b64::encode(format!(r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"random{i}"}}"#).as_bytes());
+        let forged = parts.join(".");
+        let now = broker.state.now();
+        tasks.push(tokio::spawn(async move { v.verify_access(&forged, now).await }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_err());
+    }
+    assert_eq!(verifier.jwks().fetch_count(), 2, "one refetch for the whole flood");
+    verifier.verify_access(&at, broker.state.now()).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_jwks_cache_keeps_the_last_good_set_then_fails_closed() {
+    let broker = spawn_app().await;
+    let agent = broker.create_client("org-1", CallerKind::Agent, "a").await;
+    let at = broker.access_token(&agent).await;
+    let now = broker.state.now();
+    let short = JwksOptions {
+        default_max_age: Duration::from_millis(200),
+        min_max_age: Duration::from_millis(200),
+        max_max_age: Duration::from_millis(200),
+        stale_limit: Duration::from_millis(800),
+        ..JwksOptions::default()
+    };
+    let verifier = Verifier::new(
+        Policy::new(broker.base.clone(), "core"),
+        JwksClient::new(broker.url("/.well-known/jwks.json"), short),
+    );
+    verifier.verify_access(&at, now).await.unwrap();
+    let _ = broker.stop().await;
+    // Past freshness, the fetch fails: the last good set still serves.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    verifier.verify_access(&at, now).await.unwrap();
+    // Past the staleness limit: fail closed.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(verifier.verify_access(&at, now).await.is_err());
+}
