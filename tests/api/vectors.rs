@@ -1,1 +1,229 @@
-//! Shared test vectors: committed tokens with expected verdicts, checked for drift.
+//! Shared test vectors (`tests/vectors/`): the committed files must equal what the generator
+//! writes, every case must get its expected verdict from the Rust verifier, and Wycheproof's
+//! Ed25519 vectors must get theirs from the signature check the verifier uses.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ring::signature::{ED25519, UnparsedPublicKey};
+use serde::Deserialize;
+use tessera::domain::CallerKind;
+use tessera::token::claims::Audience;
+use tessera::token::jcs::canonicalize;
+use tessera::token::{AccessClaims, b64};
+use tessera::verify::{CapabilityBinding, Policy, PublicKey, check_binding, params_digest};
+
+#[path = "../../examples/vectors/generate.rs"]
+mod generate;
+
+const REGENERATE: &str = "cargo run --example vectors -- tests/vectors";
+
+#[derive(Deserialize)]
+struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+#[derive(Deserialize)]
+struct Jwk {
+    kty: String,
+    crv: String,
+    x: String,
+    kid: String,
+    alg: String,
+    #[serde(rename = "use")]
+    use_: String,
+}
+
+#[derive(Deserialize)]
+struct Vectors {
+    settings: Settings,
+    digests: Vec<Digest>,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Settings {
+    leeway_secs: i64,
+    max_lifetime_secs: i64,
+}
+
+#[derive(Deserialize)]
+struct Digest {
+    name: String,
+    params_json: String,
+    canonical: String,
+    params_digest: String,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    kind: String,
+    token: String,
+    now: i64,
+    issuer: String,
+    audience: String,
+    expected: String,
+    reason: String,
+    binding: Option<Binding>,
+}
+
+#[derive(Deserialize)]
+struct Binding {
+    action: String,
+    resource: String,
+    params_digest: String,
+    caller_sub: String,
+    caller_tenant: String,
+}
+
+fn vectors_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("vectors")
+}
+
+fn read(name: &str) -> String {
+    let path = vectors_dir().join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}; run `{REGENERATE}`", path.display()))
+}
+
+fn load() -> (HashMap<String, Arc<PublicKey>>, Vectors) {
+    let jwks: Jwks = serde_json::from_str(&read("jwks.json")).unwrap();
+    let mut keys = HashMap::new();
+    for jwk in jwks.keys {
+        assert_eq!((jwk.kty.as_str(), jwk.crv.as_str(), jwk.use_.as_str()), ("OKP", "Ed25519", "sig"));
+        let raw = b64::decode(&jwk.x).unwrap();
+        assert_eq!(tessera::keys::thumbprint(&raw), jwk.kid, "kid is the RFC 7638 thumbprint");
+        let key = PublicKey { kid: jwk.kid.clone(), alg: jwk.alg, raw };
+        assert!(keys.insert(jwk.kid, Arc::new(key)).is_none(), "duplicate kid");
+    }
+    (keys, serde_json::from_str(&read("vectors.json")).unwrap())
+}
+
+/// The caller whose access token came with the capability; only `sub` and `tenant` matter
+/// to the binding.
+fn caller(sub: &str, tenant: &str) -> AccessClaims {
+    AccessClaims {
+        iss: String::new(),
+        sub: sub.to_owned(),
+        client_id: sub.to_owned(),
+        aud: Audience::One(String::new()),
+        iat: 0,
+        nbf: 0,
+        exp: 0,
+        jti: String::new(),
+        scope: String::new(),
+        tenant: tenant.to_owned(),
+        caller_kind: CallerKind::Agent,
+        workspace: None,
+        act: None,
+    }
+}
+
+/// `Ok` when the case verifies (and binds, if it has a binding); `Err` says where it stopped.
+fn verdict(keys: &HashMap<String, Arc<PublicKey>>, settings: &Settings, case: &Case) -> Result<(), String> {
+    let mut policy = Policy::new(&case.issuer, &case.audience);
+    policy.leeway_secs = settings.leeway_secs;
+    policy.max_lifetime_secs = settings.max_lifetime_secs;
+    match case.kind.as_str() {
+        "access" => policy.verify_access(keys, &case.token, case.now).map(drop).map_err(|e| format!("verify: {e}")),
+        "capability" => {
+            let cap = policy.verify_capability(keys, &case.token, case.now).map_err(|e| format!("verify: {e}"))?;
+            let Some(b) = &case.binding else { return Ok(()) };
+            let binding =
+                CapabilityBinding { action: &b.action, resource: &b.resource, params_digest: &b.params_digest };
+            check_binding(&cap, &caller(&b.caller_sub, &b.caller_tenant), binding).map_err(|e| format!("binding: {e}"))
+        }
+        other => panic!("case {}: unknown kind {other:?}", case.name),
+    }
+}
+
+#[test]
+fn vectors_committed_files_match_the_generator() {
+    let files = generate::generate().unwrap();
+    for (name, generated) in [("jwks.json", &files.jwks), ("vectors.json", &files.vectors)] {
+        let committed = read(name);
+        assert!(
+            committed == *generated,
+            "tests/vectors/{name} differs from what examples/vectors/generate.rs produces. \
+             If the change is intended, run `{REGENERATE}` and commit the result."
+        );
+    }
+}
+
+#[test]
+fn vectors_every_case_gets_its_verdict_from_the_rust_verifier() {
+    let (keys, vectors) = load();
+    let mut wrong = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for case in &vectors.cases {
+        assert!(names.insert(case.name.as_str()), "duplicate case name {}", case.name);
+        let result = verdict(&keys, &vectors.settings, case);
+        let got = if result.is_ok() { "valid" } else { "invalid" };
+        println!("{:<40} {got:<8} {}", case.name, result.as_ref().err().map_or("", String::as_str));
+        if got != case.expected {
+            wrong.push(format!(
+                "{}: expected {}, got {got} ({result:?}); case: {}",
+                case.name, case.expected, case.reason
+            ));
+        }
+        // A binding case must fail at the binding, not before: its capability is sound.
+        if case.name.starts_with("binding_") {
+            assert!(matches!(&result, Err(e) if e.starts_with("binding:")), "{}: {result:?}", case.name);
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases got the wrong verdict:\n{}",
+        wrong.len(),
+        vectors.cases.len(),
+        wrong.join("\n")
+    );
+    let valid = vectors.cases.iter().filter(|c| c.expected == "valid").count();
+    assert!(valid >= 2 && vectors.cases.len() - valid >= 50, "the vectors lost cases");
+}
+
+#[test]
+fn vectors_params_digests_match() {
+    let (_, vectors) = load();
+    assert!(!vectors.digests.is_empty());
+    for d in &vectors.digests {
+        let value: serde_json::Value = serde_json::from_str(&d.params_json).unwrap();
+        assert_eq!(canonicalize(&value), d.canonical, "{}", d.name);
+        assert_eq!(params_digest(&value).as_str(), d.params_digest, "{}", d.name);
+    }
+}
+
+/// The signature check of `UnverifiedJws::verify_ed25519` (src/token/jws.rs), applied to raw
+/// messages: a JWS signing input cannot carry Wycheproof's arbitrary message bytes.
+fn ed25519_check(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    signature.len() == 64 && UnparsedPublicKey::new(&ED25519, public_key).verify(message, signature).is_ok()
+}
+
+/// Every Ed25519 vector of Wycheproof. `acceptable` results (none in the current Ed25519 set)
+/// may go either way; ring, and so Tessera, rejects non-canonical S and non-canonical point
+/// encodings.
+#[test]
+fn vectors_wycheproof_ed25519() {
+    use wycheproof::TestResult;
+    use wycheproof::eddsa::{TestName, TestSet};
+
+    let set = TestSet::load(TestName::Ed25519).unwrap();
+    let (mut run, mut wrong) = (0, Vec::new());
+    for group in &set.test_groups {
+        for test in &group.tests {
+            run += 1;
+            let ok = ed25519_check(&group.key.pk, &test.msg, &test.sig);
+            let fits = match test.result {
+                TestResult::Valid => ok,
+                TestResult::Invalid => !ok,
+                TestResult::Acceptable => true,
+            };
+            if !fits {
+                wrong.push(format!("tcId {} ({}): expected {:?}, got ok={ok}", test.tc_id, test.comment, test.result));
+            }
+        }
+    }
+    assert!(run >= 100, "only {run} Wycheproof Ed25519 tests ran");
+    assert!(wrong.is_empty(), "{} of {run} Wycheproof Ed25519 tests failed:\n{}", wrong.len(), wrong.join("\n"));
+}
