@@ -97,6 +97,8 @@ fn load() -> (HashMap<String, Arc<PublicKey>>, Vectors) {
         let key = PublicKey { kid: jwk.kid.clone(), alg: jwk.alg, raw };
         assert!(keys.insert(jwk.kid, Arc::new(key)).is_none(), "duplicate kid");
     }
+    // The JWKS client's parser reads the same set.
+    assert_eq!(tessera::verify::jwks::parse_jwks(read("jwks.json").as_bytes()).unwrap(), keys);
     (keys, serde_json::from_str(&read("vectors.json")).unwrap())
 }
 

@@ -186,7 +186,7 @@ def verify(case, jwks, settings):
     try:
         decoded = jwt.decode(
             token,
-            key=jwt.PyJWK(jwk).key,
+            key=jwt.PyJWK(jwk),
             algorithms=settings["algorithms"],
             issuer=case["issuer"],
             audience=case["audience"],
