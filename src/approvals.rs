@@ -12,7 +12,7 @@ use crate::store::clients::ClientRecord;
 use crate::store::{Store, StoreError};
 use crate::token::claims::Audience;
 use crate::token::{AccessClaims, CapabilityClaims, b64};
-use crate::verify::{self, KeyLookup, VerifyError};
+use crate::verify::VerifyError;
 
 /// Largest summary accepted, as serialized JSON.
 pub const MAX_SUMMARY_BYTES: usize = 4096;
@@ -486,20 +486,22 @@ pub async fn withdraw(store: &Store, caller: &AccessClaims, id: &str, now: i64) 
     Ok(updated)
 }
 
-/// Redeems a capability exactly once. The caller must be its `sub` or a `service` client of
-/// the same tenant.
-pub async fn redeem(
-    store: &Store,
-    verifier: &verify::Policy,
-    keys: &(dyn KeyLookup + Sync),
-    caller: &AccessClaims,
-    capability: &str,
-    now: i64,
-) -> Result<CapabilityClaims, ApprovalError> {
-    let cap = verifier.verify_capability(keys, capability, now).map_err(|e| match e {
+/// Maps a capability that failed verification to the refusal a redeemer gets.
+pub fn refuse_capability(e: VerifyError) -> ApprovalError {
+    match e {
         VerifyError::Expired => ApprovalError::Expired("the capability has expired".into()),
         e => ApprovalError::Invalid(format!("capability does not verify: {e}")),
-    })?;
+    }
+}
+
+/// Redeems a verified capability exactly once. The caller must be its `sub` or a `service`
+/// client of the same tenant.
+pub async fn redeem(
+    store: &Store,
+    caller: &AccessClaims,
+    cap: CapabilityClaims,
+    now: i64,
+) -> Result<CapabilityClaims, ApprovalError> {
     if caller.tenant != cap.tenant {
         return Err(ApprovalError::Forbidden("the capability belongs to another tenant".into()));
     }

@@ -105,7 +105,11 @@ async fn append_items(
     items: &[(&AuditEvent, i64)],
 ) -> Result<(), StoreError> {
     if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PG_CHAIN_LOCK).execute(&mut *conn).await?;
+        // Wrapped so the statement returns an integer column rather than `void`.
+        sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+            .bind(PG_CHAIN_LOCK)
+            .execute(&mut *conn)
+            .await?;
     }
     let last =
         sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *conn).await?;

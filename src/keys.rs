@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -190,7 +190,8 @@ pub struct KeyRing {
     store: Store,
     signer: RwLock<Arc<Signer>>,
     published: RwLock<Published>,
-    last_refresh: Mutex<Option<Instant>>,
+    /// When an unknown `kid` last caused a refresh; also serialises such refreshes.
+    unknown_refresh: tokio::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, Default)]
@@ -233,7 +234,7 @@ impl KeyRing {
             store,
             signer: RwLock::new(Arc::new(signer)),
             published: RwLock::new(Published::default()),
-            last_refresh: Mutex::new(None),
+            unknown_refresh: tokio::sync::Mutex::new(None),
         };
         ring.refresh(now).await?;
         Ok(ring)
@@ -273,25 +274,26 @@ impl KeyRing {
             Ok(mut g) => *g = Published { keys, jwks: doc },
             Err(poisoned) => *poisoned.into_inner() = Published { keys, jwks: doc },
         }
-        if let Ok(mut t) = self.last_refresh.lock() {
-            *t = Some(Instant::now());
-        }
         Ok(())
     }
 
-    /// Refreshes after an unknown `kid`, at most once per cooldown. Returns whether it did.
+    /// Refreshes after an unknown `kid` (another replica's new key), at most once per
+    /// cooldown. Concurrent callers share one refresh. Returns whether the keys are now as
+    /// fresh as the database, so a second lookup is worth making.
     pub async fn refresh_for_unknown(&self, now: i64) -> bool {
-        let due = match self.last_refresh.lock() {
-            Ok(mut t) => {
-                let due = t.is_none_or(|at| at.elapsed() >= REFRESH_COOLDOWN);
-                if due {
-                    *t = Some(Instant::now());
-                }
-                due
+        let asked = Instant::now();
+        let mut last = self.unknown_refresh.lock().await;
+        if let Some(t) = *last {
+            if t >= asked {
+                return true;
             }
-            Err(_) => false,
-        };
-        due && self.refresh(now).await.is_ok()
+            if t.elapsed() < REFRESH_COOLDOWN {
+                return false;
+            }
+        }
+        let ok = self.refresh(now).await.is_ok();
+        *last = Some(Instant::now());
+        ok
     }
 }
 

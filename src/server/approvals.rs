@@ -224,7 +224,8 @@ async fn redeem(
 ) -> ApiResult<Json<Value>> {
     let now = state.now();
     let cap =
-        approvals::redeem(state.store(), state.verifier(), state.keys(), &caller.claims, &body.capability, now).await?;
+        super::auth::verify_capability(&state, &body.capability, now).await.map_err(approvals::refuse_capability)?;
+    let cap = approvals::redeem(state.store(), &caller.claims, cap, now).await?;
     Ok(Json(json!({
         "redeemed": true,
         "approval_id": cap.approval_id,

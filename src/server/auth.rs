@@ -46,6 +46,21 @@ pub(super) async fn verify_access(state: &AppState, token: &str, now: i64) -> Re
     }
 }
 
+/// Verifies a capability the same way, refreshing unknown keys once.
+pub(super) async fn verify_capability(
+    state: &AppState,
+    token: &str,
+    now: i64,
+) -> Result<crate::token::CapabilityClaims, VerifyError> {
+    let verifier = state.verifier();
+    match verifier.verify_capability(state.keys(), token, now) {
+        Err(VerifyError::UnknownKey) if state.keys().refresh_for_unknown(now).await => {
+            verifier.verify_capability(state.keys(), token, now)
+        }
+        r => r,
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 

@@ -203,7 +203,7 @@ impl Application {
     /// Serves until `stop` completes.
     pub async fn run_until(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let router = app(self.state.clone());
-        let sweeper = tokio::spawn(sweep_expired_approvals(self.state.clone()));
+        let sweeper = tokio::spawn(background(self.state.clone()));
         axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stop)
             .await?;
@@ -213,14 +213,17 @@ impl Application {
     }
 }
 
-/// Records the expiry of overdue approvals every 30 seconds, so the audit log shows them
-/// even when nobody reads them.
-async fn sweep_expired_approvals(state: AppState) {
+/// Every 30 seconds: records the expiry of overdue approvals (so the audit log shows them
+/// even when nobody reads them) and re-reads the published keys of every replica.
+async fn background(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
         tick.tick().await;
         if let Err(e) = crate::approvals::sweep_expired(state.store(), state.now()).await {
             tracing::warn!(error = %e, "approval expiry sweep failed");
+        }
+        if let Err(e) = state.keys().refresh(state.now()).await {
+            tracing::warn!(error = %e, "re-reading published keys failed");
         }
     }
 }

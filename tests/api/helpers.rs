@@ -45,8 +45,48 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/tessera.db", dir.path().display());
+    let url = fresh_database_url(dir.path()).await;
     spawn_on(dir, url, tweak).await
+}
+
+/// Whether this run is on PostgreSQL (`TESSERA_TEST_BACKEND=postgres`, set by scripts/test).
+pub fn on_postgres() -> bool {
+    std::env::var("TESSERA_TEST_BACKEND").as_deref() == Ok("postgres")
+}
+
+/// The admin URL of the test PostgreSQL. Never skipped: a test that needs it fails without it.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TESSERA_TEST_POSTGRES_URL")
+        .expect("this test needs PostgreSQL: set TESSERA_TEST_POSTGRES_URL (see scripts/start-postgres)")
+}
+
+/// A new, empty PostgreSQL database on the test server.
+pub async fn fresh_postgres_url() -> String {
+    use sqlx::Connection;
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to TESSERA_TEST_POSTGRES_URL");
+    let name =
+        format!("tessera_t_{}", tessera::token::b64::encode(&rand_bytes()).to_lowercase().replace(['-', '_'], "x"));
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b.to_owned(), format!("?{q}")),
+        None => (admin.clone(), String::new()),
+    };
+    let scheme_end = base.find("://").unwrap() + 3;
+    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    format!("{}/{name}{query}", &base[..path_start])
+}
+
+fn rand_bytes() -> [u8; 12] {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 12];
+    ring::rand::SystemRandom::new().fill(&mut b).unwrap();
+    b
+}
+
+/// A fresh database for one test: SQLite in `dir`, or a new PostgreSQL database.
+pub async fn fresh_database_url(dir: &Path) -> String {
+    if on_postgres() { fresh_postgres_url().await } else { format!("sqlite://{}/tessera.db", dir.display()) }
 }
 
 /// Spawns a broker on an existing folder and database (restarts, second replicas).

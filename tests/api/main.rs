@@ -7,4 +7,5 @@ mod approvals;
 mod foundation;
 mod gate;
 mod helpers;
+mod replicas;
 mod vectors;
