@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 mod health;
 mod oauth;
+pub mod ratelimit;
 mod wellknown;
 
 use std::net::SocketAddr;
@@ -61,6 +62,7 @@ struct Inner {
     clock: Clock,
     verifier: crate::verify::Policy,
     notifier: Arc<Notifier>,
+    auth_failures: ratelimit::FailureLimiter,
 }
 
 impl AppState {
@@ -72,7 +74,8 @@ impl AppState {
         let mut verifier = crate::verify::Policy::new(config.issuer.clone(), config.audience.clone());
         verifier.leeway_secs = config.leeway_secs;
         let notifier = Arc::new(Notifier::new(config.webhooks.clone(), Duration::from_millis(500)));
-        Ok(AppState { inner: Arc::new(Inner { config, store, keys, audit, clock, verifier, notifier }) })
+        let auth_failures = ratelimit::FailureLimiter::new(config.failed_auth_per_minute);
+        Ok(AppState { inner: Arc::new(Inner { config, store, keys, audit, clock, verifier, notifier, auth_failures }) })
     }
     /// The configuration.
     pub fn config(&self) -> &Config {
@@ -101,6 +104,10 @@ impl AppState {
     /// How the broker verifies tokens presented to it.
     pub fn verifier(&self) -> &crate::verify::Policy {
         &self.inner.verifier
+    }
+    /// The limiter of failed client authentications (token endpoint and console sign-in).
+    pub fn auth_failures(&self) -> &ratelimit::FailureLimiter {
+        &self.inner.auth_failures
     }
     /// The webhook notifier.
     pub fn notifier(&self) -> &Arc<Notifier> {

@@ -122,9 +122,33 @@ pub(super) fn presented_credentials(headers: &HeaderMap, form: &Form) -> ApiResu
     Ok(PresentedCredentials { client_id: id, secret: ClientSecret::new(secret) })
 }
 
+/// The rate-limit keys of an authentication attempt: the client id named and the peer.
+fn limit_keys(creds: &PresentedCredentials, peer: Option<std::net::IpAddr>) -> [String; 2] {
+    let id: String = creds.client_id.chars().take(64).collect();
+    [format!("client:{id}"), peer.map_or_else(|| "peer:unknown".to_owned(), |p| format!("peer:{p}"))]
+}
+
 /// Authenticates the client. Unknown client, wrong secret and disabled client give the same
-/// answer after the same work.
-pub(super) async fn authenticate(state: &AppState, creds: &PresentedCredentials) -> ApiResult<ClientRecord> {
+/// answer after the same work. A client id or peer with too many recent failures is refused
+/// with 429 before its secret is checked.
+pub(super) async fn authenticate(
+    state: &AppState,
+    creds: &PresentedCredentials,
+    peer: Option<std::net::IpAddr>,
+) -> ApiResult<ClientRecord> {
+    let keys = limit_keys(creds, peer);
+    let keys = [keys[0].as_str(), keys[1].as_str()];
+    if let Some(wait) = state.auth_failures().blocked(&keys) {
+        return Err(ApiError::rate_limited(wait.as_secs().max(1)));
+    }
+    let result = check_credentials(state, creds).await;
+    if matches!(&result, Err(e) if e.code() == "invalid_client") {
+        state.auth_failures().record_failure(&keys);
+    }
+    result
+}
+
+async fn check_credentials(state: &AppState, creds: &PresentedCredentials) -> ApiResult<ClientRecord> {
     let failed = || ApiError::invalid_client("client authentication failed");
     if creds.client_id.is_empty()
         || creds.client_id.len() > MAX_CREDENTIAL_LEN
@@ -217,14 +241,20 @@ pub(super) async fn issue_access_token(
     Ok(res)
 }
 
+/// The peer address of a request served over a socket.
+pub(super) fn peer_of(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+}
+
 async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
+    let peer = peer_of(&req);
     let (headers, form) = read_form(&state, req).await?;
     let Some(grant_type) = form.get("grant_type") else {
         return Err(ApiError::invalid_request("grant_type is required"));
     };
     let grant_type = grant_type.to_owned();
     let creds = presented_credentials(&headers, &form)?;
-    let client = authenticate(&state, &creds).await?;
+    let client = authenticate(&state, &creds, peer).await?;
     let now = state.now();
     match grant_type.as_str() {
         "client_credentials" => {

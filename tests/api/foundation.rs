@@ -486,3 +486,23 @@ async fn an_unknown_configuration_key_is_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_adress"));
 }
+
+#[tokio::test]
+async fn failed_authentications_are_rate_limited_before_the_secret_is_checked() {
+    let app = spawn_app_with(|c| c.failed_auth_per_minute = 10).await;
+    let c = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let wrong = TestClient { id: c.id.clone(), secret: "tessera_sk_guess".into() };
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        statuses.push(app.token_request(&[("grant_type", "client_credentials")], Some(&wrong)).await.status().as_u16());
+    }
+    let first_429 = statuses.iter().position(|s| *s == 429).expect("a 429 before 15 failures");
+    assert!(first_429 <= 11, "{statuses:?}");
+    assert!(statuses[..first_429].iter().all(|s| *s == 401));
+    // While limited, even the right secret is refused without being checked.
+    let res = app.token_request(&[("grant_type", "client_credentials")], Some(&c)).await;
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    assert_error(res, 429, "rate_limited").await;
+}

@@ -1,0 +1,118 @@
+//! Limits on failed authentications (GCRA, the `governor` crate), per client id and per peer
+//! address, for `/oauth/token` and the console sign-in.
+//!
+//! Failures are counted; successes are not. Once a key has used its allowance, requests
+//! naming it are refused with `429 rate_limited` **before** any secret is checked, until the
+//! GCRA lets it through again, so a guesser learns nothing while limited.
+//!
+//! Memory stays bounded under a flood of random client ids: a flood from one peer trips that
+//! peer's limit first, and the per-key state is pruned, and if need be dropped, past a cap.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Most keys tracked before pruning.
+const MAX_KEYS: usize = 50_000;
+
+/// Counts authentication failures per key and refuses keys that failed too often.
+#[derive(Debug)]
+pub struct FailureLimiter {
+    quota: Quota,
+    limiter: Mutex<DefaultKeyedRateLimiter<String>>,
+    blocked: Mutex<HashMap<String, Instant>>,
+}
+
+impl FailureLimiter {
+    /// Allows `per_minute` failures per key per minute (as a burst, refilled evenly).
+    pub fn new(per_minute: u32) -> FailureLimiter {
+        let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_minute(n);
+        FailureLimiter { quota, limiter: Mutex::new(RateLimiter::keyed(quota)), blocked: Mutex::new(HashMap::new()) }
+    }
+
+    /// If any of `keys` is limited now, how long until it is not.
+    pub fn blocked(&self, keys: &[&str]) -> Option<Duration> {
+        let now = Instant::now();
+        let blocked = match self.blocked.lock() {
+            Ok(b) => b,
+            Err(p) => p.into_inner(),
+        };
+        keys.iter().filter_map(|k| blocked.get(*k)).filter(|until| **until > now).map(|until| *until - now).max()
+    }
+
+    /// Records one failure for each of `keys`; a key over its allowance becomes limited.
+    pub fn record_failure(&self, keys: &[&str]) {
+        let clock = DefaultClock::default();
+        let mut newly = Vec::new();
+        {
+            let mut limiter = match self.limiter.lock() {
+                Ok(l) => l,
+                Err(p) => p.into_inner(),
+            };
+            for k in keys {
+                if let Err(not_until) = limiter.check_key(&(*k).to_owned()) {
+                    newly.push(((*k).to_owned(), not_until.wait_time_from(clock.now())));
+                }
+            }
+            if limiter.len() > MAX_KEYS {
+                limiter.retain_recent();
+                if limiter.len() > MAX_KEYS {
+                    // A flood from many peers: forget the evidence rather than grow.
+                    *limiter = RateLimiter::keyed(self.quota);
+                }
+                limiter.shrink_to_fit();
+            }
+        }
+        let mut blocked = match self.blocked.lock() {
+            Ok(b) => b,
+            Err(p) => p.into_inner(),
+        };
+        let now = Instant::now();
+        for (k, wait) in newly {
+            blocked.insert(k, now + wait.max(Duration::from_secs(1)));
+        }
+        if blocked.len() > MAX_KEYS {
+            blocked.retain(|_, until| *until > now);
+        }
+    }
+
+    /// Keys tracked now (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        match self.limiter.lock() {
+            Ok(l) => l.len(),
+            Err(p) => p.into_inner().len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_after_the_allowance_and_only_the_failing_key() {
+        let l = FailureLimiter::new(3);
+        for _ in 0..3 {
+            assert!(l.blocked(&["client:a"]).is_none());
+            l.record_failure(&["client:a"]);
+        }
+        l.record_failure(&["client:a"]);
+        let wait = l.blocked(&["client:a", "client:b"]).unwrap();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(60));
+        assert!(l.blocked(&["client:b"]).is_none());
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_random_keys() {
+        let l = FailureLimiter::new(5);
+        for i in 0..(MAX_KEYS + 5_000) {
+            l.record_failure(&[&format!("client:{i}")]);
+        }
+        assert!(l.tracked() <= MAX_KEYS + 1);
+    }
+}
