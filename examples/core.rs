@@ -160,7 +160,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result: Result<(), Box<dyn std::error::Error>> = rt.block_on(async {
-        let gate = Gate::new(Verifier::for_issuer(&issuer, &audience), &broker);
+        let verifier = Arc::new(Verifier::for_issuer(&issuer, &audience));
+        // Learn of revoked tokens within 15 seconds.
+        tessera::verify::revocations::spawn_poller(verifier.clone(), std::time::Duration::from_secs(15));
+        let gate = Gate::new(verifier, &broker);
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         eprintln!("core listening on {listen}, trusting {issuer}");
         axum::serve(listener, router(&gate, Effects::default()))

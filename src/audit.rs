@@ -98,12 +98,11 @@ pub async fn append(
     append_items(conn, backend, &items).await
 }
 
-/// Appends events, each with its own time, inside the caller's transaction.
-async fn append_items(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    items: &[(&AuditEvent, i64)],
-) -> Result<(), StoreError> {
+/// Takes the lock that serialises appends (and other numbered appends, such as the
+/// revocation feed) until the transaction ends. On SQLite the write transaction already holds
+/// the database's write lock; on PostgreSQL this is a transaction-scoped advisory lock, which
+/// may be taken more than once.
+pub async fn lock(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {
     if backend == Backend::Postgres {
         // Wrapped so the statement returns an integer column rather than `void`.
         sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock($1)) AS l")
@@ -111,6 +110,16 @@ async fn append_items(
             .execute(&mut *conn)
             .await?;
     }
+    Ok(())
+}
+
+/// Appends events, each with its own time, inside the caller's transaction.
+async fn append_items(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    items: &[(&AuditEvent, i64)],
+) -> Result<(), StoreError> {
+    lock(conn, backend).await?;
     let last =
         sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *conn).await?;
     let (mut seq, mut prev) = match last {

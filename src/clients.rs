@@ -69,6 +69,8 @@ pub struct NewClient {
     pub scopes: Vec<Scope>,
     /// Gated actions the client may bypass (install clients only).
     pub allow_bypass: Vec<Action>,
+    /// Clients of the same tenant that may exchange this client's tokens and act for it.
+    pub delegates: Vec<ClientId>,
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
@@ -126,6 +128,12 @@ pub async fn create(
             return Err(ClientError::Invalid(format!("{a} is not a gated action")));
         }
     }
+    for d in &new.delegates {
+        match rows::get(store, d.as_str()).await? {
+            Some(c) if c.tenant == new.tenant => {}
+            _ => return Err(ClientError::Invalid(format!("--delegate {d}: no such client in tenant {}", new.tenant))),
+        }
+    }
     let client_id = ClientId::parse(&format!("tc_{}", b64::encode(&random_bytes::<16>()?)))
         .map_err(|e| ClientError::Invalid(e.to_string()))?;
     let secret = new_secret()?;
@@ -137,6 +145,7 @@ pub async fn create(
         workspace: new.workspace,
         scopes,
         allow_bypass: new.allow_bypass,
+        delegates: new.delegates,
         disabled: false,
         created_at: now,
     };
@@ -149,6 +158,7 @@ pub async fn create(
             "kind": record.kind, "name": record.name, "workspace": record.workspace,
             "scope": record.scopes.to_string(),
             "allow_bypass": record.allow_bypass,
+            "delegates": record.delegates,
         }),
     );
     let mut tx = store.begin_write().await?;
@@ -177,14 +187,26 @@ pub async fn rotate_secret(
     Ok((record, secret))
 }
 
-/// Disables a client; its secret stops working at once.
+/// Disables a client: its secret stops working at once and every token it holds is revoked.
 pub async fn disable(store: &Store, client_id: &str, actor: &str, now: i64) -> Result<ClientRecord, ClientError> {
     let record = rows::get(store, client_id).await?.ok_or_else(|| ClientError::NotFound(client_id.to_owned()))?;
     let mut tx = store.begin_write().await?;
     if !rows::disable(&mut tx, client_id, now).await? {
         return Err(ClientError::NotFound(client_id.to_owned()));
     }
-    let event = AuditEvent::new("client.disabled", actor, record.tenant.as_str(), client_id, json!({}));
+    crate::audit::lock(&mut tx, store.backend()).await?;
+    let revocation = crate::store::revocations::Revocation {
+        seq: 0,
+        kind: "client".into(),
+        jti: None,
+        client_id: client_id.to_owned(),
+        tenant: record.tenant.to_string(),
+        not_after: Some(now),
+        expires_at: now + crate::token::MAX_LIFETIME_SECS + crate::token::MAX_LEEWAY_SECS,
+    };
+    crate::store::revocations::insert(&mut tx, &revocation, now, actor).await?;
+    let event =
+        AuditEvent::new("client.disabled", actor, record.tenant.as_str(), client_id, json!({ "tokens_revoked": true }));
     audit::append(&mut tx, store.backend(), &[event], now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(ClientRecord { disabled: true, ..record })

@@ -92,6 +92,10 @@ pub struct Config {
     pub failed_auth_per_minute: u32,
     /// Successful token requests allowed per client per minute; 0 means unlimited.
     pub token_requests_per_minute: u32,
+    /// How long an operator console session lasts after sign-in, seconds.
+    pub console_session_secs: i64,
+    /// Rotate this replica's signing key every this many days; 0 turns the schedule off.
+    pub key_rotation_days: u32,
     /// Webhooks told of each new pending approval.
     pub webhooks: Vec<WebhookConfig>,
     /// The policy.
@@ -114,12 +118,14 @@ struct FileConfig {
     leeway_secs: Option<i64>,
     failed_auth_per_minute: Option<u32>,
     token_requests_per_minute: Option<u32>,
+    console_session_secs: Option<i64>,
+    key_rotation_days: Option<u32>,
     webhooks: Option<Vec<WebhookConfig>>,
     policy: Option<PolicyFile>,
 }
 
 /// The environment variables read, with the file key each one overrides.
-pub const ENV_VARS: [(&str, &str); 12] = [
+pub const ENV_VARS: [(&str, &str); 14] = [
     ("TESSERA_LISTEN", "listen"),
     ("TESSERA_DATABASE_URL", "database_url"),
     ("TESSERA_KEYS_DIR", "keys_dir"),
@@ -132,6 +138,8 @@ pub const ENV_VARS: [(&str, &str); 12] = [
     ("TESSERA_LEEWAY_SECS", "leeway_secs"),
     ("TESSERA_FAILED_AUTH_PER_MINUTE", "failed_auth_per_minute"),
     ("TESSERA_TOKEN_REQUESTS_PER_MINUTE", "token_requests_per_minute"),
+    ("TESSERA_CONSOLE_SESSION_SECS", "console_session_secs"),
+    ("TESSERA_KEY_ROTATION_DAYS", "key_rotation_days"),
 ];
 
 impl Default for Config {
@@ -149,6 +157,8 @@ impl Default for Config {
             leeway_secs: 30,
             failed_auth_per_minute: 30,
             token_requests_per_minute: 0,
+            console_session_secs: 8 * 3600,
+            key_rotation_days: 0,
             webhooks: Vec::new(),
             policy: Policy::default(),
         }
@@ -160,6 +170,12 @@ fn parse_env<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigE
 }
 
 impl Config {
+    /// How long a new key is published before it signs: the JWKS max-age verifiers cache it
+    /// for, plus the largest leeway.
+    pub fn key_publish_lead_secs(&self) -> i64 {
+        self.jwks_max_age_secs as i64 + crate::token::MAX_LEEWAY_SECS
+    }
+
     /// Loads the configuration from the file named by `--config` (or `TESSERA_CONFIG` in
     /// `env`) and the environment `env`.
     pub fn load(config_path: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
@@ -209,6 +225,12 @@ impl Config {
         if let Some(v) = file.token_requests_per_minute {
             c.token_requests_per_minute = v;
         }
+        if let Some(v) = file.console_session_secs {
+            c.console_session_secs = v;
+        }
+        if let Some(v) = file.key_rotation_days {
+            c.key_rotation_days = v;
+        }
         if let Some(w) = file.webhooks {
             c.webhooks = w;
         }
@@ -247,6 +269,8 @@ impl Config {
                 "TESSERA_LEEWAY_SECS" => self.leeway_secs = parse_env(name, v)?,
                 "TESSERA_FAILED_AUTH_PER_MINUTE" => self.failed_auth_per_minute = parse_env(name, v)?,
                 "TESSERA_TOKEN_REQUESTS_PER_MINUTE" => self.token_requests_per_minute = parse_env(name, v)?,
+                "TESSERA_CONSOLE_SESSION_SECS" => self.console_session_secs = parse_env(name, v)?,
+                "TESSERA_KEY_ROTATION_DAYS" => self.key_rotation_days = parse_env(name, v)?,
                 _ => {}
             }
         }
@@ -283,6 +307,9 @@ impl Config {
         }
         if self.failed_auth_per_minute == 0 {
             return Err(ConfigError("failed_auth_per_minute must be at least 1".into()));
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.console_session_secs) {
+            return Err(ConfigError("console_session_secs must be between 60 and 604800 (7 days)".into()));
         }
         Ok(())
     }
@@ -341,6 +368,20 @@ mod tests {
         assert!(Config::load(None, &env(&[("TESSERA_LISTEN", "nope")])).is_err());
         assert!(Config::load(None, &env(&[("TESSERA_ISSUER", "ftp://x")])).is_err());
         assert!(Config::load(None, &env(&[("TESSERA_LEEWAY_SECS", "61")])).is_err());
+    }
+
+    #[test]
+    fn console_session_lifetime() {
+        assert_eq!(Config::load(None, &HashMap::new()).unwrap().console_session_secs, 8 * 3600);
+        let c = Config::load(None, &env(&[("TESSERA_CONSOLE_SESSION_SECS", "900")])).unwrap();
+        assert_eq!(c.console_session_secs, 900);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "console_session_secs = 3600\n").unwrap();
+        assert_eq!(Config::load(Some(&path), &HashMap::new()).unwrap().console_session_secs, 3600);
+        for bad in ["0", "59", "604801", "-1", "eight hours"] {
+            assert!(Config::load(None, &env(&[("TESSERA_CONSOLE_SESSION_SECS", bad)])).is_err(), "{bad}");
+        }
     }
 
     #[test]

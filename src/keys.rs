@@ -102,6 +102,11 @@ impl Signer {
     pub fn sign_capability<C: Serialize>(&self, claims: &C) -> Result<String, serde_json::Error> {
         jws::sign_ed25519(&self.header_capability, claims, &self.pair)
     }
+
+    /// Signs a JWS of another type (the revocation feed).
+    pub fn sign_typed<C: Serialize>(&self, typ: &str, claims: &C) -> Result<String, serde_json::Error> {
+        jws::sign_ed25519(&jws::encode_header(typ, &self.kid), claims, &self.pair)
+    }
 }
 
 fn pem_encode(der: &[u8]) -> Zeroizing<String> {
@@ -188,6 +193,7 @@ pub fn jwk(row: &KeyRow) -> serde_json::Value {
 #[derive(Debug)]
 pub struct KeyRing {
     store: Store,
+    dir: PathBuf,
     signer: RwLock<Arc<Signer>>,
     published: RwLock<Published>,
     /// When an unknown `kid` last caused a refresh; also serialises such refreshes.
@@ -207,23 +213,8 @@ impl KeyRing {
     /// Loads the local keys, registers any the database lacks, generates one if there is
     /// none that may sign, and reads the published set.
     pub async fn load(store: Store, dir: &Path, now: i64) -> Result<KeyRing, KeyError> {
-        let local = load_dir(dir)?;
-        let rows = key_rows::list(&store).await?;
-        let mut usable: Vec<(i64, Signer)> = Vec::new();
-        for signer in local {
-            match rows.iter().find(|r| r.kid == signer.kid) {
-                Some(r) if r.retired_at.is_none() => usable.push((r.activates_at, signer)),
-                Some(_) => {}
-                None => {
-                    register(&store, &signer, now, now).await?;
-                    usable.push((now, signer));
-                }
-            }
-        }
-        usable.retain(|(activates, _)| *activates <= now);
-        usable.sort_by_key(|(activates, _)| *activates);
-        let signer = match usable.pop() {
-            Some((_, s)) => s,
+        let signer = match choose(&store, dir, now, true).await? {
+            Some(s) => s,
             None => {
                 let s = generate(dir)?;
                 register(&store, &s, now, now).await?;
@@ -232,12 +223,30 @@ impl KeyRing {
         };
         let ring = KeyRing {
             store,
+            dir: dir.to_path_buf(),
             signer: RwLock::new(Arc::new(signer)),
             published: RwLock::new(Published::default()),
             unknown_refresh: tokio::sync::Mutex::new(None),
         };
         ring.refresh(now).await?;
         Ok(ring)
+    }
+
+    /// Follows rotations: re-reads the keys folder and the database, and signs from now on
+    /// with the newest local key whose activation time has come (a rotated-in key is
+    /// published well before that). Also re-reads the published keys.
+    pub async fn tick(&self, now: i64) -> Result<(), KeyError> {
+        if let Some(s) = choose(&self.store, &self.dir, now, false).await? {
+            if s.kid != self.signer().kid {
+                tracing::info!(kid = %s.kid, "signing with the rotated-in key");
+                match self.signer.write() {
+                    Ok(mut g) => *g = Arc::new(s),
+                    Err(p) => *p.into_inner() = Arc::new(s),
+                }
+            }
+        }
+        self.refresh(now).await?;
+        Ok(())
     }
 
     /// The key this replica signs with.
@@ -304,6 +313,86 @@ impl KeyLookup for KeyRing {
             Err(poisoned) => poisoned.into_inner().keys.get(kid).cloned(),
         }
     }
+}
+
+/// The local key that should sign at `now`: registered, activated, not yet retired; the most
+/// recently activated. With `register_unknown`, local keys the database lacks are registered
+/// (a database restored without them, or a first start).
+async fn choose(store: &Store, dir: &Path, now: i64, register_unknown: bool) -> Result<Option<Signer>, KeyError> {
+    let rows = key_rows::list(store).await?;
+    let mut usable: Vec<(i64, Signer)> = Vec::new();
+    for signer in load_dir(dir)? {
+        match rows.iter().find(|r| r.kid == signer.kid) {
+            Some(r) if r.activates_at <= now && r.retired_at.is_none_or(|t| t > now) => {
+                usable.push((r.activates_at, signer));
+            }
+            Some(_) => {}
+            None if register_unknown => {
+                register(store, &signer, now, now).await?;
+                usable.push((now, signer));
+            }
+            None => {}
+        }
+    }
+    usable.sort_by_key(|(activates, _)| *activates);
+    Ok(usable.pop().map(|(_, s)| s))
+}
+
+/// The outcome of a rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rotation {
+    /// The new key.
+    pub kid: String,
+    /// When it starts signing: it is published from now, so verifiers' caches learn it first.
+    pub activates_at: i64,
+    /// The keys it replaces, which stop signing at `activates_at`.
+    pub retired: Vec<String>,
+    /// When the replaced keys leave the JWKS: after the last token they signed has expired.
+    pub unpublish_at: i64,
+}
+
+/// Rotates the keys of the replica whose folder is `dir`: generates a key, publishes it at
+/// once, and schedules it to sign after `publish_lead_secs` (at least the verifiers' cache
+/// max-age). The keys it replaces sign until then and stay published until the longest token
+/// they can have signed has expired, plus leeway.
+pub async fn rotate(
+    store: &Store,
+    dir: &Path,
+    now: i64,
+    publish_lead_secs: i64,
+    actor: &str,
+) -> Result<Rotation, KeyError> {
+    let rows = key_rows::list(store).await?;
+    let local: Vec<String> = load_dir(dir)?.into_iter().map(|s| s.kid).collect();
+    let signer = generate(dir)?;
+    let activates_at = now + publish_lead_secs.max(0);
+    let unpublish_at = activates_at + crate::token::MAX_LIFETIME_SECS + crate::token::MAX_LEEWAY_SECS;
+    let retired: Vec<String> =
+        rows.iter().filter(|r| local.contains(&r.kid) && r.retired_at.is_none()).map(|r| r.kid.clone()).collect();
+    let row = KeyRow {
+        kid: signer.kid.clone(),
+        alg: ALG_EDDSA.to_owned(),
+        public_key: b64::encode(signer.public_key()),
+        created_at: now,
+        activates_at,
+        retired_at: None,
+        unpublish_at: None,
+    };
+    let mut tx = store.begin_write().await?;
+    key_rows::insert(&mut tx, &row).await?;
+    for kid in &retired {
+        key_rows::retire(&mut tx, kid, activates_at, unpublish_at).await?;
+    }
+    let event = AuditEvent::new(
+        "key.rotated",
+        actor,
+        "",
+        &row.kid,
+        json!({ "activates_at": activates_at, "retired": retired, "unpublish_at": unpublish_at }),
+    );
+    audit::append(&mut tx, store.backend(), &[event], now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Rotation { kid: row.kid, activates_at, retired, unpublish_at })
 }
 
 /// Registers a signer's public half and audits it.

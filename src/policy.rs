@@ -15,7 +15,7 @@ pub const DEFAULT_GATED_ACTIONS: [&str; 5] =
 /// Scopes only an operator may ever hold.
 pub const OPERATOR_ONLY_SCOPES: [&str; 2] = ["approvals:read", "approvals:decide"];
 
-const CATALOGUE: [&str; 13] = [
+const CATALOGUE: [&str; 12] = [
     "workspaces:read",
     "workspaces:write",
     "plugins:read",
@@ -28,7 +28,6 @@ const CATALOGUE: [&str; 13] = [
     "approvals:decide",
     "tokens:introspect",
     "tokens:revoke",
-    "tokens:exchange",
 ];
 
 fn default_ceiling(kind: CallerKind) -> &'static [&'static str] {
@@ -42,7 +41,6 @@ fn default_ceiling(kind: CallerKind) -> &'static [&'static str] {
             "budgets:write",
             "secrets:list",
             "approvals:create",
-            "tokens:exchange",
         ],
         CallerKind::Workspace => {
             &["workspaces:read", "workspaces:write", "plugins:read", "budgets:read", "secrets:list", "approvals:create"]
@@ -65,7 +63,7 @@ fn default_defaults(kind: CallerKind) -> &'static [&'static str] {
     match kind {
         CallerKind::Agent | CallerKind::Install => &["workspaces:read", "workspaces:write", "approvals:create"],
         CallerKind::Workspace => &["workspaces:read", "approvals:create"],
-        CallerKind::Operator => &["workspaces:read", "approvals:read", "approvals:decide"],
+        CallerKind::Operator => &["workspaces:read", "approvals:read", "approvals:decide", "tokens:revoke"],
         CallerKind::Service => &["tokens:introspect"],
     }
 }

@@ -10,7 +10,7 @@ use super::Failure;
 use crate::audit::{self, ChainReport};
 use crate::clients::{self, NewClient};
 use crate::config::Config;
-use crate::domain::{Action, CallerKind, Scope, TenantId, WorkspaceId};
+use crate::domain::{Action, CallerKind, ClientId, Scope, TenantId, WorkspaceId};
 use crate::store::Store;
 use crate::store::clients as client_rows;
 use crate::store::keys as key_rows;
@@ -37,6 +37,10 @@ pub(super) enum ClientsCmd {
         /// A gated action this install client may bypass, audited (repeatable).
         #[arg(long = "allow-bypass", value_name = "ACTION")]
         allow_bypass: Vec<Action>,
+        /// A client of the same tenant that may exchange this client's tokens and act for
+        /// it (RFC 8693 delegation; repeatable).
+        #[arg(long = "delegate", value_name = "CLIENT_ID")]
+        delegates: Vec<ClientId>,
     },
     /// List clients.
     List,
@@ -56,6 +60,10 @@ pub(super) enum ClientsCmd {
 pub(super) enum KeysCmd {
     /// List registered signing keys.
     List,
+    /// Rotate this replica's key (the keys folder's): the new key is published at once and
+    /// signs after the JWKS max-age plus leeway; the old one stays published until its last
+    /// token has expired.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,8 +93,8 @@ pub(super) async fn clients(config: &Config, cmd: ClientsCmd) -> Result<(), Fail
 
 async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<(), Failure> {
     match cmd {
-        ClientsCmd::Create { tenant, kind, name, workspace, scopes, allow_bypass } => {
-            let new = NewClient { tenant, kind, name, workspace, scopes, allow_bypass };
+        ClientsCmd::Create { tenant, kind, name, workspace, scopes, allow_bypass, delegates } => {
+            let new = NewClient { tenant, kind, name, workspace, scopes, allow_bypass, delegates };
             let (c, secret) = clients::create(store, &config.policy, new, "cli", now()).await?;
             print_json(&json!({
                 "client_id": c.client_id,
@@ -97,6 +105,7 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
                 "workspace": c.workspace,
                 "scope": c.scopes.to_string(),
                 "allow_bypass": c.allow_bypass,
+                "delegates": c.delegates,
             }))
         }
         ClientsCmd::List => {
@@ -136,6 +145,10 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
 pub(super) async fn keys(config: &Config, cmd: KeysCmd) -> Result<(), Failure> {
     let store = Store::open(&config.database_url).await?;
     match cmd {
+        KeysCmd::Rotate => {
+            let r = crate::keys::rotate(&store, &config.keys_dir, now(), config.key_publish_lead_secs(), "cli").await?;
+            print_json(&serde_json::to_value(&r)?)?;
+        }
         KeysCmd::List => {
             let rows = key_rows::list(&store).await?;
             let mut out = std::io::stdout().lock();

@@ -74,6 +74,9 @@ impl FromRequestParts<AppState> for Caller {
             .await?
             .filter(|c| !c.disabled && c.tenant.as_str() == claims.tenant && c.kind == claims.caller_kind)
             .ok_or_else(|| ApiError::invalid_token("access token rejected: the client is disabled or unknown"))?;
+        if crate::store::revocations::is_revoked(state.store(), &claims.jti, &claims.sub, claims.iat).await? {
+            return Err(ApiError::invalid_token("access token rejected: revoked"));
+        }
         Ok(Caller { claims, client })
     }
 }

@@ -49,6 +49,14 @@ impl ApiError {
     pub fn unsupported_grant_type(d: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "unsupported_grant_type", d)
     }
+    /// 400 `unsupported_token_type` (RFC 7009).
+    pub fn new_unsupported_token_type() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_token_type",
+            "capabilities are not revoked here; withdraw the request or let the capability expire",
+        )
+    }
     /// 400 `invalid_target`.
     pub fn invalid_target(d: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_target", d)

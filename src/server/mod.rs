@@ -2,10 +2,12 @@
 
 mod approvals;
 pub mod auth;
+mod console;
 pub mod error;
 mod health;
 mod oauth;
 pub mod ratelimit;
+mod tokens;
 mod wellknown;
 
 use std::net::SocketAddr;
@@ -63,6 +65,7 @@ struct Inner {
     verifier: crate::verify::Policy,
     notifier: Arc<Notifier>,
     auth_failures: ratelimit::FailureLimiter,
+    rotation: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -75,7 +78,17 @@ impl AppState {
         verifier.leeway_secs = config.leeway_secs;
         let notifier = Arc::new(Notifier::new(config.webhooks.clone(), Duration::from_millis(500)));
         let auth_failures = ratelimit::FailureLimiter::new(config.failed_auth_per_minute);
-        Ok(AppState { inner: Arc::new(Inner { config, store, keys, audit, clock, verifier, notifier, auth_failures }) })
+        Ok(AppState { inner: Arc::new(Inner {
+            config,
+            store,
+            keys,
+            audit,
+            clock,
+            verifier,
+            notifier,
+            auth_failures,
+            rotation: tokio::sync::Mutex::new(()),
+        }) })
     }
     /// The configuration.
     pub fn config(&self) -> &Config {
@@ -123,6 +136,8 @@ pub fn app(state: AppState) -> Router {
         .merge(oauth::routes())
         .merge(health::routes())
         .merge(approvals::routes())
+        .merge(console::routes())
+        .merge(tokens::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(middleware::from_fn(error_shape))
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
@@ -220,19 +235,51 @@ impl Application {
     }
 }
 
-/// Every 30 seconds: records the expiry of overdue approvals (so the audit log shows them
-/// even when nobody reads them) and re-reads the published keys of every replica.
+/// Background upkeep. Every 5 seconds: follow key rotations (switch to a rotated-in key once
+/// its activation time comes, re-read every replica's published keys) and rotate on schedule.
+/// Every 30 seconds: record the expiry of overdue approvals, so the audit log shows them even
+/// when nobody reads them.
 async fn background(state: AppState) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut n: u64 = 0;
     loop {
         tick.tick().await;
-        if let Err(e) = crate::approvals::sweep_expired(state.store(), state.now()).await {
+        n += 1;
+        let now = state.now();
+        if let Err(e) = rotate_on_schedule(&state, now).await {
+            tracing::warn!(error = %e, "scheduled key rotation failed");
+        }
+        if let Err(e) = state.keys().tick(now).await {
+            tracing::warn!(error = %e, "following key rotation failed");
+        }
+        if n % 6 == 0
+            && let Err(e) = crate::approvals::sweep_expired(state.store(), now).await
+        {
             tracing::warn!(error = %e, "approval expiry sweep failed");
         }
-        if let Err(e) = state.keys().refresh(state.now()).await {
-            tracing::warn!(error = %e, "re-reading published keys failed");
-        }
     }
+}
+
+/// Rotates this replica's key when it is older than `key_rotation_days` and no successor is
+/// already waiting.
+pub async fn rotate_on_schedule(state: &AppState, now: i64) -> anyhow::Result<()> {
+    let days = state.config().key_rotation_days;
+    if days == 0 {
+        return Ok(());
+    }
+    // One check at a time in this process: the schedule and a caller must not both rotate.
+    let _one_at_a_time = state.inner.rotation.lock().await;
+    let rows = crate::store::keys::list(state.store()).await?;
+    let current = state.keys().signer();
+    let Some(row) = rows.iter().find(|r| r.kid == current.kid()) else { return Ok(()) };
+    let local: Vec<String> = crate::keys::load_dir(&state.config().keys_dir)?.into_iter().map(|s| s.kid().to_owned()).collect();
+    let successor_waiting = rows.iter().any(|r| r.activates_at > now && local.contains(&r.kid));
+    if row.activates_at + i64::from(days) * 86_400 <= now && !successor_waiting {
+        let r = crate::keys::rotate(state.store(), &state.config().keys_dir, now, state.config().key_publish_lead_secs(), "schedule")
+            .await?;
+        tracing::info!(kid = %r.kid, activates_at = r.activates_at, "rotated the signing key on schedule");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -177,6 +177,16 @@ pub(super) fn select_scopes(state: &AppState, client: &ClientRecord, requested: 
     let policy = &state.config().policy;
     let allowed = policy.allowed(client.kind, &client.scopes);
     let Some(raw) = requested else { return Ok(allowed) };
+    let wanted = requested_scopes(policy, raw)?;
+    let outside = wanted.difference(&allowed);
+    if !outside.is_empty() {
+        return Err(ApiError::invalid_scope(format!("not granted to this client: {outside}")));
+    }
+    Ok(wanted)
+}
+
+/// Parses a `scope` parameter, refusing gated actions with a pointer to approvals.
+fn requested_scopes(policy: &crate::policy::Policy, raw: &str) -> ApiResult<ScopeSet> {
     for word in raw.split_ascii_whitespace() {
         if policy.is_gated(word) {
             let shown: String = word.chars().take(64).collect();
@@ -189,56 +199,167 @@ pub(super) fn select_scopes(state: &AppState, client: &ClientRecord, requested: 
     if wanted.is_empty() {
         return Err(ApiError::invalid_scope("scope is empty; omit it to get every allowed scope"));
     }
-    let outside = wanted.difference(&allowed);
-    if !outside.is_empty() {
-        return Err(ApiError::invalid_scope(format!("not granted to this client: {outside}")));
-    }
     Ok(wanted)
 }
 
-/// Mints an access token for `client`, audits it, and builds the token response.
-pub(super) async fn issue_access_token(
-    state: &AppState,
-    client: &ClientRecord,
-    scopes: ScopeSet,
-    grant: &str,
-    now: i64,
-) -> ApiResult<Response> {
-    let ttl = state.config().policy.access_token_ttl_secs;
-    let claims = AccessClaims {
+/// The claims of a fresh access token for `client` with `scopes`.
+fn client_claims(state: &AppState, client: &ClientRecord, scopes: &ScopeSet, now: i64) -> ApiResult<AccessClaims> {
+    Ok(AccessClaims {
         iss: state.config().issuer.clone(),
         sub: client.client_id.to_string(),
         client_id: client.client_id.to_string(),
         aud: Audience::One(state.config().audience.clone()),
         iat: now,
         nbf: now,
-        exp: now + ttl,
+        exp: now + state.config().policy.access_token_ttl_secs,
         jti: new_jti()?,
         scope: scopes.to_string(),
         tenant: client.tenant.to_string(),
         caller_kind: client.kind,
         workspace: client.workspace.as_ref().map(|w| w.to_string()),
         act: None,
-    };
+    })
+}
+
+/// Signs `claims`, audits the issue (by `actor`), and builds the token response. The audit
+/// record is committed before the response leaves; if it cannot be, no token leaves.
+pub(super) async fn issue(
+    state: &AppState,
+    claims: AccessClaims,
+    actor: &str,
+    grant: &str,
+    detail: serde_json::Value,
+    now: i64,
+) -> ApiResult<Response> {
     let token = state.keys().signer().sign_access(&claims).map_err(|e| ApiError::internal(&e))?;
-    let event = AuditEvent::new(
-        "token.issued",
-        client.client_id.as_str(),
-        client.tenant.as_str(),
-        &claims.jti,
-        json!({ "grant": grant, "sub": claims.sub, "kind": client.kind, "scope": claims.scope, "exp": claims.exp }),
-    );
+    let mut facts = json!({
+        "grant": grant, "sub": claims.sub, "kind": claims.caller_kind, "scope": claims.scope, "exp": claims.exp,
+    });
+    if let (Some(f), serde_json::Value::Object(extra)) = (facts.as_object_mut(), detail) {
+        f.extend(extra);
+    }
+    let event = AuditEvent::new("token.issued", actor, &claims.tenant, &claims.jti, facts);
     state.audit().record(event, now).await.map_err(|e| ApiError::unavailable(&e))?;
-    let mut res = axum::Json(json!({
+    let mut body = json!({
         "access_token": token,
         "token_type": "Bearer",
-        "expires_in": ttl,
+        "expires_in": claims.exp - now,
         "scope": claims.scope,
-    }))
-    .into_response();
+    });
+    if grant == GRANT_EXCHANGE {
+        body["issued_token_type"] = json!(TOKEN_TYPE_ACCESS);
+    }
+    let mut res = axum::Json(body).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     Ok(res)
+}
+
+/// The token-exchange grant type (RFC 8693).
+pub const GRANT_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The access-token token type (RFC 8693 §3).
+pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// RFC 8693 token exchange: `client` presents an access token of this broker (its own, to
+/// narrow it; or, where the subject's registration names it as a delegate, another client's,
+/// to act for it). The result never has a scope the subject lacks or the client may not hold,
+/// never outlives the subject, and carries the actor chain when it is a delegation.
+async fn exchange(state: &AppState, client: &ClientRecord, form: &Form, now: i64) -> ApiResult<Response> {
+    let Some(subject_token) = form.get("subject_token") else {
+        return Err(ApiError::invalid_request("subject_token is required"));
+    };
+    match form.get("subject_token_type") {
+        Some(TOKEN_TYPE_ACCESS) => {}
+        Some(_) => {
+            return Err(ApiError::invalid_request(
+                "unsupported subject_token_type; use urn:ietf:params:oauth:token-type:access_token",
+            ));
+        }
+        None => return Err(ApiError::invalid_request("subject_token_type is required")),
+    }
+    if form.get("actor_token").is_some() || form.get("actor_token_type").is_some() {
+        return Err(ApiError::invalid_request("actor tokens are not accepted: the authenticated client is the actor"));
+    }
+    if form.get("requested_token_type").is_some_and(|t| t != TOKEN_TYPE_ACCESS) {
+        return Err(ApiError::invalid_request("only access tokens are issued by exchange"));
+    }
+    let unusable = || ApiError::invalid_request("the subject token is not usable");
+    let subject = super::auth::verify_access(state, subject_token, now).await.map_err(|_| unusable())?;
+    if subject.tenant != client.tenant.as_str() {
+        return Err(unusable());
+    }
+    if crate::store::revocations::is_revoked(state.store(), &subject.jti, &subject.sub, subject.iat).await? {
+        return Err(unusable());
+    }
+    let owner = crate::store::clients::get(state.store(), &subject.sub)
+        .await?
+        .filter(|c| !c.disabled && c.tenant == client.tenant)
+        .ok_or_else(unusable)?;
+    let delegation = owner.client_id != client.client_id;
+    if delegation && !owner.delegates.contains(&client.client_id) {
+        return Err(ApiError::unauthorized_client("the subject's registration does not let this client act for it"));
+    }
+    let act = if delegation {
+        let chain = crate::token::Actor {
+            sub: client.client_id.to_string(),
+            client_id: Some(client.client_id.to_string()),
+            act: subject.act.clone().map(Box::new),
+        };
+        if chain.depth() > crate::verify::MAX_ACT_DEPTH {
+            return Err(ApiError::invalid_request("the delegation chain is too deep"));
+        }
+        Some(chain)
+    } else {
+        subject.act.clone()
+    };
+
+    // Scopes: within the subject's, and within what this client may hold. Never narrowed
+    // silently: anything asked beyond that is refused.
+    let policy = &state.config().policy;
+    let subject_scopes = ScopeSet::parse_list(&subject.scope).map_err(|_| unusable())?;
+    let available = policy.allowed(client.kind, &client.scopes).intersection(&subject_scopes);
+    let scopes = match form.get("scope") {
+        None => available,
+        Some(raw) => {
+            let wanted = requested_scopes(policy, raw)?;
+            let outside = wanted.difference(&available);
+            if !outside.is_empty() {
+                return Err(ApiError::invalid_scope(format!(
+                    "beyond the subject token's scopes or this client's: {outside}"
+                )));
+            }
+            wanted
+        }
+    };
+    let mut aud = subject.aud.clone();
+    for param in ["audience", "resource"] {
+        if let Some(wanted) = form.get(param) {
+            if !subject.aud.contains(wanted) {
+                return Err(ApiError::invalid_target(format!("{param} is not one the subject token may be used for")));
+            }
+            aud = Audience::One(wanted.to_owned());
+        }
+    }
+    let claims = AccessClaims {
+        iss: state.config().issuer.clone(),
+        sub: subject.sub.clone(),
+        client_id: subject.sub.clone(),
+        aud,
+        iat: now,
+        nbf: now,
+        exp: (now + policy.access_token_ttl_secs).min(subject.exp),
+        jti: new_jti()?,
+        scope: scopes.to_string(),
+        tenant: subject.tenant.clone(),
+        caller_kind: subject.caller_kind,
+        workspace: subject.workspace.clone(),
+        act,
+    };
+    if claims.exp <= now {
+        return Err(unusable());
+    }
+    let detail = json!({ "subject_jti": subject.jti, "actor": client.client_id, "delegation": delegation });
+    issue(state, claims, client.client_id.as_str(), GRANT_EXCHANGE, detail, now).await
 }
 
 /// The peer address of a request served over a socket.
@@ -259,8 +380,12 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
     match grant_type.as_str() {
         "client_credentials" => {
             let scopes = select_scopes(&state, &client, form.get("scope"))?;
-            issue_access_token(&state, &client, scopes, "client_credentials", now).await
+            let claims = client_claims(&state, &client, &scopes, now)?;
+            issue(&state, claims, client.client_id.as_str(), "client_credentials", json!({}), now).await
         }
-        _ => Err(ApiError::unsupported_grant_type("supported grant types: client_credentials")),
+        GRANT_EXCHANGE => exchange(&state, &client, &form, now).await,
+        _ => Err(ApiError::unsupported_grant_type(format!(
+            "supported grant types: client_credentials, {GRANT_EXCHANGE}"
+        ))),
     }
 }

@@ -35,13 +35,22 @@ async fn jwks(State(state): State<AppState>) -> Response {
 async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
     let iss = &state.config().issuer;
     let scopes: Vec<String> = state.config().policy.catalogue().iter().map(|s| s.to_string()).collect();
+    let auth_methods = ["client_secret_basic", "client_secret_post"];
     Json(json!({
         "issuer": iss,
         "token_endpoint": format!("{iss}/oauth/token"),
         "jwks_uri": format!("{iss}/.well-known/jwks.json"),
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint": format!("{iss}/oauth/introspect"),
+        "revocation_endpoint": format!("{iss}/oauth/revoke"),
+        "grant_types_supported": ["client_credentials", super::oauth::GRANT_EXCHANGE],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": [],
         "response_types_supported": [],
         "scopes_supported": scopes,
+        "tessera_revocations_feed": format!("{iss}/v1/revocations"),
+        "tessera_approvals_endpoint": format!("{iss}/v1/approvals"),
+        "tessera_redemption_endpoint": format!("{iss}/v1/capabilities/redeem"),
     }))
 }

@@ -23,13 +23,15 @@ pub struct ClientRecord {
     pub scopes: ScopeSet,
     /// Gated actions it may take the audited bypass for (install clients only).
     pub allow_bypass: Vec<Action>,
+    /// Clients that may exchange this client's tokens and act for it (RFC 8693 delegation).
+    pub delegates: Vec<ClientId>,
     /// Whether it is disabled.
     pub disabled: bool,
     /// Registration time, Unix seconds.
     pub created_at: i64,
 }
 
-const COLUMNS: &str = "client_id, tenant, kind, name, workspace, scopes, allow_bypass, disabled, created_at";
+const COLUMNS: &str = "client_id, tenant, kind, name, workspace, scopes, allow_bypass, delegates, disabled, created_at";
 
 fn from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
     let client_id: String = row.try_get("client_id")?;
@@ -38,6 +40,7 @@ fn from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
     let workspace: Option<String> = row.try_get("workspace")?;
     let scopes: String = row.try_get("scopes")?;
     let bypass: String = row.try_get("allow_bypass")?;
+    let delegates: String = row.try_get("delegates")?;
     Ok(ClientRecord {
         client_id: parse_col("client_id", &client_id)?,
         tenant: parse_col("tenant", &tenant)?,
@@ -49,6 +52,7 @@ fn from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
             .split_ascii_whitespace()
             .map(|a| Action::parse(a).map_err(|e| StoreError::Corrupt(e.to_string())))
             .collect::<Result<_, _>>()?,
+        delegates: delegates.split_ascii_whitespace().map(|d| parse_col("delegate", d)).collect::<Result<_, _>>()?,
         disabled: row.try_get::<i64, _>("disabled")? != 0,
         created_at: row.try_get("created_at")?,
     })
@@ -58,8 +62,8 @@ fn from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
 pub async fn insert(conn: &mut AnyConnection, c: &ClientRecord, secret_hash: &str) -> Result<(), StoreError> {
     let bypass: Vec<&str> = c.allow_bypass.iter().map(Action::as_str).collect();
     sqlx::query(
-        "INSERT INTO clients (client_id, tenant, kind, name, workspace, scopes, allow_bypass, secret_hash, disabled, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+        "INSERT INTO clients (client_id, tenant, kind, name, workspace, scopes, allow_bypass, secret_hash, disabled, \
+         created_at, updated_at, delegates) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)",
     )
     .bind(c.client_id.as_str())
     .bind(c.tenant.as_str())
@@ -71,6 +75,7 @@ pub async fn insert(conn: &mut AnyConnection, c: &ClientRecord, secret_hash: &st
     .bind(secret_hash)
     .bind(i64::from(c.disabled))
     .bind(c.created_at)
+    .bind(c.delegates.iter().map(ClientId::as_str).collect::<Vec<_>>().join(" "))
     .execute(conn)
     .await?;
     Ok(())

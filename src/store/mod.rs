@@ -3,7 +3,9 @@
 
 pub mod approvals;
 pub mod clients;
+pub mod console;
 pub mod keys;
+pub mod revocations;
 
 use std::str::FromStr;
 use std::time::Duration;

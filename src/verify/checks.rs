@@ -50,6 +50,9 @@ pub enum VerifyError {
     /// A claim is present but unacceptable.
     #[error("invalid claim {0}")]
     Claim(&'static str),
+    /// The token was revoked.
+    #[error("token revoked")]
+    Revoked,
 }
 
 /// A published verification key.

@@ -100,7 +100,7 @@ struct Rule {
 }
 
 struct GateInner {
-    verifier: Verifier,
+    verifier: Arc<Verifier>,
     broker: String,
     http: reqwest::Client,
     clock: Box<Clock>,
@@ -123,19 +123,23 @@ fn system_now() -> i64 {
 impl Gate {
     /// A gate that verifies with `verifier` and creates approvals and redeems capabilities
     /// at the broker at `broker_url`.
-    pub fn new(verifier: Verifier, broker_url: &str) -> Gate {
+    pub fn new(verifier: impl Into<Arc<Verifier>>, broker_url: &str) -> Gate {
         Self::with_clock(verifier, broker_url, system_now)
     }
 
     /// As [`Gate::new`], reading time from `clock` (Unix seconds).
-    pub fn with_clock(verifier: Verifier, broker_url: &str, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Gate {
+    pub fn with_clock(
+        verifier: impl Into<Arc<Verifier>>,
+        broker_url: &str,
+        clock: impl Fn() -> i64 + Send + Sync + 'static,
+    ) -> Gate {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         Gate(Arc::new(GateInner {
-            verifier,
+            verifier: verifier.into(),
             broker: broker_url.trim_end_matches('/').to_owned(),
             http,
             clock: Box::new(clock),

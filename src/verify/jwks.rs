@@ -140,6 +140,11 @@ impl JwksClient {
         }
     }
 
+    /// The HTTP client (shared with the revocation feed).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// How many fetches were attempted (for tests and metrics).
     pub fn fetch_count(&self) -> u64 {
         self.fetches.load(std::sync::atomic::Ordering::Relaxed)

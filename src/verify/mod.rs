@@ -6,6 +6,7 @@
 mod checks;
 pub mod gate;
 pub mod jwks;
+pub mod revocations;
 
 pub use checks::{KeyLookup, Policy, PublicKey, VerifyError};
 pub use jwks::{JwksClient, JwksOptions};
@@ -19,12 +20,13 @@ pub use crate::token::{AccessClaims, CapabilityClaims};
 pub struct Verifier {
     policy: Policy,
     jwks: JwksClient,
+    revocations: revocations::RevocationList,
 }
 
 impl Verifier {
     /// Verifies tokens of `policy.issuer` with keys from `jwks`.
     pub fn new(policy: Policy, jwks: JwksClient) -> Verifier {
-        Verifier { policy, jwks }
+        Verifier { policy, jwks, revocations: revocations::RevocationList::default() }
     }
 
     /// Trusts the broker at `issuer` (its JWKS at `/.well-known/jwks.json`) for `audience`,
@@ -64,9 +66,12 @@ impl Verifier {
         }
     }
 
-    /// Verifies an access token at `now` (Unix seconds).
+    /// Verifies an access token at `now` (Unix seconds), and that the revocation list (see
+    /// [`Verifier::poll_revocations`]) does not name it.
     pub async fn verify_access(&self, token: &str, now: i64) -> Result<AccessClaims, VerifyError> {
-        self.with_keys(token, |keys| self.policy.verify_access(keys, token, now)).await
+        let claims = self.with_keys(token, |keys| self.policy.verify_access(keys, token, now)).await?;
+        self.check_revoked(&claims.jti, &claims.sub, claims.iat)?;
+        Ok(claims)
     }
 
     /// Verifies a capability token at `now` (Unix seconds).

@@ -87,6 +87,7 @@ async fn workspace_client_without_workspace_is_refused() {
         workspace: None,
         scopes: vec![],
         allow_bypass: vec![],
+        delegates: vec![],
     };
     let r = tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", 0).await;
     assert!(r.is_err());
@@ -174,6 +175,7 @@ async fn only_operators_can_ever_hold_approvals_decide() {
             workspace: (kind == CallerKind::Workspace).then(|| "ws-1".parse().unwrap()),
             scopes: vec!["approvals:decide".parse().unwrap()],
             allow_bypass: vec![],
+            delegates: vec![],
         };
         assert!(
             tessera::clients::create(app.state.store(), &app.state.config().policy, new, "t", 0).await.is_err(),

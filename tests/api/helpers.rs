@@ -159,6 +159,7 @@ impl TestApp {
             workspace: workspace.map(|w| w.parse().unwrap()),
             scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(),
             allow_bypass: bypass.iter().map(|s| s.parse().unwrap()).collect(),
+            delegates: vec![],
         };
         let (rec, secret) =
             tessera::clients::create(self.state.store(), &self.state.config().policy, new, "test", self.state.now())

@@ -4,8 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod approvals;
+mod console;
 mod foundation;
 mod gate;
 mod helpers;
 mod replicas;
+mod tokens;
 mod vectors;

@@ -1,0 +1,643 @@
+//! The operator console: server-rendered pages under `/console` where on-call operators see
+//! and decide approval requests.
+//!
+//! - Sign-in takes an operator client's `client_id` and `client_secret`, through the same
+//!   constant-work check and the same failure limiter as `/oauth/token`; any other kind of
+//!   client gets exactly the refusal a wrong secret gets. See [`session`].
+//! - Every read and every decision goes through the approval functions the API uses
+//!   (`crate::approvals::{list, read, decide}`) as an `AccessClaims` identity built from the
+//!   operator's client record, so the console cannot decide anything the API would refuse.
+//! - Every POST carries the session's CSRF token, compared in constant time; browsers'
+//!   cross-site POSTs are refused before that (`Sec-Fetch-Site`).
+//! - Pages carry a strict Content-Security-Policy, `X-Frame-Options: DENY` and
+//!   `Cache-Control: no-store`; the stylesheet is the only asset, served here.
+
+mod pages;
+mod session;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use axum::Router;
+use axum::body::to_bytes;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{any, get, post};
+use maud::Markup;
+use ring::digest::{SHA256, digest};
+
+use self::pages::{CanDecide, ClientName, Names, SignInNote};
+use self::session::Operator;
+use super::AppState;
+use crate::approvals::{self, ApprovalError, Verdict};
+use crate::clients::{self, ClientSecret};
+use crate::domain::CallerKind;
+use crate::store::StoreError;
+use crate::store::approvals::{self as approval_rows, ApprovalRow, Status};
+use crate::store::clients as client_rows;
+use crate::store::console::{self as console_rows, HistoryFilter};
+use crate::token::b64;
+
+/// The stylesheet, compiled in.
+const CSS: &str = include_str!("console.css");
+/// The icon, compiled in.
+const FAVICON: &str = include_str!("favicon.svg");
+
+/// The first 12 hex digits of the stylesheet's SHA-256: its URL changes when it does.
+static CSS_VERSION: LazyLock<String> =
+    LazyLock::new(|| digest(&SHA256, CSS.as_bytes()).as_ref().iter().take(6).map(|b| format!("{b:02x}")).collect());
+
+/// The Content-Security-Policy of every console response: nothing from elsewhere, no
+/// framing, forms post only here.
+pub const CSP: &str = "default-src 'self'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+/// How many pending requests the list shows at once.
+const PENDING_PAGE: i64 = 100;
+/// How many rows a history page shows.
+const HISTORY_PAGE: i64 = 50;
+/// Longest client id or secret considered at sign-in.
+const MAX_CREDENTIAL_LEN: usize = 256;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(home))
+        .route("/console/sign-in", get(sign_in_page).post(sign_in))
+        .route("/console/sign-out", post(sign_out))
+        .route("/console/history", get(history))
+        .route("/console/approvals/{id}", get(detail))
+        .route("/console/approvals/{id}/decision", post(decision))
+        .route("/console/approvals/{id}/audit", get(audit_trail))
+        .route("/console/static/console.css", get(css))
+        .route("/console/static/favicon.svg", get(favicon))
+        .route("/console/", get(|| async { see_other("/console") }))
+        .route("/console/{*rest}", any(not_found))
+        .layer(middleware::from_fn(security_headers))
+}
+
+/// Headers on every console response. Pages are never stored by caches; the static assets
+/// set their own long cache lifetime.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+/// A console failure, answered with an HTML page that says what happened and what was not.
+#[derive(Debug)]
+enum Failure {
+    /// 400: the form was malformed.
+    BadRequest(String),
+    /// 403: the form did not come from this session (CSRF), or from another site.
+    Forged,
+    /// The approval functions refused.
+    Approval(ApprovalError),
+    /// 503: the database failed.
+    Unavailable(String),
+    /// 500.
+    Internal,
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Unavailable(e.to_string())
+    }
+}
+
+impl From<ApprovalError> for Failure {
+    fn from(e: ApprovalError) -> Self {
+        match e {
+            ApprovalError::Store(e) => Failure::Unavailable(e.to_string()),
+            e => Failure::Approval(e),
+        }
+    }
+}
+
+impl From<super::ApiError> for Failure {
+    fn from(e: super::ApiError) -> Self {
+        if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+            Failure::Unavailable(e.code().into())
+        } else {
+            Failure::Internal
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let back = Some(("/console", "Back to the pending list"));
+        let (status, title, text) = match self {
+            Failure::BadRequest(m) => {
+                (StatusCode::BAD_REQUEST, "That did not work", format!("{m}. Nothing was changed."))
+            }
+            Failure::Forged => (
+                StatusCode::FORBIDDEN,
+                "Refused: the form did not come from your session",
+                "The form was missing its security token, or the token belongs to another session (for example \
+                 after you signed out and in again). Nothing was changed. Go back, reload the page and try again."
+                    .to_owned(),
+            ),
+            Failure::Approval(e) => {
+                let (status, title) = match &e {
+                    ApprovalError::NotFound => (StatusCode::NOT_FOUND, "No such approval"),
+                    ApprovalError::Conflict(_) => (StatusCode::CONFLICT, "Already decided"),
+                    ApprovalError::Expired(_) => (StatusCode::GONE, "Expired"),
+                    ApprovalError::Invalid(_) => (StatusCode::BAD_REQUEST, "That did not work"),
+                    ApprovalError::Signing => (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong"),
+                    _ => (StatusCode::FORBIDDEN, "Not allowed"),
+                };
+                let text = match &e {
+                    ApprovalError::NotFound => {
+                        "There is no approval with this ID that you may see. Nothing was changed.".to_owned()
+                    }
+                    ApprovalError::Signing => "The broker could not sign. Nothing was changed.".to_owned(),
+                    e => format!("Nothing was changed: {e}."),
+                };
+                (status, title, text)
+            }
+            Failure::Unavailable(cause) => {
+                tracing::error!(%cause, "console request failed: dependency unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The broker is unavailable",
+                    "The broker cannot reach its database right now. Nothing was changed. Try again in a minute."
+                        .to_owned(),
+                )
+            }
+            Failure::Internal => {
+                tracing::error!("console request failed: internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", "Nothing was changed.".to_owned())
+            }
+        };
+        page(status, pages::message(None, title, &text, back))
+    }
+}
+
+type PageResult = Result<Response, Failure>;
+
+fn page(status: StatusCode, markup: Markup) -> Response {
+    (status, Html(markup.into_string())).into_response()
+}
+
+fn see_other(location: &str) -> Response {
+    match HeaderValue::try_from(location) {
+        Ok(v) => (StatusCode::SEE_OTHER, [(header::LOCATION, v)]).into_response(),
+        Err(_) => (StatusCode::SEE_OTHER, [(header::LOCATION, HeaderValue::from_static("/console"))]).into_response(),
+    }
+}
+
+/// Where to send someone with no live session: the sign-in page, remembering where they were
+/// going, and dropping a stale cookie.
+fn to_sign_in(state: &AppState, headers: &HeaderMap, next: Option<&str>) -> Response {
+    let stale = session::has_cookie(headers);
+    let mut query = Vec::new();
+    if let Some(n) = next.filter(|n| safe_next(n) && *n != "/console") {
+        query.push(format!("next={}", percent_encoding::utf8_percent_encode(n, percent_encoding::NON_ALPHANUMERIC)));
+    }
+    if stale {
+        query.push("ended=1".to_owned());
+    }
+    let location =
+        if query.is_empty() { "/console/sign-in".to_owned() } else { format!("/console/sign-in?{}", query.join("&")) };
+    let mut res = see_other(&location);
+    if stale && let Ok(c) = session::clear_cookie(state) {
+        res.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    res
+}
+
+/// A place inside the console to return to after sign-in: a console path, nothing else.
+fn safe_next(next: &str) -> bool {
+    (next == "/console" || next.starts_with("/console/") || next.starts_with("/console?"))
+        && !next.starts_with("/console/sign-")
+        && next.len() <= 200
+        && next.bytes().all(|c| c.is_ascii_alphanumeric() || b"/_-.?=&".contains(&c))
+        && !next.contains("//")
+        && !next.contains("..")
+}
+
+/// Whether a browser says the request came from another site. Browsers send
+/// `Sec-Fetch-Site` on every request; a value other than `same-origin` (or `none`, typed by
+/// the user) means another page made this one. Non-browser clients send none.
+fn cross_site(headers: &HeaderMap) -> bool {
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        None => false,
+        Some(v) => !(v.eq_ignore_ascii_case("same-origin") || v.eq_ignore_ascii_case("none")),
+    }
+}
+
+/// A form body: urlencoded, bounded, no field twice.
+async fn read_form(state: &AppState, req: Request) -> Result<(HeaderMap, HashMap<String, String>), Failure> {
+    let (parts, body) = req.into_parts();
+    let ct = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(Failure::BadRequest("The form was not sent as a form".into()));
+    }
+    let limit = state.config().max_body_bytes;
+    let bytes = to_bytes(body, limit).await.map_err(|_| Failure::BadRequest("The form was too large".into()))?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(&bytes).map_err(|_| Failure::BadRequest("The form could not be read".into()))?;
+    let mut map = HashMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        if map.insert(k, v).is_some() {
+            return Err(Failure::BadRequest("The form repeated a field".into()));
+        }
+    }
+    Ok((parts.headers, map))
+}
+
+fn peer_of(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// The names of the clients `ids` that belong to `tenant`.
+async fn names_of<'a>(
+    state: &AppState,
+    tenant: &str,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<Names, StoreError> {
+    let mut out = Names::new();
+    let unique: HashSet<&str> = ids.into_iter().collect();
+    for id in unique {
+        if let Some(c) = client_rows::get(state.store(), id).await?
+            && c.tenant.as_str() == tenant
+        {
+            out.insert(id.to_owned(), ClientName { name: c.name.clone(), kind: c.kind });
+        }
+    }
+    Ok(out)
+}
+
+fn people(row: &ApprovalRow) -> impl Iterator<Item = &str> {
+    std::iter::once(row.requester.as_str()).chain(row.decisions.iter().map(|d| d.operator.as_str()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Pages
+
+async fn home(State(state): State<AppState>, headers: HeaderMap) -> PageResult {
+    let Some(op) = session::current(&state, &headers).await? else {
+        return Ok(to_sign_in(&state, &headers, None));
+    };
+    let now = state.now();
+    let mut rows = approvals::list(state.store(), &op.claims, Status::Pending, None, PENDING_PAGE + 1, now).await?;
+    let more = rows.len() as i64 > PENDING_PAGE;
+    rows.truncate(PENDING_PAGE as usize);
+    // The list sweeps expiry first, but a request may pass its deadline between the two.
+    rows.retain(|r| r.effective_status(now) == Status::Pending);
+    let names = names_of(&state, &op.claims.tenant, rows.iter().flat_map(people)).await?;
+    Ok(page(StatusCode::OK, pages::pending(&op, &rows, more, &names, now)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SignInQuery {
+    next: Option<String>,
+    signed_out: Option<String>,
+    ended: Option<String>,
+}
+
+async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> PageResult {
+    let q: SignInQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or("")).unwrap_or(SignInQuery {
+        next: None,
+        signed_out: None,
+        ended: None,
+    });
+    let next = q.next.as_deref().filter(|n| safe_next(n));
+    if session::current(&state, &headers).await?.is_some() {
+        return Ok(see_other(next.unwrap_or("/console")));
+    }
+    let note = if q.signed_out.is_some() {
+        SignInNote::SignedOut
+    } else if q.ended.is_some() {
+        SignInNote::Ended
+    } else {
+        SignInNote::None
+    };
+    Ok(page(StatusCode::OK, pages::sign_in(note, next)))
+}
+
+/// The one answer to credentials that do not sign anyone in, whatever the reason.
+fn sign_in_refused(next: Option<&str>) -> Response {
+    page(StatusCode::UNAUTHORIZED, pages::sign_in(SignInNote::Failed, next))
+}
+
+async fn sign_in(State(state): State<AppState>, req: Request) -> PageResult {
+    let peer = peer_of(&req);
+    let (headers, form) = read_form(&state, req).await?;
+    if cross_site(&headers) {
+        return Err(Failure::Forged);
+    }
+    let next = form.get("next").map(String::as_str).filter(|n| safe_next(n));
+    let client_id = form.get("client_id").map(String::as_str).unwrap_or("").trim().to_owned();
+    let secret = ClientSecret::new(form.get("client_secret").cloned().unwrap_or_default());
+
+    // The same keys as the token endpoint: failures there and here count together.
+    let keys = [
+        format!("client:{}", client_id.chars().take(64).collect::<String>()),
+        peer.map_or_else(|| "peer:unknown".to_owned(), |p| format!("peer:{p}")),
+    ];
+    let keys = [keys[0].as_str(), keys[1].as_str()];
+    if let Some(wait) = state.auth_failures().blocked(&keys) {
+        let secs = wait.as_secs().max(1);
+        let mut res = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            pages::message(
+                None,
+                "Too many failed sign-ins",
+                &format!(
+                    "Sign-in is paused for this client ID or this address after too many failures. \
+                     Try again in {secs} seconds."
+                ),
+                Some(("/console/sign-in", "Back to sign-in")),
+            ),
+        );
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return Ok(res);
+    }
+
+    let well_formed =
+        !client_id.is_empty() && client_id.len() <= MAX_CREDENTIAL_LEN && secret.expose().len() <= MAX_CREDENTIAL_LEN;
+    let found = if well_formed { clients::authenticate(state.store(), &client_id, &secret).await? } else { None };
+    // Only operators sign in. Any other client, however right its secret, is refused with
+    // exactly the answer a wrong secret gets, and counts as a failure.
+    let Some(client) = found.filter(|c| c.kind == CallerKind::Operator) else {
+        state.auth_failures().record_failure(&keys);
+        tracing::info!(client_id = %client_id.chars().take(64).collect::<String>(), "console sign-in refused");
+        return Ok(sign_in_refused(next));
+    };
+    let now = state.now();
+    let cookie = session::start(&state, &client, now).await?;
+    let mut res = see_other(next.unwrap_or("/console"));
+    res.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(res)
+}
+
+async fn sign_out(State(state): State<AppState>, req: Request) -> PageResult {
+    let (headers, form) = read_form(&state, req).await?;
+    let Some(op) = session::current(&state, &headers).await? else {
+        return Ok(to_sign_in(&state, &headers, None));
+    };
+    if cross_site(&headers) || !op.csrf_matches(form.get("csrf").map(String::as_str)) {
+        return Err(Failure::Forged);
+    }
+    session::end(&state, &op, state.now()).await?;
+    let mut res = see_other("/console/sign-in?signed_out=1");
+    res.headers_mut().insert(header::SET_COOKIE, session::clear_cookie(&state)?);
+    Ok(res)
+}
+
+/// What this operator may do with `row` now.
+fn can_decide(op: &Operator, row: &ApprovalRow, now: i64) -> CanDecide {
+    if row.requester == op.claims.sub {
+        CanDecide::OwnRequest
+    } else if row.effective_status(now) != Status::Pending {
+        CanDecide::NotPending
+    } else if !op.claims.has_scope("approvals:decide") {
+        CanDecide::NoScope
+    } else if row.decisions.iter().any(|d| d.operator == op.claims.sub) {
+        CanDecide::AlreadyDecided
+    } else {
+        CanDecide::Yes
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DetailQuery {
+    decided: Option<String>,
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> PageResult {
+    let Some(op) = session::current(&state, &headers).await? else {
+        return Ok(to_sign_in(&state, &headers, Some(&format!("/console/approvals/{id}"))));
+    };
+    let now = state.now();
+    let row = approvals::read(state.store(), &op.claims, &id, now).await?;
+    let recent: Vec<ApprovalRow> = approval_rows::recent_by_requester(state.store(), &row.requester, 11)
+        .await?
+        .into_iter()
+        .filter(|r| r.approval_id != row.approval_id && approvals::visible_to(r, &op.claims))
+        .take(10)
+        .collect();
+    let names = names_of(&state, &op.claims.tenant, people(&row)).await?;
+    let q: Option<DetailQuery> = serde_urlencoded::from_str(q.as_deref().unwrap_or("")).ok();
+    let flash = match q.and_then(|q| q.decided).as_deref() {
+        Some("approve") => Some("You approved this request."),
+        Some("deny") => Some("You denied this request."),
+        _ => None,
+    };
+    let view =
+        pages::Detail { row: &row, names: &names, recent: &recent, can_decide: can_decide(&op, &row, now), flash, now };
+    Ok(page(StatusCode::OK, pages::detail(&op, &view)))
+}
+
+/// The Approve and Deny buttons post here. Without `confirm=yes` it shows the confirmation
+/// step; with it, it decides through `crate::approvals::decide`, which checks everything
+/// again (operator kind and scope, tenant, requester ≠ decider, pending, not decided twice).
+async fn decision(State(state): State<AppState>, Path(id): Path<String>, req: Request) -> PageResult {
+    let (headers, form) = read_form(&state, req).await?;
+    let Some(op) = session::current(&state, &headers).await? else {
+        return Ok(to_sign_in(&state, &headers, Some(&format!("/console/approvals/{id}"))));
+    };
+    if cross_site(&headers) || !op.csrf_matches(form.get("csrf").map(String::as_str)) {
+        tracing::warn!(client_id = %op.claims.sub, "console form refused: CSRF token missing or wrong");
+        return Err(Failure::Forged);
+    }
+    let verdict = match form.get("decision").map(String::as_str) {
+        Some("approve") => Verdict::Approve,
+        Some("deny") => Verdict::Deny,
+        _ => return Err(Failure::BadRequest("Choose Approve or Deny".into())),
+    };
+    let note = form.get("note").map(|n| n.trim().to_owned()).unwrap_or_default();
+    let now = state.now();
+    if form.get("confirm").map(String::as_str) != Some("yes") {
+        let row = approvals::read(state.store(), &op.claims, &id, now).await?;
+        if can_decide(&op, &row, now) != CanDecide::Yes {
+            return Ok(see_other(&format!("/console/approvals/{}", row.approval_id)));
+        }
+        let names = names_of(&state, &op.claims.tenant, people(&row)).await?;
+        let ttl = state.config().policy.capability_ttl_secs;
+        return Ok(page(StatusCode::OK, pages::confirm(&op, &row, &names, verdict == Verdict::Approve, &note, ttl)));
+    }
+    let note = if note.is_empty() { None } else { Some(note) };
+    let row = approvals::decide(state.store(), &state.config().policy, &op.claims, &id, verdict, note, now).await?;
+    let word = if verdict == Verdict::Approve { "approve" } else { "deny" };
+    Ok(see_other(&format!("/console/approvals/{}?decided={word}", row.approval_id)))
+}
+
+async fn audit_trail(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> PageResult {
+    let Some(op) = session::current(&state, &headers).await? else {
+        return Ok(to_sign_in(&state, &headers, Some(&format!("/console/approvals/{id}/audit"))));
+    };
+    let now = state.now();
+    let row = approvals::read(state.store(), &op.claims, &id, now).await?;
+    let records = console_rows::audit_trail(state.store(), &row.tenant, &row.approval_id, 500).await?;
+    let names = names_of(&state, &op.claims.tenant, records.iter().map(|r| r.actor.as_str())).await?;
+    Ok(page(StatusCode::OK, pages::audit_trail(&op, &row, &records, &names)))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct HistoryQuery {
+    status: Option<String>,
+    action: Option<String>,
+    requester: Option<String>,
+    before: Option<String>,
+}
+
+fn encode_cursor(row: &ApprovalRow) -> String {
+    b64::encode(format!("{}:{}", row.created_at, row.approval_id).as_bytes())
+}
+
+fn decode_cursor(c: &str) -> Option<(i64, String)> {
+    let text = String::from_utf8(b64::decode(c).ok()?).ok()?;
+    let (t, id) = text.split_once(':')?;
+    Some((t.parse().ok()?, id.to_owned()))
+}
+
+async fn history(State(state): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> PageResult {
+    let Some(op) = session::current(&state, &headers).await? else {
+        return Ok(to_sign_in(&state, &headers, Some("/console/history")));
+    };
+    let q: HistoryQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|_| Failure::BadRequest("The filters could not be read".into()))?;
+    let nonempty = |s: &Option<String>| s.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    let status = match nonempty(&q.status) {
+        None => None,
+        Some(s) => Some(s.parse::<Status>().map_err(|_| Failure::BadRequest("Unknown status".into()))?),
+    };
+    let filter = HistoryFilter { status, action: nonempty(&q.action), requester: nonempty(&q.requester) };
+    let before = match nonempty(&q.before) {
+        None => None,
+        Some(c) => Some(decode_cursor(&c).ok_or_else(|| Failure::BadRequest("The page link is malformed".into()))?),
+    };
+    // Only operators holding approvals:read see the history, as with the API's list.
+    if op.claims.caller_kind != CallerKind::Operator || !op.claims.has_scope("approvals:read") {
+        return Err(Failure::Approval(ApprovalError::Forbidden("your client lacks approvals:read".into())));
+    }
+    let now = state.now();
+    approvals::sweep_expired(state.store(), now).await?;
+    let ids = console_rows::history_ids(state.store(), &op.claims.tenant, &filter, before, HISTORY_PAGE + 1).await?;
+    let more = ids.len() as i64 > HISTORY_PAGE;
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids.iter().take(HISTORY_PAGE as usize) {
+        match approvals::read(state.store(), &op.claims, id, now).await {
+            Ok(r) => rows.push(r),
+            Err(ApprovalError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let older = if more {
+        rows.last().map(|last| {
+            let mut pairs: Vec<(&str, String)> = Vec::new();
+            if let Some(s) = filter.status {
+                pairs.push(("status", s.as_str().to_owned()));
+            }
+            if let Some(a) = &filter.action {
+                pairs.push(("action", a.clone()));
+            }
+            if let Some(r) = &filter.requester {
+                pairs.push(("requester", r.clone()));
+            }
+            pairs.push(("before", encode_cursor(last)));
+            format!("/console/history?{}", serde_urlencoded::to_string(&pairs).unwrap_or_default())
+        })
+    } else {
+        None
+    };
+    let requesters: Vec<(String, String, CallerKind)> = client_rows::list(state.store())
+        .await?
+        .into_iter()
+        .filter(|c| c.tenant.as_str() == op.claims.tenant && c.kind.may_request_approvals())
+        .map(|c| (c.client_id.to_string(), c.name, c.kind))
+        .collect();
+    let names = names_of(&state, &op.claims.tenant, rows.iter().flat_map(people)).await?;
+    let view = pages::HistoryView {
+        status: filter.status,
+        action: filter.action.as_deref(),
+        requester: filter.requester.as_deref(),
+        actions: state.config().policy.gated_actions().map(str::to_owned).collect(),
+        requesters,
+        older,
+    };
+    Ok(page(StatusCode::OK, pages::history(&op, &view, &rows, &names, now)))
+}
+
+async fn not_found(State(state): State<AppState>, headers: HeaderMap) -> PageResult {
+    let op = session::current(&state, &headers).await?;
+    Ok(page(
+        StatusCode::NOT_FOUND,
+        pages::message(
+            op.as_ref(),
+            "No such page",
+            "There is nothing at this address.",
+            Some(("/console", "Go to the pending list")),
+        ),
+    ))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn css() -> Response {
+    asset("text/css; charset=utf-8", CSS)
+}
+
+async fn favicon() -> Response {
+    asset("image/svg+xml", FAVICON)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_console_paths_are_returned_to() {
+        for ok in ["/console", "/console/approvals/apr_abc", "/console/history?status=denied&action=secret_write"] {
+            assert!(safe_next(ok), "{ok}");
+        }
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/console",
+            "/console//evil",
+            "/consolex/../v1",
+            "/consolex",
+            "/console/sign-in",
+            "/v1/approvals",
+            "/console/<script>",
+            "/console/a b",
+        ] {
+            assert!(!safe_next(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cross_site_posts_are_recognised() {
+        let mut h = HeaderMap::new();
+        assert!(!cross_site(&h));
+        for (v, cross) in [("same-origin", false), ("none", false), ("same-site", true), ("cross-site", true)] {
+            h.insert("sec-fetch-site", HeaderValue::from_static(v));
+            assert_eq!(cross_site(&h), cross, "{v}");
+        }
+    }
+}

@@ -1,0 +1,745 @@
+//! The console's pages, as maud templates: every value is HTML-escaped unless it is wrapped
+//! in `PreEscaped`, which nothing here does with request or database data.
+//!
+//! Written for a tired operator on a phone: one column, large targets, states in words (never
+//! colour alone), whole ids shown, and nothing loaded from outside the broker.
+
+use std::collections::HashMap;
+
+use maud::{DOCTYPE, Markup, html};
+use serde_json::Value;
+
+use super::session::Operator;
+use crate::audit::AuditRecord;
+use crate::domain::CallerKind;
+use crate::store::approvals::{ApprovalRow, Status};
+
+/// The stylesheet's URL, versioned by its content so it can be cached for a year.
+pub fn css_href() -> String {
+    format!("/console/static/console.css?v={}", super::CSS_VERSION.as_str())
+}
+
+/// A client as the pages name it.
+#[derive(Debug, Clone)]
+pub struct ClientName {
+    /// Its registered name.
+    pub name: String,
+    /// Its kind.
+    pub kind: CallerKind,
+}
+
+/// Client names by id.
+pub type Names = HashMap<String, ClientName>;
+
+/// Which tab of the navigation is current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nav {
+    /// The pending list.
+    Pending,
+    /// The history.
+    History,
+    /// Neither.
+    Other,
+}
+
+/// The page frame: head, bar with navigation and sign-out, main.
+pub fn layout(title: &str, op: Option<&Operator>, nav: Nav, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
+                meta name="referrer" content="no-referrer";
+                title { (title) " · Tessera console" }
+                link rel="stylesheet" href=(css_href());
+                link rel="icon" type="image/svg+xml" href="/console/static/favicon.svg";
+            }
+            body {
+                a.skip href="#main" { "Skip to content" }
+                header.bar {
+                    a.brand href="/console" { "Tessera" span.brand-sub { "operator console" } }
+                    @if let Some(op) = op {
+                        nav aria-label="Console" {
+                            a href="/console" aria-current=[(nav == Nav::Pending).then_some("page")] { "Pending" }
+                            a href="/console/history" aria-current=[(nav == Nav::History).then_some("page")] { "History" }
+                        }
+                        div.who {
+                            span.who-name {
+                                span.visually-hidden { "Signed in as " }
+                                strong { (op.client.name) }
+                                " · " (op.client.tenant.as_str())
+                            }
+                            form.inline method="post" action="/console/sign-out" {
+                                input type="hidden" name="csrf" value=(op.csrf);
+                                button.link type="submit" { "Sign out" }
+                            }
+                        }
+                    }
+                }
+                main #main { (body) }
+            }
+        }
+    }
+}
+
+/// "12 min", "2 h 5 min", "3 days": a span of seconds for people.
+pub fn span(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=59 => "less than a minute".to_owned(),
+        60..=3599 => format!("{} min", s / 60),
+        3600..=86_399 if s % 3600 < 60 => format!("{} h", s / 3600),
+        3600..=86_399 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        _ if s < 2 * 86_400 => "1 day".to_owned(),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
+/// "2026-11-28 20:00 UTC".
+pub fn utc(t: i64) -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    time::OffsetDateTime::from_unix_timestamp(t).ok().and_then(|d| d.format(&f).ok()).unwrap_or_default()
+}
+
+/// A status in words, with the class that styles it.
+pub fn status_badge(status: Status) -> Markup {
+    let label = match status {
+        Status::Pending => "Pending",
+        Status::Approved => "Approved",
+        Status::Denied => "Denied",
+        Status::Expired => "Expired",
+        Status::Redeemed => "Redeemed",
+        Status::Withdrawn => "Withdrawn",
+    };
+    html! { span class={ "status status-" (status.as_str()) } { (label) } }
+}
+
+/// What a gated action does, in words, for the actions the design names.
+fn action_label(action: &str) -> Option<&'static str> {
+    match action {
+        "org_token_mint" => Some("Mint an org API token"),
+        "secret_write" => Some("Write a secret"),
+        "workspace_delete" => Some("Delete a workspace"),
+        "workspace_deprovision" => Some("Deprovision a workspace"),
+        "workspace_token_mint" => Some("Mint a workspace token"),
+        _ => None,
+    }
+}
+
+fn who(names: &Names, id: &str) -> Markup {
+    html! {
+        @match names.get(id) {
+            Some(c) => { strong { (c.name) } " " span.kind { (c.kind.as_str()) } }
+            None => { code { (id) } }
+        }
+    }
+}
+
+fn who_with_id(names: &Names, id: &str) -> Markup {
+    html! {
+        (who(names, id))
+        @if names.contains_key(id) { br; code.small { (id) } }
+    }
+}
+
+fn quorum_text(row: &ApprovalRow) -> String {
+    let got = row.decisions.iter().filter(|d| d.decision == "approve").count();
+    let need = usize::try_from(row.quorum).unwrap_or(1);
+    if got >= need {
+        format!("{got} of {need} approvals")
+    } else {
+        format!("{got} of {need} approvals · needs {} more", need - got)
+    }
+}
+
+/// The pending list.
+pub fn pending(op: &Operator, rows: &[ApprovalRow], more: bool, names: &Names, now: i64) -> Markup {
+    let body = html! {
+        div.page-head {
+            h1 { "Waiting for a decision" }
+            span.count aria-label="requests" { (rows.len()) @if more { "+" } }
+        }
+        p.lede { "Oldest first. Nothing here runs unless operators approve it, and the requester can never decide its own request." }
+        @if rows.is_empty() {
+            div.empty {
+                p { strong { "Nothing is waiting for you." } }
+                p { "New requests appear here. Reload to check again." }
+                a.button.secondary href="/console" { "Reload" }
+            }
+        } @else {
+            ol.cards {
+                @for row in rows {
+                    @let left = row.expires_at - now;
+                    li {
+                        a.card href={ "/console/approvals/" (row.approval_id) } {
+                            div.card-top {
+                                (status_badge(row.effective_status(now)))
+                                span.action { (row.action) }
+                                @if let Some(l) = action_label(&row.action) { span.action-label { (l) } }
+                                span.left.urgent[left < 600] { "expires in " (span(left)) }
+                            }
+                            div.resource { code { (row.resource) } }
+                            dl.facts.compact {
+                                dt { "Requested by" } dd { (who(names, &row.requester)) }
+                                dt { "Reason" } dd.reason { (row.reason) }
+                                dt { "Asked" } dd { (span(now - row.created_at)) " ago" }
+                                dt { "Approvals" } dd { (quorum_text(row)) }
+                                dt { "ID" } dd { code.id { (row.approval_id) } }
+                            }
+                            span.cta { "Review and decide" span aria-hidden="true" { " →" } }
+                        }
+                    }
+                }
+            }
+            @if more { p.hint { "More requests are waiting than are shown; decide these first." } }
+        }
+        p.refresh { a href="/console" { "Reload the list" } }
+    };
+    layout("Pending", Some(op), Nav::Pending, body)
+}
+
+/// What the detail page says about an approval's state.
+fn state_text(row: &ApprovalRow, names: &Names, now: i64) -> String {
+    let name = |id: &str| names.get(id).map_or_else(|| id.to_owned(), |c| c.name.clone());
+    let approvers: Vec<String> = row.approvers().iter().map(|a| name(a)).collect();
+    match row.effective_status(now) {
+        Status::Pending => {
+            let got = row.decisions.iter().filter(|d| d.decision == "approve").count() as i64;
+            let more = (row.quorum - got).max(1);
+            format!(
+                "Waiting for {more} more approval{}. Expires in {} ({}).",
+                if more == 1 { "" } else { "s" },
+                span(row.expires_at - now),
+                utc(row.expires_at)
+            )
+        }
+        Status::Approved => format!(
+            "Approved by {}. The requester may use its one-time capability until {}.",
+            if row.bypass { "install bypass".to_owned() } else { approvers.join(", ") },
+            row.cap_exp.map(utc).unwrap_or_default()
+        ),
+        Status::Denied => {
+            let by: Vec<String> =
+                row.decisions.iter().filter(|d| d.decision == "deny").map(|d| name(&d.operator)).collect();
+            format!("Denied by {}. The request is over.", by.join(", "))
+        }
+        Status::Expired if row.cap_jti.is_some() => {
+            "Approved, but the capability was not used in time. Nothing ran.".to_owned()
+        }
+        Status::Expired => "Nobody decided before it expired. Nothing ran.".to_owned(),
+        Status::Redeemed => format!(
+            "Approved by {} and used{}: the action ran once.",
+            if row.bypass { "install bypass".to_owned() } else { approvers.join(", ") },
+            row.redeemed_at.map(|t| format!(" at {}", utc(t))).unwrap_or_default()
+        ),
+        Status::Withdrawn => "The requester withdrew it. Nothing ran.".to_owned(),
+    }
+}
+
+/// Whether a summary value is the redaction the gate writes for a secret value.
+fn redacted(map: &serde_json::Map<String, Value>) -> Option<Markup> {
+    if map.get("redacted") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    let length = map.get("length").and_then(Value::as_u64);
+    let fp = map.get("sha256").and_then(Value::as_str);
+    Some(html! {
+        span.redacted { "secret value withheld" }
+        @if let Some(n) = length { " · " (n) " characters" }
+        @if let Some(fp) = fp { br; span.small { "fingerprint " } code.small { (fp) } }
+    })
+}
+
+/// A summary value, readably: text as text, objects as nested tables, lists as lists.
+fn value(v: &Value, depth: usize) -> Markup {
+    html! {
+        @match v {
+            Value::String(s) => { span.val { (s) } }
+            Value::Null => { span.muted { "none" } }
+            Value::Bool(b) => { span.val { (if *b { "yes" } else { "no" }) } }
+            Value::Number(n) => { span.val { (n.to_string()) } }
+            Value::Array(items) if items.is_empty() => { span.muted { "empty list" } }
+            Value::Array(items) => {
+                ul.plain { @for i in items { li { (value(i, depth + 1)) } } }
+            }
+            Value::Object(map) => {
+                @if let Some(m) = redacted(map) { (m) }
+                @else if depth >= 4 { code.small { (Value::Object(map.clone()).to_string()) } }
+                @else { (table(map, depth + 1)) }
+            }
+        }
+    }
+}
+
+fn table(map: &serde_json::Map<String, Value>, depth: usize) -> Markup {
+    html! {
+        table.kv {
+            tbody {
+                @for (k, v) in map {
+                    tr { th scope="row" { (k) } td { (value(v, depth)) } }
+                }
+            }
+        }
+    }
+}
+
+/// What the detail page may offer the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanDecide {
+    /// Approve and Deny buttons.
+    Yes,
+    /// The operator made the request (operators cannot request, but the page guards anyway).
+    OwnRequest,
+    /// The operator has decided already.
+    AlreadyDecided,
+    /// The request is no longer pending.
+    NotPending,
+    /// The operator lacks `approvals:decide`.
+    NoScope,
+}
+
+/// The detail page.
+pub struct Detail<'a> {
+    /// The approval.
+    pub row: &'a ApprovalRow,
+    /// Names of the requester and deciders.
+    pub names: &'a Names,
+    /// The requester's other recent requests, newest first.
+    pub recent: &'a [ApprovalRow],
+    /// Whether the operator may decide.
+    pub can_decide: CanDecide,
+    /// A decision just made by this operator, to confirm.
+    pub flash: Option<&'a str>,
+    /// Now.
+    pub now: i64,
+}
+
+/// The detail page of one approval.
+pub fn detail(op: &Operator, d: &Detail<'_>) -> Markup {
+    let row = d.row;
+    let now = d.now;
+    let status = row.effective_status(now);
+    let body = html! {
+        p.back { a href="/console" { span aria-hidden="true" { "← " } "Pending list" } }
+        @if let Some(f) = d.flash {
+            div.notice role="status" { (f) }
+        }
+        div.page-head {
+            h1 { span.action { (row.action) } }
+            (status_badge(status))
+        }
+        p.resource-big {
+            @if let Some(l) = action_label(&row.action) { span.action-label { (l) } " " }
+            span.small { "on " } code { (row.resource) }
+        }
+        div class={ "banner banner-" (status.as_str()) } {
+            strong { (status_badge_text(status)) } " — " (state_text(row, d.names, now))
+        }
+
+        @if d.can_decide == CanDecide::Yes {
+            section.decide aria-labelledby="decide-h" {
+                h2 #decide-h { "Your decision" }
+                form method="post" action={ "/console/approvals/" (row.approval_id) "/decision" } {
+                    input type="hidden" name="csrf" value=(op.csrf);
+                    label for="note" { "Note " span.muted { "(optional, kept in the audit log)" } }
+                    textarea #note name="note" rows="2" maxlength="1000" {}
+                    div.buttons {
+                        button.approve type="submit" name="decision" value="approve" { "Approve" }
+                        button.deny type="submit" name="decision" value="deny" { "Deny" }
+                    }
+                    p.hint { "Nothing happens yet: the next screen asks you to confirm." }
+                }
+            }
+        } @else {
+            @let why = match d.can_decide {
+                CanDecide::OwnRequest => "You made this request, so you cannot decide it.",
+                CanDecide::AlreadyDecided => "You have decided this request already.",
+                CanDecide::NoScope => "Your client may read approvals but not decide them (it lacks approvals:decide).",
+                CanDecide::NotPending | CanDecide::Yes => "This request is no longer waiting for a decision.",
+            };
+            p.no-decide { (why) }
+        }
+
+        section aria-labelledby="req-h" {
+            h2 #req-h { "The request" }
+            dl.facts {
+                dt { "Action" } dd { code { (row.action) } }
+                dt { "Resource" } dd { code { (row.resource) } }
+                dt { "Requested by" } dd { (who_with_id(d.names, &row.requester)) }
+                dt { "Reason" } dd.reason { (row.reason) }
+                dt { "Asked" } dd { (utc(row.created_at)) span.muted { " · " (span(now - row.created_at)) " ago" } }
+                @if status == Status::Pending {
+                    dt { "Expires" } dd { (utc(row.expires_at)) span.muted { " · in " (span(row.expires_at - now)) } }
+                }
+                dt { "Approvals" } dd { (quorum_text(row)) }
+                dt { "Tenant" } dd { (row.tenant) }
+                @if row.bypass { dt { "Bypass" } dd { "Install bypass (audited), no operator decided" } }
+                dt { "Approval ID" } dd { code.id { (row.approval_id) } }
+                dt { "Parameters digest" } dd { code.digest { (row.params_digest) } }
+            }
+        }
+
+        section aria-labelledby="sum-h" {
+            h2 #sum-h { "Parameters" }
+            p.hint { "The requester's platform describes the parameters here; secret values never reach Tessera. The capability binds the exact parameters through the digest above." }
+            @match serde_json::from_str::<Value>(&row.summary) {
+                Ok(Value::Object(map)) if !map.is_empty() => { (table(&map, 1)) }
+                _ => { p.muted { "No summary was sent." } }
+            }
+        }
+
+        section aria-labelledby="dec-h" {
+            h2 #dec-h { "Decisions" }
+            @if row.decisions.is_empty() {
+                p.muted { "No operator has decided yet." }
+            } @else {
+                table.list {
+                    thead { tr { th scope="col" { "Operator" } th scope="col" { "Decision" } th scope="col" { "Note" } th scope="col" { "When" } } }
+                    tbody {
+                        @for dec in &row.decisions {
+                            tr {
+                                td { (who(d.names, &dec.operator)) }
+                                td { strong { (if dec.decision == "approve" { "Approved" } else { "Denied" }) } }
+                                td { @if let Some(n) = &dec.note { (n) } @else { span.muted { "—" } } }
+                                td { (utc(dec.at)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        section aria-labelledby="hist-h" {
+            h2 #hist-h { "Recent requests by this requester" }
+            @if d.recent.is_empty() {
+                p.muted { "None before this one." }
+            } @else {
+                ul.mini {
+                    @for r in d.recent {
+                        li {
+                            (status_badge(r.effective_status(now)))
+                            " " a href={ "/console/approvals/" (r.approval_id) } { code { (r.action) } }
+                            " " code.small { (r.resource) }
+                            span.muted { " · " (span(now - r.created_at)) " ago" }
+                        }
+                    }
+                }
+                p { a href={ "/console/history?requester=" (row.requester) } { "All requests by this requester" } }
+            }
+        }
+
+        p { a href={ "/console/approvals/" (row.approval_id) "/audit" } { "Audit trail of this approval" } }
+    };
+    layout(&row.action, Some(op), Nav::Other, body)
+}
+
+fn status_badge_text(status: Status) -> &'static str {
+    match status {
+        Status::Pending => "Pending",
+        Status::Approved => "Approved",
+        Status::Denied => "Denied",
+        Status::Expired => "Expired",
+        Status::Redeemed => "Redeemed",
+        Status::Withdrawn => "Withdrawn",
+    }
+}
+
+/// The confirmation step: names the verdict, the action and the resource, and repeats the
+/// form with `confirm=yes`.
+pub fn confirm(
+    op: &Operator,
+    row: &ApprovalRow,
+    names: &Names,
+    approve: bool,
+    note: &str,
+    capability_ttl_secs: i64,
+) -> Markup {
+    let verb = if approve { "approve" } else { "deny" };
+    let back = format!("/console/approvals/{}", row.approval_id);
+    let body = html! {
+        p.back { a href=(back) { span aria-hidden="true" { "← " } "Back to the request" } }
+        h1 { (if approve { "Approve this request?" } else { "Deny this request?" }) }
+        div class={ "confirm confirm-" (verb) } {
+            p.lede { "You are about to " strong { (verb) } ":" }
+            dl.facts {
+                dt { "Action" } dd {
+                    code.big { (row.action) }
+                    @if let Some(l) = action_label(&row.action) { " · " (l) }
+                }
+                dt { "Resource" } dd { code.big { (row.resource) } }
+                dt { "Requested by" } dd { (who(names, &row.requester)) }
+                dt { "Reason" } dd.reason { (row.reason) }
+                dt { "Your note" } dd { @if note.is_empty() { span.muted { "none" } } @else { (note) } }
+            }
+            p {
+                @if approve {
+                    "If your approval completes the quorum, the requester receives a one-time capability, valid for "
+                    (span(capability_ttl_secs)) ", to run exactly this action on this resource with these parameters."
+                } @else {
+                    "The request ends now and nothing runs. The requester would have to ask again."
+                }
+            }
+            form method="post" action={ "/console/approvals/" (row.approval_id) "/decision" } {
+                input type="hidden" name="csrf" value=(op.csrf);
+                input type="hidden" name="decision" value=(verb);
+                input type="hidden" name="note" value=(note);
+                input type="hidden" name="confirm" value="yes";
+                div.buttons {
+                    @if approve {
+                        button.approve type="submit" { "Yes, approve " (row.action) }
+                    } @else {
+                        button.deny type="submit" { "Yes, deny " (row.action) }
+                    }
+                    a.button.secondary href=(back) { "Cancel" }
+                }
+            }
+        }
+    };
+    layout(if approve { "Confirm approval" } else { "Confirm denial" }, Some(op), Nav::Other, body)
+}
+
+/// The history page's filters, as chosen.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryView<'a> {
+    /// The chosen status, if any.
+    pub status: Option<Status>,
+    /// The chosen action, if any.
+    pub action: Option<&'a str>,
+    /// The chosen requester, if any.
+    pub requester: Option<&'a str>,
+    /// The gated actions, for the action filter.
+    pub actions: Vec<String>,
+    /// The tenant's clients that may request, for the requester filter: (id, name, kind).
+    pub requesters: Vec<(String, String, CallerKind)>,
+    /// The link to the next, older page.
+    pub older: Option<String>,
+}
+
+/// The history with its filters.
+pub fn history(op: &Operator, v: &HistoryView<'_>, rows: &[ApprovalRow], names: &Names, now: i64) -> Markup {
+    let body = html! {
+        h1 { "History" }
+        form.filters method="get" action="/console/history" {
+            div.field {
+                label for="f-status" { "Status" }
+                select #f-status name="status" {
+                    option value="" selected[v.status.is_none()] { "Any status" }
+                    @for s in Status::ALL {
+                        option value=(s.as_str()) selected[v.status == Some(s)] { (status_badge_text(s)) }
+                    }
+                }
+            }
+            div.field {
+                label for="f-action" { "Action" }
+                select #f-action name="action" {
+                    option value="" selected[v.action.is_none()] { "Any action" }
+                    @for a in &v.actions {
+                        option value=(a) selected[v.action == Some(a.as_str())] { (a) }
+                    }
+                }
+            }
+            div.field {
+                label for="f-requester" { "Requester" }
+                select #f-requester name="requester" {
+                    option value="" selected[v.requester.is_none()] { "Anyone" }
+                    @for (id, name, kind) in &v.requesters {
+                        option value=(id) selected[v.requester == Some(id.as_str())] { (name) " (" (kind.as_str()) ")" }
+                    }
+                }
+            }
+            div.field.field-buttons {
+                button.primary type="submit" { "Show" }
+                a.button.secondary href="/console/history" { "Clear" }
+            }
+        }
+        @if rows.is_empty() {
+            p.empty { "No approvals match." }
+        } @else {
+            table.list.history {
+                thead {
+                    tr {
+                        th scope="col" { "Status" } th scope="col" { "Request" } th scope="col" { "Requested by" }
+                        th scope="col" { "Asked" } th scope="col" { "Decided by" }
+                    }
+                }
+                tbody {
+                    @for row in rows {
+                        tr {
+                            td data-label="Status" { (status_badge(row.effective_status(now))) }
+                            td data-label="Request" {
+                                a href={ "/console/approvals/" (row.approval_id) } { code { (row.action) } }
+                                br; code.small { (row.resource) }
+                                br; code.small.id { (row.approval_id) }
+                            }
+                            td data-label="Requested by" { (who(names, &row.requester)) }
+                            td.nowrap data-label="Asked" { (utc(row.created_at)) }
+                            td data-label="Decided by" {
+                                @if row.decisions.is_empty() { span.muted { "—" } }
+                                @for (i, dec) in row.decisions.iter().enumerate() {
+                                    @if i > 0 { br; }
+                                    (who(names, &dec.operator)) " "
+                                    span.small { (if dec.decision == "approve" { "approved" } else { "denied" }) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(href) = &v.older {
+            p { a.button.secondary rel="next" href=(href) { "Older" span aria-hidden="true" { " →" } } }
+        }
+    };
+    layout("History", Some(op), Nav::History, body)
+}
+
+/// One approval's audit trail.
+pub fn audit_trail(op: &Operator, row: &ApprovalRow, records: &[AuditRecord], names: &Names) -> Markup {
+    let body = html! {
+        p.back { a href={ "/console/approvals/" (row.approval_id) } { span aria-hidden="true" { "← " } "Back to the request" } }
+        h1 { "Audit trail" }
+        p.lede {
+            "Every record of the hash-chained audit log about " code.id { (row.approval_id) }
+            " (" code { (row.action) } " on " code { (row.resource) } "), oldest first. "
+            code { "tessera audit verify" } " checks the whole chain."
+        }
+        @if records.is_empty() {
+            p.muted { "No records." }
+        } @else {
+            table.list.audit {
+                thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "Event" } th scope="col" { "By" } th scope="col" { "Details" } } }
+                tbody {
+                    @for r in records {
+                        tr {
+                            td data-label="#" { (r.seq) }
+                            td.nowrap data-label="When" { (utc(r.at)) }
+                            td data-label="Event" { code.event { (r.event) } }
+                            td data-label="By" { (who(names, &r.actor)) }
+                            td data-label="Details" {
+                                @match serde_json::from_str::<Value>(&r.detail) {
+                                    Ok(Value::Object(map)) if !map.is_empty() => {
+                                        ul.plain.small {
+                                            @for (k, v) in &map {
+                                                li { span.muted { (k) ": " } (detail_value(k, v)) }
+                                            }
+                                        }
+                                    }
+                                    _ => { span.muted { "—" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout("Audit trail", Some(op), Nav::Other, body)
+}
+
+fn detail_value(key: &str, v: &Value) -> String {
+    match v {
+        Value::Number(n)
+            if matches!(key, "exp" | "expires_at" | "at") && n.as_i64().is_some_and(|t| t > 1_000_000_000) =>
+        {
+            utc(n.as_i64().unwrap_or_default())
+        }
+        Value::String(s) => s.clone(),
+        Value::Null => "none".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Why the sign-in page is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInNote {
+    /// First visit.
+    None,
+    /// The credentials did not sign anyone in (wrong, unknown, disabled or not an operator:
+    /// one text for all).
+    Failed,
+    /// The operator signed out.
+    SignedOut,
+    /// A session cookie came with the request but names no live session.
+    Ended,
+}
+
+/// The sign-in page.
+pub fn sign_in(note: SignInNote, next: Option<&str>) -> Markup {
+    let body = html! {
+        div.narrow {
+            h1 { "Sign in" }
+            @match note {
+                SignInNote::Failed => {
+                    div.alert role="alert" {
+                        strong { "Not signed in." }
+                        " That client ID and secret did not sign you in. Check both and try again."
+                    }
+                }
+                SignInNote::SignedOut => { div.notice role="status" { "You are signed out." } }
+                SignInNote::Ended => { div.notice role="status" { "Your session has ended. Sign in again." } }
+                SignInNote::None => {}
+            }
+            p { "Sign in with your " strong { "operator" } " client's ID and secret. Only operator clients can sign in." }
+            form.stack method="post" action="/console/sign-in" {
+                @if let Some(n) = next { input type="hidden" name="next" value=(n); }
+                label for="client_id" { "Client ID" }
+                input #client_id type="text" name="client_id" required autocomplete="username"
+                    autocapitalize="none" spellcheck="false" autofocus;
+                label for="client_secret" { "Client secret" }
+                input #client_secret type="password" name="client_secret" required autocomplete="current-password";
+                button.primary type="submit" { "Sign in" }
+            }
+        }
+    };
+    layout("Sign in", None, Nav::Other, body)
+}
+
+/// A page that explains a refusal or a failure, with a way back.
+pub fn message(op: Option<&Operator>, title: &str, text: &str, back: Option<(&str, &str)>) -> Markup {
+    let body = html! {
+        div.narrow {
+            h1 { (title) }
+            p.lede { (text) }
+            @if let Some((href, label)) = back {
+                p { a.button.secondary href=(href) { (label) } }
+            }
+        }
+    };
+    layout(title, op, Nav::Other, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_read_well() {
+        assert_eq!(span(-5), "less than a minute");
+        assert_eq!(span(59), "less than a minute");
+        assert_eq!(span(60), "1 min");
+        assert_eq!(span(3599), "59 min");
+        assert_eq!(span(3600), "1 h");
+        assert_eq!(span(3600 + 5 * 60), "1 h 5 min");
+        assert_eq!(span(86_400), "1 day");
+        assert_eq!(span(3 * 86_400 + 5), "3 days");
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+    }
+
+    #[test]
+    fn summaries_render_as_tables_and_escape_everything() {
+        let v: Value = serde_json::json!({
+            "key": "<script>alert(1)</script>",
+            "value": {"redacted": true, "length": 51, "sha256": "sha256:abc"},
+            "tags": ["a", "b"],
+        });
+        let html = value(&v, 0).into_string();
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+        assert!(!html.contains("<script>"));
+        assert!(
+            html.contains("secret value withheld") && html.contains("51 characters") && html.contains("sha256:abc")
+        );
+        assert!(html.contains("<table"));
+    }
+}

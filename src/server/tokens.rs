@@ -1,0 +1,234 @@
+//! Introspection (RFC 7662), revocation (RFC 7009), operator revocations and the signed
+//! revocation feed that offline verifiers poll.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::{Caller, StrictJson, verify_access, verify_capability};
+use super::oauth::{authenticate, peer_of, presented_credentials, read_form};
+use super::{ApiError, ApiResult, AppState};
+use crate::audit::{self, AuditEvent};
+use crate::domain::CallerKind;
+use crate::store::StoreError;
+use crate::store::approvals::{self as approval_rows, Status};
+use crate::store::revocations::{self as rows, Revocation};
+use crate::token::{MAX_LEEWAY_SECS, MAX_LIFETIME_SECS};
+
+/// The `typ` of the signed revocation feed.
+pub const TYP_REVOCATIONS: &str = "revocations+jwt";
+/// Most feed entries in one answer.
+const FEED_PAGE: i64 = 1000;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/oauth/introspect", post(introspect).fallback(|| async { ApiError::method_not_allowed() }))
+        .route("/oauth/revoke", post(revoke).fallback(|| async { ApiError::method_not_allowed() }))
+        .route("/v1/revocations", post(operator_revoke).get(feed))
+}
+
+fn no_store(v: Value) -> Response {
+    let mut res = Json(v).into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
+    let peer = peer_of(&req);
+    let (headers, form) = read_form(&state, req).await?;
+    let creds = presented_credentials(&headers, &form)?;
+    let client = authenticate(&state, &creds, peer).await?;
+    if !matches!(client.kind, CallerKind::Service | CallerKind::Operator) {
+        return Err(ApiError::unauthorized_client("only service and operator clients may introspect"));
+    }
+    let Some(token) = form.get("token") else {
+        return Err(ApiError::invalid_request("token is required"));
+    };
+    let now = state.now();
+    let inactive = || no_store(json!({ "active": false }));
+    if let Ok(c) = verify_access(&state, token, now).await {
+        let owner = crate::store::clients::get(state.store(), &c.sub).await?;
+        let usable = c.tenant == client.tenant.as_str()
+            && owner.is_some_and(|o| !o.disabled)
+            && !rows::is_revoked(state.store(), &c.jti, &c.sub, c.iat).await?;
+        if !usable {
+            return Ok(inactive());
+        }
+        let mut v = json!({
+            "active": true, "token_type": "Bearer", "scope": c.scope, "client_id": c.client_id, "sub": c.sub,
+            "exp": c.exp, "iat": c.iat, "nbf": c.nbf, "aud": c.aud, "iss": c.iss, "jti": c.jti,
+            "tenant": c.tenant, "caller_kind": c.caller_kind,
+        });
+        if let Some(w) = c.workspace {
+            v["workspace"] = json!(w);
+        }
+        if let Some(a) = c.act {
+            v["act"] = json!(a);
+        }
+        return Ok(no_store(v));
+    }
+    if let Ok(c) = verify_capability(&state, token, now).await {
+        let live = approval_rows::get(state.store(), &c.approval_id).await?.is_some_and(|a| {
+            a.effective_status(now) == Status::Approved && a.cap_jti.as_deref() == Some(c.jti.as_str())
+        });
+        if c.tenant != client.tenant.as_str() || !live {
+            return Ok(inactive());
+        }
+        return Ok(no_store(json!({
+            "active": true, "token_type": "capability", "sub": c.sub, "exp": c.exp, "iat": c.iat, "nbf": c.nbf,
+            "aud": c.aud, "iss": c.iss, "jti": c.jti, "tenant": c.tenant, "caller_kind": c.caller_kind,
+            "action": c.action, "resource": c.resource, "params_digest": c.params_digest,
+            "approval_id": c.approval_id, "approvers": c.approvers, "bypass": c.bypass,
+        })));
+    }
+    Ok(inactive())
+}
+
+/// Records a revocation and its audit record in one transaction.
+async fn record(state: &AppState, r: Revocation, by: &str, now: i64) -> Result<(), StoreError> {
+    let store = state.store();
+    let mut tx = store.begin_write().await?;
+    audit::lock(&mut tx, store.backend()).await?;
+    rows::insert(&mut tx, &r, now, by).await?;
+    let subject = r.jti.clone().unwrap_or_else(|| r.client_id.clone());
+    let event = AuditEvent::new(
+        if r.kind == "token" { "token.revoked" } else { "client.tokens_revoked" },
+        by,
+        &r.tenant,
+        &subject,
+        json!({ "client_id": r.client_id, "not_after": r.not_after }),
+    );
+    audit::append(&mut tx, store.backend(), &[event], now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// RFC 7009: a client revokes one of its own access tokens. Invalid or expired tokens are
+/// answered 200, as the RFC asks; a valid token of another client is refused.
+async fn revoke(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
+    let peer = peer_of(&req);
+    let (headers, form) = read_form(&state, req).await?;
+    let creds = presented_credentials(&headers, &form)?;
+    let client = authenticate(&state, &creds, peer).await?;
+    let Some(token) = form.get("token") else {
+        return Err(ApiError::invalid_request("token is required"));
+    };
+    let now = state.now();
+    let Ok(c) = verify_access(&state, token, now).await else {
+        if verify_capability(&state, token, now).await.is_ok() {
+            return Err(ApiError::new_unsupported_token_type());
+        }
+        return Ok(no_store(json!({})));
+    };
+    let own = c.sub == client.client_id.as_str() || c.act.as_ref().is_some_and(|a| a.sub == client.client_id.as_str());
+    if !own {
+        return Err(ApiError::unauthorized_client("the token was not issued to this client"));
+    }
+    if !rows::is_revoked(state.store(), &c.jti, &c.sub, c.iat).await? {
+        let r = Revocation {
+            seq: 0,
+            kind: "token".into(),
+            jti: Some(c.jti.clone()),
+            client_id: c.sub.clone(),
+            tenant: c.tenant.clone(),
+            not_after: None,
+            expires_at: c.exp + MAX_LEEWAY_SECS,
+        };
+        record(&state, r, client.client_id.as_str(), now).await?;
+    }
+    Ok(no_store(json!({})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorRevocation {
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+/// Operators revoke one token by `jti`, or every live token of a client.
+async fn operator_revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictJson(body): StrictJson<OperatorRevocation>,
+) -> ApiResult<Response> {
+    if caller.claims.caller_kind != CallerKind::Operator || !caller.claims.has_scope("tokens:revoke") {
+        return Err(ApiError::forbidden("only operators holding tokens:revoke may revoke tokens"));
+    }
+    let now = state.now();
+    let tenant = caller.claims.tenant.clone();
+    let r = match (body.jti, body.client_id) {
+        (Some(jti), None) => {
+            let (client_id, t, exp) = rows::issued(state.store(), &jti)
+                .await?
+                .filter(|(_, t, _)| *t == tenant)
+                .ok_or_else(|| ApiError::not_found("no token with that jti in this tenant"))?;
+            Revocation {
+                seq: 0,
+                kind: "token".into(),
+                jti: Some(jti),
+                client_id,
+                tenant: t,
+                not_after: None,
+                expires_at: exp + MAX_LEEWAY_SECS,
+            }
+        }
+        (None, Some(client_id)) => {
+            crate::store::clients::get(state.store(), &client_id)
+                .await?
+                .filter(|c| c.tenant.as_str() == tenant)
+                .ok_or_else(|| ApiError::not_found("no such client in this tenant"))?;
+            Revocation {
+                seq: 0,
+                kind: "client".into(),
+                jti: None,
+                client_id,
+                tenant,
+                not_after: Some(now),
+                expires_at: now + MAX_LIFETIME_SECS + MAX_LEEWAY_SECS,
+            }
+        }
+        _ => return Err(ApiError::invalid_request("give exactly one of jti and client_id")),
+    };
+    let answer = json!({ "revoked": r.kind, "jti": r.jti, "client_id": r.client_id, "not_after": r.not_after });
+    record(&state, r, &caller.claims.sub, now).await?;
+    Ok(no_store(answer))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    since: Option<i64>,
+}
+
+/// The revocation feed: a JWS (`typ: revocations+jwt`, signed like every token) listing the
+/// revocations after `since` that still matter. Offline verifiers poll it.
+async fn feed(State(state): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let q: FeedQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid_request(format!("query: {e}")))?;
+    let since = q.since.unwrap_or(0).max(0);
+    let now = state.now();
+    let entries = rows::since(state.store(), since, now, FEED_PAGE + 1).await?;
+    let more = entries.len() as i64 > FEED_PAGE;
+    let entries: Vec<Revocation> = entries.into_iter().take(FEED_PAGE as usize).collect();
+    let next = match entries.last() {
+        Some(e) => e.seq,
+        None => rows::last_seq(state.store()).await?.max(since),
+    };
+    let claims = json!({
+        "iss": state.config().issuer, "iat": now, "exp": now + 300,
+        "since": since, "next": next, "more": more, "revocations": entries,
+    });
+    let jws = state.keys().signer().sign_typed(TYP_REVOCATIONS, &claims).map_err(|e| ApiError::internal(&e))?;
+    let mut res = jws.into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jwt"));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}

@@ -1,0 +1,493 @@
+//! Issue: token exchange, introspection, revocation and key rotation.
+
+use serde_json::{Value, json};
+use tessera::domain::CallerKind;
+use tessera::verify::{JwksClient, JwksOptions, Policy, Verifier, VerifyError};
+
+use crate::helpers::*;
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+async fn exchange(app: &TestApp, client: &TestClient, subject: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+    let mut form = vec![("grant_type", EXCHANGE), ("subject_token", subject), ("subject_token_type", ACCESS)];
+    form.extend_from_slice(extra);
+    app.token_request(&form, Some(client)).await
+}
+
+async fn form_post(app: &TestApp, path: &str, client: &TestClient, form: &[(&str, &str)]) -> reqwest::Response {
+    app.http.post(app.url(path)).basic_auth(&client.id, Some(&client.secret)).form(form).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_client_narrows_its_own_token_by_exchange() {
+    let app = spawn_app().await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "concierge").await;
+    let subject = app.access_token(&agent).await;
+    let res = exchange(&app, &agent, &subject, &[("scope", "workspaces:read")]).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["issued_token_type"], ACCESS);
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "workspaces:read");
+    let t = body["access_token"].as_str().unwrap();
+    let (c, s) = (peek_claims(t), peek_claims(&subject));
+    assert_eq!(c["sub"], agent.id);
+    assert_eq!(c["scope"], "workspaces:read");
+    assert!(c.get("act").is_none());
+    assert!(c["exp"].as_i64().unwrap() <= s["exp"].as_i64().unwrap());
+    Policy::new(app.base.clone(), "core").verify_access(app.state.keys(), t, app.state.now()).unwrap();
+
+    // Later, the result never outlives the subject.
+    app.state.clock().advance(200);
+    let res = exchange(&app, &agent, &subject, &[]).await;
+    let later = peek_claims(res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap());
+    assert_eq!(later["exp"], s["exp"]);
+    assert_eq!(later["scope"], s["scope"]);
+}
+
+#[tokio::test]
+async fn exchange_never_widens_and_refuses_unusable_subjects() {
+    let app = spawn_app().await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "concierge").await;
+    let op = app.create_client("org-1", CallerKind::Operator, "alice").await;
+    let narrow = app.access_token_scoped(&agent, Some("workspaces:read")).await;
+    let full = app.access_token(&agent).await;
+    // A scope the subject lacks, a gated action, a scope outside the client's ceiling.
+    for (subject, scope) in [(&narrow, "workspaces:write"), (&full, "secret_write"), (&full, "approvals:decide")] {
+        assert_error(exchange(&app, &agent, subject, &[("scope", scope)]).await, 400, "invalid_scope").await;
+    }
+    // Unusable subjects: garbage, a capability, another tenant's token, an expired one.
+    let foreign = app.create_client("org-2", CallerKind::Agent, "other").await;
+    let foreign_token = app.access_token(&foreign).await;
+    let at = app.access_token(&agent).await;
+    let id = app.pending_approval(&at, "workspace_delete", "workspaces/ws-1", &json!({})).await;
+    app.decide(&app.access_token(&op).await, &id, "approve").await;
+    let cap = app.capability(&at, &id).await.unwrap();
+    for subject in ["garbage", cap.as_str(), foreign_token.as_str()] {
+        assert_error(exchange(&app, &agent, subject, &[]).await, 400, "invalid_request").await;
+    }
+    // Wrong or missing token types, actor tokens.
+    let res = app
+        .token_request(
+            &[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &full),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ],
+            Some(&agent),
+        )
+        .await;
+    assert_error(res, 400, "invalid_request").await;
+    let res = app.token_request(&[("grant_type", EXCHANGE), ("subject_token", &full)], Some(&agent)).await;
+    assert_error(res, 400, "invalid_request").await;
+    let res = app.token_request(&[("grant_type", EXCHANGE), ("subject_token_type", ACCESS)], Some(&agent)).await;
+    assert_error(res, 400, "invalid_request").await;
+    assert_error(
+        exchange(&app, &agent, &full, &[("actor_token", &full), ("actor_token_type", ACCESS)]).await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_error(
+        exchange(&app, &agent, &full, &[("requested_token_type", "urn:ietf:params:oauth:token-type:id_token")]).await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    // Audience narrowing: only to an audience the subject has.
+    assert_eq!(exchange(&app, &agent, &full, &[("audience", "core")]).await.status(), 200);
+    assert_error(exchange(&app, &agent, &full, &[("audience", "billing")]).await, 400, "invalid_target").await;
+    assert_error(
+        exchange(&app, &agent, &full, &[("resource", "https://elsewhere.example")]).await,
+        400,
+        "invalid_target",
+    )
+    .await;
+    // A revoked subject.
+    assert_eq!(form_post(&app, "/oauth/revoke", &agent, &[("token", &full)]).await.status(), 200);
+    assert_error(exchange(&app, &agent, &full, &[]).await, 400, "invalid_request").await;
+    // An expired one.
+    app.state.clock().advance(301);
+    assert_error(exchange(&app, &agent, &narrow, &[]).await, 400, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn a_concierge_delegates_to_a_workspace_agent_with_an_actor_chain() {
+    let app = spawn_app().await;
+    let ws = app.create_client_with("org-1", CallerKind::Workspace, "runtime", Some("ws-1"), &[], &[]).await;
+    let stranger = app.create_client_with("org-1", CallerKind::Workspace, "stranger", Some("ws-2"), &[], &[]).await;
+    let concierge = create_with_delegates(&app, "concierge", &[&ws.id]).await;
+    let subject = app.access_token(&concierge).await;
+
+    let res = exchange(&app, &ws, &subject, &[]).await;
+    assert_eq!(res.status(), 200);
+    let t = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let c = peek_claims(&t);
+    assert_eq!(c["sub"], concierge.id);
+    assert_eq!(c["act"]["sub"], ws.id);
+    assert_eq!(c["caller_kind"], "agent");
+    // Within the subject's scopes and the workspace client's: no workspaces:write.
+    assert_eq!(c["scope"], "approvals:create workspaces:read");
+    let claims = Policy::new(app.base.clone(), "core").verify_access(app.state.keys(), &t, app.state.now()).unwrap();
+    assert_eq!(claims.act.unwrap().sub, ws.id);
+    assert_error(exchange(&app, &ws, &subject, &[("scope", "workspaces:write")]).await, 400, "invalid_scope").await;
+
+    // Not a registered delegate: refused.
+    assert_error(exchange(&app, &stranger, &subject, &[]).await, 400, "unauthorized_client").await;
+}
+
+async fn create_with_delegates(app: &TestApp, name: &str, delegates: &[&str]) -> TestClient {
+    let new = tessera::clients::NewClient {
+        tenant: "org-1".parse().unwrap(),
+        kind: CallerKind::Agent,
+        name: name.into(),
+        workspace: None,
+        scopes: vec![],
+        allow_bypass: vec![],
+        delegates: delegates.iter().map(|d| d.parse().unwrap()).collect(),
+    };
+    let (rec, secret) =
+        tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", app.state.now())
+            .await
+            .unwrap();
+    TestClient { id: rec.client_id.to_string(), secret: secret.expose().to_owned() }
+}
+
+#[tokio::test]
+async fn the_actor_chain_is_depth_capped() {
+    let app = spawn_app().await;
+    let mut ds = Vec::new();
+    for i in 0..5 {
+        ds.push(app.create_client("org-1", CallerKind::Agent, &format!("d{i}")).await);
+    }
+    let ids: Vec<&str> = ds.iter().map(|d| d.id.as_str()).collect();
+    let owner = create_with_delegates(&app, "owner", &ids).await;
+    let mut token = app.access_token(&owner).await;
+    for (i, d) in ds.iter().enumerate() {
+        let res = exchange(&app, d, &token, &[]).await;
+        if i < 4 {
+            assert_eq!(res.status(), 200, "hop {i}");
+            token = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+        } else {
+            assert_error(res, 400, "invalid_request").await;
+        }
+    }
+    assert_eq!(peek_claims(&token)["act"]["act"]["act"]["act"]["sub"], ds[0].id);
+    // Registering a delegate of another tenant, or a missing one, is refused.
+    let other = app.create_client("org-2", CallerKind::Agent, "x").await;
+    let new = tessera::clients::NewClient {
+        tenant: "org-1".parse().unwrap(),
+        kind: CallerKind::Agent,
+        name: "bad".into(),
+        workspace: None,
+        scopes: vec![],
+        allow_bypass: vec![],
+        delegates: vec![other.id.parse().unwrap()],
+    };
+    assert!(tessera::clients::create(app.state.store(), &app.state.config().policy, new, "t", 0).await.is_err());
+}
+
+#[tokio::test]
+async fn introspection_for_services_and_operators_only_and_inactive_means_nothing_else() {
+    let app = spawn_app().await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let service = app.create_client("org-1", CallerKind::Service, "core").await;
+    let op = app.create_client("org-1", CallerKind::Operator, "alice").await;
+    let foreign_service = app.create_client("org-2", CallerKind::Service, "core-2").await;
+    let token = app.access_token(&agent).await;
+
+    for who in [&service, &op] {
+        let res = form_post(&app, "/oauth/introspect", who, &[("token", &token)]).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["cache-control"], "no-store");
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(v["active"], true);
+        assert_eq!(v["sub"], agent.id);
+        assert_eq!(v["client_id"], agent.id);
+        assert_eq!(v["caller_kind"], "agent");
+        assert_eq!(v["tenant"], "org-1");
+        assert!(v["exp"].is_i64() && v["scope"].is_string() && v["jti"].is_string());
+    }
+    let inactive = |v: Value| assert_eq!(v, json!({"active": false}));
+    for t in ["garbage", "", "a.b.c"] {
+        inactive(form_post(&app, "/oauth/introspect", &service, &[("token", t)]).await.json().await.unwrap());
+    }
+    // Another tenant's service learns nothing.
+    inactive(form_post(&app, "/oauth/introspect", &foreign_service, &[("token", &token)]).await.json().await.unwrap());
+    // Agents may not introspect; no token parameter is a malformed request.
+    assert_error(form_post(&app, "/oauth/introspect", &agent, &[("token", &token)]).await, 400, "unauthorized_client")
+        .await;
+    assert_error(form_post(&app, "/oauth/introspect", &service, &[]).await, 400, "invalid_request").await;
+    let res = app.http.post(app.url("/oauth/introspect")).form(&[("token", &token)]).send().await.unwrap();
+    assert_error(res, 401, "invalid_client").await;
+    // Revoked and expired tokens are inactive.
+    assert_eq!(form_post(&app, "/oauth/revoke", &agent, &[("token", &token)]).await.status(), 200);
+    inactive(form_post(&app, "/oauth/introspect", &service, &[("token", &token)]).await.json().await.unwrap());
+    let fresh = app.access_token(&agent).await;
+    app.state.clock().advance(400);
+    inactive(form_post(&app, "/oauth/introspect", &service, &[("token", &fresh)]).await.json().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_capability_introspects_active_until_redeemed() {
+    let app = spawn_app().await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let service = app.create_client("org-1", CallerKind::Service, "core").await;
+    let op = app.create_client("org-1", CallerKind::Operator, "alice").await;
+    let at = app.access_token(&agent).await;
+    let id = app.pending_approval(&at, "workspace_delete", "workspaces/ws-1", &json!({})).await;
+    app.decide(&app.access_token(&op).await, &id, "approve").await;
+    let cap = app.capability(&at, &id).await.unwrap();
+    let v: Value = form_post(&app, "/oauth/introspect", &service, &[("token", &cap)]).await.json().await.unwrap();
+    assert_eq!(v["active"], true);
+    assert_eq!(v["token_type"], "capability");
+    assert_eq!(v["action"], "workspace_delete");
+    assert_eq!(app.redeem(&at, &cap).await.status(), 200);
+    let v: Value = form_post(&app, "/oauth/introspect", &service, &[("token", &cap)]).await.json().await.unwrap();
+    assert_eq!(v, json!({"active": false}));
+}
+
+#[tokio::test]
+async fn a_client_revokes_its_own_tokens_only() {
+    let app = spawn_app().await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let other = app.create_client("org-1", CallerKind::Agent, "b").await;
+    let token = app.access_token(&agent).await;
+    let keep = app.access_token(&agent).await;
+    let others = app.access_token(&other).await;
+    assert_error(form_post(&app, "/oauth/revoke", &agent, &[("token", &others)]).await, 400, "unauthorized_client")
+        .await;
+    assert_eq!(form_post(&app, "/oauth/revoke", &agent, &[("token", "garbage")]).await.status(), 200);
+    assert_error(form_post(&app, "/oauth/revoke", &agent, &[]).await, 400, "invalid_request").await;
+    assert_eq!(
+        form_post(&app, "/oauth/revoke", &agent, &[("token", &token), ("token_type_hint", "access_token")])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(form_post(&app, "/oauth/revoke", &agent, &[("token", &token)]).await.status(), 200, "idempotent");
+    assert_error(
+        app.get_bearer(&format!("/v1/approvals/{}", "apr_AAAAAAAAAAAAAAAAAAAAAA"), &token).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_error(
+        app.get_bearer(&format!("/v1/approvals/{}", "apr_AAAAAAAAAAAAAAAAAAAAAA"), &keep).await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.get_bearer(&format!("/v1/approvals/{}", "apr_AAAAAAAAAAAAAAAAAAAAAA"), &others).await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert!(app.audit_events().await.iter().any(|e| e == "token.revoked"));
+}
+
+#[tokio::test]
+async fn operators_revoke_by_jti_or_by_client_and_disabling_revokes_everything() {
+    let app = spawn_app().await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let op = app.create_client("org-1", CallerKind::Operator, "alice").await;
+    let foreign_op = app.create_client("org-2", CallerKind::Operator, "eve").await;
+    let ot = app.access_token(&op).await;
+    let t1 = app.access_token(&agent).await;
+    let t2 = app.access_token(&agent).await;
+    let probe = |t: String| {
+        let app = &app;
+        async move { app.get_bearer("/v1/approvals/apr_AAAAAAAAAAAAAAAAAAAAAA", &t).await.status().as_u16() }
+    };
+    let jti = peek_claims(&t1)["jti"].as_str().unwrap().to_owned();
+    // Another tenant's operator, and a non-operator, cannot.
+    let ft = app.access_token(&foreign_op).await;
+    assert_error(app.post_bearer("/v1/revocations", &ft, &json!({"jti": jti})).await, 404, "not_found").await;
+    assert_error(app.post_bearer("/v1/revocations", &t2, &json!({"jti": jti})).await, 403, "forbidden").await;
+    assert_error(
+        app.post_bearer("/v1/revocations", &ot, &json!({"jti": jti, "client_id": agent.id})).await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_eq!(probe(t1.clone()).await, 404);
+    assert_eq!(app.post_bearer("/v1/revocations", &ot, &json!({"jti": jti})).await.status(), 200);
+    assert_eq!(probe(t1.clone()).await, 401);
+    assert_eq!(probe(t2.clone()).await, 404);
+    // By client: every token issued so far.
+    assert_eq!(app.post_bearer("/v1/revocations", &ot, &json!({"client_id": agent.id})).await.status(), 200);
+    assert_eq!(probe(t2.clone()).await, 401);
+    app.state.clock().advance(1);
+    let t3 = app.access_token(&agent).await;
+    assert_eq!(probe(t3.clone()).await, 404, "tokens issued after the revocation work");
+    // Disabling the client revokes the rest.
+    assert!(app.cli(&["clients", "disable", &agent.id]).await.status.success());
+    assert_eq!(probe(t3).await, 401);
+}
+
+#[tokio::test]
+async fn offline_verifiers_learn_revocations_from_the_signed_feed() {
+    let app = spawn_app().await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let revoked = app.access_token(&agent).await;
+    let kept = app.access_token(&agent).await;
+    let verifier = Verifier::new(
+        Policy::new(app.base.clone(), "core"),
+        JwksClient::new(app.url("/.well-known/jwks.json"), JwksOptions::default()),
+    );
+    let now = app.state.now();
+    assert_eq!(verifier.poll_revocations(now).await.unwrap(), 0);
+    verifier.verify_access(&revoked, now).await.unwrap();
+
+    assert_eq!(form_post(&app, "/oauth/revoke", &agent, &[("token", &revoked)]).await.status(), 200);
+    // The feed is a JWS of its own type, signed with the broker's key.
+    let res = app.http.get(app.url("/v1/revocations?since=0")).send().await.unwrap();
+    assert_eq!(res.headers()["content-type"], "application/jwt");
+    let feed = res.text().await.unwrap();
+    assert_eq!(peek_header(&feed)["typ"], "revocations+jwt");
+    assert_eq!(peek_claims(&feed)["revocations"][0]["jti"], peek_claims(&revoked)["jti"]);
+    // A feed is not a token.
+    assert!(Policy::new(app.base.clone(), "core").verify_access(app.state.keys(), &feed, now).is_err());
+
+    assert_eq!(verifier.poll_revocations(now).await.unwrap(), 1);
+    assert_eq!(verifier.verify_access(&revoked, now).await.unwrap_err(), VerifyError::Revoked);
+    verifier.verify_access(&kept, now).await.unwrap();
+    // Incremental: nothing new.
+    assert_eq!(verifier.poll_revocations(now).await.unwrap(), 0);
+    assert_error(app.http.get(app.url("/v1/revocations?since=x")).send().await.unwrap(), 400, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn metadata_lists_every_endpoint_grant_and_method() {
+    let app = spawn_app().await;
+    let m: Value =
+        app.http.get(app.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(m["introspection_endpoint"], app.url("/oauth/introspect"));
+    assert_eq!(m["revocation_endpoint"], app.url("/oauth/revoke"));
+    assert_eq!(m["grant_types_supported"], json!(["client_credentials", EXCHANGE]));
+    for k in [
+        "token_endpoint_auth_methods_supported",
+        "introspection_endpoint_auth_methods_supported",
+        "revocation_endpoint_auth_methods_supported",
+    ] {
+        assert_eq!(m[k], json!(["client_secret_basic", "client_secret_post"]), "{k}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_under_load_without_a_single_failed_verification() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Duration;
+
+    let app = Arc::new(spawn_app_with(|c| c.jwks_max_age_secs = 1).await);
+    let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let short = JwksOptions {
+        default_max_age: Duration::from_secs(1),
+        min_max_age: Duration::from_secs(1),
+        max_max_age: Duration::from_secs(1),
+        ..JwksOptions::default()
+    };
+    let verifier = Arc::new(Verifier::new(
+        Policy::new(app.base.clone(), "core"),
+        JwksClient::new(app.url("/.well-known/jwks.json"), short),
+    ));
+    let old_kid = app.state.keys().signer().kid().to_owned();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let kids = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (app, agent, verifier, stop, ok, failed, kids) =
+            (app.clone(), agent.clone(), verifier.clone(), stop.clone(), ok.clone(), failed.clone(), kids.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let t = app.access_token(&agent).await;
+                kids.lock().unwrap().insert(peek_header(&t)["kid"].as_str().unwrap().to_owned());
+                let at = app.state.now();
+                match verifier.verify_access(&t, at).await {
+                    Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(e) => {
+                        eprintln!(
+                            "verification failed: {e:?} kid {} claims {} now {at}",
+                            peek_header(&t)["kid"],
+                            peek_claims(&t)
+                        );
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Rotate with the real command while the broker runs: the new key is published at once.
+    let out = cli_on(
+        &app.database_url,
+        &app.keys_dir(),
+        &app.base,
+        &["keys", "rotate"],
+        &[("TESSERA_JWKS_MAX_AGE_SECS", "1")],
+    )
+    .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotation: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_kid = rotation["kid"].as_str().unwrap().to_owned();
+    assert_eq!(rotation["retired"], json!([old_kid]));
+    let lead = rotation["activates_at"].as_i64().unwrap() - app.state.now();
+    assert!((60..=62).contains(&lead), "published max-age + leeway before it signs: {lead}");
+    // Not signing yet, whatever the broker does in the meantime.
+    app.state.keys().tick(app.state.now()).await.unwrap();
+    assert_eq!(app.state.keys().signer().kid(), old_kid);
+    // Verifiers' caches (max-age 1 s) learn the new key before it signs.
+    let mut learned = false;
+    for _ in 0..40 {
+        if tessera::verify::KeyLookup::lookup(verifier.jwks(), &new_kid).is_some() {
+            learned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(learned, "the verifier's cache holds the new key before it signs");
+    // Its time comes: the broker switches, the load goes on.
+    app.state.clock().advance(lead);
+    app.state.keys().tick(app.state.now()).await.unwrap();
+    assert_eq!(app.state.keys().signer().kid(), new_kid);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "failed verifications");
+    assert!(ok.load(Ordering::SeqCst) > 20);
+    let seen = kids.lock().unwrap().clone();
+    assert!(seen.contains(&old_kid) && seen.contains(&new_kid), "{seen:?}");
+    // The old key stays published until its last token expired plus leeway, then leaves.
+    let jwks = |app: Arc<TestApp>| async move {
+        let v: Value = app.http.get(app.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+        v["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    assert!(jwks(app.clone()).await.contains(&old_kid));
+    app.state.clock().advance(900 + 60 + 1);
+    let after = jwks(app.clone()).await;
+    assert!(!after.contains(&old_kid) && after.contains(&new_kid), "{after:?}");
+}
+
+#[tokio::test]
+async fn keys_rotate_on_schedule() {
+    let app = spawn_app_with(|c| c.key_rotation_days = 1).await;
+    let old = app.state.keys().signer().kid().to_owned();
+    tessera::server::rotate_on_schedule(&app.state, app.state.now()).await.unwrap();
+    assert_eq!(tessera::store::keys::list(app.state.store()).await.unwrap().len(), 1, "too young to rotate");
+    app.state.clock().advance(86_400);
+    tessera::server::rotate_on_schedule(&app.state, app.state.now()).await.unwrap();
+    tessera::server::rotate_on_schedule(&app.state, app.state.now()).await.unwrap();
+    let keys = tessera::store::keys::list(app.state.store()).await.unwrap();
+    assert_eq!(keys.len(), 2, "one successor, not one per check");
+    app.state.clock().advance(app.state.config().key_publish_lead_secs());
+    app.state.keys().tick(app.state.now()).await.unwrap();
+    assert_ne!(app.state.keys().signer().kid(), old);
+    assert!(app.audit_events().await.iter().any(|e| e == "key.rotated"));
+}
