@@ -865,6 +865,7 @@ impl Browser {
     /// Saves a screenshot of the viewport as `name`.png; returns its path.
     async fn screenshot(&self, name: &str, width: u32, height: u32) -> PathBuf {
         self.c().set_window_size(width, height).await.unwrap();
+        self.c().execute("window.scrollTo(0, 0);", vec![]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let png = self.c().screenshot().await.unwrap();
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
@@ -978,7 +979,7 @@ async fn console_browser_sign_in_see_the_request_approve_it_and_the_requester_ge
     assert!(text.contains("secret value withheld"));
     let note = browser.c().find(Locator::Css("textarea[name=note]")).await.unwrap();
     note.send_keys("Rotating after INC-2291; old key revoked at the provider").await.unwrap();
-    browser.screenshot("detail", 1100, 1500).await;
+    browser.screenshot("detail", 1100, 1780).await;
 
     approve.click().await.unwrap();
     browser.wait_for("input[name=confirm]").await;

@@ -338,30 +338,6 @@ pub fn detail(op: &Operator, d: &Detail<'_>) -> Markup {
             strong { (status_badge_text(status)) } " — " (state_text(row, d.names, now))
         }
 
-        @if d.can_decide == CanDecide::Yes {
-            section.decide aria-labelledby="decide-h" {
-                h2 #decide-h { "Your decision" }
-                form method="post" action={ "/console/approvals/" (row.approval_id) "/decision" } {
-                    input type="hidden" name="csrf" value=(op.csrf);
-                    label for="note" { "Note " span.muted { "(optional, kept in the audit log)" } }
-                    textarea #note name="note" rows="2" maxlength="1000" {}
-                    div.buttons {
-                        button.approve type="submit" name="decision" value="approve" { "Approve" }
-                        button.deny type="submit" name="decision" value="deny" { "Deny" }
-                    }
-                    p.hint { "Nothing happens yet: the next screen asks you to confirm." }
-                }
-            }
-        } @else {
-            @let why = match d.can_decide {
-                CanDecide::OwnRequest => "You made this request, so you cannot decide it.",
-                CanDecide::AlreadyDecided => "You have decided this request already.",
-                CanDecide::NoScope => "Your client may read approvals but not decide them (it lacks approvals:decide).",
-                CanDecide::NotPending | CanDecide::Yes => "This request is no longer waiting for a decision.",
-            };
-            p.no-decide { (why) }
-        }
-
         section aria-labelledby="req-h" {
             h2 #req-h { "The request" }
             dl.facts {
@@ -388,6 +364,30 @@ pub fn detail(op: &Operator, d: &Detail<'_>) -> Markup {
                 Ok(Value::Object(map)) if !map.is_empty() => { (table(&map, 1)) }
                 _ => { p.muted { "No summary was sent." } }
             }
+        }
+
+        @if d.can_decide == CanDecide::Yes {
+            section.decide aria-labelledby="decide-h" {
+                h2 #decide-h { "Your decision" }
+                form method="post" action={ "/console/approvals/" (row.approval_id) "/decision" } {
+                    input type="hidden" name="csrf" value=(op.csrf);
+                    label for="note" { "Note " span.muted { "(optional, kept in the audit log)" } }
+                    textarea #note name="note" rows="2" maxlength="1000" {}
+                    div.buttons {
+                        button.approve type="submit" name="decision" value="approve" { "Approve" }
+                        button.deny type="submit" name="decision" value="deny" { "Deny" }
+                    }
+                    p.hint { "Nothing happens yet: the next screen asks you to confirm." }
+                }
+            }
+        } @else {
+            @let why = match d.can_decide {
+                CanDecide::OwnRequest => "You made this request, so you cannot decide it.",
+                CanDecide::AlreadyDecided => "You have decided this request already.",
+                CanDecide::NoScope => "Your client may read approvals but not decide them (it lacks approvals:decide).",
+                CanDecide::NotPending | CanDecide::Yes => "This request is no longer waiting for a decision.",
+            };
+            p.no-decide { (why) }
         }
 
         section aria-labelledby="dec-h" {
