@@ -84,6 +84,10 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// Largest accepted request body, bytes.
     pub max_body_bytes: usize,
+    /// Time a client has to send a request's headers (slow clients are disconnected), seconds.
+    pub header_read_timeout_secs: u64,
+    /// Most connections served at once; more are closed on arrival.
+    pub max_connections: usize,
     /// `Cache-Control: max-age` of the JWKS, seconds.
     pub jwks_max_age_secs: u64,
     /// Leeway the broker allows when it verifies tokens, seconds (at most 60).
@@ -114,6 +118,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     request_timeout_secs: Option<u64>,
     max_body_bytes: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
     jwks_max_age_secs: Option<u64>,
     leeway_secs: Option<i64>,
     failed_auth_per_minute: Option<u32>,
@@ -125,7 +131,7 @@ struct FileConfig {
 }
 
 /// The environment variables read, with the file key each one overrides.
-pub const ENV_VARS: [(&str, &str); 14] = [
+pub const ENV_VARS: [(&str, &str); 16] = [
     ("TESSERA_LISTEN", "listen"),
     ("TESSERA_DATABASE_URL", "database_url"),
     ("TESSERA_KEYS_DIR", "keys_dir"),
@@ -134,6 +140,8 @@ pub const ENV_VARS: [(&str, &str); 14] = [
     ("TESSERA_LOG_FORMAT", "log_format"),
     ("TESSERA_REQUEST_TIMEOUT_SECS", "request_timeout_secs"),
     ("TESSERA_MAX_BODY_BYTES", "max_body_bytes"),
+    ("TESSERA_HEADER_READ_TIMEOUT_SECS", "header_read_timeout_secs"),
+    ("TESSERA_MAX_CONNECTIONS", "max_connections"),
     ("TESSERA_JWKS_MAX_AGE_SECS", "jwks_max_age_secs"),
     ("TESSERA_LEEWAY_SECS", "leeway_secs"),
     ("TESSERA_FAILED_AUTH_PER_MINUTE", "failed_auth_per_minute"),
@@ -153,6 +161,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             request_timeout_secs: 10,
             max_body_bytes: 16 * 1024,
+            header_read_timeout_secs: 10,
+            max_connections: 1024,
             jwks_max_age_secs: 300,
             leeway_secs: 30,
             failed_auth_per_minute: 30,
@@ -213,6 +223,12 @@ impl Config {
         if let Some(v) = file.max_body_bytes {
             c.max_body_bytes = v;
         }
+        if let Some(v) = file.header_read_timeout_secs {
+            c.header_read_timeout_secs = v;
+        }
+        if let Some(v) = file.max_connections {
+            c.max_connections = v;
+        }
         if let Some(v) = file.jwks_max_age_secs {
             c.jwks_max_age_secs = v;
         }
@@ -265,6 +281,8 @@ impl Config {
                 }
                 "TESSERA_REQUEST_TIMEOUT_SECS" => self.request_timeout_secs = parse_env(name, v)?,
                 "TESSERA_MAX_BODY_BYTES" => self.max_body_bytes = parse_env(name, v)?,
+                "TESSERA_HEADER_READ_TIMEOUT_SECS" => self.header_read_timeout_secs = parse_env(name, v)?,
+                "TESSERA_MAX_CONNECTIONS" => self.max_connections = parse_env(name, v)?,
                 "TESSERA_JWKS_MAX_AGE_SECS" => self.jwks_max_age_secs = parse_env(name, v)?,
                 "TESSERA_LEEWAY_SECS" => self.leeway_secs = parse_env(name, v)?,
                 "TESSERA_FAILED_AUTH_PER_MINUTE" => self.failed_auth_per_minute = parse_env(name, v)?,
@@ -304,6 +322,9 @@ impl Config {
             if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
                 return Err(ConfigError(format!("webhook url {:?} must be http(s)", w.url)));
             }
+        }
+        if self.header_read_timeout_secs == 0 || self.max_connections == 0 {
+            return Err(ConfigError("header_read_timeout_secs and max_connections must be positive".into()));
         }
         if self.failed_auth_per_minute == 0 {
             return Err(ConfigError("failed_auth_per_minute must be at least 1".into()));

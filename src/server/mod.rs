@@ -222,14 +222,69 @@ impl Application {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `stop` completes.
+    /// Serves until `stop` completes, then lets in-flight requests finish (at most 10 s).
+    ///
+    /// The accept loop is hyper's own rather than `axum::serve`, for the limits a security
+    /// service needs: a client has `header_read_timeout_secs` to send its headers (a
+    /// slow-loris client is disconnected), headers are capped in number and size, and beyond
+    /// `max_connections` new connections are closed on arrival.
     pub async fn run_until(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+        use hyper_util::server::conn::auto::Builder;
+        use hyper_util::server::graceful::GracefulShutdown;
+        use tower::ServiceExt;
+
+        let config = self.state.config().clone();
         let router = app(self.state.clone());
-        let sweeper = tokio::spawn(background(self.state.clone()));
-        axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stop)
-            .await?;
-        sweeper.abort();
+        let background = tokio::spawn(background(self.state.clone()));
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(config.header_read_timeout_secs))
+            .max_headers(64)
+            .max_buf_size(64 * 1024);
+        builder.http2().timer(TokioTimer::new()).max_header_list_size(32 * 1024);
+        let graceful = GracefulShutdown::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        tokio::pin!(stop);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut stop => break,
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit reached; closing a new connection");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let service = router.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                req
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service))
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(slot);
+            });
+        }
+        drop(self.listener);
+        if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+            tracing::warn!("connections still open after 10 s; closing them");
+        }
+        background.abort();
         self.state.store().close().await;
         Ok(())
     }

@@ -23,7 +23,7 @@ struct World {
     op: TestClient,
 }
 
-async fn spawn_core(broker: &TestApp) -> String {
+pub(crate) async fn spawn_core(broker: &TestApp) -> String {
     let clock = broker.state.clock().clone();
     let gate = Gate::with_clock(Verifier::for_issuer(&broker.base, "core"), &broker.base, move || clock.now());
     let router = core_example::router(&gate, core_example::Effects::default());
