@@ -192,6 +192,9 @@ async fn console_sign_in_page_headers_and_assets() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "image/svg+xml");
 
+    let res = get_page(&app, "/console/", None).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/console");
     // Unknown console pages are HTML, not the API's JSON; the API keeps its JSON 404.
     let res = get_page(&app, "/console/nope", None).await;
     assert_eq!(res.status(), 404);

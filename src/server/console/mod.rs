@@ -29,7 +29,6 @@ use maud::Markup;
 use ring::digest::{SHA256, digest};
 
 use self::pages::{CanDecide, ClientName, Names, SignInNote};
-use self::session::Operator;
 use super::AppState;
 use crate::approvals::{self, ApprovalError, Verdict};
 use crate::clients::{self, ClientSecret};
@@ -38,7 +37,7 @@ use crate::store::StoreError;
 use crate::store::approvals::{self as approval_rows, ApprovalRow, Status};
 use crate::store::clients as client_rows;
 use crate::store::console::{self as console_rows, HistoryFilter};
-use crate::token::b64;
+use crate::token::{AccessClaims, b64};
 
 /// The stylesheet, compiled in.
 const CSS: &str = include_str!("console.css");
@@ -395,15 +394,16 @@ async fn sign_out(State(state): State<AppState>, req: Request) -> PageResult {
     Ok(res)
 }
 
-/// What this operator may do with `row` now.
-fn can_decide(op: &Operator, row: &ApprovalRow, now: i64) -> CanDecide {
-    if row.requester == op.claims.sub {
+/// What the operator `me` may do with `row` now. Only what the page offers: the decision
+/// itself is checked again by `approvals::decide`.
+fn can_decide(me: &AccessClaims, row: &ApprovalRow, now: i64) -> CanDecide {
+    if row.requester == me.sub {
         CanDecide::OwnRequest
     } else if row.effective_status(now) != Status::Pending {
         CanDecide::NotPending
-    } else if !op.claims.has_scope("approvals:decide") {
+    } else if !me.has_scope("approvals:decide") {
         CanDecide::NoScope
-    } else if row.decisions.iter().any(|d| d.operator == op.claims.sub) {
+    } else if row.decisions.iter().any(|d| d.operator == me.sub) {
         CanDecide::AlreadyDecided
     } else {
         CanDecide::Yes
@@ -439,8 +439,14 @@ async fn detail(
         Some("deny") => Some("You denied this request."),
         _ => None,
     };
-    let view =
-        pages::Detail { row: &row, names: &names, recent: &recent, can_decide: can_decide(&op, &row, now), flash, now };
+    let view = pages::Detail {
+        row: &row,
+        names: &names,
+        recent: &recent,
+        can_decide: can_decide(&op.claims, &row, now),
+        flash,
+        now,
+    };
     Ok(page(StatusCode::OK, pages::detail(&op, &view)))
 }
 
@@ -465,7 +471,7 @@ async fn decision(State(state): State<AppState>, Path(id): Path<String>, req: Re
     let now = state.now();
     if form.get("confirm").map(String::as_str) != Some("yes") {
         let row = approvals::read(state.store(), &op.claims, &id, now).await?;
-        if can_decide(&op, &row, now) != CanDecide::Yes {
+        if can_decide(&op.claims, &row, now) != CanDecide::Yes {
             return Ok(see_other(&format!("/console/approvals/{}", row.approval_id)));
         }
         let names = names_of(&state, &op.claims.tenant, people(&row)).await?;
@@ -629,6 +635,69 @@ mod tests {
         ] {
             assert!(!safe_next(bad), "{bad}");
         }
+    }
+
+    fn claims(sub: &str, scope: &str) -> AccessClaims {
+        AccessClaims {
+            iss: "http://127.0.0.1:8700".into(),
+            sub: sub.into(),
+            client_id: sub.into(),
+            aud: crate::token::claims::Audience::One("core".into()),
+            iat: 0,
+            nbf: 0,
+            exp: 100,
+            jti: "console:test".into(),
+            scope: scope.into(),
+            tenant: "acme".into(),
+            caller_kind: CallerKind::Operator,
+            workspace: None,
+            act: None,
+        }
+    }
+
+    fn row(requester: &str) -> ApprovalRow {
+        ApprovalRow {
+            approval_id: "apr_AAAAAAAAAAAAAAAAAAAAAA".into(),
+            tenant: "acme".into(),
+            action: "secret_write".into(),
+            resource: "workspaces/ws-1/secrets/K".into(),
+            params_digest: "sha256:x".into(),
+            summary: "{}".into(),
+            reason: "r".into(),
+            requester: requester.into(),
+            requester_kind: CallerKind::Agent,
+            status: Status::Pending,
+            quorum: 2,
+            created_at: 0,
+            expires_at: 3600,
+            decided_at: None,
+            bypass: false,
+            cap_jti: None,
+            cap_iat: None,
+            cap_exp: None,
+            redeemed_at: None,
+            redeemed_by: None,
+            decisions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn buttons_are_offered_only_where_a_decision_could_stand() {
+        let me = claims("tc_me", "approvals:read approvals:decide");
+        assert_eq!(can_decide(&me, &row("tc_agent"), 10), CanDecide::Yes);
+        // Never on a request the operator made, whatever else holds.
+        assert_eq!(can_decide(&me, &row("tc_me"), 10), CanDecide::OwnRequest);
+        assert_eq!(can_decide(&me, &row("tc_agent"), 3600), CanDecide::NotPending);
+        let reader = claims("tc_me", "approvals:read");
+        assert_eq!(can_decide(&reader, &row("tc_agent"), 10), CanDecide::NoScope);
+        let mut voted = row("tc_agent");
+        voted.decisions.push(approval_rows::Decision {
+            operator: "tc_me".into(),
+            decision: "approve".into(),
+            note: None,
+            at: 5,
+        });
+        assert_eq!(can_decide(&me, &voted, 10), CanDecide::AlreadyDecided);
     }
 
     #[test]
