@@ -820,14 +820,35 @@ impl Browser {
     }
 
     async fn goto(&self, url: &str) {
-        tokio::time::timeout(Duration::from_secs(30), self.c().goto(url)).await.expect("page load").unwrap();
+        tokio::time::timeout(Duration::from_secs(60), self.c().goto(url)).await.expect("page load").unwrap();
     }
 
-    /// Waits (at most 20 s) for an element, after a navigation.
+    /// Waits (at most 45 s, for a loaded 2-core machine) for an element, after a navigation.
     async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
-        self.c().wait().at_most(Duration::from_secs(20)).for_element(Locator::Css(css)).await.unwrap_or_else(|e| {
-            panic!("no element {css} within 20 s: {e}");
+        self.c().wait().at_most(Duration::from_secs(45)).for_element(Locator::Css(css)).await.unwrap_or_else(|e| {
+            panic!("no element {css} within 45 s: {e}");
         })
+    }
+
+    /// Marks the current document, so that `wait_new_page` can tell when another replaced it.
+    async fn mark(&self) {
+        self.c().execute("window.__tesseraOld = true;", vec![]).await.unwrap();
+    }
+
+    /// Waits (at most 45 s) until a new document has replaced the marked one and has loaded.
+    async fn wait_new_page(&self) {
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            let done = self
+                .c()
+                .execute("return window.__tesseraOld === undefined && document.readyState === 'complete';", vec![])
+                .await;
+            if matches!(done, Ok(Value::Bool(true))) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no new page within 45 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The page's visible text.
@@ -860,9 +881,9 @@ impl Browser {
         let secret_field = self.c().active_element().await.unwrap();
         assert_eq!(secret_field.attr("name").await.unwrap().as_deref(), Some("client_secret"));
         secret_field.send_keys(secret).await.unwrap();
+        self.mark().await;
         secret_field.send_keys(&char::from(Key::Enter).to_string()).await.unwrap();
-        self.wait_for("main h1").await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.wait_new_page().await;
     }
 
     /// Saves a screenshot of the viewport as `name`.png; returns its path.
@@ -1086,8 +1107,9 @@ async fn console_browser_forged_forms_change_nothing() {
         browser.goto(&app.url(&format!("/console/approvals/{id}"))).await;
         browser.wait_for("button[value=approve]").await;
         browser.c().execute(script, vec![]).await.unwrap();
+        browser.mark().await;
         browser.c().find(Locator::Css("button[value=approve]")).await.unwrap().click().await.unwrap();
-        browser.wait_for("main h1").await;
+        browser.wait_new_page().await;
         let text = browser.text().await;
         assert!(text.contains("Refused: the form did not come from your session"), "{script}: {text}");
         assert_eq!(status_of(&o, &id).await, "pending");
@@ -1107,8 +1129,10 @@ async fn console_browser_forged_forms_change_nothing() {
         axum::Router::new().route("/", axum::routing::get(move || async move { axum::response::Html(html) }));
     let server = tokio::spawn(async move { axum::serve(evil, evil_app).await });
     browser.goto(&format!("http://{evil_addr}/")).await;
-    browser.wait_for("#go").await.click().await.unwrap();
-    browser.wait_for("main h1").await;
+    let go = browser.wait_for("#go").await;
+    browser.mark().await;
+    go.click().await.unwrap();
+    browser.wait_new_page().await;
     assert!(browser.path().await.starts_with("/console"), "the post reached the console");
     assert!(!browser.text().await.contains("You approved"));
     server.abort();
