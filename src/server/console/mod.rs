@@ -331,13 +331,14 @@ fn sign_in_refused(next: Option<&str>) -> Response {
 
 async fn sign_in(State(state): State<AppState>, req: Request) -> PageResult {
     let peer = peer_of(&req);
-    let (headers, form) = read_form(&state, req).await?;
+    let (headers, mut form) = read_form(&state, req).await?;
     if cross_site(&headers) {
         return Err(Failure::Forged);
     }
+    // The secret leaves the form map at once, into a type that zeroes it and never prints it.
+    let secret = ClientSecret::new(form.remove("client_secret").unwrap_or_default());
     let next = form.get("next").map(String::as_str).filter(|n| safe_next(n));
     let client_id = form.get("client_id").map(String::as_str).unwrap_or("").trim().to_owned();
-    let secret = ClientSecret::new(form.get("client_secret").cloned().unwrap_or_default());
 
     // The same keys as the token endpoint: failures there and here count together.
     let keys = [
