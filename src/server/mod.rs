@@ -5,7 +5,7 @@ pub mod auth;
 mod console;
 pub mod error;
 mod health;
-mod oauth;
+pub mod oauth;
 pub mod ratelimit;
 mod tokens;
 mod wellknown;

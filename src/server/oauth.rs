@@ -29,10 +29,27 @@ pub(super) fn routes() -> Router<AppState> {
 const MAX_CREDENTIAL_LEN: usize = 256;
 
 /// A parsed `application/x-www-form-urlencoded` body in which no parameter repeats.
-pub(super) struct Form(HashMap<String, String>);
+pub struct Form(HashMap<String, String>);
 
 impl Form {
-    pub(super) fn get(&self, name: &str) -> Option<&str> {
+    /// Parses a form body, refusing malformed encoding and repeated parameters
+    /// (RFC 6749 §3.2).
+    pub fn parse(bytes: &[u8]) -> ApiResult<Form> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes)
+            .map_err(|_| ApiError::invalid_request("the body is not a valid form"))?;
+        let mut map = HashMap::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            if map.contains_key(&k) {
+                let shown: String = k.chars().take(32).collect();
+                return Err(ApiError::invalid_request(format!("parameter {shown:?} appears more than once")));
+            }
+            map.insert(k, v);
+        }
+        Ok(Form(map))
+    }
+
+    /// A parameter's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }
 }
@@ -53,23 +70,16 @@ pub(super) async fn read_form(state: &AppState, req: Request) -> ApiResult<(Head
     }
     let limit = state.config().max_body_bytes;
     let bytes = to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))?;
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_bytes(&bytes).map_err(|_| ApiError::invalid_request("the body is not a valid form"))?;
-    let mut map = HashMap::with_capacity(pairs.len());
-    for (k, v) in pairs {
-        if map.contains_key(&k) {
-            let shown: String = k.chars().take(32).collect();
-            return Err(ApiError::invalid_request(format!("parameter {shown:?} appears more than once")));
-        }
-        map.insert(k, v);
-    }
-    Ok((parts.headers, Form(map)))
+    Ok((parts.headers, Form::parse(&bytes)?))
 }
 
 /// Client credentials as presented, before they are checked.
-pub(super) struct PresentedCredentials {
-    pub(super) client_id: String,
-    pub(super) secret: ClientSecret,
+#[derive(Debug)]
+pub struct PresentedCredentials {
+    /// The client id named.
+    pub client_id: String,
+    /// The secret presented.
+    pub secret: ClientSecret,
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -79,7 +89,7 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// Finds the one client authentication method used: HTTP Basic (`client_secret_basic`) or
 /// `client_id` and `client_secret` in the body (`client_secret_post`).
-pub(super) fn presented_credentials(headers: &HeaderMap, form: &Form) -> ApiResult<PresentedCredentials> {
+pub fn presented_credentials(headers: &HeaderMap, form: &Form) -> ApiResult<PresentedCredentials> {
     let basic = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(v) => {

@@ -478,3 +478,27 @@ async fn a_whole_flow_at_trace_level_logs_no_secret_and_no_token() {
         assert!(!text.contains(&secret), "the log contains the {what}");
     }
 }
+
+#[test]
+fn every_test_the_threat_model_names_exists() {
+    let model = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/threat-model.md")).unwrap();
+    let mut sources = String::new();
+    for dir in ["tests/api", "src", "src/token", "src/verify", "src/server", "src/store"] {
+        for e in std::fs::read_dir(format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"))).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "rs") {
+                sources.push_str(&std::fs::read_to_string(p).unwrap());
+            }
+        }
+    }
+    let mut named = 0;
+    for chunk in model.split('`').skip(1).step_by(2) {
+        let Some((module, name)) = chunk.rsplit_once("::") else { continue };
+        if module.is_empty() || name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            continue;
+        }
+        named += 1;
+        assert!(sources.contains(&format!("fn {name}(")), "docs/threat-model.md names {chunk}, which does not exist");
+    }
+    assert!(named > 40, "only {named} tests named");
+}
