@@ -362,7 +362,10 @@ async fn an_unknown_client_and_a_wrong_secret_cost_the_same() {
     let (u, m) = (median(&mut unknown), median(&mut mismatch));
     let ratio = u / m;
     eprintln!("median unknown {:.1} µs, wrong secret {:.1} µs, ratio {ratio:.3}", u * 1e6, m * 1e6);
-    assert!((0.75..=1.33).contains(&ratio), "timing differs: ratio {ratio:.3}");
+    // Both paths are one lookup, one hash, one compare: their medians agree closely on a quiet
+    // machine. The bound is loose enough for a noisy one and tight enough to catch a path
+    // that skips or adds a step of the lookup's size.
+    assert!((0.6..=1.67).contains(&ratio), "timing differs: ratio {ratio:.3}");
 }
 
 #[tokio::test]
