@@ -119,6 +119,7 @@ async fn create(
         now,
     )
     .await?;
+    state.metrics().approval(row.status);
     if row.bypass {
         let capability = capability_for(&state, &row, now)?;
         let mut body = approval_json(&row, now, capability);
@@ -202,12 +203,16 @@ async fn decide(
     let row =
         approvals::decide(state.store(), &state.config().policy, &caller.claims, &id, body.decision, body.note, now)
             .await?;
+    if row.status != crate::store::approvals::Status::Pending {
+        state.metrics().approval(row.status);
+    }
     Ok(Json(approval_json(&row, now, None)))
 }
 
 async fn withdraw(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let now = state.now();
     let row = approvals::withdraw(state.store(), &caller.claims, &id, now).await?;
+    state.metrics().approval(row.status);
     Ok(Json(approval_json(&row, now, None)))
 }
 
@@ -226,6 +231,7 @@ async fn redeem(
     let cap =
         super::auth::verify_capability(&state, &body.capability, now).await.map_err(approvals::refuse_capability)?;
     let cap = approvals::redeem(state.store(), &caller.claims, cap, now).await?;
+    state.metrics().approval(crate::store::approvals::Status::Redeemed);
     Ok(Json(json!({
         "redeemed": true,
         "approval_id": cap.approval_id,

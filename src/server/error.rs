@@ -150,9 +150,14 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        res.extensions_mut().insert(ErrorCode(self.code));
         res
     }
 }
+
+/// The error code of an error answer, kept on the response for the metrics layer.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
 
 /// Result type of handlers.
 pub type ApiResult<T> = Result<T, ApiError>;

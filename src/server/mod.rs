@@ -5,8 +5,11 @@ pub mod auth;
 mod console;
 pub mod error;
 mod health;
+pub mod metrics;
 pub mod oauth;
+pub mod openapi;
 pub mod ratelimit;
+pub mod request_id;
 mod tokens;
 mod wellknown;
 
@@ -21,6 +24,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::audit::AuditWriter;
@@ -65,6 +69,7 @@ struct Inner {
     verifier: crate::verify::Policy,
     notifier: Arc<Notifier>,
     auth_failures: ratelimit::FailureLimiter,
+    metrics: metrics::Metrics,
     rotation: tokio::sync::Mutex<()>,
 }
 
@@ -87,6 +92,7 @@ impl AppState {
             verifier,
             notifier,
             auth_failures,
+            metrics: metrics::Metrics::default(),
             rotation: tokio::sync::Mutex::new(()),
         }) })
     }
@@ -122,6 +128,10 @@ impl AppState {
     pub fn auth_failures(&self) -> &ratelimit::FailureLimiter {
         &self.inner.auth_failures
     }
+    /// The counters `GET /metrics` shows.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
     /// The webhook notifier.
     pub fn notifier(&self) -> &Arc<Notifier> {
         &self.inner.notifier
@@ -138,15 +148,27 @@ pub fn app(state: AppState) -> Router {
         .merge(approvals::routes())
         .merge(console::routes())
         .merge(tokens::routes())
+        .merge(metrics::routes())
+        .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(middleware::from_fn(error_shape))
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(
-            // Spans carry the method and path only: never the query, never a header.
-            TraceLayer::new_for_http().make_span_with(
-                |req: &Request| tracing::info_span!("request", method = %req.method(), path = %req.uri().path()),
-            ),
+            // Spans carry the method, the path and the request id only: never the query, never
+            // another header.
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                tracing::info_span!(
+                    "request",
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    request_id = %request_id::of(req),
+                )
+            }),
         )
+        .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID))
+        .layer(SetRequestIdLayer::new(request_id::X_REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(request_id::drop_unacceptable))
         .with_state(state)
 }
 

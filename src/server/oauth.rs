@@ -250,6 +250,7 @@ pub(super) async fn issue(
     }
     let event = AuditEvent::new("token.issued", actor, &claims.tenant, &claims.jti, facts);
     state.audit().record(event, now).await.map_err(|e| ApiError::unavailable(&e))?;
+    state.metrics().token_issued(claims.caller_kind, grant);
     let mut body = json!({
         "access_token": token,
         "token_type": "Bearer",

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -25,6 +26,7 @@ pub struct FailureLimiter {
     quota: Quota,
     limiter: Mutex<DefaultKeyedRateLimiter<String>>,
     blocked: Mutex<HashMap<String, Instant>>,
+    refusals: AtomicU64,
 }
 
 impl FailureLimiter {
@@ -32,7 +34,12 @@ impl FailureLimiter {
     pub fn new(per_minute: u32) -> FailureLimiter {
         let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_minute(n);
-        FailureLimiter { quota, limiter: Mutex::new(RateLimiter::keyed(quota)), blocked: Mutex::new(HashMap::new()) }
+        FailureLimiter {
+            quota,
+            limiter: Mutex::new(RateLimiter::keyed(quota)),
+            blocked: Mutex::new(HashMap::new()),
+            refusals: AtomicU64::new(0),
+        }
     }
 
     /// If any of `keys` is limited now, how long until it is not.
@@ -42,7 +49,17 @@ impl FailureLimiter {
             Ok(b) => b,
             Err(p) => p.into_inner(),
         };
-        keys.iter().filter_map(|k| blocked.get(*k)).filter(|until| **until > now).map(|until| *until - now).max()
+        let wait =
+            keys.iter().filter_map(|k| blocked.get(*k)).filter(|until| **until > now).map(|until| *until - now).max();
+        if wait.is_some() {
+            self.refusals.fetch_add(1, Ordering::Relaxed);
+        }
+        wait
+    }
+
+    /// How many checks found a key limited (each a refused authentication).
+    pub fn refusals(&self) -> u64 {
+        self.refusals.load(Ordering::Relaxed)
     }
 
     /// Records one failure for each of `keys`; a key over its allowance becomes limited.

@@ -9,6 +9,7 @@ mod console;
 mod foundation;
 mod gate;
 mod helpers;
+mod operability;
 mod replicas;
 mod tokens;
 mod vectors;

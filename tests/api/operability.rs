@@ -1,0 +1,157 @@
+//! Issue: operability — the version, metrics and request ids.
+
+use serde_json::{Value, json};
+use tessera::domain::CallerKind;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn version_prints_the_package_version_and_exits_zero() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera")).arg("--version").output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("tessera {}", env!("CARGO_PKG_VERSION")));
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let res = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    res.text().await.unwrap()
+}
+
+/// The value of the series named exactly `series` (name and labels), 0 when absent.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn metrics_count_tokens_failures_approvals_and_redemptions() {
+    let app = spawn_app().await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "concierge").await;
+    let op = app.create_client("org-1", CallerKind::Operator, "alice").await;
+    let before = scrape(&app).await;
+
+    let at = app.access_token(&agent).await;
+    let wrong = TestClient { id: agent.id.clone(), secret: "tessera_sk_wrong".into() };
+    let res = app.token_request(&[("grant_type", "client_credentials")], Some(&wrong)).await;
+    assert_eq!(res.status(), 401);
+    let opt = app.access_token(&op).await;
+    let params = json!({"key": "K"});
+    let id = app.pending_approval(&at, "secret_write", "workspaces/ws-2/secrets/K", &params).await;
+    assert_eq!(app.decide(&opt, &id, "approve").await.status(), 200);
+    let cap = app.capability(&at, &id).await.unwrap();
+    assert_eq!(app.redeem(&at, &cap).await.status(), 200);
+    assert_eq!(app.redeem(&at, &cap).await.status(), 409);
+
+    let after = scrape(&app).await;
+    let moved = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(moved("tessera_tokens_issued_total{kind=\"agent\",grant=\"client_credentials\"}"), 1.0, "{after}");
+    assert_eq!(moved("tessera_tokens_issued_total{kind=\"operator\",grant=\"client_credentials\"}"), 1.0);
+    assert_eq!(moved("tessera_token_errors_total{error=\"invalid_client\"}"), 1.0);
+    assert_eq!(moved("tessera_approvals_total{status=\"pending\"}"), 1.0);
+    assert_eq!(moved("tessera_approvals_total{status=\"approved\"}"), 1.0);
+    assert_eq!(moved("tessera_approvals_total{status=\"redeemed\"}"), 1.0);
+    assert_eq!(moved("tessera_redemptions_total{outcome=\"redeemed\"}"), 1.0);
+    assert_eq!(moved("tessera_redemptions_total{outcome=\"conflict\"}"), 1.0);
+    // Latency by route template, never by the raw path.
+    assert_eq!(moved("tessera_http_request_duration_seconds_count{route=\"/oauth/token\"}"), 3.0);
+    assert_eq!(moved("tessera_http_request_duration_seconds_count{route=\"/v1/approvals/{id}/decision\"}"), 1.0);
+    assert_eq!(moved("tessera_http_requests_total{route=\"/oauth/token\",status=\"4xx\"}"), 1.0);
+    assert!(!after.contains(&id), "no raw path or id in a label");
+    assert!(value(&after, "tessera_http_request_duration_seconds_bucket{route=\"/oauth/token\",le=\"+Inf\"}") >= 3.0);
+    assert!(after.lines().any(|l| l.starts_with("tessera_signing_key_age_seconds{kid=")), "{after}");
+    // Every sample line is `name{labels} number` or `name number`.
+    for line in after.lines().filter(|l| !l.starts_with('#')) {
+        let (_, v) = line.rsplit_once(' ').unwrap();
+        assert!(v.parse::<f64>().is_ok(), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn rate_limited_authentications_are_counted() {
+    let app = spawn_app_with(|c| c.failed_auth_per_minute = 1).await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "concierge").await;
+    let wrong = TestClient { id: agent.id.clone(), secret: "tessera_sk_wrong".into() };
+    for _ in 0..3 {
+        app.token_request(&[("grant_type", "client_credentials")], Some(&wrong)).await;
+    }
+    let text = scrape(&app).await;
+    assert!(value(&text, "tessera_rate_limited_total{route=\"/oauth/token\"}") >= 1.0, "{text}");
+    assert!(value(&text, "tessera_failed_auth_blocked_total") >= 1.0);
+    assert!(value(&text, "tessera_token_errors_total{error=\"rate_limited\"}") >= 1.0);
+}
+
+#[tokio::test]
+async fn responses_carry_a_request_id_echoed_or_generated() {
+    let app = spawn_app().await;
+    let res = app.http.get(app.url("/healthz")).header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(res.headers()["x-request-id"], "abc-123");
+
+    let res = app.http.get(app.url("/healthz")).send().await.unwrap();
+    let generated = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    let again = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_ne!(again.headers()["x-request-id"], generated.as_str());
+
+    // An id that is not a short plain token is replaced, never echoed into logs or answers.
+    let res = app.http.get(app.url("/healthz")).header("x-request-id", "a b\"}{").send().await.unwrap();
+    assert_eq!(res.headers()["x-request-id"].len(), 36);
+    // Errors carry it too.
+    let res = app.http.get(app.url("/nope")).header("x-request-id", "err-1").send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.headers()["x-request-id"], "err-1");
+    let _: Value = res.json().await.unwrap();
+}
+
+#[tokio::test]
+async fn openapi_describes_every_route_and_the_broker_routes_every_operation() {
+    let app = spawn_app().await;
+    let res = app.http.get(app.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let doc: Value = res.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for known in [
+        "/.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server",
+        "/oauth/token",
+        "/oauth/introspect",
+        "/oauth/revoke",
+        "/v1/approvals",
+        "/v1/approvals/{id}",
+        "/v1/approvals/{id}/decision",
+        "/v1/approvals/{id}/withdraw",
+        "/v1/capabilities/redeem",
+        "/v1/revocations",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/console",
+        "/console/sign-in",
+        "/console/sign-out",
+        "/console/history",
+        "/console/approvals/{id}",
+        "/console/approvals/{id}/decision",
+        "/console/approvals/{id}/audit",
+    ] {
+        assert!(paths.contains_key(known), "{known} missing from the document");
+    }
+    // Every documented operation reaches its own route (the metrics label is the template the
+    // router matched), with its method.
+    for op in tessera::server::openapi::OPERATIONS {
+        let url = app.url(&op.path.replace("{id}", "apr_x"));
+        let method = reqwest::Method::from_bytes(op.method.to_uppercase().as_bytes()).unwrap();
+        let res = app.http.request(method, url).send().await.unwrap();
+        assert_ne!(res.status(), 405, "{} {}", op.method, op.path);
+        let entry = &doc["paths"][op.path][op.method];
+        assert!(entry["responses"]["default"].is_object(), "{} {} lacks the error shape", op.method, op.path);
+    }
+    let text = scrape(&app).await;
+    for op in tessera::server::openapi::OPERATIONS {
+        let series = format!("tessera_http_request_duration_seconds_count{{route=\"{}\"}}", op.path);
+        assert!(value(&text, &series) >= 1.0, "{} was not routed to its template", op.path);
+    }
+}
