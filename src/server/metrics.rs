@@ -236,7 +236,7 @@ impl Metrics {
 
         let _ = writeln!(
             out,
-            "# HELP tessera_approvals_total Approval status changes made through the API, by new status."
+            "# HELP tessera_approvals_total Approval status changes made through the API or the console, by new status."
         );
         let _ = writeln!(out, "# TYPE tessera_approvals_total counter");
         for (i, s) in Status::ALL.iter().enumerate() {

@@ -155,3 +155,64 @@ async fn openapi_describes_every_route_and_the_broker_routes_every_operation() {
         assert!(value(&text, &series) >= 1.0, "{} was not routed to its template", op.path);
     }
 }
+
+/// The keys a TOML table accepts, read from the real type: the parser's error for an unknown
+/// key lists every expected one.
+fn accepted_keys(prefix: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, format!("{prefix}zz_not_a_key = 1\n")).unwrap();
+    let e = tessera::config::Config::load(Some(&path), &std::collections::HashMap::new()).unwrap_err().0;
+    let expected = e.split("expected one of").nth(1).unwrap_or_else(|| panic!("no key list in {e:?}"));
+    expected.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+}
+
+#[test]
+fn configuration_reference_matches_the_configuration_type() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+    let rows: Vec<Vec<&str>> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect();
+    let top = accepted_keys("");
+    assert!(top.len() > 10, "{top:?}");
+    let policy = accepted_keys("[policy]\n");
+    assert!(policy.contains(&"access_token_ttl_secs".to_owned()), "{policy:?}");
+
+    // Every key of the file struct has a row; so has every key of [policy].
+    let first_cells: Vec<String> = rows.iter().map(|r| r[0].trim_matches('`').to_owned()).collect();
+    for key in top.iter().chain(&policy) {
+        let shown = if ["quorum", "kinds"].contains(&key.as_str()) { format!("[policy.{key}") } else { key.clone() };
+        assert!(
+            first_cells.iter().any(|c| c == key) || doc.contains(&format!("`{shown}")),
+            "docs/configuration.md has no row for `{key}`"
+        );
+    }
+    // Every environment variable is on the row of the key it overrides.
+    for (var, key) in tessera::config::ENV_VARS {
+        let row = rows.iter().find(|r| r[0] == format!("`{key}`")).unwrap_or_else(|| panic!("no row for {key}"));
+        assert!(row.len() > 1 && row[1].contains(&format!("`{var}`")), "{var} not on the row of `{key}`");
+    }
+    // And the other way: every row of the main table names a real key, and every variable in
+    // its environment column is one the broker reads.
+    let extra_vars = ["TESSERA_WEBHOOK_URL", "TESSERA_WEBHOOK_SECRET"];
+    for row in rows.iter().filter(|r| r.len() == 4) {
+        let key = row[0].trim_matches('`');
+        assert!(top.iter().any(|k| k == key), "row `{key}` is not a configuration key");
+        for var in row[1].split('`').skip(1).step_by(2) {
+            let known = tessera::config::ENV_VARS.iter().any(|(v, k)| *v == var && *k == key);
+            assert!(known || extra_vars.contains(&var), "{var} on row `{key}` is not read for it");
+        }
+    }
+    for row in rows
+        .iter()
+        .filter(|r| r.len() == 3 && !["agent", "workspace", "operator", "service"].iter().any(|k| r[0].contains(k)))
+    {
+        let key = row[0].trim_matches('`');
+        if key.starts_with("[policy.") {
+            continue;
+        }
+        assert!(policy.iter().any(|k| k == key), "[policy] row `{key}` is not a policy key");
+    }
+}

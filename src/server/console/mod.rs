@@ -481,6 +481,9 @@ async fn decision(State(state): State<AppState>, Path(id): Path<String>, req: Re
     }
     let note = if note.is_empty() { None } else { Some(note) };
     let row = approvals::decide(state.store(), &state.config().policy, &op.claims, &id, verdict, note, now).await?;
+    if row.status != Status::Pending {
+        state.metrics().approval(row.status);
+    }
     let word = if verdict == Verdict::Approve { "approve" } else { "deny" };
     Ok(see_other(&format!("/console/approvals/{}?decided={word}", row.approval_id)))
 }
