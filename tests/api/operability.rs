@@ -216,3 +216,51 @@ fn configuration_reference_matches_the_configuration_type() {
         assert!(policy.iter().any(|k| k == key), "[policy] row `{key}` is not a policy key");
     }
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_request_span_with_its_id_and_no_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let log = dir.path().join("broker.log");
+    let mut broker = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("serve")
+        .env_remove("TESSERA_CONFIG")
+        .env("TESSERA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TESSERA_ISSUER", &base)
+        .env("TESSERA_DATABASE_URL", format!("sqlite://{}/t.db", dir.path().display()))
+        .env("TESSERA_KEYS_DIR", dir.path().join("keys"))
+        .env("TESSERA_LOG_FORMAT", "json")
+        .env("TESSERA_LOG", "info,tower_http=debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "the broker did not start");
+    let res =
+        http.get(format!("{base}/healthz?q=query-text-never-logged")).header("x-request-id", "log-id-7").send().await;
+    assert_eq!(res.unwrap().status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _ = broker.kill().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("query-text-never-logged"), "{text}");
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let tagged: Vec<&Value> = lines.iter().filter(|l| l["span"]["request_id"] == "log-id-7").collect();
+    assert!(!tagged.is_empty(), "no line carries the request id: {text}");
+    for l in tagged {
+        assert_eq!(l["span"]["path"], "/healthz");
+        assert_eq!(l["span"]["method"], "GET");
+    }
+}
