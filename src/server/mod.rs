@@ -83,18 +83,20 @@ impl AppState {
         verifier.leeway_secs = config.leeway_secs;
         let notifier = Arc::new(Notifier::new(config.webhooks.clone(), Duration::from_millis(500)));
         let auth_failures = ratelimit::FailureLimiter::new(config.failed_auth_per_minute);
-        Ok(AppState { inner: Arc::new(Inner {
-            config,
-            store,
-            keys,
-            audit,
-            clock,
-            verifier,
-            notifier,
-            auth_failures,
-            metrics: metrics::Metrics::default(),
-            rotation: tokio::sync::Mutex::new(()),
-        }) })
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                keys,
+                audit,
+                clock,
+                verifier,
+                notifier,
+                auth_failures,
+                metrics: metrics::Metrics::default(),
+                rotation: tokio::sync::Mutex::new(()),
+            }),
+        })
     }
     /// The configuration.
     pub fn config(&self) -> &Config {
@@ -294,7 +296,10 @@ impl Application {
                 req
             });
             let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service))
+                .serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    hyper_util::service::TowerToHyperService::new(service),
+                )
                 .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
@@ -349,11 +354,18 @@ pub async fn rotate_on_schedule(state: &AppState, now: i64) -> anyhow::Result<()
     let rows = crate::store::keys::list(state.store()).await?;
     let current = state.keys().signer();
     let Some(row) = rows.iter().find(|r| r.kid == current.kid()) else { return Ok(()) };
-    let local: Vec<String> = crate::keys::load_dir(&state.config().keys_dir)?.into_iter().map(|s| s.kid().to_owned()).collect();
+    let local: Vec<String> =
+        crate::keys::load_dir(&state.config().keys_dir)?.into_iter().map(|s| s.kid().to_owned()).collect();
     let successor_waiting = rows.iter().any(|r| r.activates_at > now && local.contains(&r.kid));
     if row.activates_at + i64::from(days) * 86_400 <= now && !successor_waiting {
-        let r = crate::keys::rotate(state.store(), &state.config().keys_dir, now, state.config().key_publish_lead_secs(), "schedule")
-            .await?;
+        let r = crate::keys::rotate(
+            state.store(),
+            &state.config().keys_dir,
+            now,
+            state.config().key_publish_lead_secs(),
+            "schedule",
+        )
+        .await?;
         tracing::info!(kid = %r.kid, activates_at = r.activates_at, "rotated the signing key on schedule");
     }
     Ok(())

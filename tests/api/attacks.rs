@@ -112,7 +112,8 @@ async fn algorithm_attacks_are_refused() {
     }
     // HS256 keyed with the public key, as raw bytes and as the JWKS text.
     let jwks = t.app.http.get(t.app.url("/.well-known/jwks.json")).send().await.unwrap().text().await.unwrap();
-    let x = b64::decode(t.app.state.keys().jwks().split("\"x\":\"").nth(1).unwrap().split('"').next().unwrap()).unwrap();
+    let x =
+        b64::decode(t.app.state.keys().jwks().split("\"x\":\"").nth(1).unwrap().split('"').next().unwrap()).unwrap();
     for key in [x.as_slice(), jwks.as_bytes()] {
         let forged = hs256(key, &t.header(json!({"alg": "HS256"})), &payload);
         t.refused_everywhere("HS256 keyed with the public key", &forged).await;
@@ -185,7 +186,10 @@ async fn genuinely_signed_but_malformed_claims_are_refused() {
         ("issued in the future", json!({"iat": now + 120, "nbf": now + 120, "exp": now + 400})),
         ("not yet valid", json!({"nbf": now + 120})),
         ("lifetime over 900 s", json!({"iat": now, "exp": now + 901})),
-        ("act chain too deep", json!({"act": {"sub": "a", "act": {"sub": "b", "act": {"sub": "c", "act": {"sub": "d", "act": {"sub": "e"}}}}}})),
+        (
+            "act chain too deep",
+            json!({"act": {"sub": "a", "act": {"sub": "b", "act": {"sub": "c", "act": {"sub": "d", "act": {"sub": "e"}}}}}}),
+        ),
     ];
     for (what, change) in cases {
         t.refused_everywhere(what, &sign_raw(&key, &h, &t.claims_with(change))).await;
@@ -195,7 +199,8 @@ async fn genuinely_signed_but_malformed_claims_are_refused() {
     // Within the leeway, an expired token still passes; past it, never. (`now` again: the cases
     // above take long enough for the clock to move on.)
     let now = t.app.state.now();
-    let edge = sign_raw(&key, &h, &t.claims_with(json!({"iat": now - 329, "nbf": now - 329, "exp": now - 29, "jti": "edge"})));
+    let edge =
+        sign_raw(&key, &h, &t.claims_with(json!({"iat": now - 329, "nbf": now - 329, "exp": now - 29, "jti": "edge"})));
     assert_eq!(t.app.get_bearer("/v1/approvals/apr_AAAAAAAAAAAAAAAAAAAAAA", &edge).await.status(), 404);
 }
 
@@ -214,7 +219,11 @@ async fn encoding_attacks_are_refused() {
     last.push(twin);
     t.refused_everywhere("non-zero trailing bits", &format!("{}.{}.{last}", parts[0], parts[1])).await;
     t.refused_everywhere("padding", &format!("{}.{}.{}==", parts[0], parts[1], parts[2])).await;
-    t.refused_everywhere("standard alphabet", &format!("{}.{}.{}", parts[0], parts[1], parts[2].replace('-', "+").replace('_', "/") + "+")).await;
+    t.refused_everywhere(
+        "standard alphabet",
+        &format!("{}.{}.{}", parts[0], parts[1], parts[2].replace('-', "+").replace('_', "/") + "+"),
+    )
+    .await;
     t.refused_everywhere("all-zero signature", &format!("{}.{}.{}", parts[0], parts[1], b64::encode(&[0u8; 64]))).await;
     t.refused_everywhere("short signature", &format!("{}.{}.{}", parts[0], parts[1], b64::encode(&sig[..63]))).await;
     t.refused_everywhere("four segments", &format!("{}.x", t.token)).await;
@@ -333,7 +342,14 @@ async fn oversized_headers_are_refused() {
     let status = req.send().await.map(|r| r.status().as_u16()).unwrap_or(431);
     assert_eq!(status, 431);
     let huge = "a".repeat(70 * 1024);
-    let status = app.http.get(app.url("/healthz")).header("x-big", huge).send().await.map(|r| r.status().as_u16()).unwrap_or(431);
+    let status = app
+        .http
+        .get(app.url("/healthz"))
+        .header("x-big", huge)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(431);
     assert_eq!(status, 431);
 }
 
@@ -387,11 +403,19 @@ async fn a_whole_flow_at_trace_level_logs_no_secret_and_no_token() {
             let out = cli_on(&db, &keys, &base, &args, &[]).await;
             assert!(out.status.success());
             let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-            TestClient { id: v["client_id"].as_str().unwrap().to_owned(), secret: v["client_secret"].as_str().unwrap().to_owned() }
+            TestClient {
+                id: v["client_id"].as_str().unwrap().to_owned(),
+                secret: v["client_secret"].as_str().unwrap().to_owned(),
+            }
         }
     };
-    let agent = create(["clients", "create", "--tenant", "org-1", "--kind", "agent", "--name", "a"].map(String::from).to_vec()).await;
-    let op = create(["clients", "create", "--tenant", "org-1", "--kind", "operator", "--name", "o"].map(String::from).to_vec()).await;
+    let agent =
+        create(["clients", "create", "--tenant", "org-1", "--kind", "agent", "--name", "a"].map(String::from).to_vec())
+            .await;
+    let op = create(
+        ["clients", "create", "--tenant", "org-1", "--kind", "operator", "--name", "o"].map(String::from).to_vec(),
+    )
+    .await;
     let log = dir.path().join("broker.log");
     let mut broker = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
         .arg("serve")
@@ -442,27 +466,72 @@ async fn a_whole_flow_at_trace_level_logs_no_secret_and_no_token() {
         .unwrap();
     let at2 = post["access_token"].as_str().unwrap().to_owned();
     let wrong = "tessera_sk_this_wrong_secret_must_not_be_logged_either_0000";
-    http.post(format!("{base}/oauth/token")).basic_auth(&agent.id, Some(wrong)).form(&[("grant_type", "client_credentials")]).send().await.unwrap();
-    http.post(format!("{base}/oauth/token?client_secret={}", agent.secret)).form(&[("grant_type", "client_credentials")]).send().await.unwrap();
-    let body = json!({"action": "secret_write", "resource": "workspaces/ws-2/secrets/K",
-        "params_digest": tessera::verify::params_digest(&json!({})).to_string(), "reason": "r"});
-    let id = http.post(format!("{base}/v1/approvals")).bearer_auth(&at).json(&body).send().await.unwrap().json::<Value>().await.unwrap()["approval_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    http.post(format!("{base}/v1/approvals/{id}/decision")).bearer_auth(&ot).json(&json!({"decision": "approve"})).send().await.unwrap();
-    let cap = http.get(format!("{base}/v1/approvals/{id}")).bearer_auth(&at).send().await.unwrap().json::<Value>().await.unwrap()["capability"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    http.post(format!("{base}/v1/capabilities/redeem")).bearer_auth(&at).json(&json!({"capability": cap})).send().await.unwrap();
     http.post(format!("{base}/oauth/token"))
-        .basic_auth(&agent.id, Some(&agent.secret))
-        .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"), ("subject_token", at.as_str()), ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token")])
+        .basic_auth(&agent.id, Some(wrong))
+        .form(&[("grant_type", "client_credentials")])
         .send()
         .await
         .unwrap();
-    http.post(format!("{base}/oauth/revoke")).basic_auth(&agent.id, Some(&agent.secret)).form(&[("token", at2.as_str())]).send().await.unwrap();
+    http.post(format!("{base}/oauth/token?client_secret={}", agent.secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let body = json!({"action": "secret_write", "resource": "workspaces/ws-2/secrets/K",
+        "params_digest": tessera::verify::params_digest(&json!({})).to_string(), "reason": "r"});
+    let id = http
+        .post(format!("{base}/v1/approvals"))
+        .bearer_auth(&at)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    http.post(format!("{base}/v1/approvals/{id}/decision"))
+        .bearer_auth(&ot)
+        .json(&json!({"decision": "approve"}))
+        .send()
+        .await
+        .unwrap();
+    let cap = http
+        .get(format!("{base}/v1/approvals/{id}"))
+        .bearer_auth(&at)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["capability"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    http.post(format!("{base}/v1/capabilities/redeem"))
+        .bearer_auth(&at)
+        .json(&json!({"capability": cap}))
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{base}/oauth/token"))
+        .basic_auth(&agent.id, Some(&agent.secret))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", at.as_str()),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{base}/oauth/revoke"))
+        .basic_auth(&agent.id, Some(&agent.secret))
+        .form(&[("token", at2.as_str())])
+        .send()
+        .await
+        .unwrap();
     let _ = broker.kill().await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.len() > 1000, "the broker logged at trace level ({} bytes)", text.len());
@@ -499,7 +568,10 @@ fn every_test_the_threat_model_names_exists() {
     let mut named = 0;
     for chunk in model.split('`').skip(1).step_by(2) {
         let Some((module, name)) = chunk.rsplit_once("::") else { continue };
-        if module.is_empty() || name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        if module.is_empty()
+            || name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
             continue;
         }
         named += 1;
