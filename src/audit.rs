@@ -83,8 +83,18 @@ pub fn record_hash(r: &AuditRecord) -> String {
         "seq": r.seq, "at": r.at, "event": r.event, "actor": r.actor, "tenant": r.tenant,
         "subject": r.subject, "detail": r.detail, "prev_hash": r.prev_hash,
     });
-    let d = digest(&SHA256, jcs::canonicalize(&content).as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex(digest(&SHA256, jcs::canonicalize(&content).as_bytes()).as_ref())
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// Appends `events` at time `at` inside the caller's transaction.
@@ -113,19 +123,25 @@ pub async fn lock(conn: &mut AnyConnection, backend: Backend) -> Result<(), Stor
     Ok(())
 }
 
-/// Appends events, each with its own time, inside the caller's transaction.
+/// Appends events, each with its own time, inside the caller's transaction: the chain is
+/// computed in memory from the last stored record, then written with as few multi-row
+/// `INSERT`s as the batch allows.
 async fn append_items(
     conn: &mut AnyConnection,
     backend: Backend,
     items: &[(&AuditEvent, i64)],
 ) -> Result<(), StoreError> {
     lock(conn, backend).await?;
+    if items.is_empty() {
+        return Ok(());
+    }
     let last =
         sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *conn).await?;
     let (mut seq, mut prev) = match last {
         Some(row) => (row.try_get::<i64, _>("seq")?, row.try_get::<String, _>("hash")?),
         None => (0, GENESIS.to_owned()),
     };
+    let mut records = Vec::with_capacity(items.len());
     for &(e, at) in items {
         seq += 1;
         let mut r = AuditRecord {
@@ -140,23 +156,67 @@ async fn append_items(
             hash: String::new(),
         };
         r.hash = record_hash(&r);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, event, actor, tenant, subject, detail, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(r.seq)
-        .bind(r.at)
-        .bind(&r.event)
-        .bind(&r.actor)
-        .bind(&r.tenant)
-        .bind(&r.subject)
-        .bind(&r.detail)
-        .bind(&r.prev_hash)
-        .bind(&r.hash)
-        .execute(&mut *conn)
-        .await?;
-        let hash = r.hash;
-        prev = hash;
+        prev = r.hash.clone();
+        records.push(r);
+    }
+    insert_records(conn, &records).await
+}
+
+/// Most rows in one `INSERT` (nine parameters each: far below SQLite's and PostgreSQL's
+/// limits on bound parameters).
+const MAX_ROWS_PER_INSERT: usize = 128;
+
+/// Rows of the next `INSERT` for `remaining` records: the largest power of two that fits,
+/// so that only a handful of distinct statements are ever prepared and cached.
+fn rows_per_insert(remaining: usize) -> usize {
+    let n = remaining.min(MAX_ROWS_PER_INSERT);
+    if n == 0 { 0 } else { 1 << n.ilog2() }
+}
+
+fn insert_sql(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO audit_log (seq, at, event, actor, tenant, subject, detail, prev_hash, hash) VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        let p = r * 9;
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+            p + 8,
+            p + 9
+        ));
+    }
+    sql
+}
+
+async fn insert_records(conn: &mut AnyConnection, records: &[AuditRecord]) -> Result<(), StoreError> {
+    let mut rest = records;
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(rows_per_insert(rest.len()));
+        let sql = insert_sql(chunk.len());
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            q = q
+                .bind(r.seq)
+                .bind(r.at)
+                .bind(&r.event)
+                .bind(&r.actor)
+                .bind(&r.tenant)
+                .bind(&r.subject)
+                .bind(&r.detail)
+                .bind(&r.prev_hash)
+                .bind(&r.hash);
+        }
+        q.execute(&mut *conn).await?;
+        rest = tail;
     }
     Ok(())
 }
@@ -250,13 +310,45 @@ pub async fn verify(store: &Store) -> Result<ChainReport, StoreError> {
 #[error("audit write failed: {0}")]
 pub struct AuditError(pub String);
 
-type Job = (AuditEvent, i64, oneshot::Sender<Result<(), AuditError>>);
+/// A client authenticated from memory rather than from the database: its row must still say
+/// this when the record commits, or the record is refused and nothing is issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCheck {
+    /// The client.
+    pub client_id: String,
+    /// The secret hash it was authenticated against.
+    pub secret_hash: String,
+    /// The row's `updated_at` when it was read.
+    pub updated_at: i64,
+}
+
+/// Why a checked record was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckedError {
+    /// The client changed (disabled, secret rotated) since it was read: authenticate again
+    /// against the database.
+    #[error("the client changed since it was authenticated")]
+    Stale,
+    /// The write failed.
+    #[error(transparent)]
+    Failed(#[from] AuditError),
+}
+
+struct Job {
+    event: AuditEvent,
+    at: i64,
+    check: Option<ClientCheck>,
+    reply: oneshot::Sender<Result<(), CheckedError>>,
+}
 
 /// Group commit for high-rate records: a single task takes every record waiting, writes
-/// them in one transaction, and answers each caller after the commit.
+/// them in one transaction (one multi-row `INSERT` per up to 128 records, the chain
+/// computed in memory), and answers each caller after the commit. Records that carry a
+/// [`ClientCheck`] are validated inside the same transaction, with one query per batch.
 #[derive(Debug, Clone)]
 pub struct AuditWriter {
     tx: mpsc::Sender<Job>,
+    clients: std::sync::Arc<crate::clients::AuthCache>,
 }
 
 /// Most records written in one transaction.
@@ -267,6 +359,9 @@ impl AuditWriter {
     pub fn start(store: Store) -> AuditWriter {
         let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
         tokio::spawn(async move {
+            // A connection of the writer's own, taken from the pool once (and again after a
+            // failure), so a batch costs no pool checkout.
+            let mut conn: Option<AnyConnection> = None;
             let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
             while let Some(job) = rx.recv().await {
                 batch.push(job);
@@ -276,48 +371,132 @@ impl AuditWriter {
                         Err(_) => break,
                     }
                 }
-                let result = write_batch(&store, &batch).await;
-                for (_, _, reply) in batch.drain(..) {
+                let result = write_batch(&store, &mut conn, &batch).await;
+                for (i, job) in batch.drain(..).enumerate() {
                     let r = match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(AuditError(e.to_string())),
+                        Ok(accepted) if accepted[i] => Ok(()),
+                        Ok(_) => Err(CheckedError::Stale),
+                        Err(e) => Err(CheckedError::Failed(AuditError(e.to_string()))),
                     };
-                    let _ = reply.send(r);
+                    let _ = job.reply.send(r);
                 }
             }
         });
-        AuditWriter { tx }
+        AuditWriter { tx, clients: std::sync::Arc::default() }
+    }
+
+    /// The clients authenticated from memory, whose records this writer checks at commit
+    /// (see [`crate::clients::authenticate_cached`]).
+    pub fn client_cache(&self) -> &crate::clients::AuthCache {
+        &self.clients
     }
 
     /// Records `event` at `at`; returns once it is committed.
     pub async fn record(&self, event: AuditEvent, at: i64) -> Result<(), AuditError> {
+        match self.submit(event, at, None).await {
+            Ok(()) => Ok(()),
+            Err(CheckedError::Failed(e)) => Err(e),
+            Err(CheckedError::Stale) => Err(AuditError("unexpected client check".into())),
+        }
+    }
+
+    /// Records `event` at `at` if the client of `check` is, at commit, still as it was read;
+    /// returns once it is committed.
+    pub async fn record_checked(&self, event: AuditEvent, at: i64, check: ClientCheck) -> Result<(), CheckedError> {
+        self.submit(event, at, Some(check)).await
+    }
+
+    async fn submit(&self, event: AuditEvent, at: i64, check: Option<ClientCheck>) -> Result<(), CheckedError> {
         let (reply, wait) = oneshot::channel();
-        self.tx.send((event, at, reply)).await.map_err(|_| AuditError("writer stopped".into()))?;
+        self.tx.send(Job { event, at, check, reply }).await.map_err(|_| AuditError("writer stopped".into()))?;
         match tokio::time::timeout(Duration::from_secs(15), wait).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(AuditError("writer stopped".into())),
-            Err(_) => Err(AuditError("timed out".into())),
+            Ok(Err(_)) => Err(AuditError("writer stopped".into()).into()),
+            Err(_) => Err(AuditError("timed out".into()).into()),
         }
     }
 }
 
-async fn write_batch(store: &Store, batch: &[Job]) -> Result<(), StoreError> {
+/// Writes a batch in one transaction; which jobs were written (the others failed their
+/// client check).
+async fn write_batch(store: &Store, conn: &mut Option<AnyConnection>, batch: &[Job]) -> Result<Vec<bool>, StoreError> {
     // Records in one batch share the commit; each keeps its own time.
     let mut last_err = None;
     for _attempt in 0..3 {
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(store.pool().acquire().await?.detach()),
+        };
         let result = async {
-            let mut tx = store.begin_write().await?;
-            let items: Vec<(&AuditEvent, i64)> = batch.iter().map(|(e, at, _)| (e, *at)).collect();
+            // As `Store::begin_write`: on SQLite the write lock is taken at once.
+            let mut tx = match store.backend() {
+                Backend::Sqlite => sqlx::Connection::begin_with(&mut *c, "BEGIN IMMEDIATE").await?,
+                Backend::Postgres => sqlx::Connection::begin(&mut *c).await?,
+            };
+            // Under the chain lock, so that on PostgreSQL a concurrent disable (which takes
+            // it too) is either seen here or waits for this commit.
+            lock(&mut tx, store.backend()).await?;
+            let accepted = check_clients(&mut tx, batch).await?;
+            let items: Vec<(&AuditEvent, i64)> =
+                batch.iter().zip(&accepted).filter(|(_, ok)| **ok).map(|(j, _)| (&j.event, j.at)).collect();
             append_items(&mut tx, store.backend(), &items).await?;
             tx.commit().await?;
-            Ok::<_, StoreError>(())
+            Ok::<_, StoreError>(accepted)
         }
         .await;
         match result {
-            Ok(()) => return Ok(()),
+            Ok(accepted) => return Ok(accepted),
             Err(e) if e.is_unique_violation() => last_err = Some(e),
-            Err(e) => return Err(e),
+            Err(e) => {
+                // The connection may be what failed: the next batch takes a fresh one.
+                *conn = None;
+                return Err(e);
+            }
         }
     }
     Err(last_err.unwrap_or_else(|| StoreError::Setup("audit append retries exhausted".into())))
+}
+
+/// Which jobs pass their client check, read inside the batch's transaction.
+async fn check_clients(conn: &mut AnyConnection, batch: &[Job]) -> Result<Vec<bool>, StoreError> {
+    let mut ids: Vec<&str> = batch.iter().filter_map(|j| j.check.as_ref().map(|c| c.client_id.as_str())).collect();
+    if ids.is_empty() {
+        return Ok(vec![true; batch.len()]);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let current = crate::store::clients::auth_states(conn, &ids).await?;
+    Ok(batch
+        .iter()
+        .map(|j| match &j.check {
+            None => true,
+            Some(c) => current
+                .get(c.client_id.as_str())
+                .is_some_and(|s| !s.disabled && s.updated_at == c.updated_at && s.secret_hash == c.secret_hash),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inserts_are_split_into_powers_of_two() {
+        let mut sizes = Vec::new();
+        let mut rest = 300;
+        while rest > 0 {
+            let n = rows_per_insert(rest);
+            sizes.push(n);
+            rest -= n;
+        }
+        assert_eq!(sizes, [128, 128, 32, 8, 4]);
+        assert_eq!(rows_per_insert(1), 1);
+        assert!(insert_sql(2).ends_with("($10, $11, $12, $13, $14, $15, $16, $17, $18)"));
+    }
+
+    #[test]
+    fn hex_is_lowercase_and_padded() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+    }
 }

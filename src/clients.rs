@@ -4,13 +4,16 @@
 //! can recognise a leaked one. Only its SHA-256 is stored: with 256 bits of entropy a slow
 //! password hash buys nothing and would cap the token endpoint.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, AuditEvent};
+use crate::audit::{self, AuditEvent, ClientCheck};
 use crate::domain::{Action, CallerKind, ClientId, Scope, ScopeSet, TenantId, WorkspaceId};
 use crate::policy::Policy;
 use crate::store::clients::{self as rows, ClientRecord};
@@ -86,7 +89,7 @@ fn new_secret() -> Result<ClientSecret, StoreError> {
 
 /// The stored form of a secret: lowercase hex SHA-256.
 pub fn hash_secret(secret: &str) -> String {
-    digest(&SHA256, secret.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::audit::hex(digest(&SHA256, secret.as_bytes()).as_ref())
 }
 
 /// Registers a client; returns it with its secret, which is shown once and never stored.
@@ -234,4 +237,84 @@ pub async fn authenticate(
         Some(r) if equal && !r.disabled => Some(r),
         _ => None,
     })
+}
+
+/// Clients that authenticated successfully, with the row they authenticated against, so the
+/// token endpoint need not read the database before signing. A hit is provisional: the
+/// token's audit record carries a [`ClientCheck`], and the group-commit writer refuses it
+/// inside the commit's transaction if the row changed since (disabled, secret rotated), so
+/// such changes still take effect on the next request. Failures are never cached: a wrong
+/// secret, an unknown or a disabled client always costs the database lookup.
+#[derive(Debug, Default)]
+pub struct AuthCache {
+    entries: Mutex<HashMap<String, Arc<CachedClient>>>,
+}
+
+/// A cached successful authentication.
+#[derive(Debug)]
+struct CachedClient {
+    record: ClientRecord,
+    check: ClientCheck,
+}
+
+/// Most clients cached; when full, the cache starts again empty.
+const AUTH_CACHE_CAPACITY: usize = 10_000;
+
+impl AuthCache {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CachedClient>>> {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, client_id: &str) -> Option<Arc<CachedClient>> {
+        self.entries().get(client_id).cloned()
+    }
+
+    fn put(&self, entry: CachedClient) {
+        let mut entries = self.entries();
+        if entries.len() >= AUTH_CACHE_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(entry.check.client_id.clone(), Arc::new(entry));
+    }
+
+    /// Drops a client's entry.
+    pub fn forget(&self, client_id: &str) {
+        self.entries().remove(client_id);
+    }
+}
+
+/// As [`authenticate`], answered from `cache` when the client authenticated before with the
+/// same secret. A cached answer comes with the [`ClientCheck`] its audit record must pass;
+/// an answer read from the database comes with none, and refreshes the cache.
+pub async fn authenticate_cached(
+    store: &Store,
+    cache: &AuthCache,
+    client_id: &str,
+    secret: &ClientSecret,
+) -> Result<Option<(ClientRecord, Option<ClientCheck>)>, StoreError> {
+    let presented = hash_secret(secret.expose());
+    if let Some(hit) = cache.get(client_id) {
+        let equal: bool = presented.as_bytes().ct_eq(hit.check.secret_hash.as_bytes()).into();
+        if equal && !hit.record.disabled {
+            return Ok(Some((hit.record.clone(), Some(hit.check.clone()))));
+        }
+    }
+    // The same steps as `authenticate`: one lookup, one constant-time compare.
+    let found = rows::get_for_auth(store, client_id).await?;
+    let (record, stored, updated_at) = match found {
+        Some((r, h, at)) => (Some(r), h, at),
+        None => (None, UNKNOWN_CLIENT_HASH.to_owned(), 0),
+    };
+    let equal: bool = presented.as_bytes().ct_eq(stored.as_bytes()).into();
+    match record {
+        Some(r) if equal && !r.disabled => {
+            let check = ClientCheck { client_id: client_id.to_owned(), secret_hash: stored, updated_at };
+            cache.put(CachedClient { record: r.clone(), check });
+            Ok(Some((r, None)))
+        }
+        _ => {
+            cache.forget(client_id);
+            Ok(None)
+        }
+    }
 }

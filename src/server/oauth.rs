@@ -14,7 +14,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 
 use super::{ApiError, ApiResult, AppState};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, CheckedError, ClientCheck};
 use crate::clients::{self, ClientSecret};
 use crate::domain::ScopeSet;
 use crate::store::clients::ClientRecord;
@@ -146,19 +146,35 @@ pub(super) async fn authenticate(
     creds: &PresentedCredentials,
     peer: Option<std::net::IpAddr>,
 ) -> ApiResult<ClientRecord> {
+    Ok(authenticate_with(state, creds, peer, false).await?.0)
+}
+
+/// As [`authenticate`]; with `cached`, a client that authenticated before with the same
+/// secret is answered from memory, with the [`ClientCheck`] its token's audit record must
+/// pass at commit.
+async fn authenticate_with(
+    state: &AppState,
+    creds: &PresentedCredentials,
+    peer: Option<std::net::IpAddr>,
+    cached: bool,
+) -> ApiResult<(ClientRecord, Option<ClientCheck>)> {
     let keys = limit_keys(creds, peer);
     let keys = [keys[0].as_str(), keys[1].as_str()];
     if let Some(wait) = state.auth_failures().blocked(&keys) {
         return Err(ApiError::rate_limited(wait.as_secs().max(1)));
     }
-    let result = check_credentials(state, creds).await;
+    let result = check_credentials(state, creds, cached).await;
     if matches!(&result, Err(e) if e.code() == "invalid_client") {
         state.auth_failures().record_failure(&keys);
     }
     result
 }
 
-async fn check_credentials(state: &AppState, creds: &PresentedCredentials) -> ApiResult<ClientRecord> {
+async fn check_credentials(
+    state: &AppState,
+    creds: &PresentedCredentials,
+    cached: bool,
+) -> ApiResult<(ClientRecord, Option<ClientCheck>)> {
     let failed = || ApiError::invalid_client("client authentication failed");
     if creds.client_id.is_empty()
         || creds.client_id.len() > MAX_CREDENTIAL_LEN
@@ -166,7 +182,13 @@ async fn check_credentials(state: &AppState, creds: &PresentedCredentials) -> Ap
     {
         return Err(failed());
     }
-    match clients::authenticate(state.store(), &creds.client_id, &creds.secret).await? {
+    let found = if cached {
+        let cache = state.audit().client_cache();
+        clients::authenticate_cached(state.store(), cache, &creds.client_id, &creds.secret).await?
+    } else {
+        clients::authenticate(state.store(), &creds.client_id, &creds.secret).await?.map(|c| (c, None))
+    };
+    match found {
         Some(c) => Ok(c),
         None => {
             tracing::info!(client_id = %creds.client_id.chars().take(64).collect::<String>(), "client authentication failed");
@@ -241,6 +263,23 @@ pub(super) async fn issue(
     detail: serde_json::Value,
     now: i64,
 ) -> ApiResult<Response> {
+    issue_checked(state, claims, actor, grant, detail, now, None)
+        .await?
+        .ok_or_else(|| ApiError::internal(&"a client check without a cached client"))
+}
+
+/// As [`issue`]. With `check` (a client authenticated from memory), the audit record commits
+/// only if the client's row is still as it was read; if it is not, nothing is issued and the
+/// answer is `None`: authenticate again against the database.
+async fn issue_checked(
+    state: &AppState,
+    claims: AccessClaims,
+    actor: &str,
+    grant: &str,
+    detail: serde_json::Value,
+    now: i64,
+    check: Option<ClientCheck>,
+) -> ApiResult<Option<Response>> {
     let token = state.keys().signer().sign_access(&claims).map_err(|e| ApiError::internal(&e))?;
     let mut facts = json!({
         "grant": grant, "sub": claims.sub, "kind": claims.caller_kind, "scope": claims.scope, "exp": claims.exp,
@@ -249,7 +288,14 @@ pub(super) async fn issue(
         f.extend(extra);
     }
     let event = AuditEvent::new("token.issued", actor, &claims.tenant, &claims.jti, facts);
-    state.audit().record(event, now).await.map_err(|e| ApiError::unavailable(&e))?;
+    match check {
+        None => state.audit().record(event, now).await.map_err(|e| ApiError::unavailable(&e))?,
+        Some(check) => match state.audit().record_checked(event, now, check).await {
+            Ok(()) => {}
+            Err(CheckedError::Stale) => return Ok(None),
+            Err(CheckedError::Failed(e)) => return Err(ApiError::unavailable(&e)),
+        },
+    }
     state.metrics().token_issued(claims.caller_kind, grant);
     let mut body = json!({
         "access_token": token,
@@ -263,7 +309,7 @@ pub(super) async fn issue(
     let mut res = axum::Json(body).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    Ok(res)
+    Ok(Some(res))
 }
 
 /// The token-exchange grant type (RFC 8693).
@@ -386,10 +432,22 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
     };
     let grant_type = grant_type.to_owned();
     let creds = presented_credentials(&headers, &form)?;
-    let client = authenticate(&state, &creds, peer).await?;
+    let client_credentials = grant_type == "client_credentials";
+    let (client, check) = authenticate_with(&state, &creds, peer, client_credentials).await?;
     let now = state.now();
     match grant_type.as_str() {
         "client_credentials" => {
+            let scopes = select_scopes(&state, &client, form.get("scope"))?;
+            let claims = client_claims(&state, &client, &scopes, now)?;
+            let actor = client.client_id.as_str();
+            if let Some(res) = issue_checked(&state, claims, actor, "client_credentials", json!({}), now, check).await?
+            {
+                return Ok(res);
+            }
+            // The client changed since it was cached (disabled, secret rotated): answer as
+            // the database says now.
+            state.audit().client_cache().forget(&creds.client_id);
+            let (client, _) = authenticate_with(&state, &creds, peer, false).await?;
             let scopes = select_scopes(&state, &client, form.get("scope"))?;
             let claims = client_claims(&state, &client, &scopes, now)?;
             issue(&state, claims, client.client_id.as_str(), "client_credentials", json!({}), now).await

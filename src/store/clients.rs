@@ -90,6 +90,61 @@ pub async fn get_with_hash(store: &Store, client_id: &str) -> Result<Option<(Cli
     row.map(|r| Ok((from_row(&r)?, r.try_get::<String, _>("secret_hash")?))).transpose()
 }
 
+/// What authentication needs of a client, read fresh: its record, its secret hash and when
+/// the row last changed.
+pub async fn get_for_auth(store: &Store, client_id: &str) -> Result<Option<(ClientRecord, String, i64)>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS}, secret_hash, updated_at FROM clients WHERE client_id = $1"))
+        .bind(client_id)
+        .fetch_optional(store.pool())
+        .await?;
+    row.map(|r| Ok((from_row(&r)?, r.try_get::<String, _>("secret_hash")?, r.try_get::<i64, _>("updated_at")?)))
+        .transpose()
+}
+
+/// The columns that decide whether a client may still authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthState {
+    /// The stored secret hash.
+    pub secret_hash: String,
+    /// Whether it is disabled.
+    pub disabled: bool,
+    /// When the row last changed.
+    pub updated_at: i64,
+}
+
+/// The [`AuthState`] of each of `ids` that exists, read on `conn` (inside the caller's
+/// transaction); one query per up to 64 ids.
+pub async fn auth_states(
+    conn: &mut AnyConnection,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, AuthState>, StoreError> {
+    let mut out = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(64) {
+        // Padded to a power of two (repeating the last id) so few distinct statements exist.
+        let width = chunk.len().next_power_of_two();
+        let params: Vec<String> = (1..=width).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT client_id, secret_hash, disabled, updated_at FROM clients WHERE client_id IN ({})",
+            params.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for i in 0..width {
+            q = q.bind(chunk[i.min(chunk.len() - 1)]);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            out.insert(
+                row.try_get::<String, _>("client_id")?,
+                AuthState {
+                    secret_hash: row.try_get("secret_hash")?,
+                    disabled: row.try_get::<i64, _>("disabled")? != 0,
+                    updated_at: row.try_get("updated_at")?,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// A client by id.
 pub async fn get(store: &Store, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM clients WHERE client_id = $1"))

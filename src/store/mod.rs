@@ -63,9 +63,19 @@ impl Store {
     pub async fn connect(url: &DatabaseUrl) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let raw = url.expose();
+        // SQLite commits are fsynced (`synchronous = FULL`) unless the URL says
+        // `synchronous=normal`: see docs/performance.md for what that trades.
+        let mut synchronous = "PRAGMA synchronous = FULL";
         let (backend, conn_url) = if url.is_postgres() {
             (Backend::Postgres, raw.to_owned())
         } else if let Some(rest) = raw.strip_prefix("sqlite://").or_else(|| raw.strip_prefix("sqlite:")) {
+            let (rest, sync) = take_query_param(rest, "synchronous");
+            match sync.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("full") => {}
+                Some("normal") => synchronous = "PRAGMA synchronous = NORMAL",
+                Some(_) => return Err(StoreError::Setup("synchronous must be full or normal".into())),
+            }
+            let rest = rest.as_str();
             let path = rest.split('?').next().unwrap_or_default();
             if path.is_empty() || path == ":memory:" {
                 return Err(StoreError::Setup(
@@ -78,8 +88,11 @@ impl Store {
                     .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", parent.display())))?;
             }
             let sep = if rest.contains('?') { '&' } else { '?' };
-            let with_mode =
-                if rest.contains("mode=") { raw.to_owned() } else { format!("sqlite://{rest}{sep}mode=rwc") };
+            let with_mode = if rest.contains("mode=") {
+                format!("sqlite://{rest}")
+            } else {
+                format!("sqlite://{rest}{sep}mode=rwc")
+            };
             (Backend::Sqlite, with_mode)
         } else {
             return Err(StoreError::Setup(format!(
@@ -94,9 +107,10 @@ impl Store {
         let pool = match backend {
             Backend::Sqlite => {
                 pool_options
-                    .after_connect(|conn, _| {
+                    .after_connect(move |conn, _| {
                         Box::pin(async move {
                             conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute(synchronous).await?;
                             conn.execute("PRAGMA busy_timeout = 10000").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
                             Ok(())
@@ -157,7 +171,44 @@ impl Store {
     }
 }
 
+/// Removes `name=value` from the query of `rest` (a URL after its scheme); returns the rest
+/// and the value.
+fn take_query_param(rest: &str, name: &str) -> (String, Option<String>) {
+    let Some((path, query)) = rest.split_once('?') else { return (rest.to_owned(), None) };
+    let mut value = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((k, v)) if k == name => {
+                value = Some(v.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let out = if kept.is_empty() { path.to_owned() } else { format!("{path}?{}", kept.join("&")) };
+    (out, value)
+}
+
 /// Reads a text column that must hold a value of type `T`.
 pub(crate) fn parse_col<T: FromStr>(what: &str, value: &str) -> Result<T, StoreError> {
     value.parse().map_err(|_| StoreError::Corrupt(format!("{what} {:?}", value.chars().take(40).collect::<String>())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_one_query_parameter() {
+        assert_eq!(take_query_param("a.db", "synchronous"), ("a.db".to_owned(), None));
+        assert_eq!(
+            take_query_param("a.db?synchronous=normal", "synchronous"),
+            ("a.db".to_owned(), Some("normal".into()))
+        );
+        assert_eq!(
+            take_query_param("a.db?mode=rwc&synchronous=full", "synchronous"),
+            ("a.db?mode=rwc".to_owned(), Some("full".into()))
+        );
+    }
 }
