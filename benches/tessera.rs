@@ -1,26 +1,66 @@
-//! Tessera's benchmark: `cargo bench --bench tessera [-- --json PATH] [-- --quick]`.
+//! Tessera's benchmark: `cargo bench --bench tessera [-- --quick] [-- --json PATH] [-- --no-peer]`.
 //!
-//! Every figure is reported next to the raw limit measured in the same run, because these
-//! machines are noisy and absolute times are not stable:
+//! One run measures, and reports as a table and as JSON:
 //!
-//! - raw ring Ed25519 sign and verify rates on one core;
-//! - in-process minting (`Signer::sign_access`) against raw sign;
-//! - in-process verification (`Policy::verify_access`, keys cached) against raw verify.
+//! - raw ring Ed25519 sign and verify rates on one core, and in-process minting
+//!   (`Signer::sign_access`) and verification (`Policy::verify_access`, keys cached) against
+//!   them;
+//! - the broker's `client_credentials` throughput and p50/p99 latency over HTTP/1.1
+//!   keep-alive at several concurrencies: the real `tessera serve` (release build, the shipped
+//!   defaults, SQLite) as a separate process on core 0, the load generator on core 1;
+//! - the broker's resident memory (`VmHWM`, `VmRSS`) and that the audit chain still verifies;
+//! - the approval round trip (create, decide, fetch the capability, redeem) over HTTP;
+//! - a peer, node-oidc-provider, configured for the same grant with EdDSA JWT access tokens,
+//!   installed by `benches/peer/setup` and driven the same way on the same core;
+//! - with `TESSERA_BENCH_POSTGRES_URL` or `TESSERA_TEST_POSTGRES_URL` set (an admin URL; a
+//!   fresh database is created and dropped), the token endpoint on PostgreSQL too.
+//!
+//! Every figure sits next to a limit measured in the same run (raw sign, raw verify, the
+//! peer), because these machines are noisy and absolute times are not stable. See
+//! docs/performance.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failed run
 
+#[path = "tessera/load.rs"]
+mod load;
+#[path = "tessera/procs.rs"]
+mod procs;
+
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ring::rand::SystemRandom;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
-use serde_json::json;
+use serde_json::{Value, json};
 use tessera::domain::CallerKind;
 use tessera::token::AccessClaims;
 use tessera::token::claims::Audience;
 use tessera::verify::{Policy, PublicKey};
+
+use load::{Conn, Step, TokenTarget, basic, quantile_ms, round};
+use procs::Pinning;
+
+/// Concurrencies of the HTTP steps: connections, each with one request in flight.
+const CONCURRENCIES: [usize; 4] = [1, 4, 16, 64];
+/// Clients registered on each server; connection `i` authenticates as client `i % CLIENTS`.
+const CLIENTS: usize = 8;
+
+struct Opts {
+    quick: bool,
+    json_out: Option<String>,
+    peer: bool,
+    /// Budget of each in-process rate.
+    budget: Duration,
+    /// Unmeasured start of each HTTP step.
+    warm: Duration,
+    /// Measured part of each HTTP step.
+    measure: Duration,
+}
 
 /// Runs `f` repeatedly for about `budget` and returns operations per second (best of 3).
 fn rate(budget: Duration, mut f: impl FnMut()) -> f64 {
@@ -39,12 +79,15 @@ fn rate(budget: Duration, mut f: impl FnMut()) -> f64 {
     best
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let json_out = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
-    let budget = if quick { Duration::from_millis(600) } else { Duration::from_secs(3) };
+struct InProcess {
+    raw_sign: f64,
+    mint: f64,
+    raw_verify: f64,
+    verify: f64,
+    token_bytes: usize,
+}
 
+fn in_process(budget: Duration) -> InProcess {
     let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
     let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -89,28 +132,504 @@ fn main() {
     let verify = rate(budget, || {
         black_box(policy.verify_access(&keys, black_box(&token), now + 1).unwrap());
     });
+    InProcess { raw_sign, mint, raw_verify, verify, token_bytes: token.len() }
+}
 
-    let rows = [
-        ("raw ring Ed25519 sign", raw_sign, None),
-        ("mint access token (in-process)", mint, Some(mint / raw_sign)),
-        ("raw ring Ed25519 verify", raw_verify, None),
-        ("verify access token (in-process)", verify, Some(verify / raw_verify)),
-    ];
-    println!("{:<36} {:>12} {:>8}", "measure", "ops/s", "ratio");
-    for (name, r, ratio) in &rows {
-        println!("{:<36} {:>12.0} {:>8}", name, r, ratio.map_or("-".to_owned(), |x| format!("{x:.3}")));
+/// Fetches the JWKS and verifies `token` with the verifier library: the tokens measured are
+/// real ones.
+async fn check_token(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<()> {
+    let mut conn = Conn::open(addr).await?;
+    let (status, body) = conn.send(Method::GET, "/.well-known/jwks.json", &[], Bytes::new()).await?;
+    anyhow::ensure!(status == StatusCode::OK, "JWKS: {status}");
+    let jwks: Value = serde_json::from_slice(&body)?;
+    let mut keys = HashMap::new();
+    for k in jwks["keys"].as_array().cloned().unwrap_or_default() {
+        let kid = k["kid"].as_str().unwrap_or_default().to_owned();
+        let raw = tessera::token::b64::decode(k["x"].as_str().unwrap_or_default())?;
+        keys.insert(kid.clone(), Arc::new(PublicKey { kid, alg: "EdDSA".into(), raw }));
     }
-    let report = json!({
-        "raw_sign_per_sec": raw_sign,
-        "mint_in_process_per_sec": mint,
-        "mint_in_process_ratio": mint / raw_sign,
-        "raw_verify_per_sec": raw_verify,
-        "verify_per_sec": verify,
-        "verify_ratio": verify / raw_verify,
-        "token_bytes": token.len(),
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    Policy::new(format!("http://{addr}"), "core").verify_access(&keys, token, now)?;
+    Ok(())
+}
+
+/// Drives a token endpoint at every concurrency.
+async fn token_steps(opts: &Opts, target: &Arc<TokenTarget>, pid: u32, label: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for c in CONCURRENCIES {
+        match load::step(target, c, opts.warm, opts.measure, pid).await {
+            Ok(s) => {
+                eprintln!(
+                    "  {label:<26} c={c:<3} {:>8.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server cpu {:.2}  others on core 0 {:.2}  errors {}",
+                    s.per_sec, s.p50_ms, s.p99_ms, s.server_cpu, s.others_on_core0, s.errors
+                );
+                steps.push(s);
+            }
+            Err(e) => eprintln!("  {label} c={c}: failed: {e:#}"),
+        }
+    }
+    steps
+}
+
+/// The approval round trip, sequentially: the agent creates a request, an operator
+/// approves it, the agent reads its capability and redeems it.
+async fn approval_round_trips(
+    addr: std::net::SocketAddr,
+    agent: &(String, String),
+    operator: &(String, String),
+    budget: Duration,
+) -> anyhow::Result<Value> {
+    let token_of = |c: &(String, String)| TokenTarget {
+        addr,
+        path: "/oauth/token",
+        auths: vec![basic(&c.0, &c.1)],
+        body: Bytes::from_static(b"grant_type=client_credentials"),
+    };
+    let at = token_of(agent).one().await?;
+    let ot = token_of(operator).one().await?;
+    let mut a = Conn::open(addr).await?;
+    let mut o = Conn::open(addr).await?;
+    let mut stages: [Vec<u32>; 5] = Default::default();
+    let us = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < budget && i < 2000 {
+        i += 1;
+        let params = json!({"key": format!("K{i}"), "value": {"length": 51}});
+        let body = json!({
+            "action": "secret_write",
+            "resource": format!("workspaces/ws-bench/secrets/K{i}"),
+            "params_digest": tessera::verify::params_digest(&params).to_string(),
+            "summary": {"key": format!("K{i}")},
+            "reason": "benchmark",
+        });
+        let t0 = Instant::now();
+        let (s, v) = a.json(Method::POST, "/v1/approvals", &at, Some(&body)).await?;
+        anyhow::ensure!(s == StatusCode::ACCEPTED, "create: {s} {v}");
+        let id = v["approval_id"].as_str().unwrap_or_default().to_owned();
+        let t1 = Instant::now();
+        let decision = json!({"decision": "approve", "note": "benchmark"});
+        let (s, v) = o.json(Method::POST, &format!("/v1/approvals/{id}/decision"), &ot, Some(&decision)).await?;
+        anyhow::ensure!(s.is_success(), "decide: {s} {v}");
+        let t2 = Instant::now();
+        let (s, v) = a.json(Method::GET, &format!("/v1/approvals/{id}"), &at, None).await?;
+        anyhow::ensure!(s == StatusCode::OK, "fetch: {s} {v}");
+        let cap = v["capability"].as_str().unwrap_or_default().to_owned();
+        anyhow::ensure!(!cap.is_empty(), "no capability once approved: {v}");
+        let t3 = Instant::now();
+        let (s, v) = a.json(Method::POST, "/v1/capabilities/redeem", &at, Some(&json!({"capability": cap}))).await?;
+        anyhow::ensure!(s == StatusCode::OK, "redeem: {s} {v}");
+        let t4 = Instant::now();
+        for (k, d) in [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0].into_iter().enumerate() {
+            stages[k].push(us(d));
+        }
+    }
+    for s in &mut stages {
+        s.sort_unstable();
+    }
+    let names = ["create", "decide", "fetch_capability", "redeem", "round_trip"];
+    let mut out = serde_json::Map::new();
+    out.insert("round_trips".into(), json!(i));
+    for (name, s) in names.iter().zip(&stages) {
+        out.insert(
+            (*name).into(),
+            json!({"p50_ms": round(quantile_ms(s, 0.5), 3), "p99_ms": round(quantile_ms(s, 0.99), 3)}),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+fn steps_json(steps: &[Step]) -> Value {
+    Value::Array(steps.iter().map(Step::to_json).collect())
+}
+
+fn peak(steps: &[Step]) -> f64 {
+    steps.iter().map(|s| s.per_sec).fold(0.0, f64::max)
+}
+
+/// Tessera on one database: token endpoint steps, memory, optionally the approval round
+/// trip, then the audit chain check.
+async fn run_tessera(
+    opts: &Opts,
+    pin: &Pinning,
+    dir: &Path,
+    database_url: &str,
+    label: &str,
+    approvals: bool,
+) -> Value {
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        match procs::create_client(dir, database_url, "agent", &format!("bench-agent-{i}")) {
+            Ok(c) => clients.push(c),
+            Err(e) => return json!({"error": format!("{e:#}")}),
+        }
+    }
+    let operator = match procs::create_client(dir, database_url, "operator", "bench-operator") {
+        Ok(c) => c,
+        Err(e) => return json!({"error": format!("{e:#}")}),
+    };
+    let mut server = match procs::start_broker(pin, dir, database_url, label) {
+        Ok(s) => s,
+        Err(e) => return json!({"error": format!("{e:#}")}),
+    };
+    if let Err(e) = server.wait_ready("/readyz").await {
+        return json!({"error": format!("{e:#}")});
+    }
+    let target = Arc::new(TokenTarget {
+        addr: server.addr,
+        path: "/oauth/token",
+        auths: clients.iter().map(|(id, secret)| basic(id, secret)).collect(),
+        body: Bytes::from_static(b"grant_type=client_credentials"),
     });
+    let checked = match target.one().await {
+        Ok(t) => check_token(server.addr, &t).await.map_err(|e| format!("{e:#}")),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    let steps = token_steps(opts, &target, server.pid(), label).await;
+    let memory_after_tokens = procs::memory_mib(server.pid());
+    let approval = if approvals {
+        let budget = if opts.quick { Duration::from_millis(600) } else { Duration::from_secs(3) };
+        match approval_round_trips(server.addr, &clients[0], &operator, budget).await {
+            Ok(v) => {
+                eprintln!(
+                    "  {label:<22} approval round trip: p50 {} ms, p99 {} ms ({} round trips)",
+                    v["round_trip"]["p50_ms"], v["round_trip"]["p99_ms"], v["round_trips"]
+                );
+                v
+            }
+            Err(e) => json!({"error": format!("{e:#}")}),
+        }
+    } else {
+        Value::Null
+    };
+    let memory = procs::memory_mib(server.pid());
+    server.stop();
+    let (audit_ok, audit_text) = procs::audit_verify(dir, database_url);
+    let mem =
+        |m: Option<(f64, f64)>| m.map(|(hwm, rss)| json!({"vm_hwm_mib": round(hwm, 1), "vm_rss_mib": round(rss, 1)}));
+    json!({
+        "steps": steps_json(&steps),
+        "peak_per_sec": round(peak(&steps), 0),
+        "token_verified": checked.is_ok(),
+        "token_check_error": checked.err(),
+        "memory_after_token_steps": mem(memory_after_tokens),
+        "memory": mem(memory),
+        "approval_round_trip": approval,
+        "audit_verify": {"ok": audit_ok, "output": audit_text},
+    })
+}
+
+/// The peer, installed and driven the same way.
+async fn run_peer(opts: &Opts, pin: &Pinning, dir: &Path) -> Value {
+    let peer_dir = match procs::install_peer() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("  peer: not installed: {e:#}");
+            return json!({"error": format!("not installed: {e:#}")});
+        }
+    };
+    let rng = SystemRandom::new();
+    let clients: Vec<(String, String)> = (0..CLIENTS)
+        .map(|i| {
+            let mut b = [0u8; 32];
+            rng.fill(&mut b).unwrap();
+            (format!("peer-client-{i}"), tessera::token::b64::encode(&b))
+        })
+        .collect();
+    let mut server = match procs::start_peer(pin, &peer_dir, &clients, dir) {
+        Ok(s) => s,
+        Err(e) => return json!({"error": format!("{e:#}")}),
+    };
+    if let Err(e) = server.wait_ready("/.well-known/openid-configuration").await {
+        return json!({"error": format!("{e:#}")});
+    }
+    // The same claims as Tessera's default grant: the scopes are asked for explicitly,
+    // since the peer grants none unless asked.
+    let target = Arc::new(TokenTarget {
+        addr: server.addr,
+        path: "/token",
+        auths: clients.iter().map(|(id, secret)| basic(id, secret)).collect(),
+        body: Bytes::from_static(
+            b"grant_type=client_credentials&scope=approvals%3Acreate+workspaces%3Aread+workspaces%3Awrite",
+        ),
+    });
+    let sample = match target.one().await {
+        Ok(t) => t,
+        Err(e) => return json!({"error": format!("{e:#}"), "log": server.log_tail()}),
+    };
+    let header = sample.split('.').next().and_then(|h| tessera::token::b64::decode(h).ok());
+    let header: Value = header.and_then(|h| serde_json::from_slice(&h).ok()).unwrap_or(Value::Null);
+    let steps = token_steps(opts, &target, server.pid(), "peer (oidc-provider)").await;
+    let memory = procs::memory_mib(server.pid());
+    server.stop();
+    json!({
+        "package": "oidc-provider",
+        "version": procs::peer_version(&peer_dir),
+        "node": procs::node_version(),
+        "token_header": header,
+        "token_bytes": sample.len(),
+        "steps": steps_json(&steps),
+        "peak_per_sec": round(peak(&steps), 0),
+        "memory": memory.map(|(hwm, rss)| json!({"vm_hwm_mib": round(hwm, 1), "vm_rss_mib": round(rss, 1)})),
+    })
+}
+
+/// A fresh PostgreSQL database on the server named by the admin URL; returns its URL and
+/// name.
+async fn fresh_postgres(admin: &str) -> anyhow::Result<(String, String)> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin).await?;
+    let mut b = [0u8; 6];
+    SystemRandom::new().fill(&mut b).map_err(|_| anyhow::anyhow!("random"))?;
+    let name = format!("tessera_bench_{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b.to_owned(), format!("?{q}")),
+        None => (admin.to_owned(), String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| i + scheme_end);
+    Ok((format!("{}/{name}{query}", &base[..path_start]), name))
+}
+
+async fn drop_postgres(admin: &str, name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+    }
+}
+
+async fn http_part(opts: &Opts, pin: &Pinning) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let fsync = procs::fsync_ms(dir.path());
+    eprintln!("HTTP (fsync of 4 KiB on this disk: {fsync:.2} ms):");
+
+    let sqlite_dir = dir.path().join("sqlite");
+    std::fs::create_dir_all(&sqlite_dir).unwrap();
+    let url = format!("sqlite://{}/tessera.db", sqlite_dir.display());
+    let sqlite = run_tessera(opts, pin, &sqlite_dir, &url, "tessera (SQLite)", true).await;
+
+    // The same with `synchronous=normal`: commits are not fsynced (durable against a crash
+    // of the process, not of the machine). Not the default; measured to show what the
+    // fsync costs.
+    let normal_dir = dir.path().join("sqlite-normal");
+    std::fs::create_dir_all(&normal_dir).unwrap();
+    let url = format!("sqlite://{}/tessera.db?synchronous=normal", normal_dir.display());
+    let sqlite_normal = run_tessera(opts, pin, &normal_dir, &url, "tessera (SQLite, normal)", false).await;
+
+    let peer = if opts.peer { run_peer(opts, pin, dir.path()).await } else { json!({"skipped": "--no-peer"}) };
+
+    let admin =
+        std::env::var("TESSERA_BENCH_POSTGRES_URL").or_else(|_| std::env::var("TESSERA_TEST_POSTGRES_URL")).ok();
+    let postgres = match admin {
+        None => json!({"skipped": "set TESSERA_BENCH_POSTGRES_URL or TESSERA_TEST_POSTGRES_URL"}),
+        Some(admin) => match fresh_postgres(&admin).await {
+            Err(e) => json!({"error": format!("{e:#}")}),
+            Ok((url, name)) => {
+                let pg_dir = dir.path().join("postgres");
+                std::fs::create_dir_all(&pg_dir).unwrap();
+                let mut v = run_tessera(opts, pin, &pg_dir, &url, "tessera (PostgreSQL)", true).await;
+                drop_postgres(&admin, &name).await;
+                v["note"] = json!("the PostgreSQL server itself is not pinned: it shares both cores");
+                v
+            }
+        },
+    };
+    json!({
+        "fsync_4k_ms": round(fsync, 3),
+        "tessera_sqlite": sqlite,
+        "tessera_sqlite_synchronous_normal": sqlite_normal,
+        "peer": peer,
+        "tessera_postgres": postgres,
+    })
+}
+
+fn fmt_opt(x: Option<f64>, digits: usize) -> String {
+    x.filter(|x| x.is_finite()).map_or("-".to_owned(), |x| format!("{x:.digits$}"))
+}
+
+fn print_steps(name: &str, v: &Value) {
+    if let Some(e) = v.get("error").or_else(|| v.get("skipped")) {
+        println!("{name:<26} {}", e.as_str().unwrap_or_default());
+        return;
+    }
+    for s in v["steps"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "{:<26} {:>5} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>7}",
+            name,
+            s["concurrency"],
+            s["per_sec"].as_f64().unwrap_or(0.0),
+            s["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            s["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            s["max_ms"].as_f64().unwrap_or(f64::NAN),
+            s["server_cpu_cores"].as_f64().unwrap_or(f64::NAN),
+            s["client_cpu_cores"].as_f64().unwrap_or(f64::NAN),
+            s["others_on_core0_cores"].as_f64().unwrap_or(f64::NAN),
+            s["errors"],
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let opts = Opts {
+        quick,
+        json_out: args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned(),
+        peer: !args.iter().any(|a| a == "--no-peer"),
+        budget: if quick { Duration::from_millis(600) } else { Duration::from_secs(3) },
+        warm: if quick { Duration::from_millis(300) } else { Duration::from_secs(1) },
+        measure: if quick { Duration::from_secs(1) } else { Duration::from_secs(3) },
+    };
+    let pin = Pinning::detect();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let load_before = procs::loadavg();
+    let priority = if procs::raise_priority() { "nice -20" } else { "not raised (renice refused)" };
+    eprintln!("pinning: {}; priority {priority}; load average {load_before:.2}", pin.note);
+
+    // The raw limits and the in-process figures, on the core the servers will have.
+    pin.pin_self(0);
+    let ip = in_process(opts.budget);
+    eprintln!("in-process: raw sign {:.0}/s, raw verify {:.0}/s", ip.raw_sign, ip.raw_verify);
+
+    // Everything after this, the load generator included, on the other core.
+    pin.pin_self(1);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let http = runtime.block_on(http_part(&opts, &pin));
+    let load_after = procs::loadavg();
+
+    let sqlite = &http["tessera_sqlite"];
+    let mint_http = sqlite["peak_per_sec"].as_f64();
+    let p99_16 = sqlite["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["concurrency"] == 16))
+        .and_then(|s| s["p99_ms"].as_f64());
+    let hwm = sqlite["memory"]["vm_hwm_mib"].as_f64();
+    let peer_peak = http["peer"]["peak_per_sec"].as_f64().filter(|p| *p > 0.0);
+    let mint_ratio = mint_http.map(|m| m / ip.raw_sign);
+    let verify_ratio = ip.verify / ip.raw_verify;
+    let peer_ratio = mint_http.zip(peer_peak).map(|(m, p)| m / p);
+    let targets = [
+        ("mint over HTTP / raw sign", mint_ratio, ">= 0.50", mint_ratio.map(|r| r >= 0.5)),
+        ("p99 at concurrency 16 (ms)", p99_16, "< 5", p99_16.map(|p| p < 5.0)),
+        ("verify / raw verify", Some(verify_ratio), ">= 0.85", Some(verify_ratio >= 0.85)),
+        ("broker peak RSS (MiB)", hwm, "< 100", hwm.map(|h| h < 100.0)),
+        ("tessera / peer throughput", peer_ratio, ">= 4", peer_ratio.map(|r| r >= 4.0)),
+    ];
+
+    println!();
+    println!("pinning: {}; priority {priority}", pin.note);
+    println!(
+        "cpu: {} ({cores} cores); load average {load_before:.2} before, {load_after:.2} after",
+        procs::cpu_model()
+    );
+    println!("fsync of 4 KiB: {} ms (median of 50)", http["fsync_4k_ms"]);
+    println!();
+    println!("{:<36} {:>12} {:>8}", "in-process (core 0)", "ops/s", "ratio");
+    for (name, r, ratio) in [
+        ("raw ring Ed25519 sign", ip.raw_sign, None),
+        ("mint access token (in-process)", ip.mint, Some(ip.mint / ip.raw_sign)),
+        ("raw ring Ed25519 verify", ip.raw_verify, None),
+        ("verify access token (in-process)", ip.verify, Some(verify_ratio)),
+    ] {
+        println!("{:<36} {:>12.0} {:>8}", name, r, fmt_opt(ratio, 3));
+    }
+    println!();
+    println!(
+        "{:<26} {:>5} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
+        "token endpoint (HTTP)",
+        "conc",
+        "tokens/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "srv cpu",
+        "gen cpu",
+        "noise",
+        "errors"
+    );
+    print_steps("tessera (SQLite)", sqlite);
+    print_steps("tessera (SQLite, normal)", &http["tessera_sqlite_synchronous_normal"]);
+    print_steps("peer (oidc-provider)", &http["peer"]);
+    print_steps("tessera (PostgreSQL)", &http["tessera_postgres"]);
+    println!();
+    for (name, v) in [("SQLite", sqlite), ("PostgreSQL", &http["tessera_postgres"])] {
+        let rt = &v["approval_round_trip"];
+        if rt.get("round_trip").is_some() {
+            println!(
+                "approval round trip ({name}): p50 {} ms, p99 {} ms over {} (create {} / decide {} / fetch {} / redeem {} ms p50)",
+                rt["round_trip"]["p50_ms"],
+                rt["round_trip"]["p99_ms"],
+                rt["round_trips"],
+                rt["create"]["p50_ms"],
+                rt["decide"]["p50_ms"],
+                rt["fetch_capability"]["p50_ms"],
+                rt["redeem"]["p50_ms"],
+            );
+        } else if let Some(e) = rt.get("error") {
+            println!("approval round trip ({name}): failed: {e}");
+        }
+    }
+    for (name, v) in [
+        ("broker (SQLite)", sqlite),
+        ("broker (SQLite, normal)", &http["tessera_sqlite_synchronous_normal"]),
+        ("peer", &http["peer"]),
+        ("broker (PostgreSQL)", &http["tessera_postgres"]),
+    ] {
+        if let Some(m) = v.get("memory").filter(|m| !m.is_null()) {
+            println!("memory {name}: peak {} MiB, now {} MiB", m["vm_hwm_mib"], m["vm_rss_mib"]);
+        }
+    }
+    for (name, v) in [
+        ("SQLite", sqlite),
+        ("SQLite, normal", &http["tessera_sqlite_synchronous_normal"]),
+        ("PostgreSQL", &http["tessera_postgres"]),
+    ] {
+        if let Some(a) = v.get("audit_verify") {
+            println!("audit verify ({name}): {} {}", if a["ok"] == true { "ok" } else { "FAILED" }, a["output"]);
+        }
+    }
+    println!();
+    println!("{:<30} {:>10} {:>8} {:>6}", "target", "measured", "target", "met");
+    for (name, value, target, met) in &targets {
+        let met = met.map_or("n/a", |m| if m { "yes" } else { "NO" });
+        println!("{:<30} {:>10} {:>8} {:>6}", name, fmt_opt(*value, 3), target, met);
+    }
+
+    let normal_peak = http["tessera_sqlite_synchronous_normal"]["peak_per_sec"].as_f64();
+    println!();
+    println!(
+        "with synchronous=normal (not the default): mint over HTTP / raw sign {}, tessera / peer {}",
+        fmt_opt(normal_peak.map(|m| m / ip.raw_sign), 3),
+        fmt_opt(normal_peak.zip(peer_peak).map(|(m, p)| m / p), 2),
+    );
+
+    let report = json!({
+        "quick": opts.quick,
+        "cores": cores,
+        "load_average": {"before": load_before, "after": load_after},
+        "pinning": {"enabled": pin.enabled, "note": pin.note},
+        "priority": priority,
+        "cpu": procs::cpu_model(),
+        "raw_sign_per_sec": ip.raw_sign,
+        "mint_in_process_per_sec": ip.mint,
+        "mint_in_process_ratio": ip.mint / ip.raw_sign,
+        "raw_verify_per_sec": ip.raw_verify,
+        "verify_per_sec": ip.verify,
+        "verify_ratio": verify_ratio,
+        "token_bytes": ip.token_bytes,
+        "mint_http_per_sec": mint_http,
+        "mint_http_ratio": mint_ratio,
+        "peer_per_sec": peer_peak,
+        "tessera_over_peer": peer_ratio,
+        "http": http,
+        "targets": targets.iter().map(|(name, value, target, met)| {
+            json!({"name": name, "value": value, "target": target, "met": met})
+        }).collect::<Vec<_>>(),
+    });
+    println!();
     println!("{report}");
-    if let Some(path) = json_out {
+    if let Some(path) = opts.json_out {
         std::fs::write(path, report.to_string()).unwrap();
     }
 }
