@@ -85,6 +85,49 @@ struct InProcess {
     raw_verify: f64,
     verify: f64,
     token_bytes: usize,
+    /// Per-call costs of the other in-process stages of a mint, microseconds.
+    stages_us: Vec<(&'static str, f64)>,
+}
+
+/// Microseconds per call of the token endpoint's in-process stages other than signing, for
+/// comparison with the signature itself.
+fn stage_costs(budget: Duration) -> Vec<(&'static str, f64)> {
+    use tessera::audit::{AuditRecord, GENESIS, record_hash};
+    let secret = "tessera_sk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let detail = json!({"grant": "client_credentials", "sub": "tc_AAAAAAAAAAAAAAAAAAAAAA", "kind": "agent",
+        "scope": "approvals:create workspaces:read workspaces:write", "exp": 1_800_000_300});
+    let record = AuditRecord {
+        seq: 12345,
+        at: 1_800_000_000,
+        event: "token.issued".into(),
+        actor: "tc_AAAAAAAAAAAAAAAAAAAAAA".into(),
+        tenant: "org-1".into(),
+        subject: "BBBBBBBBBBBBBBBBBBBBBB".into(),
+        detail: tessera::token::jcs::canonicalize(&detail),
+        prev_hash: GENESIS.into(),
+        hash: String::new(),
+    };
+    let us = |r: f64| 1e6 / r;
+    vec![
+        (
+            "client secret hash (SHA-256, hex)",
+            us(rate(budget, || {
+                black_box(tessera::clients::hash_secret(black_box(secret)));
+            })),
+        ),
+        (
+            "audit detail to canonical JSON",
+            us(rate(budget, || {
+                black_box(tessera::token::jcs::canonicalize(black_box(&detail)));
+            })),
+        ),
+        (
+            "audit record hash (JCS + SHA-256)",
+            us(rate(budget, || {
+                black_box(record_hash(black_box(&record)));
+            })),
+        ),
+    ]
 }
 
 fn in_process(budget: Duration) -> InProcess {
@@ -132,7 +175,8 @@ fn in_process(budget: Duration) -> InProcess {
     let verify = rate(budget, || {
         black_box(policy.verify_access(&keys, black_box(&token), now + 1).unwrap());
     });
-    InProcess { raw_sign, mint, raw_verify, verify, token_bytes: token.len() }
+    let stages_us = stage_costs(budget / 3);
+    InProcess { raw_sign, mint, raw_verify, verify, token_bytes: token.len(), stages_us }
 }
 
 /// Fetches the JWKS and verifies `token` with the verifier library: the tokens measured are
@@ -534,6 +578,10 @@ fn main() {
     ] {
         println!("{:<36} {:>12.0} {:>8}", name, r, fmt_opt(ratio, 3));
     }
+    println!("{:<36} {:>12.1}", "raw sign, microseconds each", 1e6 / ip.raw_sign);
+    for (name, us) in &ip.stages_us {
+        println!("{name:<36} {us:>12.1}");
+    }
     println!();
     println!(
         "{:<26} {:>5} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
@@ -610,6 +658,7 @@ fn main() {
         "load_average": {"before": load_before, "after": load_after},
         "pinning": {"enabled": pin.enabled, "note": pin.note},
         "priority": priority,
+        "broker_bin": procs::tessera_bin(),
         "cpu": procs::cpu_model(),
         "raw_sign_per_sec": ip.raw_sign,
         "mint_in_process_per_sec": ip.mint,
@@ -618,6 +667,7 @@ fn main() {
         "verify_per_sec": ip.verify,
         "verify_ratio": verify_ratio,
         "token_bytes": ip.token_bytes,
+        "stage_us": ip.stages_us.iter().map(|(k, v)| ((*k).to_owned(), json!(round(*v, 2)))).collect::<serde_json::Map<_, _>>(),
         "mint_http_per_sec": mint_http,
         "mint_http_ratio": mint_ratio,
         "peer_per_sec": peer_peak,

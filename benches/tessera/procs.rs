@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// The `tessera` binary cargo built for this benchmark, in the same (release) profile.
-pub const TESSERA_BIN: &str = env!("CARGO_BIN_EXE_tessera");
+/// The `tessera` binary cargo built for this benchmark, in the same (release) profile, or
+/// another one named by `TESSERA_BENCH_BIN` (to compare two builds).
+pub fn tessera_bin() -> String {
+    std::env::var("TESSERA_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tessera").to_owned())
+}
 
 /// How the benchmark places work on cores.
 #[derive(Debug, Clone)]
@@ -211,7 +214,7 @@ fn broker_env(cmd: &mut Command, dir: &Path, database_url: &str) {
 
 /// Registers a client with the real command line; returns (client_id, client_secret).
 pub fn create_client(dir: &Path, database_url: &str, kind: &str, name: &str) -> anyhow::Result<(String, String)> {
-    let mut cmd = Command::new(TESSERA_BIN);
+    let mut cmd = Command::new(tessera_bin());
     broker_env(&mut cmd, dir, database_url);
     let out = cmd.args(["clients", "create", "--tenant", "org-bench", "--kind", kind, "--name", name]).output()?;
     if !out.status.success() {
@@ -225,7 +228,7 @@ pub fn create_client(dir: &Path, database_url: &str, kind: &str, name: &str) -> 
 
 /// Runs `tessera audit verify` on a database; its one line of output and whether it passed.
 pub fn audit_verify(dir: &Path, database_url: &str) -> (bool, String) {
-    let mut cmd = Command::new(TESSERA_BIN);
+    let mut cmd = Command::new(tessera_bin());
     broker_env(&mut cmd, dir, database_url);
     match cmd.args(["audit", "verify"]).output() {
         Ok(out) => {
@@ -241,7 +244,7 @@ pub fn audit_verify(dir: &Path, database_url: &str) -> (bool, String) {
 pub fn start_broker(pin: &Pinning, dir: &Path, database_url: &str, name: &str) -> anyhow::Result<Server> {
     let addr = free_addr()?;
     let log = dir.join(format!("{name}.log"));
-    let mut cmd = pin.command(0, TESSERA_BIN);
+    let mut cmd = pin.command(0, &tessera_bin());
     broker_env(&mut cmd, dir, database_url);
     cmd.arg("serve")
         .env("TESSERA_LISTEN", addr.to_string())
