@@ -369,15 +369,7 @@ pub async fn rotate(
     let unpublish_at = activates_at + crate::token::MAX_LIFETIME_SECS + crate::token::MAX_LEEWAY_SECS;
     let retired: Vec<String> =
         rows.iter().filter(|r| local.contains(&r.kid) && r.retired_at.is_none()).map(|r| r.kid.clone()).collect();
-    let row = KeyRow {
-        kid: signer.kid.clone(),
-        alg: ALG_EDDSA.to_owned(),
-        public_key: b64::encode(signer.public_key()),
-        created_at: now,
-        activates_at,
-        retired_at: None,
-        unpublish_at: None,
-    };
+    let row = public_row(&signer, now, activates_at);
     let mut tx = store.begin_write().await?;
     key_rows::insert(&mut tx, &row).await?;
     for kid in &retired {
@@ -395,9 +387,9 @@ pub async fn rotate(
     Ok(Rotation { kid: row.kid, activates_at, retired, unpublish_at })
 }
 
-/// Registers a signer's public half and audits it.
-pub async fn register(store: &Store, signer: &Signer, now: i64, activates_at: i64) -> Result<(), StoreError> {
-    let row = KeyRow {
+/// The database row of a signer's public half, published from `now`.
+fn public_row(signer: &Signer, now: i64, activates_at: i64) -> KeyRow {
+    KeyRow {
         kid: signer.kid.clone(),
         alg: ALG_EDDSA.to_owned(),
         public_key: b64::encode(signer.public_key()),
@@ -405,7 +397,12 @@ pub async fn register(store: &Store, signer: &Signer, now: i64, activates_at: i6
         activates_at,
         retired_at: None,
         unpublish_at: None,
-    };
+    }
+}
+
+/// Registers a signer's public half and audits it.
+pub async fn register(store: &Store, signer: &Signer, now: i64, activates_at: i64) -> Result<(), StoreError> {
+    let row = public_row(signer, now, activates_at);
     let mut tx = store.begin_write().await?;
     key_rows::insert(&mut tx, &row).await?;
     audit::append(
