@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ring::digest::{SHA256, digest};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
@@ -79,11 +79,33 @@ pub struct AuditRecord {
 
 /// The hash of a record's content chained to its `prev_hash` (the `hash` field is ignored).
 pub fn record_hash(r: &AuditRecord) -> String {
-    let content = json!({
-        "seq": r.seq, "at": r.at, "event": r.event, "actor": r.actor, "tenant": r.tenant,
-        "subject": r.subject, "detail": r.detail, "prev_hash": r.prev_hash,
-    });
-    hex(digest(&SHA256, jcs::canonicalize(&content).as_bytes()).as_ref())
+    hex(digest(&SHA256, content_jcs(r).as_bytes()).as_ref())
+}
+
+/// The RFC 8785 canonical JSON of a record's content: the object of its fields but `hash`.
+/// Written directly, since its members are fixed: the same text as
+/// `jcs::canonicalize(&json!({...}))` (a test holds the two equal) without building a
+/// `Value` per record.
+fn content_jcs(r: &AuditRecord) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(
+        160 + r.event.len() + r.actor.len() + r.tenant.len() + r.subject.len() + r.detail.len() + r.prev_hash.len(),
+    );
+    // Members in the order of their names' UTF-16 code units.
+    out.push_str("{\"actor\":");
+    jcs::write_string(&mut out, &r.actor);
+    let _ = write!(out, ",\"at\":{},\"detail\":", r.at);
+    jcs::write_string(&mut out, &r.detail);
+    out.push_str(",\"event\":");
+    jcs::write_string(&mut out, &r.event);
+    out.push_str(",\"prev_hash\":");
+    jcs::write_string(&mut out, &r.prev_hash);
+    let _ = write!(out, ",\"seq\":{},\"subject\":", r.seq);
+    jcs::write_string(&mut out, &r.subject);
+    out.push_str(",\"tenant\":");
+    jcs::write_string(&mut out, &r.tenant);
+    out.push('}');
+    out
 }
 
 /// Lowercase hex.
@@ -137,10 +159,17 @@ async fn append_items(
     }
     let last =
         sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *conn).await?;
-    let (mut seq, mut prev) = match last {
-        Some(row) => (row.try_get::<i64, _>("seq")?, row.try_get::<String, _>("hash")?),
-        None => (0, GENESIS.to_owned()),
+    let last = match last {
+        Some(row) => Some((row.try_get::<i64, _>("seq")?, row.try_get::<String, _>("hash")?)),
+        None => None,
     };
+    insert_records(conn, &chain(last, items)).await
+}
+
+/// The records of `items`, chained after `last` (the last stored record's seq and hash, if
+/// any).
+fn chain(last: Option<(i64, String)>, items: &[(&AuditEvent, i64)]) -> Vec<AuditRecord> {
+    let (mut seq, mut prev) = last.unwrap_or_else(|| (0, GENESIS.to_owned()));
     let mut records = Vec::with_capacity(items.len());
     for &(e, at) in items {
         seq += 1;
@@ -159,7 +188,7 @@ async fn append_items(
         prev = r.hash.clone();
         records.push(r);
     }
-    insert_records(conn, &records).await
+    records
 }
 
 /// Most rows in one `INSERT` (nine parameters each: far below SQLite's and PostgreSQL's
@@ -341,9 +370,9 @@ struct Job {
     reply: oneshot::Sender<Result<(), CheckedError>>,
 }
 
-/// Group commit for high-rate records: a single task takes every record waiting, writes
-/// them in one transaction (one multi-row `INSERT` per up to 128 records, the chain
-/// computed in memory), and answers each caller after the commit. Records that carry a
+/// Group commit for high-rate records: a single writer takes every record waiting, writes
+/// them in one transaction (the chain computed in memory), and answers each caller after
+/// the commit. Records that carry a
 /// [`ClientCheck`] are validated inside the same transaction, with one query per batch.
 #[derive(Debug, Clone)]
 pub struct AuditWriter {
@@ -355,42 +384,25 @@ pub struct AuditWriter {
 pub const MAX_BATCH: usize = 512;
 
 impl AuditWriter {
-    /// Starts the writer task on `store`.
+    /// Starts the writer on `store`: on SQLite a thread with a connection of its own, on
+    /// PostgreSQL a task.
     pub fn start(store: Store) -> AuditWriter {
-        let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
-        tokio::spawn(async move {
-            // A connection of the writer's own, taken from the pool once (and again after a
-            // failure), so a batch costs no pool checkout.
-            let mut conn: Option<AnyConnection> = None;
-            let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-            while let Some(job) = rx.recv().await {
-                batch.push(job);
-                take_waiting(&mut rx, &mut batch);
-                // Let the requests already runnable on this runtime (signed, about to send
-                // their record) go first, so that they share this commit instead of each
-                // waiting for one more. When nothing else is runnable this returns at once.
-                for _ in 0..MAX_YIELDS {
-                    if batch.len() >= MAX_BATCH {
-                        break;
-                    }
-                    let before = batch.len();
-                    tokio::task::yield_now().await;
-                    take_waiting(&mut rx, &mut batch);
-                    if batch.len() == before {
-                        break;
-                    }
-                }
-                let result = write_batch(&store, &mut conn, &batch).await;
-                for (i, job) in batch.drain(..).enumerate() {
-                    let r = match &result {
-                        Ok(accepted) if accepted[i] => Ok(()),
-                        Ok(_) => Err(CheckedError::Stale),
-                        Err(e) => Err(CheckedError::Failed(AuditError(e.to_string()))),
-                    };
-                    let _ = job.reply.send(r);
+        let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+        match store.sqlite_file().cloned() {
+            Some(file) => {
+                let spawned = std::thread::Builder::new()
+                    .name("tessera-audit".into())
+                    .spawn(move || sqlite_writer::run(&file, rx));
+                if let Err(e) = spawned {
+                    // Without a writer every record fails (the channel is closed), so no
+                    // token is issued unrecorded.
+                    tracing::error!(error = %e, "cannot start the audit writer thread");
                 }
             }
-        });
+            None => {
+                tokio::spawn(pool_writer(store, rx));
+            }
+        }
         AuditWriter { tx, clients: std::sync::Arc::default() }
     }
 
@@ -428,6 +440,210 @@ impl AuditWriter {
 
 /// Most times the writer lets other tasks run while its batch keeps growing.
 const MAX_YIELDS: usize = 8;
+
+/// The writer on the connection pool's backend (PostgreSQL).
+async fn pool_writer(store: Store, mut rx: mpsc::Receiver<Job>) {
+    // A connection of the writer's own, taken from the pool once (and again after a
+    // failure), so a batch costs no pool checkout.
+    let mut conn: Option<AnyConnection> = None;
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = rx.recv().await {
+        batch.push(job);
+        take_waiting(&mut rx, &mut batch);
+        // Let the requests already runnable on this runtime (signed, about to send their
+        // record) go first, so that they share this commit instead of each waiting for one
+        // more. When nothing else is runnable this returns at once.
+        for _ in 0..MAX_YIELDS {
+            if batch.len() >= MAX_BATCH {
+                break;
+            }
+            let before = batch.len();
+            tokio::task::yield_now().await;
+            take_waiting(&mut rx, &mut batch);
+            if batch.len() == before {
+                break;
+            }
+        }
+        let result = write_batch(&store, &mut conn, &batch).await;
+        answer(&mut batch, &result);
+    }
+}
+
+/// Answers every job of `batch` with the outcome of its write, and empties it.
+fn answer(batch: &mut Vec<Job>, result: &Result<Vec<bool>, StoreError>) {
+    for (i, job) in batch.drain(..).enumerate() {
+        let r = match result {
+            Ok(accepted) if accepted[i] => Ok(()),
+            Ok(_) => Err(CheckedError::Stale),
+            Err(e) => Err(CheckedError::Failed(AuditError(e.to_string()))),
+        };
+        let _ = job.reply.send(r);
+    }
+}
+
+/// The writer on SQLite: a thread of its own with a connection of its own, outside the pool.
+///
+/// Every issued token's record goes through here, so the path is short: one prepared
+/// statement per row instead of a multi-row statement rebuilt per batch, no hop through the
+/// pool's worker thread per statement, and a batch is whatever has queued while the last
+/// commit's fsync ran.
+mod sqlite_writer {
+    use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+    use super::{AuditEvent, Job, MAX_BATCH, answer, chain, take_waiting};
+    use crate::store::{SqliteFile, StoreError};
+
+    /// Records written between two requests to the checkpointer (a few hundred pages of
+    /// the write-ahead log).
+    const CHECKPOINT_EVERY: usize = 1024;
+
+    /// Pages in the write-ahead log at which the writer checkpoints itself, should the
+    /// checkpointer fall behind (SQLite's default is 1000).
+    const WRITER_AUTOCHECKPOINT: u32 = 16_000;
+
+    pub(super) fn run(file: &SqliteFile, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+        let mut conn: Option<Connection> = None;
+        let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+        // Copying the write-ahead log back into the database (a checkpoint) is done by a
+        // thread of its own, so that no batch waits for it.
+        let (checkpoint, requests) = std::sync::mpsc::sync_channel::<()>(1);
+        let checkpointer_file = file.clone();
+        let _ = std::thread::Builder::new()
+            .name("tessera-checkpoint".into())
+            .spawn(move || checkpointer(&checkpointer_file, &requests));
+        let mut since_checkpoint = 0;
+        while let Some(job) = rx.blocking_recv() {
+            batch.push(job);
+            take_waiting(&mut rx, &mut batch);
+            // Woken by the first record, this thread would otherwise commit it at once and
+            // the requests right behind it would each wait for a commit of their own. Give
+            // the core back to the runtime while it still has records to send: a yield that
+            // brings nothing new means nothing else is runnable, and the batch is complete.
+            for _ in 0..super::MAX_YIELDS {
+                if batch.len() >= MAX_BATCH {
+                    break;
+                }
+                let before = batch.len();
+                std::thread::yield_now();
+                take_waiting(&mut rx, &mut batch);
+                if batch.len() == before {
+                    break;
+                }
+            }
+            let result = match &mut conn {
+                Some(c) => write_batch(c, &batch),
+                None => open(file).and_then(|c| write_batch(conn.insert(c), &batch)),
+            };
+            if result.is_err() {
+                // The connection may be what failed: the next batch opens a fresh one.
+                conn = None;
+            }
+            since_checkpoint += batch.len();
+            answer(&mut batch, &result);
+            if since_checkpoint >= CHECKPOINT_EVERY {
+                since_checkpoint = 0;
+                // Full: a request is already waiting.
+                let _ = checkpoint.try_send(());
+            }
+        }
+    }
+
+    /// Runs a passive checkpoint (one that never blocks the writer) on each request.
+    fn checkpointer(file: &SqliteFile, requests: &std::sync::mpsc::Receiver<()>) {
+        let mut conn: Option<Connection> = None;
+        while requests.recv().is_ok() {
+            let done = match &conn {
+                Some(c) => passive_checkpoint(c),
+                None => open(file).and_then(|c| passive_checkpoint(conn.insert(c))),
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "write-ahead log checkpoint failed; the writer will checkpoint itself");
+                conn = None;
+            }
+        }
+    }
+
+    fn passive_checkpoint(c: &Connection) -> Result<(), StoreError> {
+        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn open(file: &SqliteFile) -> Result<Connection, StoreError> {
+        // The pool has created the file and put it in WAL mode (which persists).
+        let c = Connection::open_with_flags(
+            &file.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        c.busy_timeout(std::time::Duration::from_secs(10))?;
+        c.execute_batch(if file.synchronous_normal {
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
+        } else {
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
+        })?;
+        c.pragma_update_and_check(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT, |_| Ok(()))?;
+        Ok(c)
+    }
+
+    /// One transaction: the client checks, then the chained records.
+    fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<bool>, StoreError> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut accepted = Vec::with_capacity(batch.len());
+        {
+            let mut client =
+                tx.prepare_cached("SELECT secret_hash, disabled, updated_at FROM clients WHERE client_id = ?1")?;
+            // A batch holds few distinct clients: each is read once.
+            let mut seen: Vec<(&str, bool)> = Vec::new();
+            for job in batch {
+                let ok = match &job.check {
+                    None => true,
+                    Some(c) => match seen.iter().find(|(id, _)| *id == c.client_id) {
+                        Some(&(_, current)) => current,
+                        None => {
+                            let row = client
+                                .query_row([&c.client_id], |r| {
+                                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                                })
+                                .optional()?;
+                            let current = row.is_some_and(|(hash, disabled, updated_at)| {
+                                disabled == 0 && updated_at == c.updated_at && hash == c.secret_hash
+                            });
+                            seen.push((&c.client_id, current));
+                            current
+                        }
+                    },
+                };
+                accepted.push(ok);
+            }
+        }
+        let items: Vec<(&AuditEvent, i64)> =
+            batch.iter().zip(&accepted).filter(|(_, ok)| **ok).map(|(j, _)| (&j.event, j.at)).collect();
+        if !items.is_empty() {
+            let last = tx
+                .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+                .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .optional()?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO audit_log (seq, at, event, actor, tenant, subject, detail, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for r in chain(last, &items) {
+                insert.execute(rusqlite::params![
+                    r.seq,
+                    r.at,
+                    r.event,
+                    r.actor,
+                    r.tenant,
+                    r.subject,
+                    r.detail,
+                    r.prev_hash,
+                    r.hash
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(accepted)
+    }
+}
 
 /// Moves the records already waiting into the batch, up to [`MAX_BATCH`].
 fn take_waiting(rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
@@ -515,6 +731,30 @@ mod tests {
         assert_eq!(sizes, [128, 128, 32, 8, 4]);
         assert_eq!(rows_per_insert(1), 1);
         assert!(insert_sql(2).ends_with("($10, $11, $12, $13, $14, $15, $16, $17, $18)"));
+    }
+
+    #[test]
+    fn record_content_is_its_canonical_json() {
+        // The hand-written canonical form must be exactly what the generic one gives,
+        // escapes included, or stored chains stop verifying.
+        for text in ["plain", "quote \" back \\ slash", "ctl \u{1}\u{8}\u{c}\n\r\t\u{1f}", "é € 𝄞", ""] {
+            let r = AuditRecord {
+                seq: 42,
+                at: -7,
+                event: "token.issued".into(),
+                actor: text.into(),
+                tenant: format!("t{text}"),
+                subject: text.into(),
+                detail: jcs::canonicalize(&serde_json::json!({"k": text, "n": 1})),
+                prev_hash: GENESIS.into(),
+                hash: "ignored".into(),
+            };
+            let generic = jcs::canonicalize(&serde_json::json!({
+                "seq": r.seq, "at": r.at, "event": r.event, "actor": r.actor, "tenant": r.tenant,
+                "subject": r.subject, "detail": r.detail, "prev_hash": r.prev_hash,
+            }));
+            assert_eq!(content_jcs(&r), generic, "{text:?}");
+        }
     }
 
     #[test]

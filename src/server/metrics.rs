@@ -7,17 +7,14 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::AppState;
-use super::error::ErrorCode;
 use crate::domain::CallerKind;
 use crate::store::approvals::Status;
 
@@ -117,7 +114,7 @@ fn add(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-fn route_index(template: Option<&str>) -> usize {
+pub(super) fn route_index(template: Option<&str>) -> usize {
     template.and_then(|t| ROUTE_TEMPLATES.iter().position(|r| *r == t)).unwrap_or(OTHER_ROUTE)
 }
 
@@ -141,7 +138,7 @@ impl Metrics {
     }
 
     /// Records one answered request on the route with index `route`.
-    fn observe(&self, route: usize, status: u16, elapsed_secs: f64, code: Option<&'static str>) {
+    pub(super) fn observe(&self, route: usize, status: u16, elapsed_secs: f64, code: Option<&'static str>) {
         let Some(stats) = self.routes.get(route) else { return };
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         add(&stats.status[class]);
@@ -274,16 +271,6 @@ impl Metrics {
         }
         out
     }
-}
-
-/// The middleware that times every request and counts its outcome by route template.
-pub(super) async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = route_index(req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
-    let started = Instant::now();
-    let res = next.run(req).await;
-    let code = res.extensions().get::<ErrorCode>().map(|c| c.0);
-    state.metrics().observe(route, res.status().as_u16(), started.elapsed().as_secs_f64(), code);
-    res
 }
 
 pub(super) fn routes() -> Router<AppState> {

@@ -24,8 +24,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use crate::audit::AuditWriter;
 use crate::config::Config;
@@ -153,37 +152,44 @@ pub fn app(state: AppState) -> Router {
         .merge(metrics::routes())
         .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .layer(middleware::from_fn(error_shape))
-        .layer(middleware::from_fn_with_state(timeout, request_timeout))
-        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
-        .layer(
-            // Spans carry the method, the path and the request id only: never the query, never
-            // another header.
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                tracing::info_span!(
-                    "request",
-                    method = %req.method(),
-                    path = %req.uri().path(),
-                    request_id = %request_id::of(req),
-                )
-            }),
-        )
-        .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID))
-        .layer(SetRequestIdLayer::new(request_id::X_REQUEST_ID, MakeRequestUuid))
-        .layer(middleware::from_fn(request_id::drop_unacceptable))
+        .layer(middleware::from_fn_with_state((state.clone(), timeout), edge))
         .with_state(state)
 }
 
-async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(res) => res,
-        Err(_) => ApiError::unavailable(&"request timed out").into_response(),
+/// What every request goes through, in one layer (one future per request, not one per
+/// concern): its id, its span, its time limit, its metrics, and the pinned error shape for
+/// the answers the framework makes itself.
+async fn edge(State((state, limit)): State<(AppState, Duration)>, mut req: Request, next: Next) -> Response {
+    let id = request_id::take_or_make(req.headers_mut());
+    // Spans carry the method, the path and the request id only: never the query, never
+    // another header.
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %id.to_str().unwrap_or_default(),
+    );
+    let route = metrics::route_index(req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str()));
+    let started = std::time::Instant::now();
+    let mut res = async {
+        let res = match tokio::time::timeout(limit, next.run(req)).await {
+            Ok(res) => error_shape(res),
+            Err(_) => ApiError::unavailable(&"request timed out").into_response(),
+        };
+        let elapsed = started.elapsed();
+        tracing::debug!(status = res.status().as_u16(), latency_us = elapsed.as_micros() as u64, "answered");
+        res
     }
+    .instrument(span)
+    .await;
+    let code = res.extensions().get::<error::ErrorCode>().map(|c| c.0);
+    state.metrics().observe(route, res.status().as_u16(), started.elapsed().as_secs_f64(), code);
+    res.headers_mut().insert(request_id::X_REQUEST_ID, id);
+    res
 }
 
 /// Gives framework-made answers (405 and the like, which have no JSON body) the pinned shape.
-async fn error_shape(req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
+fn error_shape(res: Response) -> Response {
     let is_json = res
         .headers()
         .get(header::CONTENT_TYPE)

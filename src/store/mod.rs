@@ -30,6 +30,9 @@ pub enum StoreError {
     /// A stored row could not be understood.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The audit writer's own SQLite connection failed.
+    #[error("database error: {0}")]
+    Embedded(#[from] rusqlite::Error),
 }
 
 impl StoreError {
@@ -53,6 +56,16 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    sqlite: Option<SqliteFile>,
+}
+
+/// The SQLite database file behind the pool, for a connection of one's own outside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqliteFile {
+    /// Its path.
+    pub path: std::path::PathBuf,
+    /// Whether commits skip the fsync (`synchronous=normal` in the URL).
+    pub synchronous_normal: bool,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -66,6 +79,7 @@ impl Store {
         // SQLite commits are fsynced (`synchronous = FULL`) unless the URL says
         // `synchronous=normal`: see docs/performance.md for what that trades.
         let mut synchronous = "PRAGMA synchronous = FULL";
+        let mut sqlite = None;
         let (backend, conn_url) = if url.is_postgres() {
             (Backend::Postgres, raw.to_owned())
         } else if let Some(rest) = raw.strip_prefix("sqlite://").or_else(|| raw.strip_prefix("sqlite:")) {
@@ -87,6 +101,10 @@ impl Store {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", parent.display())))?;
             }
+            sqlite = Some(SqliteFile {
+                path: std::path::PathBuf::from(path),
+                synchronous_normal: synchronous.ends_with("NORMAL"),
+            });
             let sep = if rest.contains('?') { '&' } else { '?' };
             let with_mode = if rest.contains("mode=") {
                 format!("sqlite://{rest}")
@@ -121,7 +139,7 @@ impl Store {
             }
             Backend::Postgres => pool_options.connect_with(options).await?,
         };
-        Ok(Store { pool, backend })
+        Ok(Store { pool, backend, sqlite })
     }
 
     /// Connects and applies the schema.
@@ -148,6 +166,11 @@ impl Store {
     /// The backend.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The SQLite file, when the backend is SQLite.
+    pub fn sqlite_file(&self) -> Option<&SqliteFile> {
+        self.sqlite.as_ref()
     }
 
     /// Starts a transaction that will write. On SQLite it takes the write lock at once

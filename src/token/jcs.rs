@@ -75,21 +75,36 @@ fn write_number(out: &mut String, n: &serde_json::Number) {
     out.push_str(buf.format_finite(f));
 }
 
-fn write_string(out: &mut String, s: &str) {
+/// Appends `s` as a JSON string: only `"`, `\\` and control characters are escaped, the
+/// short forms where JSON has them (RFC 8785 §3.2.2.2). Runs without escapes are copied whole.
+pub(crate) fn write_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0C}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let short = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        // `b` is ASCII, so `i` and `i + 1` are character boundaries.
+        out.push_str(&s[start..i]);
+        if short.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        } else {
+            out.push_str(short);
         }
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
     out.push('"');
 }
 
@@ -110,6 +125,19 @@ mod tests {
         }"#;
         let expected = "{\"literals\":[null,true,false],\"numbers\":[333333333.3333333,1e+30,4.5,0.002,1e-27],\"string\":\"€$\\u000f\\nA'B\\\"\\\\\\\\\\\"/\"}";
         assert_eq!(canon(input), expected);
+    }
+
+    #[test]
+    fn strings_are_escaped_as_json_requires() {
+        // Every ASCII character, and some beyond, against serde_json (whose escapes are the
+        // ones RFC 8785 asks for).
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é€𝄞\u{2028}");
+        for s in [all.as_str(), "", "a", "\"", "x\u{0}y"] {
+            let mut out = String::new();
+            write_string(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
     }
 
     #[test]
