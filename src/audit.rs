@@ -493,25 +493,16 @@ mod sqlite_writer {
     use super::{AuditEvent, Job, MAX_BATCH, answer, chain, take_waiting};
     use crate::store::{SqliteFile, StoreError};
 
-    /// Records written between two requests to the checkpointer (a few hundred pages of
-    /// the write-ahead log).
-    const CHECKPOINT_EVERY: usize = 1024;
-
-    /// Pages in the write-ahead log at which the writer checkpoints itself, should the
-    /// checkpointer fall behind (SQLite's default is 1000).
-    const WRITER_AUTOCHECKPOINT: u32 = 16_000;
+    /// Commits, or records, after which the writer checkpoints: copies the write-ahead log
+    /// back into the database, so that the log starts over (each commit adds a few pages to
+    /// it, and SQLite's own default is a checkpoint per 1000 pages).
+    const CHECKPOINT_COMMITS: usize = 256;
+    const CHECKPOINT_RECORDS: usize = 2048;
 
     pub(super) fn run(file: &SqliteFile, mut rx: tokio::sync::mpsc::Receiver<Job>) {
         let mut conn: Option<Connection> = None;
         let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-        // Copying the write-ahead log back into the database (a checkpoint) is done by a
-        // thread of its own, so that no batch waits for it.
-        let (checkpoint, requests) = std::sync::mpsc::sync_channel::<()>(1);
-        let checkpointer_file = file.clone();
-        let _ = std::thread::Builder::new()
-            .name("tessera-checkpoint".into())
-            .spawn(move || checkpointer(&checkpointer_file, &requests));
-        let mut since_checkpoint = 0;
+        let (mut commits, mut records) = (0, 0);
         while let Some(job) = rx.blocking_recv() {
             batch.push(job);
             take_waiting(&mut rx, &mut batch);
@@ -538,34 +529,20 @@ mod sqlite_writer {
                 // The connection may be what failed: the next batch opens a fresh one.
                 conn = None;
             }
-            since_checkpoint += batch.len();
+            commits += 1;
+            records += batch.len();
             answer(&mut batch, &result);
-            if since_checkpoint >= CHECKPOINT_EVERY {
-                since_checkpoint = 0;
-                // Full: a request is already waiting.
-                let _ = checkpoint.try_send(());
+            // After the answers, not inside a commit as SQLite's automatic checkpoint would
+            // be: no caller waits for it but the next batch.
+            if commits >= CHECKPOINT_COMMITS || records >= CHECKPOINT_RECORDS {
+                (commits, records) = (0, 0);
+                if let Some(c) = &conn
+                    && let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(error = %e, "write-ahead log checkpoint failed");
+                }
             }
         }
-    }
-
-    /// Runs a passive checkpoint (one that never blocks the writer) on each request.
-    fn checkpointer(file: &SqliteFile, requests: &std::sync::mpsc::Receiver<()>) {
-        let mut conn: Option<Connection> = None;
-        while requests.recv().is_ok() {
-            let done = match &conn {
-                Some(c) => passive_checkpoint(c),
-                None => open(file).and_then(|c| passive_checkpoint(conn.insert(c))),
-            };
-            if let Err(e) = done {
-                tracing::warn!(error = %e, "write-ahead log checkpoint failed; the writer will checkpoint itself");
-                conn = None;
-            }
-        }
-    }
-
-    fn passive_checkpoint(c: &Connection) -> Result<(), StoreError> {
-        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-        Ok(())
     }
 
     fn open(file: &SqliteFile) -> Result<Connection, StoreError> {
@@ -580,7 +557,7 @@ mod sqlite_writer {
         } else {
             "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
         })?;
-        c.pragma_update_and_check(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT, |_| Ok(()))?;
+        c.pragma_update_and_check(None, "wal_autocheckpoint", 0, |_| Ok(()))?;
         Ok(c)
     }
 
