@@ -9,7 +9,8 @@
 //! change nothing else, go through [`AuditWriter`], which groups concurrent records into one
 //! transaction (group commit) and answers each caller only once its record is durable.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ring::digest::{SHA256, digest};
 use serde::Serialize;
@@ -378,6 +379,33 @@ struct Job {
 pub struct AuditWriter {
     tx: mpsc::Sender<Job>,
     clients: std::sync::Arc<crate::clients::AuthCache>,
+    stats: std::sync::Arc<WriterStats>,
+}
+
+/// What the writer has done since start, for `/metrics`: the mean batch is
+/// `records / batches`, the mean time to write and commit one `seconds / batches`.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    batches: AtomicU64,
+    records: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl WriterStats {
+    fn add(&self, records: usize, took: std::time::Duration) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+        self.micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Batches written (or tried), records in them, and seconds spent writing and committing.
+    pub fn totals(&self) -> (u64, u64, f64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.records.load(Ordering::Relaxed),
+            self.micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
 }
 
 /// Most records written in one transaction.
@@ -388,11 +416,13 @@ impl AuditWriter {
     /// PostgreSQL a task.
     pub fn start(store: Store) -> AuditWriter {
         let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+        let stats = std::sync::Arc::new(WriterStats::default());
+        let counted = stats.clone();
         match store.sqlite_file().cloned() {
             Some(file) => {
                 let spawned = std::thread::Builder::new()
                     .name("tessera-audit".into())
-                    .spawn(move || sqlite_writer::run(&file, rx));
+                    .spawn(move || sqlite_writer::run(&file, rx, &counted));
                 if let Err(e) = spawned {
                     // Without a writer every record fails (the channel is closed), so no
                     // token is issued unrecorded.
@@ -400,10 +430,15 @@ impl AuditWriter {
                 }
             }
             None => {
-                tokio::spawn(pool_writer(store, rx));
+                tokio::spawn(pool_writer(store, rx, counted));
             }
         }
-        AuditWriter { tx, clients: std::sync::Arc::default() }
+        AuditWriter { tx, clients: std::sync::Arc::default(), stats }
+    }
+
+    /// What the writer has done since start.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
     }
 
     /// The clients authenticated from memory, whose records this writer checks at commit
@@ -442,7 +477,7 @@ impl AuditWriter {
 const MAX_YIELDS: usize = 8;
 
 /// The writer on the connection pool's backend (PostgreSQL).
-async fn pool_writer(store: Store, mut rx: mpsc::Receiver<Job>) {
+async fn pool_writer(store: Store, mut rx: mpsc::Receiver<Job>, stats: std::sync::Arc<WriterStats>) {
     // A connection of the writer's own, taken from the pool once (and again after a
     // failure), so a batch costs no pool checkout.
     let mut conn: Option<AnyConnection> = None;
@@ -464,7 +499,9 @@ async fn pool_writer(store: Store, mut rx: mpsc::Receiver<Job>) {
                 break;
             }
         }
+        let started = Instant::now();
         let result = write_batch(&store, &mut conn, &batch).await;
+        stats.add(batch.len(), started.elapsed());
         answer(&mut batch, &result);
     }
 }
@@ -490,7 +527,7 @@ fn answer(batch: &mut Vec<Job>, result: &Result<Vec<bool>, StoreError>) {
 mod sqlite_writer {
     use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-    use super::{AuditEvent, Job, MAX_BATCH, answer, chain, take_waiting};
+    use super::{AuditEvent, Job, MAX_BATCH, WriterStats, answer, chain, take_waiting};
     use crate::store::{SqliteFile, StoreError};
 
     /// Commits, or records, after which the writer checkpoints: copies the write-ahead log
@@ -499,7 +536,7 @@ mod sqlite_writer {
     const CHECKPOINT_COMMITS: usize = 256;
     const CHECKPOINT_RECORDS: usize = 2048;
 
-    pub(super) fn run(file: &SqliteFile, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+    pub(super) fn run(file: &SqliteFile, mut rx: tokio::sync::mpsc::Receiver<Job>, stats: &WriterStats) {
         let mut conn: Option<Connection> = None;
         let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
         let (mut commits, mut records) = (0, 0);
@@ -521,6 +558,7 @@ mod sqlite_writer {
                     break;
                 }
             }
+            let started = std::time::Instant::now();
             let result = match &mut conn {
                 Some(c) => write_batch(c, &batch),
                 None => open(file).and_then(|c| write_batch(conn.insert(c), &batch)),
@@ -529,6 +567,7 @@ mod sqlite_writer {
                 // The connection may be what failed: the next batch opens a fresh one.
                 conn = None;
             }
+            stats.add(batch.len(), started.elapsed());
             commits += 1;
             records += batch.len();
             answer(&mut batch, &result);

@@ -168,13 +168,27 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read at scrape time.
-    pub fn render(&self, key_ages: &[(String, i64)], failed_auth_blocked: u64) -> String {
+    pub fn render(&self, key_ages: &[(String, i64)], failed_auth_blocked: u64, audit: (u64, u64, f64)) -> String {
         let mut out = String::with_capacity(16 * 1024);
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
 
         let _ = writeln!(out, "# HELP tessera_build_info The running version.");
         let _ = writeln!(out, "# TYPE tessera_build_info gauge");
         let _ = writeln!(out, "tessera_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+
+        let (batches, records, seconds) = audit;
+        let _ = writeln!(
+            out,
+            "# HELP tessera_audit_batches_total Transactions the token audit writer has written (group commit)."
+        );
+        let _ = writeln!(out, "# TYPE tessera_audit_batches_total counter");
+        let _ = writeln!(out, "tessera_audit_batches_total {batches}");
+        let _ = writeln!(out, "# HELP tessera_audit_batch_records_total Audit records in those transactions.");
+        let _ = writeln!(out, "# TYPE tessera_audit_batch_records_total counter");
+        let _ = writeln!(out, "tessera_audit_batch_records_total {records}");
+        let _ = writeln!(out, "# HELP tessera_audit_batch_seconds_total Time spent writing and committing them.");
+        let _ = writeln!(out, "# TYPE tessera_audit_batch_seconds_total counter");
+        let _ = writeln!(out, "tessera_audit_batch_seconds_total {seconds}");
 
         let _ =
             writeln!(out, "# HELP tessera_http_requests_total Requests answered, by route template and status class.");
@@ -288,7 +302,7 @@ async fn scrape(State(state): State<AppState>) -> Response {
             .collect(),
         Err(_) => Vec::new(),
     };
-    let body = state.metrics().render(&key_ages, state.auth_failures().refusals());
+    let body = state.metrics().render(&key_ages, state.auth_failures().refusals(), state.audit().stats().totals());
     let mut res = body.into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
@@ -309,7 +323,7 @@ mod tests {
         m.observe(route_index(None), 404, 0.5, Some("not_found"));
         m.token_issued(CallerKind::Agent, "client_credentials");
         m.approval(Status::Pending);
-        let text = m.render(&[("k1".to_owned(), 5)], 2);
+        let text = m.render(&[("k1".to_owned(), 5)], 2, (3, 40, 0.25));
         for line in [
             "tessera_http_requests_total{route=\"/oauth/token\",status=\"4xx\"} 1",
             "tessera_http_requests_total{route=\"other\",status=\"4xx\"} 1",
@@ -322,6 +336,9 @@ mod tests {
             "tessera_approvals_total{status=\"pending\"} 1",
             "tessera_failed_auth_blocked_total 2",
             "tessera_signing_key_age_seconds{kid=\"k1\"} 5",
+            "tessera_audit_batches_total 3",
+            "tessera_audit_batch_records_total 40",
+            "tessera_audit_batch_seconds_total 0.25",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

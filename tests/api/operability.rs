@@ -60,6 +60,10 @@ async fn metrics_count_tokens_failures_approvals_and_redemptions() {
     assert_eq!(moved("tessera_http_request_duration_seconds_count{route=\"/v1/approvals/{id}/decision\"}"), 1.0);
     assert_eq!(moved("tessera_http_requests_total{route=\"/oauth/token\",status=\"4xx\"}"), 1.0);
     assert!(!after.contains(&id), "no raw path or id in a label");
+    // The two issued tokens went through the group-commit writer, in one batch or two.
+    assert_eq!(moved("tessera_audit_batch_records_total"), 2.0, "{after}");
+    assert!((1.0..=2.0).contains(&moved("tessera_audit_batches_total")), "{after}");
+    assert!(moved("tessera_audit_batch_seconds_total") > 0.0, "{after}");
     assert!(value(&after, "tessera_http_request_duration_seconds_bucket{route=\"/oauth/token\",le=\"+Inf\"}") >= 3.0);
     assert!(after.lines().any(|l| l.starts_with("tessera_signing_key_age_seconds{kid=")), "{after}");
     // Every sample line is `name{labels} number` or `name number`.
