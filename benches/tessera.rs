@@ -518,7 +518,7 @@ fn print_steps(name: &str, v: &Value) {
     }
     for s in v["steps"].as_array().cloned().unwrap_or_default() {
         println!(
-            "{:<26} {:>5} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>7}",
+            "{:<26} {:>5} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.1} {:>7.2} {:>7.2} {:>7}",
             name,
             s["concurrency"],
             s["per_sec"].as_f64().unwrap_or(0.0),
@@ -526,6 +526,7 @@ fn print_steps(name: &str, v: &Value) {
             s["p99_ms"].as_f64().unwrap_or(f64::NAN),
             s["max_ms"].as_f64().unwrap_or(f64::NAN),
             s["server_cpu_cores"].as_f64().unwrap_or(f64::NAN),
+            s["server_cpu_us_per_answer"].as_f64().unwrap_or(f64::NAN),
             s["client_cpu_cores"].as_f64().unwrap_or(f64::NAN),
             s["others_on_core0_cores"].as_f64().unwrap_or(f64::NAN),
             s["errors"],
@@ -603,7 +604,7 @@ fn main() {
     }
     println!();
     println!(
-        "{:<26} {:>5} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
+        "{:<26} {:>5} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8} {:>7} {:>7} {:>7}",
         "token endpoint (HTTP)",
         "conc",
         "tokens/s",
@@ -611,6 +612,7 @@ fn main() {
         "p99 ms",
         "max ms",
         "srv cpu",
+        "µs/token",
         "gen cpu",
         "noise",
         "errors"

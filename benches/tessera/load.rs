@@ -158,6 +158,8 @@ impl Step {
             "p99_ms": round(self.p99_ms, 3),
             "max_ms": round(self.max_ms, 3),
             "server_cpu_cores": round(self.server_cpu, 2),
+            // The server's CPU time per successful answer: comparable with one raw signature.
+            "server_cpu_us_per_answer": (self.per_sec > 0.0).then(|| round(self.server_cpu / self.per_sec * 1e6, 1)),
             "client_cpu_cores": round(self.client_cpu, 2),
             "others_on_core0_cores": round(self.others_on_core0, 2),
         })
