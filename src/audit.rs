@@ -520,10 +520,10 @@ fn answer(batch: &mut Vec<Job>, result: &Result<Vec<bool>, StoreError>) {
 
 /// The writer on SQLite: a thread of its own with a connection of its own, outside the pool.
 ///
-/// Every issued token's record goes through here, so the path is short: one prepared
-/// statement per row instead of a multi-row statement rebuilt per batch, no hop through the
-/// pool's worker thread per statement, and a batch is whatever has queued while the last
-/// commit's fsync ran.
+/// Every issued token's record goes through here, so the path is short: one cached prepared
+/// statement per row instead of a multi-row statement rebuilt per batch, and no hop through
+/// the pool's worker thread per statement. A batch is every record the runtime has ready:
+/// the thread yields the core until a yield brings no new record.
 mod sqlite_writer {
     use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
