@@ -532,8 +532,8 @@ mod sqlite_writer {
 
     /// Commits, or records, after which the writer checkpoints: copies the write-ahead log
     /// back into the database, so that the log starts over. Small and often: the next batch
-    /// waits for a checkpoint, and at concurrency 16 checkpoints every 256 commits (about 1 500
-    /// pages of log; SQLite's own default is 1 000) put the p99 at 7.5 to 8.3 ms, every 16
+    /// waits for a checkpoint, and at concurrency 16 checkpoints every 256 commits (some 1 800
+    /// frames of log; SQLite's own default is 1 000) put the p99 at 7.5 to 8.3 ms, every 16
     /// commits at 5.0 to 6.1 ms, for the same throughput (docs/performance.md).
     const CHECKPOINT_COMMITS: usize = 16;
     const CHECKPOINT_RECORDS: usize = 256;
