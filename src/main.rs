@@ -1,7 +1,7 @@
 //! The `tessera` binary: parse the command line, dispatch.
 
-/// mimalloc rather than glibc's malloc: per request, the token endpoint's allocations cost
-/// glibc about half as much again as the signature itself (docs/performance.md).
+/// mimalloc rather than glibc's malloc: measured on the token endpoint, 115 to 136 µs of CPU
+/// per token with it against 140 to 155 µs without (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
