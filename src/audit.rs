@@ -352,6 +352,14 @@ pub struct ClientCheck {
     pub updated_at: i64,
 }
 
+impl ClientCheck {
+    /// Whether the client's row, as read now, still says what it said when the client was
+    /// authenticated: enabled, the same secret hash, unchanged since.
+    fn holds(&self, secret_hash: &str, disabled: bool, updated_at: i64) -> bool {
+        !disabled && updated_at == self.updated_at && secret_hash == self.secret_hash
+    }
+}
+
 /// Why a checked record was not written.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckedError {
@@ -622,9 +630,8 @@ mod sqlite_writer {
                                     Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
                                 })
                                 .optional()?;
-                            let current = row.is_some_and(|(hash, disabled, updated_at)| {
-                                disabled == 0 && updated_at == c.updated_at && hash == c.secret_hash
-                            });
+                            let current = row
+                                .is_some_and(|(hash, disabled, updated_at)| c.holds(&hash, disabled != 0, updated_at));
                             seen.push((&c.client_id, current));
                             current
                         }
@@ -726,9 +733,9 @@ async fn check_clients(conn: &mut AnyConnection, batch: &[Job]) -> Result<Vec<bo
         .iter()
         .map(|j| match &j.check {
             None => true,
-            Some(c) => current
-                .get(c.client_id.as_str())
-                .is_some_and(|s| !s.disabled && s.updated_at == c.updated_at && s.secret_hash == c.secret_hash),
+            Some(c) => {
+                current.get(c.client_id.as_str()).is_some_and(|s| c.holds(&s.secret_hash, s.disabled, s.updated_at))
+            }
         })
         .collect())
 }
