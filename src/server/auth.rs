@@ -97,6 +97,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for StrictJson<T> {
         }
         let limit = state.config().max_body_bytes;
         let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| ApiError::too_large(limit))?;
+        // Numbers first (design §11): a parsed value no longer says how a number was written.
+        crate::token::jcs::check_numbers(&bytes).map_err(|e| ApiError::invalid_request(format!("body: {e}")))?;
         let map = strict_json::parse_object(&bytes).map_err(|e| ApiError::invalid_request(format!("body: {e}")))?;
         let value =
             serde_json::from_value(Value::Object(map)).map_err(|e| ApiError::invalid_request(format!("body: {e}")))?;

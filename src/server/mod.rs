@@ -68,6 +68,7 @@ struct Inner {
     verifier: crate::verify::Policy,
     notifier: Arc<Notifier>,
     auth_failures: ratelimit::FailureLimiter,
+    token_requests: Option<ratelimit::RequestLimiter>,
     metrics: metrics::Metrics,
     rotation: tokio::sync::Mutex<()>,
 }
@@ -82,6 +83,7 @@ impl AppState {
         verifier.leeway_secs = config.leeway_secs;
         let notifier = Arc::new(Notifier::new(config.webhooks.clone(), Duration::from_millis(500)));
         let auth_failures = ratelimit::FailureLimiter::new(config.failed_auth_per_minute);
+        let token_requests = ratelimit::RequestLimiter::new(config.token_requests_per_minute);
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
@@ -92,6 +94,7 @@ impl AppState {
                 verifier,
                 notifier,
                 auth_failures,
+                token_requests,
                 metrics: metrics::Metrics::default(),
                 rotation: tokio::sync::Mutex::new(()),
             }),
@@ -128,6 +131,11 @@ impl AppState {
     /// The limiter of failed client authentications (token endpoint and console sign-in).
     pub fn auth_failures(&self) -> &ratelimit::FailureLimiter {
         &self.inner.auth_failures
+    }
+    /// The limiter of successful token requests per client, when `token_requests_per_minute`
+    /// is set.
+    pub fn token_requests(&self) -> Option<&ratelimit::RequestLimiter> {
+        self.inner.token_requests.as_ref()
     }
     /// The counters `GET /metrics` shows.
     pub fn metrics(&self) -> &metrics::Metrics {

@@ -132,12 +132,6 @@ pub fn presented_credentials(headers: &HeaderMap, form: &Form) -> ApiResult<Pres
     Ok(PresentedCredentials { client_id: id, secret: ClientSecret::new(secret) })
 }
 
-/// The rate-limit keys of an authentication attempt: the client id named and the peer.
-fn limit_keys(creds: &PresentedCredentials, peer: Option<std::net::IpAddr>) -> [String; 2] {
-    let id: String = creds.client_id.chars().take(64).collect();
-    [format!("client:{id}"), peer.map_or_else(|| "peer:unknown".to_owned(), |p| format!("peer:{p}"))]
-}
-
 /// Authenticates the client. Unknown client, wrong secret and disabled client give the same
 /// answer after the same work. A client id or peer with too many recent failures is refused
 /// with 429 before its secret is checked.
@@ -158,7 +152,7 @@ async fn authenticate_with(
     peer: Option<std::net::IpAddr>,
     cached: bool,
 ) -> ApiResult<(ClientRecord, Option<ClientCheck>)> {
-    let keys = limit_keys(creds, peer);
+    let keys = super::ratelimit::auth_keys(&creds.client_id, peer);
     let keys = [keys[0].as_str(), keys[1].as_str()];
     if let Some(wait) = state.auth_failures().blocked(&keys) {
         return Err(ApiError::rate_limited(wait.as_secs().max(1)));
@@ -441,6 +435,11 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
     let creds = presented_credentials(&headers, &form)?;
     let client_credentials = grant_type == "client_credentials";
     let (client, check) = authenticate_with(&state, &creds, peer, client_credentials).await?;
+    if let Some(limiter) = state.token_requests()
+        && let Err(wait) = limiter.check(client.client_id.as_str())
+    {
+        return Err(ApiError::rate_limited(wait.as_secs_f64().ceil() as u64));
+    }
     let now = state.now();
     match grant_type.as_str() {
         "client_credentials" => {

@@ -1,5 +1,5 @@
-//! Limits on failed authentications (GCRA, the `governor` crate), per client id and per peer
-//! address, for `/oauth/token` and the console sign-in.
+//! Limits on failed authentications (GCRA, the `governor` crate), per (client id, peer address)
+//! and per peer address, for `/oauth/token` and the console sign-in.
 //!
 //! Failures are counted; successes are not. Once a key has used its allowance, requests
 //! naming it are refused with `429 rate_limited` **before** any secret is checked, until the
@@ -16,6 +16,16 @@ use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// The keys an authentication attempt counts against: the client id named *from this peer*,
+/// and the peer. Never the client id alone: client ids are not secret (they appear in logs,
+/// configuration and approvals), and a limit keyed on the id alone would let anyone lock any
+/// client out, operators included, by failing in its name from an address of their own.
+pub fn auth_keys(client_id: &str, peer: Option<std::net::IpAddr>) -> [String; 2] {
+    let id: String = client_id.chars().take(64).collect();
+    let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+    [format!("client:{id}@{peer}"), format!("peer:{peer}")]
+}
 
 /// Most keys tracked before pruning.
 const MAX_KEYS: usize = 50_000;
@@ -107,6 +117,39 @@ impl FailureLimiter {
     }
 }
 
+/// Limits successful requests per authenticated client (`token_requests_per_minute`). Keyed
+/// only by ids that authenticated, so nobody can spend another client's allowance, and the
+/// number of keys is bounded by the registered clients (pruned past a cap all the same).
+#[derive(Debug)]
+pub struct RequestLimiter {
+    limiter: Mutex<DefaultKeyedRateLimiter<String>>,
+}
+
+impl RequestLimiter {
+    /// Allows `per_minute` requests per client per minute (as a burst, refilled evenly); `None`
+    /// for 0, which means unlimited.
+    pub fn new(per_minute: u32) -> Option<RequestLimiter> {
+        let n = NonZeroU32::new(per_minute)?;
+        Some(RequestLimiter { limiter: Mutex::new(RateLimiter::keyed(Quota::per_minute(n))) })
+    }
+
+    /// Takes one request of `client_id`'s allowance, or says how long until one is free.
+    pub fn check(&self, client_id: &str) -> Result<(), Duration> {
+        let clock = DefaultClock::default();
+        let limiter = match self.limiter.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        let result =
+            limiter.check_key(&client_id.to_owned()).map_err(|not_until| not_until.wait_time_from(clock.now()));
+        if limiter.len() > MAX_KEYS {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        result
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +165,29 @@ mod tests {
         let wait = l.blocked(&["client:a", "client:b"]).unwrap();
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(60));
         assert!(l.blocked(&["client:b"]).is_none());
+    }
+
+    #[test]
+    fn successful_requests_are_limited_per_client_only_when_configured() {
+        assert!(RequestLimiter::new(0).is_none());
+        let l = RequestLimiter::new(2).unwrap();
+        assert!(l.check("a").is_ok());
+        assert!(l.check("a").is_ok());
+        let wait = l.check("a").unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(30), "{wait:?}");
+        assert!(l.check("b").is_ok(), "another client's allowance is its own");
+    }
+
+    #[test]
+    fn the_client_id_counts_only_with_the_peer() {
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        let l = FailureLimiter::new(3);
+        for _ in 0..5 {
+            l.record_failure(&auth_keys("tc_victim", Some(a)).each_ref().map(String::as_str));
+        }
+        assert!(l.blocked(&auth_keys("tc_victim", Some(a)).each_ref().map(String::as_str)).is_some());
+        assert!(l.blocked(&auth_keys("tc_victim", Some(b)).each_ref().map(String::as_str)).is_none());
     }
 
     #[test]

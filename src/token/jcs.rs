@@ -26,6 +26,81 @@ pub fn params_digest(params: &Value) -> ParamsDigest {
     ParamsDigest::from_sha256(&bytes)
 }
 
+/// The largest integer magnitude a digested number may have: 2^53 − 1 (design §11). Beyond
+/// it two different integers can become the same double, and so the same digest.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Checks every number in the JSON text `bytes` as design §11 asks of anything digested: an
+/// integer literal (no fraction, no exponent) must lie within ±(2^53 − 1), and any other number
+/// must be finite as a double. Reads the text rather than a parsed value because a parsed
+/// value no longer says how a number was written. Text that is not JSON passes: the parser
+/// that runs next refuses it.
+pub fn check_numbers(bytes: &[u8]) -> Result<(), String> {
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string, escapes included.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                    i += 1;
+                }
+                check_number(&bytes[start..i])?;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+fn check_number(literal: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(literal).unwrap_or_default();
+    let shown: String = text.chars().take(40).collect();
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.bytes().all(|b| b.is_ascii_digit()) {
+        // 2^53 − 1 has 16 digits; JSON allows no leading zeros, so more digits is more.
+        let within = digits.len() <= 16 && digits.parse::<u64>().is_ok_and(|n| n <= MAX_SAFE_INTEGER);
+        if !within {
+            return Err(format!("the integer {shown} is outside ±(2^53 − 1)"));
+        }
+        return Ok(());
+    }
+    match text.parse::<f64>() {
+        Ok(f) if !f.is_finite() => Err(format!("the number {shown} is not finite")),
+        _ => Ok(()),
+    }
+}
+
+/// Checks every number of a parsed value, for callers that no longer have the text: an
+/// integer must lie within ±(2^53 − 1); a number parsed as a double that has no fraction and
+/// lies beyond 2^53 − 1 is refused too, since it may have been written as such an integer.
+pub fn check_value_numbers(value: &Value) -> Result<(), String> {
+    match value {
+        Value::Number(n) => {
+            let ok = if let Some(u) = n.as_u64() {
+                u <= MAX_SAFE_INTEGER
+            } else if let Some(i) = n.as_i64() {
+                i.unsigned_abs() <= MAX_SAFE_INTEGER
+            } else {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                f.is_finite() && (f.fract() != 0.0 || f.abs() <= MAX_SAFE_INTEGER as f64)
+            };
+            if ok { Ok(()) } else { Err(format!("the number {n} is outside ±(2^53 − 1)")) }
+        }
+        Value::Array(items) => items.iter().try_for_each(check_value_numbers),
+        Value::Object(map) => map.values().try_for_each(check_value_numbers),
+        _ => Ok(()),
+    }
+}
+
 fn write_value(out: &mut String, value: &Value) {
     match value {
         Value::Null => out.push_str("null"),
@@ -151,6 +226,36 @@ mod tests {
     #[test]
     fn numbers_follow_ecmascript() {
         assert_eq!(canon("[-0, 1.0, 100, 1e21, 1e20, 0.1, -5e-7]"), "[0,1,100,1e+21,100000000000000000000,0.1,-5e-7]");
+    }
+
+    #[test]
+    fn integers_beyond_2_pow_53_and_non_finite_numbers_are_refused() {
+        for ok in [
+            "{}",
+            r#"{"n": 9007199254740991}"#,
+            r#"{"n": -9007199254740991}"#,
+            r#"{"n": [0, -0, 1.5, 1e300, -2.5e-7, 12345678901234567890.5]}"#,
+            r#"{"s": "9007199254740993", "t": "a\"1e999\"b"}"#,
+        ] {
+            assert_eq!(check_numbers(ok.as_bytes()), Ok(()), "{ok}");
+        }
+        for bad in [
+            r#"{"n": 9007199254740992}"#,
+            r#"{"n": 9007199254740993}"#,
+            r#"{"n": -9007199254740992}"#,
+            r#"{"n": {"deep": [18446744073709551616]}}"#,
+            r#"{"n": 00000000000000000001}"#,
+            r#"{"n": 1e999}"#,
+            r#"{"n": -1E400}"#,
+        ] {
+            assert!(check_numbers(bad.as_bytes()).is_err(), "{bad}");
+        }
+        // The two integers of the review share a double, which is why they are refused.
+        let a: Value = serde_json::from_str(r#"{"n": 9007199254740992}"#).unwrap();
+        assert!(check_value_numbers(&a).is_err());
+        assert!(check_value_numbers(&serde_json::json!({"n": 9_007_199_254_740_991_u64, "f": 0.5})).is_ok());
+        let huge: Value = serde_json::from_str(r#"[18446744073709551616]"#).unwrap();
+        assert!(check_value_numbers(&huge).is_err());
     }
 
     #[test]

@@ -298,6 +298,9 @@ impl Gate {
         let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
             .await
             .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "request body too large"))?;
+        crate::token::jcs::check_numbers(&bytes).map_err(|e| {
+            error(StatusCode::BAD_REQUEST, "invalid_request", format!("the body cannot be digested safely: {e}"))
+        })?;
         let params = if bytes.is_empty() {
             json!({})
         } else {

@@ -11,5 +11,6 @@ mod gate;
 mod helpers;
 mod operability;
 mod replicas;
+mod review;
 mod tokens;
 mod vectors;

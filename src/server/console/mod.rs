@@ -341,10 +341,7 @@ async fn sign_in(State(state): State<AppState>, req: Request) -> PageResult {
     let client_id = form.get("client_id").map(String::as_str).unwrap_or("").trim().to_owned();
 
     // The same keys as the token endpoint: failures there and here count together.
-    let keys = [
-        format!("client:{}", client_id.chars().take(64).collect::<String>()),
-        peer.map_or_else(|| "peer:unknown".to_owned(), |p| format!("peer:{p}")),
-    ];
+    let keys = crate::server::ratelimit::auth_keys(&client_id, peer);
     let keys = [keys[0].as_str(), keys[1].as_str()];
     if let Some(wait) = state.auth_failures().blocked(&keys) {
         let secs = wait.as_secs().max(1);
@@ -354,7 +351,7 @@ async fn sign_in(State(state): State<AppState>, req: Request) -> PageResult {
                 None,
                 "Too many failed sign-ins",
                 &format!(
-                    "Sign-in is paused for this client ID or this address after too many failures. \
+                    "Sign-in is paused for this client ID from this address, or for this address, after too many failures. \
                      Try again in {secs} seconds."
                 ),
                 Some(("/console/sign-in", "Back to sign-in")),
