@@ -21,17 +21,22 @@ pub struct SessionRow {
     pub created_at: i64,
     /// The session ends at this time, Unix seconds.
     pub expires_at: i64,
+    /// A stamp of the credential signed in with (see `console::session::credential_stamp`):
+    /// the session ends when the client's secret no longer gives this stamp.
+    pub credential: String,
 }
 
 /// Stores a new session.
 pub async fn insert(conn: &mut AnyConnection, s: &SessionRow) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO console_sessions (session_hash, client_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO console_sessions (session_hash, client_id, created_at, expires_at, credential) \
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&s.session_hash)
     .bind(&s.client_id)
     .bind(s.created_at)
     .bind(s.expires_at)
+    .bind(&s.credential)
     .execute(conn)
     .await?;
     Ok(())
@@ -40,7 +45,8 @@ pub async fn insert(conn: &mut AnyConnection, s: &SessionRow) -> Result<(), Stor
 /// The session stored under `session_hash`, expired or not.
 pub async fn get(store: &Store, session_hash: &str) -> Result<Option<SessionRow>, StoreError> {
     let row = sqlx::query(
-        "SELECT session_hash, client_id, created_at, expires_at FROM console_sessions WHERE session_hash = $1",
+        "SELECT session_hash, client_id, created_at, expires_at, credential FROM console_sessions \
+         WHERE session_hash = $1",
     )
     .bind(session_hash)
     .fetch_optional(store.pool())
@@ -51,6 +57,7 @@ pub async fn get(store: &Store, session_hash: &str) -> Result<Option<SessionRow>
             client_id: r.try_get("client_id")?,
             created_at: r.try_get("created_at")?,
             expires_at: r.try_get("expires_at")?,
+            credential: r.try_get("credential")?,
         })
     })
     .transpose()
@@ -69,6 +76,17 @@ pub async fn delete(conn: &mut AnyConnection, session_hash: &str) -> Result<bool
 pub async fn end_sessions_of(store: &Store, client_id: &str) -> Result<u64, StoreError> {
     let r =
         sqlx::query("DELETE FROM console_sessions WHERE client_id = $1").bind(client_id).execute(store.pool()).await?;
+    Ok(r.rows_affected())
+}
+
+/// Ends every console session of `client_id` opened with another credential than `credential`
+/// (the secret was rotated since); returns how many there were.
+pub async fn end_sessions_not_of(store: &Store, client_id: &str, credential: &str) -> Result<u64, StoreError> {
+    let r = sqlx::query("DELETE FROM console_sessions WHERE client_id = $1 AND credential <> $2")
+        .bind(client_id)
+        .bind(credential)
+        .execute(store.pool())
+        .await?;
     Ok(r.rows_affected())
 }
 

@@ -392,6 +392,52 @@ async fn console_agent_credentials_count_as_failures() {
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
 }
 
+/// Review, round two (defect 3): after `clients rotate-secret` or a revocation by client, the
+/// old cookie and its CSRF token kept working for the session's whole life. Both now end on
+/// the very next request, and nothing posted with them changes anything.
+#[tokio::test]
+async fn console_sessions_end_when_the_secret_is_rotated_or_the_client_revoked() {
+    let o = org().await;
+    let pending = secret_request(&o).await;
+    let path = format!("/console/approvals/{pending}/decision");
+    let a = sign_in(&o.app, &o.op).await;
+    let b = sign_in(&o.app, &o.op).await;
+    let csrf_a = csrf_of(&get_page(&o.app, "/console", Some(&a)).await.text().await.unwrap());
+
+    // Rotation by the command line, on the database, as an administrator would.
+    let out = o.app.cli(&["clients", "rotate-secret", &o.op.id]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_secret = rotated["client_secret"].as_str().unwrap().to_owned();
+
+    let res =
+        post_form(&o.app, &path, Some(&a), &[("csrf", &csrf_a), ("decision", "approve"), ("confirm", "yes")]).await;
+    assert_eq!(res.status(), 303, "the old session is sent to sign in");
+    assert!(res.headers()["location"].to_str().unwrap().starts_with("/console/sign-in"));
+    assert_eq!(approval(&o, &pending).await["status"], "pending", "and its decision changed nothing");
+    assert_eq!(get_page(&o.app, "/console", Some(&b)).await.status(), 303, "every old session ended");
+    assert!(session_rows(&o.app).await.is_empty());
+    assert_eq!(sign_in_raw(&o.app, &o.op.id, &o.op.secret).await.status(), 401, "the old secret is refused");
+
+    // Signed in with the new secret, the operator works again...
+    let op = TestClient { id: o.op.id.clone(), secret: new_secret };
+    let c = sign_in(&o.app, &op).await;
+    let res = get_page(&o.app, "/console", Some(&c)).await;
+    assert_eq!(res.status(), 200);
+    let csrf_c = csrf_of(&res.text().await.unwrap());
+
+    // ...until another operator revokes the client: the session opened before ends at once.
+    let admin = o.app.create_client_with("acme", CallerKind::Operator, "root", None, &["tokens:revoke"], &[]).await;
+    let admin_token = o.app.access_token(&admin).await;
+    let res = o.app.post_bearer("/v1/revocations", &admin_token, &json!({"client_id": op.id})).await;
+    assert!(res.status().is_success(), "revocation by client: {}", res.status());
+    let res =
+        post_form(&o.app, &path, Some(&c), &[("csrf", &csrf_c), ("decision", "approve"), ("confirm", "yes")]).await;
+    assert_eq!(res.status(), 303, "the revoked session is sent to sign in");
+    assert_eq!(approval(&o, &pending).await["status"], "pending");
+    assert_eq!(get_page(&o.app, "/console", Some(&c)).await.status(), 303);
+}
+
 #[tokio::test]
 async fn console_decisions_need_the_sessions_csrf_token() {
     let o = org().await;

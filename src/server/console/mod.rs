@@ -372,7 +372,7 @@ async fn sign_in(State(state): State<AppState>, req: Request) -> PageResult {
         return Ok(sign_in_refused(next));
     };
     let now = state.now();
-    let cookie = session::start(&state, &client, now).await?;
+    let cookie = session::start(&state, &client, &clients::hash_secret(secret.expose()), now).await?;
     let mut res = see_other(next.unwrap_or("/console"));
     res.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(res)

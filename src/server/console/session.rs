@@ -7,7 +7,8 @@
 //!   recomputes it from the cookie and never stores it, and it reveals nothing of the id.
 //!   Forms carry it; every POST compares it in constant time.
 //! - Every request re-reads the session and the client: an expired session, a signed-out one,
-//!   and one whose client was disabled (or is no operator any more) end at once.
+//!   and one whose client was disabled (or is no operator any more), whose secret was rotated
+//!   since sign-in, or whose client was revoked since sign-in, end at once.
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use ring::digest::{SHA256, digest};
@@ -142,23 +143,48 @@ pub async fn current(state: &AppState, headers: &HeaderMap) -> Result<Option<Ope
         sessions::delete(&mut conn, &hash).await?;
         return Ok(None);
     }
-    let client = client_rows::get(state.store(), &row.client_id).await?;
-    let Some(client) = client.filter(|c| !c.disabled && c.kind == CallerKind::Operator) else {
+    let found = client_rows::get_with_hash(state.store(), &row.client_id).await?;
+    let Some((client, secret_hash)) = found.filter(|(c, _)| !c.disabled && c.kind == CallerKind::Operator) else {
         let ended = sessions::end_sessions_of(state.store(), &row.client_id).await?;
         tracing::info!(client_id = %row.client_id, ended, "console sessions of a disabled client ended");
         return Ok(None);
     };
-    Ok(Some(Operator {
-        claims: operator_claims(state, &client, &row, now),
-        client,
-        csrf: csrf_token(id),
-        session_hash: hash,
-    }))
+    // The session lives only as long as the credential it was opened with.
+    let stamp = credential_stamp(&secret_hash);
+    if !bool::from(stamp.as_bytes().ct_eq(row.credential.as_bytes())) {
+        let ended = sessions::end_sessions_not_of(state.store(), &row.client_id, &stamp).await?;
+        tracing::info!(client_id = %row.client_id, ended, "console sessions of a rotated secret ended");
+        return Ok(None);
+    }
+    // A revocation of the client's tokens covers the sessions opened up to its time.
+    let claims = operator_claims(state, &client, &row, now);
+    if crate::store::revocations::is_revoked(state.store(), &claims.jti, &row.client_id, row.created_at).await? {
+        let mut conn = state.store().pool().acquire().await?;
+        sessions::delete(&mut conn, &hash).await?;
+        tracing::info!(client_id = %row.client_id, "a console session of a revoked client ended");
+        return Ok(None);
+    }
+    Ok(Some(Operator { claims, client, csrf: csrf_token(id), session_hash: hash }))
+}
+
+/// The stamp a session keeps of the credential it was opened with: SHA-256 over a label and
+/// the client's stored secret hash, in hex. It changes when the secret is rotated, and says
+/// nothing of the secret or its hash.
+pub fn credential_stamp(secret_hash: &str) -> String {
+    let mut input = b"tessera console credential\0".to_vec();
+    input.extend_from_slice(secret_hash.as_bytes());
+    digest(&SHA256, &input).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Starts a session for `client` and records the sign-in in the audit log, in one
 /// transaction. Returns the `Set-Cookie` value.
-pub async fn start(state: &AppState, client: &ClientRecord, now: i64) -> Result<HeaderValue, ApiError> {
+/// `secret_hash` is the stored hash of the secret the operator signed in with.
+pub async fn start(
+    state: &AppState,
+    client: &ClientRecord,
+    secret_hash: &str,
+    now: i64,
+) -> Result<HeaderValue, ApiError> {
     let id = new_session_id()?;
     let lifetime = state.config().console_session_secs;
     let row = SessionRow {
@@ -166,6 +192,7 @@ pub async fn start(state: &AppState, client: &ClientRecord, now: i64) -> Result<
         client_id: client.client_id.to_string(),
         created_at: now,
         expires_at: now + lifetime,
+        credential: credential_stamp(secret_hash),
     };
     // Old sessions are forgotten as new ones start; they were refused already.
     sessions::delete_expired(state.store(), now).await?;
