@@ -43,6 +43,9 @@ pub enum ApprovalError {
     /// 410 `expired`.
     #[error("{0}")]
     Expired(String),
+    /// 429 `rate_limited`: too many of the requester's requests are pending.
+    #[error("{0}")]
+    TooMany(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -255,6 +258,19 @@ pub async fn request(
         ));
     }
     let mut tx = store.begin_write().await?;
+    if !row.bypass {
+        // Counted under the append lock, so concurrent requests (on any replica) cannot all
+        // see room for one more.
+        audit::lock(&mut tx, store.backend()).await?;
+        let pending = rows::count_pending_of(&mut tx, &row.requester, now).await?;
+        if pending >= policy.max_pending_per_requester {
+            return Err(ApprovalError::TooMany(format!(
+                "{pending} requests of this client are already pending (at most {}); wait for a decision, \
+                 or withdraw one",
+                policy.max_pending_per_requester
+            )));
+        }
+    }
     rows::insert(&mut tx, &row).await?;
     audit::append(&mut tx, store.backend(), &events, now).await?;
     tx.commit().await.map_err(StoreError::from)?;

@@ -94,6 +94,8 @@ pub struct Policy {
     pub capability_ttl_secs: i64,
     /// How long a request stays pending, seconds.
     pub approval_ttl_secs: i64,
+    /// Most requests one requester may have pending at once.
+    pub max_pending_per_requester: i64,
     quorum: BTreeMap<String, u32>,
 }
 
@@ -112,6 +114,8 @@ pub struct PolicyFile {
     pub capability_ttl_secs: Option<i64>,
     /// Pending-request lifetime, seconds.
     pub approval_ttl_secs: Option<i64>,
+    /// Most requests one requester may have pending at once.
+    pub max_pending_per_requester: Option<i64>,
     /// Quorum per action.
     pub quorum: Option<BTreeMap<String, u32>>,
     /// Per-kind ceilings and defaults.
@@ -151,6 +155,7 @@ impl Default for Policy {
             access_token_ttl_secs: 300,
             capability_ttl_secs: 300,
             approval_ttl_secs: 3600,
+            max_pending_per_requester: 20,
             quorum: BTreeMap::new(),
         }
     }
@@ -184,6 +189,9 @@ impl Policy {
         if let Some(v) = file.approval_ttl_secs {
             p.approval_ttl_secs = v;
         }
+        if let Some(v) = file.max_pending_per_requester {
+            p.max_pending_per_requester = v;
+        }
         if let Some(q) = &file.quorum {
             p.quorum = q.clone();
         }
@@ -211,6 +219,7 @@ impl Policy {
             ("access_token_ttl_secs", self.access_token_ttl_secs, MAX_LIFETIME_SECS),
             ("capability_ttl_secs", self.capability_ttl_secs, MAX_LIFETIME_SECS),
             ("approval_ttl_secs", self.approval_ttl_secs, 7 * 24 * 3600),
+            ("max_pending_per_requester", self.max_pending_per_requester, 10_000),
         ] {
             if !(1..=max).contains(&ttl) {
                 return Err(PolicyError(format!("{what} must be between 1 and {max}")));

@@ -1,9 +1,11 @@
 //! Notifications of new pending approvals: each configured webhook gets a JSON POST signed
 //! with HMAC-SHA256, retried with backoff. Delivery never blocks or fails the request that
-//! caused it; failures are logged and counted.
+//! caused it; failures are logged (the hook's host only) and counted, and a hook's queue is
+//! bounded: past it the oldest notification is dropped and counted.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ring::hmac;
@@ -53,14 +55,42 @@ pub fn sign(secret: &WebhookSecret, t: i64, body: &[u8]) -> String {
     format!("t={t},v1={hex}")
 }
 
-/// Delivers notifications in the background.
+/// The host (and port) of a webhook URL: all of it that is ever logged. Chat webhooks carry
+/// their secret in the path, so the path and query never reach a log line.
+pub fn host_of(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => "(no host)".to_owned(),
+        },
+        Err(_) => "(unparsable URL)".to_owned(),
+    }
+}
+
+/// Most notifications waiting per hook; past it the oldest is dropped (and counted).
+pub const QUEUE_CAP: usize = 1_000;
+
+/// Delivers notifications in the background: one bounded queue and one worker per hook, so
+/// a dead hook holds at most [`QUEUE_CAP`] notifications, never an unbounded pile of tasks.
 #[derive(Debug)]
 pub struct Notifier {
-    hooks: Vec<WebhookConfig>,
+    hooks: Vec<Hook>,
     http: reqwest::Client,
     delivered: AtomicU64,
     failed: AtomicU64,
+    dropped: AtomicU64,
     backoff: Duration,
+    cap: usize,
+}
+
+#[derive(Debug)]
+struct Hook {
+    config: WebhookConfig,
+    host: String,
+    queue: Mutex<VecDeque<(Vec<u8>, String)>>,
+    ready: tokio::sync::Notify,
+    started: AtomicBool,
 }
 
 /// Attempts per delivery.
@@ -69,12 +99,35 @@ const ATTEMPTS: u32 = 4;
 impl Notifier {
     /// A notifier for `hooks`; the first retry waits `backoff`, each next one twice as long.
     pub fn new(hooks: Vec<WebhookConfig>, backoff: Duration) -> Notifier {
+        Self::with_cap(hooks, backoff, QUEUE_CAP)
+    }
+
+    /// As [`Notifier::new`], with at most `cap` notifications waiting per hook.
+    pub fn with_cap(hooks: Vec<WebhookConfig>, backoff: Duration, cap: usize) -> Notifier {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Notifier { hooks, http, delivered: AtomicU64::new(0), failed: AtomicU64::new(0), backoff }
+        let hooks = hooks
+            .into_iter()
+            .map(|config| Hook {
+                host: host_of(&config.url),
+                config,
+                queue: Mutex::new(VecDeque::new()),
+                ready: tokio::sync::Notify::new(),
+                started: AtomicBool::new(false),
+            })
+            .collect();
+        Notifier {
+            hooks,
+            http,
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            backoff,
+            cap: cap.max(1),
+        }
     }
 
     /// Deliveries that succeeded.
@@ -87,42 +140,94 @@ impl Notifier {
         self.failed.load(Ordering::Relaxed)
     }
 
-    /// Sends `payload` to every hook, in the background.
+    /// Notifications dropped, oldest first, because a hook's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Notifications waiting, over all hooks.
+    pub fn queued(&self) -> usize {
+        self.hooks.iter().map(|h| lock(&h.queue).len()).sum()
+    }
+
+    /// Queues `payload` for every hook; each hook's worker sends it in the background.
     pub fn notify(self: &Arc<Self>, payload: &Value, now: i64) {
         let body = payload.to_string().into_bytes();
         for (i, hook) in self.hooks.iter().enumerate() {
-            let this = Arc::clone(self);
-            let body = body.clone();
-            let signature = sign(&hook.secret, now, &body);
-            tokio::spawn(async move {
-                let Some(hook) = this.hooks.get(i) else { return };
-                let mut wait = this.backoff;
-                for attempt in 1..=ATTEMPTS {
-                    let res = this
-                        .http
-                        .post(&hook.url)
-                        .header("content-type", "application/json")
-                        .header(SIGNATURE_HEADER, &signature)
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    match res {
-                        Ok(r) if r.status().is_success() => {
-                            this.delivered.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
-                        Ok(r) => tracing::warn!(url = %hook.url, status = %r.status(), attempt, "webhook refused"),
-                        Err(e) => tracing::warn!(url = %hook.url, error = %e, attempt, "webhook unreachable"),
-                    }
-                    if attempt < ATTEMPTS {
-                        tokio::time::sleep(wait).await;
-                        wait *= 2;
-                    }
+            let signature = sign(&hook.config.secret, now, &body);
+            let dropped = {
+                let mut q = lock(&hook.queue);
+                q.push_back((body.clone(), signature));
+                let mut dropped = 0;
+                while q.len() > self.cap {
+                    q.pop_front();
+                    dropped += 1;
                 }
-                this.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(url = %hook.url, "webhook delivery failed after retries");
-            });
+                dropped
+            };
+            if dropped > 0 {
+                let total = self.dropped.fetch_add(dropped, Ordering::Relaxed) + dropped;
+                // One line for the first drop and then at powers of two: a dead hook under a
+                // flood of requests must not flood the log as well.
+                if total.is_power_of_two() {
+                    tracing::warn!(host = %hook.host, dropped_total = total, "webhook queue full; dropped the oldest notification");
+                }
+            }
+            hook.ready.notify_one();
+            if !hook.started.swap(true, Ordering::AcqRel) {
+                let this = Arc::clone(self);
+                tokio::spawn(async move { this.work(i).await });
+            }
         }
+    }
+
+    /// Sends hook `i`'s notifications, oldest first, for as long as the notifier lives.
+    async fn work(self: Arc<Self>, i: usize) {
+        let Some(hook) = self.hooks.get(i) else { return };
+        loop {
+            let next = lock(&hook.queue).pop_front();
+            let Some((body, signature)) = next else {
+                hook.ready.notified().await;
+                continue;
+            };
+            self.deliver(hook, body, &signature).await;
+        }
+    }
+
+    async fn deliver(&self, hook: &Hook, body: Vec<u8>, signature: &str) {
+        let mut wait = self.backoff;
+        for attempt in 1..=ATTEMPTS {
+            let res = self
+                .http
+                .post(&hook.config.url)
+                .header("content-type", "application/json")
+                .header(SIGNATURE_HEADER, signature)
+                .body(body.clone())
+                .send()
+                .await;
+            match res {
+                Ok(r) if r.status().is_success() => {
+                    self.delivered.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Ok(r) => tracing::warn!(host = %hook.host, status = %r.status(), attempt, "webhook refused"),
+                // `without_url`: reqwest's error text would otherwise carry the whole URL.
+                Err(e) => tracing::warn!(host = %hook.host, error = %e.without_url(), attempt, "webhook unreachable"),
+            }
+            if attempt < ATTEMPTS {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(host = %hook.host, "webhook delivery failed after retries");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
 }
 
@@ -137,5 +242,38 @@ mod tests {
         assert_eq!(s, "t=1,v1=3dd49b2593d0f9a349e9e71c4bde3e2b862c2be4003fe9b4ba81332029310158");
         assert_ne!(s, sign(&WebhookSecret::new("k"), 2, b"{}"));
         assert!(!format!("{:?}", WebhookSecret::new("hunter2")).contains("hunter2"));
+    }
+
+    #[test]
+    fn only_the_host_of_a_hook_is_ever_logged() {
+        assert_eq!(host_of("https://hooks.slack.com/services/T000/B000/XXXXSECRET"), "hooks.slack.com");
+        assert_eq!(host_of("http://127.0.0.1:9/hook?token=abc"), "127.0.0.1:9");
+        assert_eq!(host_of("not a url/with/secret"), "(unparsable URL)");
+    }
+
+    #[tokio::test]
+    async fn a_dead_hook_holds_a_bounded_queue_and_drops_the_oldest() {
+        // A hook that accepts connections and never answers: every delivery hangs.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let hooks = vec![WebhookConfig { url, secret: WebhookSecret::new("k") }];
+        let n = Arc::new(Notifier::with_cap(hooks, Duration::from_millis(10), 3));
+        for i in 0..50 {
+            n.notify(&serde_json::json!({ "i": i }), 1);
+        }
+        // Let the worker take one notification into its (hanging) delivery.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(n.queued() <= 3, "queued {}", n.queued());
+        assert!((46..=47).contains(&n.dropped()), "dropped {}", n.dropped());
+        // The newest are the ones kept.
+        let kept: Vec<Value> =
+            lock(&n.hooks[0].queue).iter().map(|(b, _)| serde_json::from_slice(b).unwrap()).collect();
+        assert_eq!(kept.last().unwrap()["i"], 49);
     }
 }

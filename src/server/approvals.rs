@@ -37,6 +37,7 @@ impl From<ApprovalError> for ApiError {
             ApprovalError::NotFound => ApiError::not_found("no such approval"),
             ApprovalError::Conflict(m) => ApiError::conflict(m),
             ApprovalError::Expired(m) => ApiError::expired(m),
+            ApprovalError::TooMany(m) => ApiError::rate_limited_because(60, m),
             ApprovalError::Store(e) => ApiError::unavailable(&e),
             ApprovalError::Signing => ApiError::internal(&"capability signing failed"),
         }

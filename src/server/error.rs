@@ -107,6 +107,13 @@ impl ApiError {
             ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; retry later")
         }
     }
+    /// 429 `rate_limited` with `Retry-After` and a description of what is limited.
+    pub fn rate_limited_because(retry_after_secs: u64, description: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", description)
+        }
+    }
     /// 503 `temporarily_unavailable`, after logging the cause.
     pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(%cause, "request failed: dependency unavailable");

@@ -302,7 +302,19 @@ async fn scrape(State(state): State<AppState>) -> Response {
             .collect(),
         Err(_) => Vec::new(),
     };
-    let body = state.metrics().render(&key_ages, state.auth_failures().refusals(), state.audit().stats().totals());
+    let mut body = state.metrics().render(&key_ages, state.auth_failures().refusals(), state.audit().stats().totals());
+    let n = state.notifier();
+    for (name, help, value) in [
+        ("tessera_webhook_delivered_total", "Webhook notifications delivered.", n.delivered()),
+        ("tessera_webhook_failed_total", "Webhook notifications that failed after every retry.", n.failed()),
+        (
+            "tessera_webhook_dropped_total",
+            "Webhook notifications dropped, oldest first, from a full queue.",
+            n.dropped(),
+        ),
+    ] {
+        body.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
+    }
     let mut res = body.into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -349,3 +349,15 @@ pub async fn recent_by_requester(store: &Store, requester: &str, limit: i64) -> 
             .await?;
     rows.iter().map(from_row).collect()
 }
+
+/// How many requests of `requester` are pending and not yet overdue at `now`.
+pub async fn count_pending_of(conn: &mut AnyConnection, requester: &str, now: i64) -> Result<i64, StoreError> {
+    let r = sqlx::query(
+        "SELECT COUNT(*) AS n FROM approvals WHERE requester = $1 AND status = 'pending' AND expires_at > $2",
+    )
+    .bind(requester)
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(r.try_get("n")?)
+}

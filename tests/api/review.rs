@@ -154,3 +154,105 @@ async fn token_requests_per_minute_is_enforced_per_client() {
         assert_eq!(free.token_request(&form, Some(&c)).await.status(), 200);
     }
 }
+
+/// Defect 8: approvals were not limited per requester. At most `max_pending_per_requester`
+/// are pending at once; the next is 429 `rate_limited` with `Retry-After` and creates nothing;
+/// another requester is not affected; a withdrawal makes room again.
+#[tokio::test]
+async fn pending_approvals_are_limited_per_requester() {
+    let broker = spawn_app_with(|c| c.policy.max_pending_per_requester = 3).await;
+    let spammer = broker.create_client("org-1", CallerKind::Agent, "spammer").await;
+    let other = broker.create_client("org-1", CallerKind::Agent, "other").await;
+    let op = broker.create_client("org-1", CallerKind::Operator, "alice").await;
+    let t = broker.access_token(&spammer).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(broker.pending_approval(&t, "org_token_mint", "orgs/org-1/tokens", &json!({ "i": i })).await);
+    }
+    let res = broker.request_approval(&t, "org_token_mint", "orgs/org-1/tokens", &json!({"i": 3})).await;
+    assert!(res.headers().get("retry-after").is_some());
+    let body = assert_error(res, 429, "rate_limited").await;
+    assert!(body["error_description"].as_str().unwrap().contains("pending"), "{body}");
+    let ot = broker.access_token(&other).await;
+    broker.pending_approval(&ot, "org_token_mint", "orgs/org-1/tokens", &json!({})).await;
+
+    let op_token = broker.access_token(&op).await;
+    let list: Value = broker.get_bearer("/v1/approvals?status=pending", &op_token).await.json().await.unwrap();
+    assert_eq!(list["approvals"].as_array().unwrap().len(), 4, "nothing was created for the refused request");
+
+    let res = broker.post_bearer(&format!("/v1/approvals/{}/withdraw", ids[0]), &t, &json!({})).await;
+    assert_eq!(res.status(), 200);
+    broker.pending_approval(&t, "org_token_mint", "orgs/org-1/tokens", &json!({"i": 4})).await;
+}
+
+/// Defect 9: a webhook URL was logged verbatim when delivery failed, and chat-webhook URLs
+/// carry their secret in the path. Only the host reaches the log.
+#[tokio::test]
+async fn a_failing_webhook_logs_its_host_and_never_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/t.db", dir.path().display());
+    let keys = dir.path().join("keys");
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, dead) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{port}");
+    let out =
+        cli_on(&db, &keys, &base, &["clients", "create", "--tenant", "o", "--kind", "agent", "--name", "a"], &[]).await;
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agent =
+        TestClient { id: v["client_id"].as_str().unwrap().into(), secret: v["client_secret"].as_str().unwrap().into() };
+    let log = dir.path().join("broker.log");
+    let hook = format!("http://127.0.0.1:{dead}/services/T0/B0/pathsecret42?token=querysecret42");
+    let mut broker = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("serve")
+        .env("TESSERA_DATABASE_URL", &db)
+        .env("TESSERA_KEYS_DIR", &keys)
+        .env("TESSERA_ISSUER", &base)
+        .env("TESSERA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TESSERA_WEBHOOK_URL", &hook)
+        .env("TESSERA_WEBHOOK_SECRET", "whsecret")
+        .env("TESSERA_LOG", "debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "the broker started");
+    let res = http
+        .post(format!("{base}/oauth/token"))
+        .basic_auth(&agent.id, Some(&agent.secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let token: Value = res.json().await.unwrap();
+    let token = token["access_token"].as_str().unwrap();
+    let body = json!({
+        "action": "org_token_mint", "resource": "orgs/o/tokens",
+        "params_digest": tessera::verify::params_digest(&json!({})).to_string(), "reason": "r",
+    });
+    let res = http.post(format!("{base}/v1/approvals")).bearer_auth(token).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("webhook unreachable") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    broker.kill().await.unwrap();
+    assert!(text.contains("webhook unreachable"), "the failure is logged: {text}");
+    assert!(text.contains(&format!("127.0.0.1:{dead}")), "with the hook's host");
+    for secret in ["pathsecret42", "querysecret42", "/services/", "whsecret"] {
+        assert!(!text.contains(secret), "{secret} reached the log");
+    }
+}
