@@ -135,13 +135,59 @@ fn ensure_dir(dir: &Path) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Generates a key, writes `<kid>.pem` with mode 0600, and returns its signer.
+/// The DER prefix of an RFC 8410 PKCS#8 v1 Ed25519 private key: version 0, the Ed25519
+/// algorithm identifier, then the 32-byte seed as an OCTET STRING inside the privateKey
+/// OCTET STRING. 16 bytes, then the seed: 48 in all.
+const PKCS8_V1_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+
+/// The PKCS#8 v1 form (RFC 8410, 48 bytes) of the v2 document ring generates, which has the
+/// same 16-byte prefix but for the version (1) and outer length, and the public key (`[1]`)
+/// after the seed: 83 bytes. v1 is what `openssl pkey` (OpenSSL 3.0) and Python's `cryptography` read.
+fn pkcs8_v1(v2: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    const V2_PREFIX: [u8; 16] =
+        [0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+    if v2.len() != 83 || v2[..16] != V2_PREFIX {
+        return None;
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(48));
+    out.extend_from_slice(&PKCS8_V1_PREFIX);
+    out.extend_from_slice(&v2[16..48]);
+    Some(out)
+}
+
+/// Parses a PKCS#8 Ed25519 key, v2 (checked: its public key must match the seed) or v1.
+fn parse_pkcs8(der: &[u8]) -> Option<Ed25519KeyPair> {
+    Ed25519KeyPair::from_pkcs8(der).ok().or_else(|| {
+        // `maybe_unchecked` accepts v1, which carries no public key to check.
+        (der.len() == 48 && der[..16] == PKCS8_V1_PREFIX)
+            .then(|| Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).ok())
+            .flatten()
+    })
+}
+
+/// Refuses a keys folder someone else could have planted a key in: it must belong to the
+/// user the broker runs as and be writable by nobody else.
+fn check_dir(dir: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|e| io_err(dir, e))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(io_err(dir, format!("belongs to user {}, not to the user the broker runs as ({me})", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(io_err(dir, "is writable by group or others, so anyone could plant a key; run chmod 700 on it"));
+    }
+    Ok(())
+}
+
+/// Generates a key, writes `<kid>.pem` (PKCS#8 v1) with mode 0600, and returns its signer.
 pub fn generate(dir: &Path) -> Result<Signer, KeyError> {
     ensure_dir(dir)?;
     let rng = SystemRandom::new();
     let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| io_err(dir, "key generation failed"))?;
-    let der = Zeroizing::new(doc.as_ref().to_vec());
-    let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| io_err(dir, "generated key did not parse"))?;
+    let der = pkcs8_v1(doc.as_ref()).ok_or_else(|| io_err(dir, "generated key has an unexpected form"))?;
+    let pair = parse_pkcs8(&der).ok_or_else(|| io_err(dir, "generated key did not parse"))?;
     let signer = Signer::new(pair);
     let path = dir.join(format!("{}.pem", signer.kid));
     let mut f = std::fs::OpenOptions::new()
@@ -161,6 +207,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Signer>, KeyError> {
     if !dir.exists() {
         return Ok(Vec::new());
     }
+    check_dir(dir)?;
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
         let path = entry.map_err(|e| io_err(dir, e))?.path();
@@ -172,9 +219,12 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Signer>, KeyError> {
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(bad("is readable by group or others; run chmod 600 on it"));
         }
+        if std::os::unix::fs::MetadataExt::uid(&meta) != rustix::process::geteuid().as_raw() {
+            return Err(bad("belongs to another user than the one the broker runs as"));
+        }
         let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?);
         let der = pem_decode(&text).ok_or_else(|| bad("is not a PKCS#8 PEM file"))?;
-        let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| bad("is not an Ed25519 PKCS#8 key"))?;
+        let pair = parse_pkcs8(&der).ok_or_else(|| bad("is not an Ed25519 PKCS#8 key"))?;
         let signer = Signer::new(pair);
         if path.file_stem().and_then(|s| s.to_str()) != Some(signer.kid.as_str()) {
             return Err(bad("its name is not the key's thumbprint (<kid>.pem)"));
@@ -448,6 +498,59 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::rename(&path, dir.path().join("other.pem")).unwrap();
         assert!(matches!(load_dir(dir.path()), Err(KeyError::BadKey { .. })));
+    }
+
+    #[test]
+    fn a_keys_folder_others_can_write_to_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        generate(&keys).unwrap();
+        assert_eq!(std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(load_dir(&keys).unwrap().len(), 1);
+        for loose in [0o777, 0o770, 0o722] {
+            std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(loose)).unwrap();
+            let err = load_dir(&keys).unwrap_err().to_string();
+            assert!(err.contains("writable by group or others"), "{loose:o}: {err}");
+        }
+        // Readable by others is fine: the files themselves are 0600.
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(load_dir(&keys).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn key_files_are_pkcs8_v1_that_openssl_reads_and_both_forms_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = generate(dir.path()).unwrap();
+        let path = dir.path().join(format!("{}.pem", s.kid()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let der = pem_decode(&text).unwrap();
+        assert_eq!(der.len(), 48, "RFC 8410's 48-byte form");
+        assert_eq!(der[..16], PKCS8_V1_PREFIX);
+
+        // Debian's OpenSSL reads it, and derives the same public key.
+        let out = std::process::Command::new("openssl").args(["pkey", "-in"]).arg(&path).arg("-noout").output();
+        let out = out.expect("openssl is installed (Debian's openssl package)");
+        assert!(out.status.success(), "openssl pkey: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout[out.stdout.len() - 32..], *s.public_key(), "openssl derives the key's own public key");
+
+        // A v2 file (ring's own form, written by earlier versions) still loads, checked.
+        let v2 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = parse_pkcs8(v2.as_ref()).unwrap();
+        let v2_path = dir.path().join(format!("{}.pem", thumbprint(pair.public_key().as_ref())));
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&v2_path).unwrap();
+        f.write_all(pem_encode(v2.as_ref()).as_bytes()).unwrap();
+        drop(f);
+        assert_eq!(load_dir(dir.path()).unwrap().len(), 2);
+        // A v2 document whose public key does not match its seed is refused.
+        let mut bad = v2.as_ref().to_vec();
+        bad[82] ^= 1;
+        assert!(parse_pkcs8(&bad).is_none());
     }
 
     #[test]

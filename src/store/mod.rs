@@ -71,6 +71,34 @@ pub struct SqliteFile {
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
+/// Creates the SQLite file (mode 0600) and its folder (mode 0700) when they do not exist, so
+/// the database, and the `-wal` and `-shm` files SQLite gives the same mode, are never readable
+/// by other users. An existing file readable by others is left as it is, with a warning.
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let setup =
+        |what: &std::path::Path, e: std::io::Error| StoreError::Setup(format!("cannot create {}: {e}", what.display()));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(|e| setup(parent, e))?;
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the database file is readable by other users; run chmod 600 on it and its -wal and -shm files"
+                );
+            }
+        }
+        Err(e) => return Err(setup(path, e)),
+    }
+    Ok(())
+}
+
 impl Store {
     /// Connects, creating the SQLite file and its folder if needed. Does not migrate.
     pub async fn connect(url: &DatabaseUrl) -> Result<Store, StoreError> {
@@ -97,10 +125,7 @@ impl Store {
                         .into(),
                 ));
             }
-            if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", parent.display())))?;
-            }
+            create_private(std::path::Path::new(path))?;
             sqlite = Some(SqliteFile {
                 path: std::path::PathBuf::from(path),
                 synchronous_normal: synchronous.ends_with("NORMAL"),

@@ -256,3 +256,21 @@ async fn a_failing_webhook_logs_its_host_and_never_its_path() {
         assert!(!text.contains(secret), "{secret} reached the log");
     }
 }
+
+/// Defect 9: the SQLite database and its write-ahead log were created world-readable. The
+/// file and its folder are created private, and SQLite gives `-wal` and `-shm` the file's mode.
+#[tokio::test]
+async fn the_sqlite_database_and_its_wal_are_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("data").join("db");
+    let url = format!("sqlite://{}/tessera.db", folder.display());
+    let broker = spawn_on(dir, url, |_| {}).await;
+    let agent = broker.create_client("org-1", CallerKind::Agent, "a").await;
+    broker.access_token(&agent).await;
+    let mode = |p: std::path::PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(folder.clone()), 0o700);
+    for file in ["tessera.db", "tessera.db-wal", "tessera.db-shm"] {
+        assert_eq!(mode(folder.join(file)), 0o600, "{file}");
+    }
+}
