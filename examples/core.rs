@@ -72,6 +72,10 @@ fn workspace_tokens(r: &GateRequest<'_>) -> Option<String> {
     Some(format!("workspaces/{}/tokens", r.path("id")?))
 }
 
+/// The secret fields of the two secret routes (design §9): the operator sees the value only as
+/// its length and fingerprint, and it never reaches the broker.
+const SECRET_FIELDS: &[&str] = &["value"];
+
 /// Core's routes (design §9), each behind the gate.
 pub fn router(gate: &Gate, effects: Effects) -> Router {
     Router::new()
@@ -99,7 +103,7 @@ pub fn router(gate: &Gate, effects: Effects) -> Router {
                 e.record("secret_write", format!("workspaces/{id}/secrets/{key}"));
                 Json(json!({ "written": key }))
             })
-            .route_layer(gate.gated("secret_write", workspace_secret)),
+            .route_layer(gate.gated("secret_write", workspace_secret).secret_fields(SECRET_FIELDS)),
         )
         .route(
             "/settings/secrets",
@@ -108,7 +112,7 @@ pub fn router(gate: &Gate, effects: Effects) -> Router {
                 e.record("secret_write", format!("orgs/{}/secrets/{key}", who.0.tenant));
                 Json(json!({ "written": key }))
             })
-            .route_layer(gate.gated("secret_write", org_secret)),
+            .route_layer(gate.gated("secret_write", org_secret).secret_fields(SECRET_FIELDS)),
         )
         .route(
             "/workspaces/{id}/deprovision",

@@ -16,6 +16,8 @@ use crate::verify::VerifyError;
 
 /// Largest summary accepted, as serialized JSON.
 pub const MAX_SUMMARY_BYTES: usize = 4096;
+/// Largest presented parameters kept with a request, in bytes of canonical JSON.
+pub const MAX_PARAMS_BYTES: usize = 8192;
 /// Longest reason or note.
 pub const MAX_TEXT_CHARS: usize = 1000;
 
@@ -73,9 +75,12 @@ pub struct NewRequest {
     pub action: Action,
     /// Its target.
     pub resource: Resource,
-    /// Digest of the request parameters.
+    /// Digest of `params`: the broker recomputes it and refuses a mismatch.
     pub params_digest: ParamsDigest,
-    /// A redacted summary of the parameters, for operators.
+    /// The request parameters as presented (design §11): what the operator is shown and the
+    /// capability binds, secret values replaced by their length and fingerprint.
+    pub params: Value,
+    /// The requester's own description, shown apart and marked unverified.
     #[serde(default)]
     pub summary: Option<Value>,
     /// Why the caller wants it.
@@ -112,6 +117,23 @@ fn check_text(what: &str, s: &str, required: bool) -> Result<(), ApprovalError> 
     Ok(())
 }
 
+/// Checks the presented parameters and that `digest` is theirs; returns their canonical text.
+fn check_params(params: &Value, digest: &ParamsDigest) -> Result<String, ApprovalError> {
+    crate::token::presented::check_presented(params).map_err(|e| ApprovalError::Invalid(e.to_string()))?;
+    let text = crate::token::jcs::canonicalize(params);
+    if text.len() > MAX_PARAMS_BYTES {
+        return Err(ApprovalError::Invalid(format!("params is larger than {MAX_PARAMS_BYTES} bytes")));
+    }
+    let actual = crate::token::jcs::params_digest(params);
+    if &actual != digest {
+        return Err(ApprovalError::Invalid(format!(
+            "params_digest does not match params (the digest of params is {actual}): the digest must be of \
+             exactly the parameters shown"
+        )));
+    }
+    Ok(text)
+}
+
 fn check_summary(summary: &Option<Value>) -> Result<String, ApprovalError> {
     match summary {
         None | Some(Value::Null) => Ok("{}".to_owned()),
@@ -146,6 +168,7 @@ pub fn capability_claims(row: &ApprovalRow, issuing: Issuing<'_>) -> Option<Capa
         approval_id: row.approval_id.clone(),
         approvers: if row.bypass { Vec::new() } else { row.approvers() },
         bypass: row.bypass,
+        act: row.actor_chain(),
     })
 }
 
@@ -168,6 +191,7 @@ pub async fn request(
     policy: &Policy,
     caller: &AccessClaims,
     client: &ClientRecord,
+    actors: &[ClientRecord],
     req: NewRequest,
     bypass_reason: Option<&str>,
     now: i64,
@@ -187,20 +211,26 @@ pub async fn request(
     }
     check_text("reason", &req.reason, true)?;
     let summary = check_summary(&req.summary)?;
-    if matches!(caller.caller_kind, CallerKind::Agent | CallerKind::Workspace)
-        && req.action.as_str() == "secret_write"
+    let params = check_params(&req.params, &req.params_digest)?;
+    // Every party counts (design §12): the subject and each actor of a delegated token.
+    let parties = || std::iter::once(client).chain(actors.iter());
+    let own_workspace = |c: &ClientRecord| {
+        matches!(c.kind, CallerKind::Agent | CallerKind::Workspace)
+            && c.workspace.as_ref().is_some_and(|w| req.resource.workspace() == Some(w.as_str()))
+    };
+    let subject_own = matches!(caller.caller_kind, CallerKind::Agent | CallerKind::Workspace)
         && caller.workspace.is_some()
-        && req.resource.workspace() == caller.workspace.as_deref()
-    {
+        && req.resource.workspace() == caller.workspace.as_deref();
+    if req.action.as_str() == "secret_write" && (subject_own || parties().any(own_workspace)) {
         return Err(ApprovalError::SelfTarget);
     }
     if let Some(reason) = bypass_reason {
-        let allowed = caller.caller_kind == CallerKind::Install
-            && client.kind == CallerKind::Install
-            && client.allow_bypass.iter().any(|a| a == &req.action);
+        let may_bypass =
+            |c: &ClientRecord| c.kind == CallerKind::Install && c.allow_bypass.iter().any(|a| a == &req.action);
+        let allowed = caller.caller_kind == CallerKind::Install && parties().all(may_bypass);
         if !allowed {
             return Err(ApprovalError::BypassNotAllowed(format!(
-                "this client may not bypass approval for {}; ask an operator",
+                "this client (and every client acting for it) must be allowed the bypass for {}; ask an operator",
                 req.action
             )));
         }
@@ -229,9 +259,20 @@ pub async fn request(
         cap_exp: None,
         redeemed_at: None,
         redeemed_by: None,
+        params: Some(params),
+        act: caller.act.as_ref().map(|a| crate::token::jcs::canonicalize(&json!(a))),
         decisions: Vec::new(),
     };
-    let base = json!({ "action": row.action, "resource": row.resource, "params_digest": row.params_digest, "reason": row.reason });
+    // The record says exactly what the operator will be shown and the capability binds, and
+    // who stands behind the request, so a decision can be checked from the audit log alone.
+    let base = json!({
+        "action": row.action,
+        "resource": row.resource,
+        "params": req.params,
+        "params_digest": row.params_digest,
+        "reason": row.reason,
+        "actors": row.actors(),
+    });
     let mut events =
         vec![AuditEvent::new("approval.requested", &row.requester, &row.tenant, &row.approval_id, base.clone())];
     if let Some(reason) = bypass_reason {
@@ -400,8 +441,13 @@ pub async fn decide(
     }
     let mut tx = store.begin_write().await?;
     let row = load_visible(&mut tx, caller, id).await?;
-    if row.requester == caller.sub {
-        return Err(ApprovalError::Forbidden("the requester can never decide its own request".into()));
+    if row.requester == caller.sub || row.actors().iter().any(|a| a == &caller.sub) {
+        return Err(ApprovalError::Forbidden(
+            "the requester, and any client that acted for it, can never decide its request".into(),
+        ));
+    }
+    if caller.act.is_some() {
+        return Err(ApprovalError::Forbidden("a decision needs the operator's own token, not a delegated one".into()));
     }
     if caller.caller_kind != CallerKind::Operator || !caller.has_scope("approvals:decide") {
         return Err(ApprovalError::Forbidden("only operators holding approvals:decide may decide".into()));

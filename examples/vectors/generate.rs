@@ -87,6 +87,23 @@ struct Binding {
     params_digest: String,
     caller_sub: String,
     caller_tenant: String,
+    /// The client ids of the caller token's actors, nearest first (design §12).
+    caller_actors: Vec<String>,
+}
+
+/// One presented-form case (design §11): a request body, the route's secret fields, and the
+/// presented form and its digest, or `refused` when the body has none.
+#[derive(Serialize)]
+struct PresentedCase {
+    name: &'static str,
+    params_json: &'static str,
+    secret_fields: &'static [&'static str],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presented_canonical: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params_digest: Option<String>,
+    refused: bool,
+    reason: &'static str,
 }
 
 #[derive(Serialize)]
@@ -109,6 +126,7 @@ struct Vectors<'a> {
     jwks: &'static str,
     settings: Settings,
     digests: Vec<Digest>,
+    presented: Vec<PresentedCase>,
     cases: &'a [Case],
 }
 
@@ -293,6 +311,7 @@ impl Builder {
             params_digest: self.digest.clone(),
             caller_sub: CALLER.into(),
             caller_tenant: TENANT.into(),
+            caller_actors: Vec::new(),
         }
     }
 
@@ -365,11 +384,10 @@ impl Builder {
             "iat and nbf 20 s ahead, inside the 30 s leeway",
         );
 
-        let t = self.access(
-            &self
-                .access_claims()
-                .set("act", r#"{"sub":"workspace-9","client_id":"workspace-9","act":{"sub":"agent-1"}}"#),
-        );
+        let t = self.access(&self.access_claims().set(
+            "act",
+            r#"{"sub":"workspace-9","caller_kind":"workspace","act":{"sub":"agent-1","caller_kind":"agent"}}"#,
+        ));
         self.add("access_valid_with_actor", "access", t, true, "an exchanged token with a two-deep act chain");
 
         let t = self.capability(&self.capability_claims());
@@ -672,12 +690,25 @@ impl Builder {
             self.add(name, "access", t, false, why);
         }
 
-        let deep = r#"{"sub":"a1","act":{"sub":"a2","act":{"sub":"a3","act":{"sub":"a4","act":{"sub":"a5"}}}}}"#;
+        let deep = r#"{"sub":"a1","caller_kind":"agent","act":{"sub":"a2","caller_kind":"agent","act":{"sub":"a3","caller_kind":"agent","act":{"sub":"a4","caller_kind":"agent","act":{"sub":"a5","caller_kind":"agent"}}}}}"#;
         let t = self.access(&self.access_claims().set("act", deep));
         self.add("act_too_deep", "access", t, false, "an act chain five deep; at most four are accepted");
 
-        let t = self.access(&self.access_claims().set("act", r#"{"client_id":"workspace-9"}"#));
+        let t = self.access(&self.access_claims().set("act", r#"{"caller_kind":"workspace"}"#));
         self.add("act_without_sub", "access", t, false, "an act object without sub");
+
+        let t = self.access(&self.access_claims().set("act", r#"{"sub":"workspace-9"}"#));
+        self.add("act_without_caller_kind", "access", t, false, "an actor without its caller_kind (design §12)");
+
+        let t = self.access(&self.access_claims().set("act", r#"{"sub":"workspace-9","caller_kind":"robot"}"#));
+        self.add("act_unknown_caller_kind", "access", t, false, "an actor of a kind that does not exist");
+
+        let t = self.access(
+            &self
+                .access_claims()
+                .set("act", r#"{"sub":"workspace-9","caller_kind":"workspace","act":{"sub":"agent-1"}}"#),
+        );
+        self.add("act_nested_without_caller_kind", "access", t, false, "a nested actor without its caller_kind");
 
         let t = self.access(&self.access_claims().push("sub", s("agent-8")));
         self.add("claims_duplicate_member", "access", t, false, "sub appears twice in the claims");
@@ -831,6 +862,27 @@ impl Builder {
         for (name, binding, why) in variants {
             self.add_bound(name, "capability", t.clone(), false, why, Some(binding));
         }
+
+        // Delegation (design §12): a capability asked for by agent-1 acting for agent-7
+        // serves only that chain, not agent-7 alone nor another actor.
+        let actor = r#"{"sub":"agent-1","caller_kind":"agent"}"#;
+        let t = self.capability(&self.capability_claims().set("act", actor));
+        let chain = Binding { caller_actors: vec!["agent-1".into()], ..self.binding() };
+        self.add_bound("capability_valid_delegated", "capability", t.clone(), true, "the same chain", Some(chain));
+        let b = Some(self.binding());
+        self.add_bound("binding_actor_chain_missing", "capability", t.clone(), false, "the subject alone", b);
+        let other = Binding { caller_actors: vec!["agent-2".into()], ..self.binding() };
+        self.add_bound("binding_other_actor_chain", "capability", t, false, "another actor", Some(other));
+        let t = self.capability(&self.capability_claims());
+        let chain = Binding { caller_actors: vec!["agent-1".into()], ..self.binding() };
+        self.add_bound(
+            "binding_actor_chain_added",
+            "capability",
+            t,
+            false,
+            "an actor the capability lacks",
+            Some(chain),
+        );
     }
 }
 
@@ -870,6 +922,61 @@ fn digests() -> Result<Vec<Digest>, Box<dyn Error>> {
     Ok(out)
 }
 
+fn presented_cases() -> Result<Vec<PresentedCase>, Box<dyn Error>> {
+    let inputs: [(&'static str, &'static str, &'static [&'static str], &'static str); 9] = [
+        ("worked_example", PARAMS_JSON, &["value"], "the capability cases' parameters: one secret field"),
+        (
+            "secret_and_nested",
+            r#"{"key":"OPENAI_KEY","value":"sk-live-abc","meta":{"tags":["a","b"],"owner":{"team":"ml"}}}"#,
+            &["value"],
+            "a secret field beside nested objects, which stay as they are",
+        ),
+        (
+            "unicode_secret",
+            r#"{"key":"K","value":"pässwörd-€-😀"}"#,
+            &["value"],
+            "length counts UTF-8 bytes, and the fingerprint is over them",
+        ),
+        ("no_secret_present", r#"{"key":"K"}"#, &["value"], "an absent secret field stays absent"),
+        (
+            "no_secret_fields",
+            r#"{"name":"ci","limit":9007199254740991}"#,
+            &[],
+            "a route without secret fields; the largest safe integer",
+        ),
+        ("large_integer", r#"{"name":"ci","limit":9007199254740993}"#, &[], "refused: an integer beyond 2^53 - 1"),
+        (
+            "negative_large_integer",
+            r#"{"nested":{"n":[-9007199254740992]}}"#,
+            &[],
+            "refused: an integer beyond -(2^53 - 1), nested",
+        ),
+        ("secret_not_a_string", r#"{"key":"K","value":12345}"#, &["value"], "refused: a secret field must be a string"),
+        (
+            "forged_secret_mark",
+            r#"{"key":"K","note":{"$secret":{"length":3,"sha256":"sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}}"#,
+            &["value"],
+            "refused: no member may be named $secret",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, params_json, secret_fields, reason) in inputs {
+        let refused = tessera::verify::check_numbers(params_json.as_bytes()).is_err();
+        let value: Value = serde_json::from_str(params_json)?;
+        let shown = if refused { None } else { tessera::verify::presented(&value, secret_fields).ok() };
+        out.push(PresentedCase {
+            name,
+            params_json,
+            secret_fields,
+            presented_canonical: shown.as_ref().map(canonicalize),
+            params_digest: shown.as_ref().map(|v| params_digest(v).to_string()),
+            refused: shown.is_none(),
+            reason,
+        });
+    }
+    Ok(out)
+}
+
 /// Builds both files.
 pub fn generate() -> Result<Files, Box<dyn Error>> {
     let a = Key::new(SEED_A)?;
@@ -877,7 +984,8 @@ pub fn generate() -> Result<Files, Box<dyn Error>> {
     let attacker = Key::new(SEED_ATTACKER)?;
     let (jwk_a, jwk_b) = (a.jwk(), b.jwk());
     let jwks = serde_json::to_string_pretty(&Jwks { keys: [&jwk_a, &jwk_b] })? + "\n";
-    let digest = params_digest(&serde_json::from_str(PARAMS_JSON)?).to_string();
+    let shown = tessera::verify::presented(&serde_json::from_str(PARAMS_JSON)?, &["value"])?;
+    let digest = params_digest(&shown).to_string();
 
     let mut builder = Builder { jwk_a_text: serde_json::to_string(&jwk_a)?, a, b, attacker, digest, cases: Vec::new() };
     builder.valid_cases();
@@ -905,6 +1013,7 @@ pub fn generate() -> Result<Files, Box<dyn Error>> {
             max_act_depth: tessera::verify::MAX_ACT_DEPTH,
         },
         digests: digests()?,
+        presented: presented_cases()?,
         cases: &builder.cases,
     };
     let vectors = serde_json::to_string_pretty(&vectors)? + "\n";

@@ -58,20 +58,25 @@ pub(crate) fn approval_json(row: &ApprovalRow, now: i64, capability: Option<Stri
     let decisions: Vec<Value> = row
         .decisions
         .iter()
-        .map(|d| json!({ "operator": d.operator, "decision": d.decision, "note": d.note, "at": rfc3339(d.at) }))
+        .map(|d| {
+            json!({ "operator": d.operator, "decision": d.decision, "note": d.note, "at": rfc3339(d.at), "method": "secret" })
+        })
         .collect();
     let summary: Value = serde_json::from_str(&row.summary).unwrap_or_else(|_| json!({}));
+    let params: Value = row.params.as_deref().and_then(|p| serde_json::from_str(p).ok()).unwrap_or(Value::Null);
     let mut v = json!({
         "approval_id": row.approval_id,
         "status": status.as_str(),
         "action": row.action,
         "resource": row.resource,
         "params_digest": row.params_digest,
+        "params": params,
         "summary": summary,
         "reason": row.reason,
         "tenant": row.tenant,
         "requester": row.requester,
         "requester_kind": row.requester_kind,
+        "actors": row.actors(),
         "created_at": rfc3339(row.created_at),
         "expires_at": rfc3339(row.expires_at),
         "quorum": row.quorum,
@@ -115,6 +120,7 @@ async fn create(
         &state.config().policy,
         &caller.claims,
         &caller.client,
+        &caller.actors,
         req,
         bypass.as_deref(),
         now,

@@ -19,6 +19,8 @@ pub struct Caller {
     pub claims: AccessClaims,
     /// The client's registration as it is now.
     pub client: ClientRecord,
+    /// For a delegated token, each actor's registration as it is now, nearest first.
+    pub actors: Vec<ClientRecord>,
 }
 
 /// The token of `Authorization: Bearer <token>`, refusing anything else.
@@ -61,6 +63,31 @@ pub(super) async fn verify_capability(
     }
 }
 
+/// The registrations of a token's actors, nearest first, if every one is still usable: known,
+/// enabled, of the tenant and kind the token says, and not revoked (by client) since the token
+/// was issued. `None` when any is not: disabling or revoking any client of a delegation chain
+/// stops the token at once (design §12).
+pub(super) async fn live_actors(
+    state: &AppState,
+    claims: &AccessClaims,
+) -> Result<Option<Vec<ClientRecord>>, ApiError> {
+    let Some(act) = &claims.act else { return Ok(Some(Vec::new())) };
+    let mut out = Vec::new();
+    for a in act.chain() {
+        let Some(c) = client_rows::get(state.store(), &a.sub)
+            .await?
+            .filter(|c| !c.disabled && c.tenant.as_str() == claims.tenant && c.kind == a.caller_kind)
+        else {
+            return Ok(None);
+        };
+        if crate::store::revocations::is_revoked(state.store(), &claims.jti, &a.sub, claims.iat).await? {
+            return Ok(None);
+        }
+        out.push(c);
+    }
+    Ok(Some(out))
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -77,7 +104,10 @@ impl FromRequestParts<AppState> for Caller {
         if crate::store::revocations::is_revoked(state.store(), &claims.jti, &claims.sub, claims.iat).await? {
             return Err(ApiError::invalid_token("access token rejected: revoked"));
         }
-        Ok(Caller { claims, client })
+        let actors = live_actors(state, &claims).await?.ok_or_else(|| {
+            ApiError::invalid_token("access token rejected: a client acting in it is disabled or revoked")
+        })?;
+        Ok(Caller { claims, client, actors })
     }
 }
 

@@ -353,6 +353,9 @@ async fn exchange(state: &AppState, client: &ClientRecord, form: &Form, now: i64
         .await?
         .filter(|c| !c.disabled && c.tenant == client.tenant)
         .ok_or_else(unusable)?;
+    if super::auth::live_actors(state, &subject).await?.is_none() {
+        return Err(unusable());
+    }
     let delegation = owner.client_id != client.client_id;
     if delegation && !owner.delegates.contains(&client.client_id) {
         return Err(ApiError::unauthorized_client("the subject's registration does not let this client act for it"));
@@ -360,7 +363,7 @@ async fn exchange(state: &AppState, client: &ClientRecord, form: &Form, now: i64
     let act = if delegation {
         let chain = crate::token::Actor {
             sub: client.client_id.to_string(),
-            client_id: Some(client.client_id.to_string()),
+            caller_kind: client.kind,
             act: subject.act.clone().map(Box::new),
         };
         if chain.depth() > crate::verify::MAX_ACT_DEPTH {
@@ -416,7 +419,10 @@ async fn exchange(state: &AppState, client: &ClientRecord, form: &Form, now: i64
     if claims.exp <= now {
         return Err(unusable());
     }
-    let detail = json!({ "subject_jti": subject.jti, "actor": client.client_id, "delegation": delegation });
+    let actors: Vec<&str> = claims.actors();
+    let detail = json!({
+        "subject_jti": subject.jti, "actor": client.client_id, "delegation": delegation, "actors": actors,
+    });
     issue(state, claims, client.client_id.as_str(), GRANT_EXCHANGE, detail, now).await
 }
 

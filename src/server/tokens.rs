@@ -55,7 +55,9 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
         let owner = crate::store::clients::get(state.store(), &c.sub).await?;
         let usable = c.tenant == client.tenant.as_str()
             && owner.is_some_and(|o| !o.disabled)
-            && !rows::is_revoked(state.store(), &c.jti, &c.sub, c.iat).await?;
+            && !rows::is_revoked(state.store(), &c.jti, &c.sub, c.iat).await?
+            // Every client of a delegation chain must still be usable (design §12).
+            && super::auth::live_actors(&state, &c).await?.is_some();
         if !usable {
             return Ok(inactive());
         }
@@ -83,7 +85,7 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
             "active": true, "token_type": "capability", "sub": c.sub, "exp": c.exp, "iat": c.iat, "nbf": c.nbf,
             "aud": c.aud, "iss": c.iss, "jti": c.jti, "tenant": c.tenant, "caller_kind": c.caller_kind,
             "action": c.action, "resource": c.resource, "params_digest": c.params_digest,
-            "approval_id": c.approval_id, "approvers": c.approvers, "bypass": c.bypass,
+            "approval_id": c.approval_id, "approvers": c.approvers, "bypass": c.bypass, "act": c.act,
         })));
     }
     Ok(inactive())

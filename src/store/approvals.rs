@@ -78,7 +78,10 @@ pub struct ApprovalRow {
     pub resource: String,
     /// The request-parameters digest.
     pub params_digest: String,
-    /// Redacted summary, JSON object text.
+    /// The parameters as presented (design §11), canonical JSON text: what the digest covers
+    /// and the operator is shown. `None` on requests made before parameters were kept.
+    pub params: Option<String>,
+    /// The requester's own description, JSON object text: unverified.
     pub summary: String,
     /// The requester's reason.
     pub reason: String,
@@ -108,6 +111,8 @@ pub struct ApprovalRow {
     pub redeemed_at: Option<i64>,
     /// Who redeemed it.
     pub redeemed_by: Option<String>,
+    /// The requester token's actor chain (`act`), JSON text, when it was delegated.
+    pub act: Option<String>,
     /// Decisions so far, oldest first.
     pub decisions: Vec<Decision>,
 }
@@ -123,6 +128,22 @@ impl ApprovalRow {
         }
     }
 
+    /// The requester's actor chain, when the request was made on a delegated token.
+    pub fn actor_chain(&self) -> Option<crate::token::Actor> {
+        self.act.as_deref().and_then(|a| serde_json::from_str(a).ok())
+    }
+
+    /// The actors' client ids, nearest first (`[]` when none).
+    pub fn actors(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut next = self.actor_chain();
+        while let Some(a) = next {
+            out.push(a.sub);
+            next = a.act.map(|b| *b);
+        }
+        out
+    }
+
     /// The approving operators, in decision order.
     pub fn approvers(&self) -> Vec<String> {
         self.decisions.iter().filter(|d| d.decision == "approve").map(|d| d.operator.clone()).collect()
@@ -131,7 +152,7 @@ impl ApprovalRow {
 
 const COLUMNS: &str = "approval_id, tenant, action, resource, params_digest, summary, reason, requester, \
     requester_kind, status, quorum, created_at, expires_at, decided_at, bypass, cap_jti, cap_iat, cap_exp, \
-    redeemed_at, redeemed_by";
+    redeemed_at, redeemed_by, params, act";
 
 fn from_row(r: &AnyRow) -> Result<ApprovalRow, StoreError> {
     let kind: String = r.try_get("requester_kind")?;
@@ -157,6 +178,8 @@ fn from_row(r: &AnyRow) -> Result<ApprovalRow, StoreError> {
         cap_exp: r.try_get("cap_exp")?,
         redeemed_at: r.try_get("redeemed_at")?,
         redeemed_by: r.try_get("redeemed_by")?,
+        params: r.try_get("params")?,
+        act: r.try_get("act")?,
         decisions: Vec::new(),
     })
 }
@@ -164,7 +187,7 @@ fn from_row(r: &AnyRow) -> Result<ApprovalRow, StoreError> {
 /// Inserts a new approval (its decisions are inserted separately).
 pub async fn insert(conn: &mut AnyConnection, a: &ApprovalRow) -> Result<(), StoreError> {
     sqlx::query(&format!(
-        "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+        "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
     ))
     .bind(&a.approval_id)
     .bind(&a.tenant)
@@ -186,6 +209,8 @@ pub async fn insert(conn: &mut AnyConnection, a: &ApprovalRow) -> Result<(), Sto
     .bind(a.cap_exp)
     .bind(a.redeemed_at)
     .bind(&a.redeemed_by)
+    .bind(&a.params)
+    .bind(&a.act)
     .execute(conn)
     .await?;
     Ok(())

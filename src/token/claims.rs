@@ -24,15 +24,16 @@ impl Audience {
     }
 }
 
-/// An RFC 8693 actor: who is acting on behalf of the token's subject.
+/// An RFC 8693 actor: who is acting on behalf of the token's subject (design §12). Every
+/// actor of the chain counts wherever a decision is made on the token, so each carries its
+/// kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     /// The acting client's id.
     pub sub: String,
-    /// The acting client's id, repeated for RFC 9068 consumers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
-    /// The actor before this one; informational only (RFC 8693 §4.1).
+    /// The acting client's kind, fixed at its registration.
+    pub caller_kind: CallerKind,
+    /// The actor before this one, nested (RFC 8693 §4.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Box<Actor>>,
 }
@@ -41,6 +42,17 @@ impl Actor {
     /// How many actors the chain holds, this one included.
     pub fn depth(&self) -> usize {
         1 + self.act.as_ref().map_or(0, |a| a.depth())
+    }
+
+    /// The actors, nearest first.
+    pub fn chain(&self) -> Vec<&Actor> {
+        let mut out = vec![self];
+        let mut next = self.act.as_deref();
+        while let Some(a) = next {
+            out.push(a);
+            next = a.act.as_deref();
+        }
+        out
     }
 }
 
@@ -78,6 +90,11 @@ pub struct AccessClaims {
 }
 
 impl AccessClaims {
+    /// The client ids of the actors, nearest first (`[]` when not delegated).
+    pub fn actors(&self) -> Vec<&str> {
+        self.act.as_ref().map(|a| a.chain().into_iter().map(|x| x.sub.as_str()).collect()).unwrap_or_default()
+    }
+
     /// Whether the token grants `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scope.split(' ').any(|s| s == scope)
@@ -117,4 +134,8 @@ pub struct CapabilityClaims {
     pub approvers: Vec<String>,
     /// True only for an audited install bypass.
     pub bypass: bool,
+    /// The requester token's actor chain, when the request was made on a delegated token: the
+    /// capability serves only that same chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
 }

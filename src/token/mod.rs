@@ -1,10 +1,12 @@
 //! Token formats: the claim sets, the one strict compact-JWS parser that both the broker and
-//! the verifier library use, and the RFC 8785 digest of request parameters.
+//! the verifier library use, the RFC 8785 digest of request parameters and their presented
+//! form.
 
 pub mod b64;
 pub mod claims;
 pub mod jcs;
 pub mod jws;
+pub mod presented;
 pub mod strict_json;
 
 pub use claims::{AccessClaims, Actor, CapabilityClaims};

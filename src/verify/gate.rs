@@ -4,10 +4,14 @@
 //! invalid_token`). A gated route declares its action and how its resource is derived from
 //! the request; it then runs only on a valid capability for exactly this request:
 //!
+//! - the request's parameters (its JSON body, `{}` when empty) are put in their presented form
+//!   ([`presented`]): the route's secret fields replaced by their length and SHA-256
+//!   fingerprint. `params_digest` is taken over that form, so the digest a capability binds is
+//!   the digest of exactly what the operator was shown;
 //! - without a `Tessera-Capability` header, the gate creates the approval at the broker *as
-//!   the caller* (forwarding the caller's bearer token), with a summary in which
-//!   secret-looking fields are replaced by their length and SHA-256 fingerprint, and answers
-//!   `202 {"approval_id", "status": "pending"}`; the handler does not run;
+//!   the caller* (forwarding the caller's bearer token) with `params` the presented form (a
+//!   secret value never reaches the broker), and answers `202 {"approval_id", "status":
+//!   "pending"}`; the handler does not run;
 //! - with one, it verifies the capability offline, checks that it is bound to this action,
 //!   resource, parameter digest, caller and tenant (else `403 forbidden`), redeems it at the
 //!   broker (`409 conflict` if already redeemed), and only then runs the handler.
@@ -26,9 +30,12 @@
 //! let app: Router = Router::new().route(
 //!     "/workspaces/{id}/secrets",
 //!     put(|Extension(who): Extension<Identity>| async move { Json(who.0.sub) })
-//!         .route_layer(gate.gated("secret_write", |r| {
-//!             Some(format!("workspaces/{}/secrets/{}", r.path("id")?, r.body_str("key")?))
-//!         })),
+//!         .route_layer(
+//!             gate.gated("secret_write", |r| {
+//!                 Some(format!("workspaces/{}/secrets/{}", r.path("id")?, r.body_str("key")?))
+//!             })
+//!             .secret_fields(&["value"]),
+//!         ),
 //! );
 //! # let _ = app;
 //! # }
@@ -45,12 +52,11 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ring::digest::{SHA256, digest};
 use serde_json::{Value, json};
 use tower::{Layer, Service};
 
-use super::{AccessClaims, CapabilityBinding, CapabilityClaims, Verifier, check_binding, params_digest};
-use crate::token::{b64, strict_json};
+use super::{AccessClaims, CapabilityBinding, CapabilityClaims, Verifier, check_binding, params_digest, presented};
+use crate::token::strict_json;
 
 /// The header carrying the capability on a gated request.
 pub const CAPABILITY_HEADER: &str = "Tessera-Capability";
@@ -96,7 +102,8 @@ type Clock = dyn Fn() -> i64 + Send + Sync;
 
 struct Rule {
     action: String,
-    resource: Box<ResourceFn>,
+    resource: Arc<ResourceFn>,
+    secret_fields: Vec<String>,
 }
 
 struct GateInner {
@@ -160,7 +167,11 @@ impl Gate {
     ) -> GateLayer {
         GateLayer {
             gate: self.clone(),
-            rule: Some(Arc::new(Rule { action: action.to_owned(), resource: Box::new(resource) })),
+            rule: Some(Arc::new(Rule {
+                action: action.to_owned(),
+                resource: Arc::new(resource),
+                secret_fields: Vec::new(),
+            })),
         }
     }
 
@@ -175,6 +186,22 @@ impl Gate {
 pub struct GateLayer {
     gate: Gate,
     rule: Option<Arc<Rule>>,
+}
+
+impl GateLayer {
+    /// Names the route's secret fields: top-level body members whose values the operator sees
+    /// only as length and fingerprint, and which never reach the broker (design §11). On a
+    /// route that is not gated nothing is digested or sent, and this changes nothing.
+    pub fn secret_fields(self, fields: &[&str]) -> GateLayer {
+        let rule = self.rule.map(|rule| {
+            Arc::new(Rule {
+                action: rule.action.clone(),
+                resource: Arc::clone(&rule.resource),
+                secret_fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            })
+        });
+        GateLayer { gate: self.gate, rule }
+    }
 }
 
 impl<S> Layer<S> for GateLayer {
@@ -238,37 +265,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
 
-/// Member names whose values are treated as secrets in summaries.
-const SECRET_WORDS: [&str; 11] =
-    ["secret", "password", "passwd", "token", "value", "credential", "private", "apikey", "api_key", "auth", "cookie"];
-
-/// The parameters with every secret-looking member's value replaced by
-/// `{"redacted": true, "length": N, "sha256": "sha256:…"}`, recursively.
-pub fn redact(params: &Value) -> Value {
-    match params {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| {
-                    let lower = k.to_ascii_lowercase();
-                    let secret = SECRET_WORDS.iter().any(|w| lower.contains(w));
-                    (k.clone(), if secret { fingerprint(v) } else { redact(v) })
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
-        other => other.clone(),
-    }
-}
-
-fn fingerprint(v: &Value) -> Value {
-    let text = match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let d = digest(&SHA256, text.as_bytes());
-    json!({ "redacted": true, "length": text.chars().count(), "sha256": format!("sha256:{}", b64::encode(d.as_ref())) })
-}
-
 async fn relay(res: reqwest::Response) -> Response {
     let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     match res.json::<Value>().await {
@@ -316,10 +312,14 @@ impl Gate {
         let Some(resource) = (rule.resource)(&view) else {
             return Err(error(StatusCode::BAD_REQUEST, "invalid_request", "the request does not name its target"));
         };
-        let digest = params_digest(&params).to_string();
+        let fields: Vec<&str> = rule.secret_fields.iter().map(String::as_str).collect();
+        let shown = presented(&params, &fields).map_err(|e| {
+            error(StatusCode::BAD_REQUEST, "invalid_request", format!("the parameters cannot be presented: {e}"))
+        })?;
+        let digest = params_digest(&shown).to_string();
 
         let Some(capability) = parts.headers.get(CAPABILITY_HEADER) else {
-            return Err(self.request_approval(&parts, &token, &rule.action, &resource, &digest, &params).await);
+            return Err(self.request_approval(&parts, &token, &rule.action, &resource, &digest, &shown).await);
         };
         let capability = capability
             .to_str()
@@ -347,14 +347,14 @@ impl Gate {
         action: &str,
         resource: &str,
         digest: &str,
-        params: &Value,
+        shown: &Value,
     ) -> Response {
         let g = &self.0;
         let body = json!({
             "action": action,
             "resource": resource,
+            "params": shown,
             "params_digest": digest,
-            "summary": redact(params),
             "reason": format!("gated request {} {}", parts.method, parts.uri.path()),
         });
         let mut req = g.http.post(format!("{}/v1/approvals", g.broker)).bearer_auth(token).json(&body);
@@ -413,24 +413,5 @@ impl Gate {
             }
             _ => Err(error(StatusCode::FORBIDDEN, "forbidden", "the broker refused to redeem the capability")),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secret_looking_members_are_fingerprinted() {
-        let r = redact(
-            &json!({"key": "OPENAI_KEY", "value": "sk-123", "nested": {"api_token": 42}, "list": [{"password": "p"}]}),
-        );
-        assert_eq!(r["key"], "OPENAI_KEY");
-        assert_eq!(r["value"]["length"], 6);
-        assert_eq!(r["value"]["redacted"], true);
-        assert!(r["value"]["sha256"].as_str().unwrap().starts_with("sha256:"));
-        assert_eq!(r["nested"]["api_token"]["length"], 2);
-        assert_eq!(r["list"][0]["password"]["length"], 1);
-        assert!(!r.to_string().contains("sk-123"));
     }
 }

@@ -11,7 +11,8 @@ pub mod revocations;
 pub use checks::{KeyLookup, Policy, PublicKey, VerifyError};
 pub use jwks::{JwksClient, JwksOptions};
 
-pub use crate::token::jcs::params_digest;
+pub use crate::token::jcs::{check_numbers, params_digest};
+pub use crate::token::presented::{PresentedError, fingerprint, presented};
 pub use crate::token::{AccessClaims, CapabilityClaims};
 
 /// Offline verification against a broker's JWKS: the checks of [`Policy`] with keys from a
@@ -113,6 +114,9 @@ pub enum BindingError {
     /// Another tenant.
     #[error("capability belongs to another tenant")]
     Tenant,
+    /// Another delegation chain: the capability serves only the chain that asked for it.
+    #[error("capability was issued to another chain of actors")]
+    Actors,
 }
 
 /// Checks that `cap` is bound to exactly this request by exactly this caller.
@@ -135,6 +139,11 @@ pub fn check_binding(
     }
     if cap.tenant != caller.tenant {
         return Err(BindingError::Tenant);
+    }
+    let cap_actors: Vec<&str> =
+        cap.act.as_ref().map(|a| a.chain().into_iter().map(|x| x.sub.as_str()).collect()).unwrap_or_default();
+    if cap_actors != caller.actors() {
+        return Err(BindingError::Actors);
     }
     Ok(())
 }

@@ -141,9 +141,11 @@ async fn requests_are_validated() {
     let at = app.access_token(&agent).await;
     let good = json!({
         "action": "secret_write", "resource": SECRET,
+        "params": params(),
         "params_digest": tessera::verify::params_digest(&params()).to_string(),
         "reason": "rotate the key",
     });
+    let other = json!({"key": "OPENAI_KEY", "value": "another"});
     let with = |k: &str, v: Value| {
         let mut b = good.clone();
         b[k] = v;
@@ -167,6 +169,13 @@ async fn requests_are_validated() {
         ("oversized summary", with("summary", json!({"x": "y".repeat(5000)}))),
         ("unknown field", with("caller_kind", json!("operator"))),
         ("number action", with("action", json!(7))),
+        // Design §11: the digest must be of exactly the parameters shown.
+        ("missing params", without("params")),
+        ("null params", with("params", Value::Null)),
+        ("params not an object", with("params", json!(["key", "OPENAI_KEY"]))),
+        ("params whose digest is another's", with("params", other.clone())),
+        ("a digest of other params", with("params_digest", json!(tessera::verify::params_digest(&other).to_string()))),
+        ("a forged secret mark deep down", with("params", json!({"key": "K", "x": {"y": {"$secret": {"length": 1}}}}))),
     ] {
         let res = app.post_bearer("/v1/approvals", &at, &body).await;
         assert_error(res, 400, "invalid_request").await;
@@ -188,6 +197,8 @@ async fn requests_are_validated() {
     }
     // Nothing was created.
     assert!(!app.audit_events().await.iter().any(|e| e == "approval.requested"));
+    // The good request, for contrast, is taken.
+    assert_eq!(app.post_bearer("/v1/approvals", &at, &good).await.status(), 202);
     // Without a token, or with garbage.
     let res = app.http.post(app.url("/v1/approvals")).json(&good).send().await.unwrap();
     assert_error(res, 401, "invalid_token").await;
@@ -217,7 +228,7 @@ async fn only_allowed_install_clients_bypass_and_it_is_audited() {
     let plain_install = app.create_client("org-1", CallerKind::Install, "other").await;
     let body = json!({
         "action": "workspace_token_mint", "resource": "workspaces/ws-5/tokens",
-        "params_digest": tessera::verify::params_digest(&json!({})).to_string(), "reason": "provisioning ws-5",
+        "params": {}, "params_digest": tessera::verify::params_digest(&json!({})).to_string(), "reason": "provisioning ws-5",
     });
     let send = |token: String, body: Value| {
         let app = &app;
@@ -457,11 +468,13 @@ async fn listing_pages_through_every_pending_request() {
                 "action",
                 "resource",
                 "params_digest",
+                "params",
                 "summary",
                 "reason",
                 "tenant",
                 "requester",
                 "requester_kind",
+                "actors",
                 "created_at",
                 "expires_at",
                 "quorum",

@@ -275,7 +275,7 @@ async fn caller_kind_cannot_be_spoofed_through_any_request_field() {
     for field in ["caller_kind", "requester", "requester_kind", "tenant", "sub"] {
         let mut body = json!({
             "action": "secret_write", "resource": "workspaces/ws-2/secrets/K",
-            "params_digest": tessera::verify::params_digest(&json!({})).to_string(), "reason": "r",
+            "params": {}, "params_digest": tessera::verify::params_digest(&json!({})).to_string(), "reason": "r",
         });
         body[field] = json!("operator");
         assert_error(app.post_bearer("/v1/approvals", &token, &body).await, 400, "invalid_request").await;
@@ -479,7 +479,7 @@ async fn a_whole_flow_at_trace_level_logs_no_secret_and_no_token() {
         .await
         .unwrap();
     let body = json!({"action": "secret_write", "resource": "workspaces/ws-2/secrets/K",
-        "params_digest": tessera::verify::params_digest(&json!({})).to_string(), "reason": "r"});
+        "params": {}, "params_digest": tessera::verify::params_digest(&json!({})).to_string(), "reason": "r"});
     let id = http
         .post(format!("{base}/v1/approvals"))
         .bearer_auth(&at)

@@ -41,14 +41,14 @@ async fn org_with(tweak: impl FnOnce(&mut tessera::config::Config)) -> Org {
     Org { app, agent, agent_token, op }
 }
 
-/// A pending approval as core's gate would create it: a redacted summary, a real reason.
-async fn request(app: &TestApp, token: &str, action: &str, resource: &str, summary: Value, reason: &str) -> String {
-    let params = json!({ "resource": resource, "summary": summary });
+/// A pending approval as core's gate would create it: the parameters as presented (secret
+/// values as length and fingerprint), their digest, a real reason.
+async fn request(app: &TestApp, token: &str, action: &str, resource: &str, params: Value, reason: &str) -> String {
     let body = json!({
         "action": action,
         "resource": resource,
+        "params": params,
         "params_digest": tessera::verify::params_digest(&params).to_string(),
-        "summary": summary,
         "reason": reason,
     });
     let res = app.post_bearer("/v1/approvals", token, &body).await;
@@ -58,10 +58,9 @@ async fn request(app: &TestApp, token: &str, action: &str, resource: &str, summa
 }
 
 fn secret_summary() -> Value {
-    json!({
-        "key": "OPENAI_KEY",
-        "value": {"redacted": true, "length": 51, "sha256": "sha256:q1Xb0m2ZyJ3Y7b0gk3cXl1v9yX6d2sZ2mQ0n8t3a1cE"},
-    })
+    let value = "sk-proj-0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
+    assert_eq!(value.len(), 51);
+    tessera::verify::presented(&json!({"key": "OPENAI_KEY", "value": value}), &["value"]).unwrap()
 }
 
 async fn secret_request(o: &Org) -> String {
@@ -506,7 +505,7 @@ async fn console_approve_through_the_confirmation_and_the_requester_gets_its_cap
     let a = approval(&o, &id).await;
     assert!(page.contains(a["params_digest"].as_str().unwrap()), "the digest is shown");
     assert!(page.contains("<table class=\"kv\""), "the summary is a table");
-    assert!(page.contains("secret value withheld") && page.contains("51 characters"));
+    assert!(page.contains("secret value withheld") && page.contains("51 bytes"));
     assert!(page.contains("OPENAI_KEY"));
     let csrf = csrf_of(&page);
 
@@ -708,7 +707,7 @@ async fn console_history_filters_by_status_action_and_requester() {
 
 #[tokio::test]
 async fn console_history_pages_through_older_requests() {
-    let o = org().await;
+    let o = org_with(|c| c.policy.max_pending_per_requester = 100).await;
     let mut ids = Vec::new();
     for i in 0..53 {
         ids.push(

@@ -261,6 +261,7 @@ impl TestApp {
         let body = serde_json::json!({
             "action": action,
             "resource": resource,
+            "params": params,
             "params_digest": tessera::verify::params_digest(params).to_string(),
             "summary": {"note": "test"},
             "reason": "needed for the test",

@@ -47,7 +47,7 @@ async fn integers_that_share_a_double_never_reach_a_digest() {
 
     // At the broker, a body carrying such a number is refused the same way.
     let body = format!(
-        r#"{{"action": "org_token_mint", "resource": "orgs/org-1/tokens", "params_digest": "{}", "summary": {{"limit": 9007199254740993}}, "reason": "r"}}"#,
+        r#"{{"action": "org_token_mint", "resource": "orgs/org-1/tokens", "params": {{}}, "params_digest": "{}", "summary": {{"limit": 9007199254740993}}, "reason": "r"}}"#,
         tessera::verify::params_digest(&json!({})),
     );
     let res = http
@@ -237,7 +237,7 @@ async fn a_failing_webhook_logs_its_host_and_never_its_path() {
     let token = token["access_token"].as_str().unwrap();
     let body = json!({
         "action": "org_token_mint", "resource": "orgs/o/tokens",
-        "params_digest": tessera::verify::params_digest(&json!({})).to_string(), "reason": "r",
+        "params": {}, "params_digest": tessera::verify::params_digest(&json!({})).to_string(), "reason": "r",
     });
     let res = http.post(format!("{base}/v1/approvals")).bearer_auth(token).json(&body).send().await.unwrap();
     assert_eq!(res.status(), 202);

@@ -39,6 +39,7 @@ struct Jwk {
 struct Vectors {
     settings: Settings,
     digests: Vec<Digest>,
+    presented: Vec<Presented>,
     cases: Vec<Case>,
 }
 
@@ -76,6 +77,17 @@ struct Binding {
     params_digest: String,
     caller_sub: String,
     caller_tenant: String,
+    caller_actors: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Presented {
+    name: String,
+    params_json: String,
+    secret_fields: Vec<String>,
+    presented_canonical: Option<String>,
+    params_digest: Option<String>,
+    refused: bool,
 }
 
 fn vectors_dir() -> PathBuf {
@@ -104,7 +116,11 @@ fn load() -> (HashMap<String, Arc<PublicKey>>, Vectors) {
 
 /// The caller whose access token came with the capability; only `sub` and `tenant` matter
 /// to the binding.
-fn caller(sub: &str, tenant: &str) -> AccessClaims {
+fn caller(sub: &str, tenant: &str, actors: &[String]) -> AccessClaims {
+    // The chain, nearest first, nested as `act` is.
+    let act = actors.iter().rev().fold(None, |inner, a| {
+        Some(tessera::token::Actor { sub: a.clone(), caller_kind: CallerKind::Agent, act: inner.map(Box::new) })
+    });
     AccessClaims {
         iss: String::new(),
         sub: sub.to_owned(),
@@ -118,7 +134,7 @@ fn caller(sub: &str, tenant: &str) -> AccessClaims {
         tenant: tenant.to_owned(),
         caller_kind: CallerKind::Agent,
         workspace: None,
-        act: None,
+        act,
     }
 }
 
@@ -134,7 +150,8 @@ fn verdict(keys: &HashMap<String, Arc<PublicKey>>, settings: &Settings, case: &C
             let Some(b) = &case.binding else { return Ok(()) };
             let binding =
                 CapabilityBinding { action: &b.action, resource: &b.resource, params_digest: &b.params_digest };
-            check_binding(&cap, &caller(&b.caller_sub, &b.caller_tenant), binding).map_err(|e| format!("binding: {e}"))
+            check_binding(&cap, &caller(&b.caller_sub, &b.caller_tenant, &b.caller_actors), binding)
+                .map_err(|e| format!("binding: {e}"))
         }
         other => panic!("case {}: unknown kind {other:?}", case.name),
     }
@@ -193,6 +210,32 @@ fn vectors_params_digests_match() {
         let value: serde_json::Value = serde_json::from_str(&d.params_json).unwrap();
         assert_eq!(canonicalize(&value), d.canonical, "{}", d.name);
         assert_eq!(params_digest(&value).as_str(), d.params_digest, "{}", d.name);
+    }
+}
+
+/// The presented form (design §11) of each case, by the library's own function: the same
+/// canonical text and digest, or refused where the vectors say so, the refusals included.
+#[test]
+fn vectors_presented_forms_match() {
+    let (_, vectors) = load();
+    assert!(vectors.presented.iter().filter(|p| p.refused).count() >= 3);
+    assert!(vectors.presented.iter().filter(|p| !p.refused).count() >= 4);
+    for p in &vectors.presented {
+        let fields: Vec<&str> = p.secret_fields.iter().map(String::as_str).collect();
+        let got = tessera::verify::check_numbers(p.params_json.as_bytes())
+            .ok()
+            .and_then(|()| serde_json::from_str::<serde_json::Value>(&p.params_json).ok())
+            .and_then(|v| tessera::verify::presented(&v, &fields).ok());
+        assert_eq!(got.is_none(), p.refused, "{}", p.name);
+        if let Some(shown) = got {
+            assert_eq!(Some(canonicalize(&shown)), p.presented_canonical, "{}", p.name);
+            assert_eq!(Some(params_digest(&shown).to_string()), p.params_digest, "{}", p.name);
+            assert!(
+                !p.presented_canonical.as_deref().unwrap_or_default().contains("sk-"),
+                "{}: a secret shown",
+                p.name
+            );
+        }
     }
 }
 

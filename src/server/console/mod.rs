@@ -259,25 +259,25 @@ fn peer_of(req: &Request) -> Option<std::net::IpAddr> {
 }
 
 /// The names of the clients `ids` that belong to `tenant`.
-async fn names_of<'a>(
-    state: &AppState,
-    tenant: &str,
-    ids: impl IntoIterator<Item = &'a str>,
-) -> Result<Names, StoreError> {
+async fn names_of(state: &AppState, tenant: &str, ids: impl IntoIterator<Item = String>) -> Result<Names, StoreError> {
     let mut out = Names::new();
-    let unique: HashSet<&str> = ids.into_iter().collect();
+    let unique: HashSet<String> = ids.into_iter().collect();
     for id in unique {
-        if let Some(c) = client_rows::get(state.store(), id).await?
+        if let Some(c) = client_rows::get(state.store(), &id).await?
             && c.tenant.as_str() == tenant
         {
-            out.insert(id.to_owned(), ClientName { name: c.name.clone(), kind: c.kind });
+            out.insert(id, ClientName { name: c.name.clone(), kind: c.kind });
         }
     }
     Ok(out)
 }
 
-fn people(row: &ApprovalRow) -> impl Iterator<Item = &str> {
-    std::iter::once(row.requester.as_str()).chain(row.decisions.iter().map(|d| d.operator.as_str()))
+/// Everyone an approval names: its requester, the clients that acted for it, its deciders.
+fn people(row: &ApprovalRow) -> Vec<String> {
+    std::iter::once(row.requester.clone())
+        .chain(row.actors())
+        .chain(row.decisions.iter().map(|d| d.operator.clone()))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -492,7 +492,7 @@ async fn audit_trail(State(state): State<AppState>, headers: HeaderMap, Path(id)
     let now = state.now();
     let row = approvals::read(state.store(), &op.claims, &id, now).await?;
     let records = console_rows::audit_trail(state.store(), &row.tenant, &row.approval_id, 500).await?;
-    let names = names_of(&state, &op.claims.tenant, records.iter().map(|r| r.actor.as_str())).await?;
+    let names = names_of(&state, &op.claims.tenant, records.iter().map(|r| r.actor.clone())).await?;
     Ok(page(StatusCode::OK, pages::audit_trail(&op, &row, &records, &names)))
 }
 
@@ -678,6 +678,8 @@ mod tests {
             cap_exp: None,
             redeemed_at: None,
             redeemed_by: None,
+            params: None,
+            act: None,
             decisions: Vec::new(),
         }
     }

@@ -182,7 +182,7 @@ pub fn pending(op: &Operator, rows: &[ApprovalRow], more: bool, names: &Names, n
                             }
                             div.resource { code { (row.resource) } }
                             dl.facts.compact {
-                                dt { "Requested by" } dd { (who(names, &row.requester)) }
+                                dt { "Requested by" } dd { (requested_by(names, row, false)) }
                                 dt { "Reason" } dd.reason { (row.reason) }
                                 dt { "Asked" } dd { (span(now - row.created_at)) " ago" }
                                 dt { "Approvals" } dd { (quorum_text(row)) }
@@ -238,18 +238,42 @@ fn state_text(row: &ApprovalRow, names: &Names, now: i64) -> String {
     }
 }
 
-/// Whether a summary value is the redaction the gate writes for a secret value.
-fn redacted(map: &serde_json::Map<String, Value>) -> Option<Markup> {
-    if map.get("redacted") != Some(&Value::Bool(true)) {
-        return None;
-    }
-    let length = map.get("length").and_then(Value::as_u64);
-    let fp = map.get("sha256").and_then(Value::as_str);
+/// A secret value as the presented parameters carry it (design §11):
+/// `{"$secret": {"length", "sha256"}}`, shown as its length and fingerprint.
+fn secret_mark(map: &serde_json::Map<String, Value>) -> Option<Markup> {
+    let fp = map.get(crate::token::presented::SECRET_MARK)?.as_object()?;
+    let length = fp.get("length").and_then(Value::as_u64);
+    let sha = fp.get("sha256").and_then(Value::as_str);
     Some(html! {
         span.redacted { "secret value withheld" }
-        @if let Some(n) = length { " · " (n) " characters" }
-        @if let Some(fp) = fp { br; span.small { "fingerprint " } code.small { (fp) } }
+        @if let Some(n) = length { " · " (n) " bytes" }
+        @if let Some(fp) = sha { br; span.small { "fingerprint " } code.small { (fp) } }
     })
+}
+
+/// The requester, and when it came through a delegation, who acted for it: "A, acting for B".
+fn requested_by(names: &Names, row: &ApprovalRow, with_id: bool) -> Markup {
+    let actors = row.actors();
+    let one = |id: &str| if with_id { who_with_id(names, id) } else { who(names, id) };
+    html! {
+        @for a in &actors { (one(a)) ", acting for " }
+        (one(&row.requester))
+    }
+}
+
+/// The presented parameters: exactly what the capability binds and core will run.
+fn params_section(row: &ApprovalRow) -> Markup {
+    html! {
+        @match row.params.as_deref().map(serde_json::from_str::<Value>) {
+            Some(Ok(Value::Object(map))) => {
+                p.hint { "Exactly these parameters, and no others, can run: the capability binds their digest, and core refuses a request whose parameters differ. Secret values are shown as their length and fingerprint; they never reach Tessera." }
+                @if map.is_empty() { p { "No parameters (an empty request body)." } } @else { (table(&map, 1)) }
+            }
+            _ => {
+                p.muted { "This request was made before parameters were kept: only the digest above binds it." }
+            }
+        }
+    }
 }
 
 /// A summary value, readably: text as text, objects as nested tables, lists as lists.
@@ -265,7 +289,7 @@ fn value(v: &Value, depth: usize) -> Markup {
                 ul.plain { @for i in items { li { (value(i, depth + 1)) } } }
             }
             Value::Object(map) => {
-                @if let Some(m) = redacted(map) { (m) }
+                @if let Some(m) = secret_mark(map) { (m) }
                 @else if depth >= 4 { code.small { (Value::Object(map.clone()).to_string()) } }
                 @else { (table(map, depth + 1)) }
             }
@@ -343,7 +367,7 @@ pub fn detail(op: &Operator, d: &Detail<'_>) -> Markup {
             dl.facts {
                 dt { "Action" } dd { code { (row.action) } }
                 dt { "Resource" } dd { code { (row.resource) } }
-                dt { "Requested by" } dd { (who_with_id(d.names, &row.requester)) }
+                dt { "Requested by" } dd { (requested_by(d.names, row, true)) }
                 dt { "Reason" } dd.reason { (row.reason) }
                 dt { "Asked" } dd { (utc(row.created_at)) span.muted { " · " (span(now - row.created_at)) " ago" } }
                 @if status == Status::Pending {
@@ -357,12 +381,18 @@ pub fn detail(op: &Operator, d: &Detail<'_>) -> Markup {
             }
         }
 
-        section aria-labelledby="sum-h" {
-            h2 #sum-h { "Parameters" }
-            p.hint { "The requester's platform describes the parameters here; secret values never reach Tessera. The capability binds the exact parameters through the digest above." }
-            @match serde_json::from_str::<Value>(&row.summary) {
-                Ok(Value::Object(map)) if !map.is_empty() => { (table(&map, 1)) }
-                _ => { p.muted { "No summary was sent." } }
+        section aria-labelledby="params-h" {
+            h2 #params-h { "What will run" }
+            (params_section(row))
+        }
+
+        @if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&row.summary) {
+            @if !map.is_empty() {
+                section.unverified aria-labelledby="sum-h" {
+                    h2 #sum-h { "The requester's description " span.muted { "(unverified)" } }
+                    p.hint { "Written by the requester and not checked against what will run. Where it and the parameters above disagree, the parameters are what runs." }
+                    (table(&map, 1))
+                }
             }
         }
 
@@ -469,7 +499,8 @@ pub fn confirm(
                     @if let Some(l) = action_label(&row.action) { " · " (l) }
                 }
                 dt { "Resource" } dd { code.big { (row.resource) } }
-                dt { "Requested by" } dd { (who(names, &row.requester)) }
+                dt { "Parameters" } dd { (params_section(row)) }
+                dt { "Requested by" } dd { (requested_by(names, row, false)) }
                 dt { "Reason" } dd.reason { (row.reason) }
                 dt { "Your note" } dd { @if note.is_empty() { span.muted { "none" } } @else { (note) } }
             }
@@ -731,15 +762,13 @@ mod tests {
     fn summaries_render_as_tables_and_escape_everything() {
         let v: Value = serde_json::json!({
             "key": "<script>alert(1)</script>",
-            "value": {"redacted": true, "length": 51, "sha256": "sha256:abc"},
+            "value": {"$secret": {"length": 51, "sha256": "sha256:abc"}},
             "tags": ["a", "b"],
         });
         let html = value(&v, 0).into_string();
         assert!(html.contains("&lt;script&gt;"), "{html}");
         assert!(!html.contains("<script>"));
-        assert!(
-            html.contains("secret value withheld") && html.contains("51 characters") && html.contains("sha256:abc")
-        );
+        assert!(html.contains("secret value withheld") && html.contains("51 bytes") && html.contains("sha256:abc"));
         assert!(html.contains("<table"));
     }
 }
