@@ -430,6 +430,26 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits() {
+        let c = Config::load(None, &HashMap::new()).unwrap();
+        assert_eq!((c.idle_timeout_secs, c.max_connections_per_address), (75, 64));
+        let c = Config::load(
+            None,
+            &env(&[("TESSERA_IDLE_TIMEOUT_SECS", "5"), ("TESSERA_MAX_CONNECTIONS_PER_ADDRESS", "1024")]),
+        )
+        .unwrap();
+        assert_eq!((c.idle_timeout_secs, c.max_connections_per_address), (5, 1024));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "idle_timeout_secs = 30\nmax_connections_per_address = 8\n").unwrap();
+        let c = Config::load(Some(&path), &HashMap::new()).unwrap();
+        assert_eq!((c.idle_timeout_secs, c.max_connections_per_address), (30, 8));
+        for (name, bad) in [("TESSERA_IDLE_TIMEOUT_SECS", "0"), ("TESSERA_MAX_CONNECTIONS_PER_ADDRESS", "0")] {
+            assert!(Config::load(None, &env(&[(name, bad)])).is_err(), "{name}={bad}");
+        }
+    }
+
+    #[test]
     fn database_password_is_redacted() {
         let u = DatabaseUrl::new("postgres://tessera:s3cret@127.0.0.1:5432/t");
         assert!(!format!("{u:?}").contains("s3cret"));
