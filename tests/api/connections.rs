@@ -168,6 +168,38 @@ async fn a_keep_alive_client_is_served_until_it_goes_idle() {
 }
 
 #[tokio::test]
+async fn a_slow_loris_on_a_kept_alive_connection_is_disconnected() {
+    let app = spawn_app_with(|c| {
+        c.header_read_timeout_secs = 1;
+        c.idle_timeout_secs = 30;
+    })
+    .await;
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    assert_eq!(get_on(&mut conn, "/healthz").await, "HTTP/1.1 200 OK");
+    // The next request's headers, a byte every 200 ms: the idle deadline is far, but the
+    // headers are due within the header deadline of their first byte.
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            tokio::select! {
+                r = conn.read(&mut buf) => return matches!(r, Ok(0) | Err(_)),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if conn.write_all(b"a").await.is_err() {
+                        return true;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(closed, "the connection was held open");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn an_oversized_body_gets_its_json_answer_not_a_reset() {
     let app = spawn_app().await;
     let body = vec![b'a'; 1024 * 1024];
