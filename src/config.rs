@@ -84,10 +84,17 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// Largest accepted request body, bytes.
     pub max_body_bytes: usize,
-    /// Time a client has to send a request's headers (slow clients are disconnected), seconds.
+    /// Time a client has to send a request's headers (slow clients are disconnected), seconds;
+    /// for a connection's first request, counted from the moment it was accepted.
     pub header_read_timeout_secs: u64,
+    /// Time a connection may stay open with no request in progress between two requests
+    /// (HTTP/1.1 keep-alive and HTTP/2 alike), seconds.
+    pub idle_timeout_secs: u64,
     /// Most connections served at once; more are closed on arrival.
     pub max_connections: usize,
+    /// Most connections served at once from one address (one IPv6 /64); more are closed on
+    /// arrival.
+    pub max_connections_per_address: usize,
     /// `Cache-Control: max-age` of the JWKS, seconds.
     pub jwks_max_age_secs: u64,
     /// Leeway the broker allows when it verifies tokens, seconds (at most 60).
@@ -119,7 +126,9 @@ struct FileConfig {
     request_timeout_secs: Option<u64>,
     max_body_bytes: Option<usize>,
     header_read_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     jwks_max_age_secs: Option<u64>,
     leeway_secs: Option<i64>,
     failed_auth_per_minute: Option<u32>,
@@ -131,7 +140,7 @@ struct FileConfig {
 }
 
 /// The environment variables read, with the file key each one overrides.
-pub const ENV_VARS: [(&str, &str); 16] = [
+pub const ENV_VARS: [(&str, &str); 18] = [
     ("TESSERA_LISTEN", "listen"),
     ("TESSERA_DATABASE_URL", "database_url"),
     ("TESSERA_KEYS_DIR", "keys_dir"),
@@ -141,7 +150,9 @@ pub const ENV_VARS: [(&str, &str); 16] = [
     ("TESSERA_REQUEST_TIMEOUT_SECS", "request_timeout_secs"),
     ("TESSERA_MAX_BODY_BYTES", "max_body_bytes"),
     ("TESSERA_HEADER_READ_TIMEOUT_SECS", "header_read_timeout_secs"),
+    ("TESSERA_IDLE_TIMEOUT_SECS", "idle_timeout_secs"),
     ("TESSERA_MAX_CONNECTIONS", "max_connections"),
+    ("TESSERA_MAX_CONNECTIONS_PER_ADDRESS", "max_connections_per_address"),
     ("TESSERA_JWKS_MAX_AGE_SECS", "jwks_max_age_secs"),
     ("TESSERA_LEEWAY_SECS", "leeway_secs"),
     ("TESSERA_FAILED_AUTH_PER_MINUTE", "failed_auth_per_minute"),
@@ -162,7 +173,9 @@ impl Default for Config {
             request_timeout_secs: 10,
             max_body_bytes: 16 * 1024,
             header_read_timeout_secs: 10,
+            idle_timeout_secs: 75,
             max_connections: 1024,
+            max_connections_per_address: 64,
             jwks_max_age_secs: 300,
             leeway_secs: 30,
             failed_auth_per_minute: 30,
@@ -226,8 +239,14 @@ impl Config {
         if let Some(v) = file.header_read_timeout_secs {
             c.header_read_timeout_secs = v;
         }
+        if let Some(v) = file.idle_timeout_secs {
+            c.idle_timeout_secs = v;
+        }
         if let Some(v) = file.max_connections {
             c.max_connections = v;
+        }
+        if let Some(v) = file.max_connections_per_address {
+            c.max_connections_per_address = v;
         }
         if let Some(v) = file.jwks_max_age_secs {
             c.jwks_max_age_secs = v;
@@ -282,7 +301,9 @@ impl Config {
                 "TESSERA_REQUEST_TIMEOUT_SECS" => self.request_timeout_secs = parse_env(name, v)?,
                 "TESSERA_MAX_BODY_BYTES" => self.max_body_bytes = parse_env(name, v)?,
                 "TESSERA_HEADER_READ_TIMEOUT_SECS" => self.header_read_timeout_secs = parse_env(name, v)?,
+                "TESSERA_IDLE_TIMEOUT_SECS" => self.idle_timeout_secs = parse_env(name, v)?,
                 "TESSERA_MAX_CONNECTIONS" => self.max_connections = parse_env(name, v)?,
+                "TESSERA_MAX_CONNECTIONS_PER_ADDRESS" => self.max_connections_per_address = parse_env(name, v)?,
                 "TESSERA_JWKS_MAX_AGE_SECS" => self.jwks_max_age_secs = parse_env(name, v)?,
                 "TESSERA_LEEWAY_SECS" => self.leeway_secs = parse_env(name, v)?,
                 "TESSERA_FAILED_AUTH_PER_MINUTE" => self.failed_auth_per_minute = parse_env(name, v)?,
@@ -325,6 +346,9 @@ impl Config {
         }
         if self.header_read_timeout_secs == 0 || self.max_connections == 0 {
             return Err(ConfigError("header_read_timeout_secs and max_connections must be positive".into()));
+        }
+        if self.idle_timeout_secs == 0 || self.max_connections_per_address == 0 {
+            return Err(ConfigError("idle_timeout_secs and max_connections_per_address must be positive".into()));
         }
         if self.failed_auth_per_minute == 0 {
             return Err(ConfigError("failed_auth_per_minute must be at least 1".into()));
@@ -402,6 +426,26 @@ mod tests {
         assert_eq!(Config::load(Some(&path), &HashMap::new()).unwrap().console_session_secs, 3600);
         for bad in ["0", "59", "604801", "-1", "eight hours"] {
             assert!(Config::load(None, &env(&[("TESSERA_CONSOLE_SESSION_SECS", bad)])).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn connection_limits() {
+        let c = Config::load(None, &HashMap::new()).unwrap();
+        assert_eq!((c.idle_timeout_secs, c.max_connections_per_address), (75, 64));
+        let c = Config::load(
+            None,
+            &env(&[("TESSERA_IDLE_TIMEOUT_SECS", "5"), ("TESSERA_MAX_CONNECTIONS_PER_ADDRESS", "1024")]),
+        )
+        .unwrap();
+        assert_eq!((c.idle_timeout_secs, c.max_connections_per_address), (5, 1024));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "idle_timeout_secs = 30\nmax_connections_per_address = 8\n").unwrap();
+        let c = Config::load(Some(&path), &HashMap::new()).unwrap();
+        assert_eq!((c.idle_timeout_secs, c.max_connections_per_address), (30, 8));
+        for (name, bad) in [("TESSERA_IDLE_TIMEOUT_SECS", "0"), ("TESSERA_MAX_CONNECTIONS_PER_ADDRESS", "0")] {
+            assert!(Config::load(None, &env(&[(name, bad)])).is_err(), "{name}={bad}");
         }
     }
 

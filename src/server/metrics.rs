@@ -52,6 +52,43 @@ const OTHER_ROUTE: usize = ROUTE_TEMPLATES.len();
 const TOKEN_ROUTE: usize = 2;
 const REDEEM_ROUTE: usize = 9;
 
+/// Why the accept loop closed a connection that hyper itself did not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionClose {
+    /// On arrival: `max_connections` were open.
+    ConnectionLimit,
+    /// On arrival: its address held `max_connections_per_address`.
+    PerAddressLimit,
+    /// No first request within `header_read_timeout_secs` of the accept.
+    FirstRequestTimeout,
+    /// A later request's headers not complete within `header_read_timeout_secs` of its first byte.
+    HeaderTimeout,
+    /// No request within `idle_timeout_secs` of the last answer.
+    IdleTimeout,
+}
+
+impl ConnectionClose {
+    /// Every reason, in the order of the series.
+    pub const ALL: [ConnectionClose; 5] = [
+        ConnectionClose::ConnectionLimit,
+        ConnectionClose::PerAddressLimit,
+        ConnectionClose::FirstRequestTimeout,
+        ConnectionClose::HeaderTimeout,
+        ConnectionClose::IdleTimeout,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionClose::ConnectionLimit => "connection_limit",
+            ConnectionClose::PerAddressLimit => "per_address_limit",
+            ConnectionClose::FirstRequestTimeout => "first_request_timeout",
+            ConnectionClose::HeaderTimeout => "header_timeout",
+            ConnectionClose::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
 /// Upper bounds of the latency histogram buckets, seconds.
 const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -95,6 +132,7 @@ pub struct Metrics {
     approvals: [AtomicU64; Status::ALL.len()],
     redemptions: [AtomicU64; REDEEM_OUTCOMES.len()],
     rate_limited: [AtomicU64; OTHER_ROUTE + 1],
+    connections_closed: [AtomicU64; ConnectionClose::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -106,6 +144,7 @@ impl Default for Metrics {
             approvals: Default::default(),
             redemptions: Default::default(),
             rate_limited: std::array::from_fn(|_| AtomicU64::new(0)),
+            connections_closed: Default::default(),
         }
     }
 }
@@ -129,6 +168,12 @@ impl Metrics {
         let g = usize::from(grant != "client_credentials");
         let k = CallerKind::ALL.iter().position(|x| *x == kind).unwrap_or(0);
         add(&self.tokens_issued[k][g]);
+    }
+
+    /// Counts a connection the accept loop closed, for `reason`.
+    pub fn connection_closed(&self, reason: ConnectionClose) {
+        let i = ConnectionClose::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        add(&self.connections_closed[i]);
     }
 
     /// Counts an approval entering `status` (created pending, approved, denied, withdrawn).
@@ -274,6 +319,16 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE tessera_failed_auth_blocked_total counter");
         let _ = writeln!(out, "tessera_failed_auth_blocked_total {failed_auth_blocked}");
+
+        let _ = writeln!(
+            out,
+            "# HELP tessera_connections_closed_total Connections the broker closed before a request or between requests, by reason."
+        );
+        let _ = writeln!(out, "# TYPE tessera_connections_closed_total counter");
+        for (i, r) in ConnectionClose::ALL.iter().enumerate() {
+            let n = v(&self.connections_closed[i]);
+            let _ = writeln!(out, "tessera_connections_closed_total{{reason=\"{}\"}} {n}", r.as_str());
+        }
 
         let _ = writeln!(
             out,

@@ -2,6 +2,7 @@
 
 mod approvals;
 pub mod auth;
+pub mod connection;
 mod console;
 pub mod error;
 mod health;
@@ -263,10 +264,14 @@ impl Application {
     /// Serves until `stop` completes, then lets in-flight requests finish (at most 10 s).
     ///
     /// The accept loop is hyper's own rather than `axum::serve`, for the limits a security
-    /// service needs: a client has `header_read_timeout_secs` to send its headers (a
-    /// slow-loris client is disconnected), headers are capped in number and size, and beyond
-    /// `max_connections` new connections are closed on arrival.
+    /// service needs (see [`connection`]): a connection's first request must arrive within
+    /// `header_read_timeout_secs` of the accept, a later one's headers within that time of
+    /// its first byte, and a connection idle for `idle_timeout_secs` is closed; headers are
+    /// capped in number and size; beyond `max_connections`, or `max_connections_per_address`
+    /// from one address, new connections are closed on arrival; and a connection hyper closes
+    /// is closed lingering, so a client still sending a refused body reads its answer.
     pub async fn run_until(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        use http_body_util::BodyExt;
         use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
         use hyper_util::server::conn::auto::Builder;
         use hyper_util::server::graceful::GracefulShutdown;
@@ -275,16 +280,24 @@ impl Application {
         let config = self.state.config().clone();
         let router = app(self.state.clone());
         let background = tokio::spawn(background(self.state.clone()));
+        let limits = connection::Deadlines {
+            header: Duration::from_secs(config.header_read_timeout_secs),
+            idle: Duration::from_secs(config.idle_timeout_secs),
+        };
         let mut builder = Builder::new(TokioExecutor::new());
+        // hyper's own header timer is off: it would also run between keep-alive requests,
+        // where the idle deadline applies. The watchdog of each connection keeps both.
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_headers(64).max_buf_size(64 * 1024);
         builder
-            .http1()
+            .http2()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(config.header_read_timeout_secs))
-            .max_headers(64)
-            .max_buf_size(64 * 1024);
-        builder.http2().timer(TokioTimer::new()).max_header_list_size(32 * 1024);
+            .max_header_list_size(32 * 1024)
+            .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
+            .keep_alive_timeout(HTTP2_PING_TIMEOUT);
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        let per_address = connection::PerAddress::new(config.max_connections_per_address);
+        let refusals = Arc::new(connection::Refusals::default());
         tokio::pin!(stop);
         loop {
             let (stream, peer) = tokio::select! {
@@ -299,26 +312,45 @@ impl Application {
                 },
                 () = &mut stop => break,
             };
+            let Some(address_slot) = per_address.try_take(peer.ip()) else {
+                refusals.refused(metrics::ConnectionClose::PerAddressLimit, peer.ip(), self.state.metrics());
+                drop(stream);
+                continue;
+            };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "connection limit reached; closing a new connection");
+                refusals.refused(metrics::ConnectionClose::ConnectionLimit, peer.ip(), self.state.metrics());
                 drop(stream);
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let service = router.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                req
-            });
-            let conn = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(stream),
-                    hyper_util::service::TowerToHyperService::new(service),
-                )
-                .into_owned();
+            let activity = connection::Activity::new();
+            let io = TokioIo::new(connection::Watched::new(stream, activity.clone()));
+            let service = {
+                let (router, activity) = (router.clone(), activity.clone());
+                hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    // Marks the request in progress until its answer is written (or it is
+                    // abandoned): the guard lives in this future, then in the answer's body.
+                    let guard = activity.begin(req.version() == axum::http::Version::HTTP_2);
+                    let answer = router.clone().oneshot(req);
+                    async move {
+                        let res = answer.await?;
+                        Ok::<_, std::convert::Infallible>(res.map(move |body| {
+                            body.map_frame(move |frame| {
+                                let _in_progress = &guard;
+                                frame
+                            })
+                        }))
+                    }
+                })
+            };
+            let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
             let conn = graceful.watch(conn);
+            let state = self.state.clone();
             tokio::spawn(async move {
-                let _ = conn.await;
+                connection::watch(conn, &activity, limits, state.metrics()).await;
                 drop(slot);
+                drop(address_slot);
             });
         }
         drop(self.listener);
@@ -330,6 +362,11 @@ impl Application {
         Ok(())
     }
 }
+
+/// How often the broker pings an HTTP/2 client, to find connections whose peer is gone.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// How long an HTTP/2 client has to answer a ping before its connection is closed.
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Background upkeep. Every 5 seconds: follow key rotations (switch to a rotated-in key once
 /// its activation time comes, re-read every replica's published keys) and rotate on schedule.

@@ -5,6 +5,7 @@
 
 mod approvals;
 mod attacks;
+mod connections;
 mod console;
 mod foundation;
 mod gate;
