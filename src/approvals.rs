@@ -567,8 +567,14 @@ pub async fn redeem(
     if caller.tenant != cap.tenant {
         return Err(ApprovalError::Forbidden("the capability belongs to another tenant".into()));
     }
-    if caller.sub != cap.sub && caller.caller_kind != CallerKind::Service {
-        return Err(ApprovalError::Forbidden("only the capability's holder or a service may redeem it".into()));
+    if caller.caller_kind != CallerKind::Service {
+        let cap_actors: Vec<&str> =
+            cap.act.as_ref().map(|a| a.chain().into_iter().map(|x| x.sub.as_str()).collect()).unwrap_or_default();
+        if caller.sub != cap.sub || caller.actors() != cap_actors {
+            return Err(ApprovalError::Forbidden(
+                "only the capability's holder (through the same chain of actors) or a service may redeem it".into(),
+            ));
+        }
     }
     let mut tx = store.begin_write().await?;
     if !rows::redeem(&mut tx, &cap.approval_id, &cap.jti, &caller.sub, now).await? {
@@ -587,7 +593,10 @@ pub async fn redeem(
             &caller.sub,
             &cap.tenant,
             &cap.approval_id,
-            json!({ "jti": cap.jti, "action": cap.action, "resource": cap.resource }),
+            json!({
+                "jti": cap.jti, "action": cap.action, "resource": cap.resource, "params_digest": cap.params_digest,
+                "actors": caller.actors(),
+            }),
         )],
         now,
     )

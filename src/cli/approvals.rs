@@ -17,10 +17,13 @@ pub(super) enum ApprovalsCmd {
         #[arg(long, default_value = "pending")]
         status: String,
     },
-    /// Show one approval.
+    /// Show one approval: what will run (its parameters as presented), who asked and why.
     Show {
         /// Approval id.
         id: String,
+        /// Print the approval object as the API returns it, as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Approve a pending request.
     Approve {
@@ -145,9 +148,13 @@ pub(super) async fn run(server: &str, cmd: ApprovalsCmd) -> Result<(), Failure> 
                 }
             }
         }
-        ApprovalsCmd::Show { id } => {
+        ApprovalsCmd::Show { id, json } => {
             let a = session.get(&format!("/v1/approvals/{}", urlencode(&id))).await?;
-            writeln!(out, "{}", serde_json::to_string_pretty(&a)?)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&a)?)?;
+            } else {
+                show(&mut out, &a)?;
+            }
         }
         ApprovalsCmd::Approve { id, note } => {
             let a = session
@@ -183,6 +190,56 @@ pub(super) async fn run(server: &str, cmd: ApprovalsCmd) -> Result<(), Failure> 
                 s(&a["resource"])
             )?;
         }
+    }
+    Ok(())
+}
+
+/// One approval for an operator to read before deciding: the parameters that will run, in
+/// full (secret values as length and fingerprint), apart from the requester's own description.
+fn show(out: &mut impl Write, a: &Value) -> std::io::Result<()> {
+    let actors: Vec<&str> = a["actors"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let mut by = String::new();
+    for actor in &actors {
+        by.push_str(&format!("{actor}, acting for "));
+    }
+    by.push_str(&format!("{} ({})", s(&a["requester"]), s(&a["requester_kind"])));
+    writeln!(out, "approval       {}", s(&a["approval_id"]))?;
+    writeln!(out, "status         {}", s(&a["status"]))?;
+    writeln!(out, "action         {}", s(&a["action"]))?;
+    writeln!(out, "resource       {}", s(&a["resource"]))?;
+    writeln!(out, "requested by   {by}")?;
+    writeln!(out, "reason         {}", s(&a["reason"]).replace('\n', "\n               "))?;
+    writeln!(out, "approvals      {} of {}", approvals_so_far(a), a["quorum"])?;
+    writeln!(out, "expires        {}", s(&a["expires_at"]))?;
+    writeln!(out, "params_digest  {}", s(&a["params_digest"]))?;
+    writeln!(out)?;
+    writeln!(out, "What will run: exactly these parameters (the capability binds their digest; secret values")?;
+    writeln!(out, "are shown as {{\"$secret\": {{length in bytes, fingerprint}}}}):")?;
+    match &a["params"] {
+        Value::Null => writeln!(out, "  (made before parameters were kept: only the digest binds it)")?,
+        p => {
+            for line in serde_json::to_string_pretty(p).unwrap_or_default().lines() {
+                writeln!(out, "  {line}")?;
+            }
+        }
+    }
+    if a["summary"].as_object().is_some_and(|m| !m.is_empty()) {
+        writeln!(out)?;
+        writeln!(out, "The requester's description (UNVERIFIED: written by the requester, not checked against")?;
+        writeln!(out, "what will run; where it and the parameters differ, the parameters run):")?;
+        for line in serde_json::to_string_pretty(&a["summary"]).unwrap_or_default().lines() {
+            writeln!(out, "  {line}")?;
+        }
+    }
+    for d in a["decisions"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "decision       {} by {} at {} ({})",
+            s(&d["decision"]),
+            s(&d["operator"]),
+            s(&d["at"]),
+            s(&d["method"])
+        )?;
     }
     Ok(())
 }

@@ -48,6 +48,9 @@ async fn an_operator_approves_with_the_cli_and_the_capability_redeems_exactly_on
     assert!(text.contains("secret_write") && text.contains(SECRET));
 
     let show = cli_on(&app.database_url, &app.keys_dir(), &app.base, &["approvals", "show", &id], &env).await;
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("What will run") && text.contains("\"key\": \"OPENAI_KEY\""), "{text}");
+    let show = cli_on(&app.database_url, &app.keys_dir(), &app.base, &["approvals", "show", &id, "--json"], &env).await;
     let shown: Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(shown["approval_id"], id);
     assert!(shown.get("capability").is_none(), "operators never see the capability");
