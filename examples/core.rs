@@ -1,12 +1,15 @@
 //! The reference core: a small stand-in for the platform, built on the verifier library's
 //! gate. It is what the end-to-end tests drive and what a core team copies from.
 //!
-//! It holds no credentials of its own. Every route first verifies the caller's access token
-//! offline through the broker's JWKS; gated routes run only on a capability for exactly this
-//! request, redeemed once at the broker with the caller's own token.
+//! Every route first verifies the caller's access token offline through the broker's JWKS;
+//! gated routes run only on a capability for exactly this request, redeemed once at the broker
+//! with the caller's own token. Core's own `service` client (`CORE_CLIENT_ID`,
+//! `CORE_CLIENT_SECRET`) reads the broker's revocation feed, so revoked tokens stop working
+//! here within 15 seconds; without it, core warns at start and learns of no revocations.
 //!
 //! ```sh
-//! CORE_LISTEN=127.0.0.1:8710 CORE_BROKER_URL=http://127.0.0.1:8700 cargo run --example core
+//! CORE_LISTEN=127.0.0.1:8710 CORE_BROKER_URL=http://127.0.0.1:8700 \
+//!   CORE_CLIENT_ID=... CORE_CLIENT_SECRET=... cargo run --example core
 //! ```
 
 use std::sync::{Arc, Mutex};
@@ -19,6 +22,7 @@ use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 use tessera::verify::Verifier;
 use tessera::verify::gate::{Gate, GateRequest, Identity};
+use tessera::verify::revocations::FeedCredentials;
 
 /// One side effect core executed.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -164,9 +168,24 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result: Result<(), Box<dyn std::error::Error>> = rt.block_on(async {
-        let verifier = Arc::new(Verifier::for_issuer(&issuer, &audience));
-        // Learn of revoked tokens within 15 seconds.
-        tessera::verify::revocations::spawn_poller(verifier.clone(), std::time::Duration::from_secs(15));
+        let mut verifier = Verifier::for_issuer(&issuer, &audience);
+        // The revocation feed is served to service clients only: core reads it as its own
+        // service client, when one is configured.
+        let service = (std::env::var("CORE_CLIENT_ID"), std::env::var("CORE_CLIENT_SECRET"));
+        let polls = if let (Ok(id), Ok(secret)) = service {
+            verifier = verifier.with_feed_credentials(FeedCredentials::new(id, secret));
+            true
+        } else {
+            eprintln!(
+                "core: CORE_CLIENT_ID and CORE_CLIENT_SECRET are not set; revoked tokens stay valid here until they expire"
+            );
+            false
+        };
+        let verifier = Arc::new(verifier);
+        if polls {
+            // Learn of revoked tokens within 15 seconds.
+            tessera::verify::revocations::spawn_poller(verifier.clone(), std::time::Duration::from_secs(15));
+        }
         let gate = Gate::new(verifier, &broker);
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         eprintln!("core listening on {listen}, trusting {issuer}");

@@ -402,16 +402,18 @@ pub async fn list(
     Ok(rows::list(store, &caller.tenant, status, after, limit).await?)
 }
 
-/// Loads an approval inside a write transaction, if `caller` may see it.
+/// Loads an approval inside a write transaction, its row locked until the transaction ends,
+/// if `caller` may see it.
 async fn load_visible(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    store: &Store,
     caller: &AccessClaims,
     id: &str,
 ) -> Result<ApprovalRow, ApprovalError> {
     if ApprovalId::parse(id).is_err() {
         return Err(ApprovalError::NotFound);
     }
-    let row = rows::get_on(tx, id).await?.ok_or(ApprovalError::NotFound)?;
+    let row = rows::get_for_update(tx, store.backend(), id).await?.ok_or(ApprovalError::NotFound)?;
     if !visible_to(&row, caller) {
         return Err(ApprovalError::NotFound);
     }
@@ -426,7 +428,8 @@ fn refuse_unless_pending(row: &ApprovalRow, now: i64) -> Result<(), ApprovalErro
     }
 }
 
-/// An operator approves or denies. Quorum counts distinct operators; one deny ends it.
+/// An operator approves or denies. Quorum counts distinct operators that are still enabled;
+/// one deny ends it. Decisions on one approval are serialised by its row lock.
 pub async fn decide(
     store: &Store,
     policy: &Policy,
@@ -440,7 +443,7 @@ pub async fn decide(
         check_text("note", n, false)?;
     }
     let mut tx = store.begin_write().await?;
-    let row = load_visible(&mut tx, caller, id).await?;
+    let row = load_visible(&mut tx, store, caller, id).await?;
     if row.requester == caller.sub || row.actors().iter().any(|a| a == &caller.sub) {
         return Err(ApprovalError::Forbidden(
             "the requester, and any client that acted for it, can never decide its request".into(),
@@ -484,7 +487,9 @@ pub async fn decide(
         id,
         json!({ "decision": decision.decision, "note": note }),
     )];
-    let approvals = row.decisions.iter().filter(|d| d.decision == "approve").count() as i64 + 1;
+    // Counted after this decision is written, under the approval's row lock: every earlier
+    // decision is visible, and only operators still enabled count.
+    let approvals = rows::enabled_approvals(&mut tx, id).await?;
     let moved = match verdict {
         Verdict::Deny => {
             events.push(AuditEvent::new("approval.denied", &caller.sub, &row.tenant, id, json!({})));
@@ -523,7 +528,7 @@ pub async fn decide(
 /// The requester withdraws its pending request.
 pub async fn withdraw(store: &Store, caller: &AccessClaims, id: &str, now: i64) -> Result<ApprovalRow, ApprovalError> {
     let mut tx = store.begin_write().await?;
-    let row = load_visible(&mut tx, caller, id).await?;
+    let row = load_visible(&mut tx, store, caller, id).await?;
     if row.requester != caller.sub {
         return Err(ApprovalError::Forbidden("only the requester may withdraw a request".into()));
     }

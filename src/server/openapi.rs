@@ -161,10 +161,11 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "get",
         "/v1/revocations",
-        "The signed revocation feed (query: since)",
+        "The signed revocation feed of the caller's tenant, for service clients (query: since, nonce; \
+         the answer signs both)",
         Auth::Bearer,
         None,
-        &[("200", "application/jwt", "Jws")],
+        &[("200", "application/jwt", "Jws"), ("400", JSON, "Error"), ("401", JSON, "Error"), ("403", JSON, "Error")],
     ),
     op("get", "/healthz", "Liveness", Auth::None, None, &[("200", JSON, "Health")]),
     op(

@@ -208,26 +208,59 @@ async fn operator_revoke(
 #[serde(deny_unknown_fields)]
 struct FeedQuery {
     since: Option<i64>,
+    nonce: Option<String>,
 }
 
+/// Longest `nonce` the feed echoes.
+const MAX_FEED_NONCE: usize = 64;
+
 /// The revocation feed: a JWS (`typ: revocations+jwt`, signed like every token) listing the
-/// revocations after `since` that still matter. Offline verifiers poll it.
-async fn feed(State(state): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+/// revocations of the caller's tenant after `since` that still matter. Offline verifiers poll
+/// it with a `service` client's access token.
+///
+/// The answer is bound to its request: it signs the `since` asked for and the caller's
+/// `nonce`, so an older answer cannot stand in for a newer one. `next` is the feed's true
+/// position, never raised to `since`, and `since_id`/`next_id` identify the entries at both
+/// positions: a broker whose feed is behind the cursor asked for, or has other entries under
+/// the same numbers (a database restored from a backup), says so, and the verifier refuses
+/// to move.
+async fn feed(State(state): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    if caller.claims.caller_kind != CallerKind::Service {
+        return Err(ApiError::forbidden("only service clients may read the revocation feed"));
+    }
     let q: FeedQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::invalid_request(format!("query: {e}")))?;
-    let since = q.since.unwrap_or(0).max(0);
+    let since = q.since.unwrap_or(0);
+    if since < 0 {
+        return Err(ApiError::invalid_request("since must not be negative"));
+    }
+    if let Some(n) = &q.nonce
+        && (n.is_empty()
+            || n.len() > MAX_FEED_NONCE
+            || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
+        return Err(ApiError::invalid_request("nonce must be 1 to 64 characters of [A-Za-z0-9_-]"));
+    }
+    let tenant = caller.claims.tenant.as_str();
     let now = state.now();
-    let entries = rows::since(state.store(), since, now, FEED_PAGE + 1).await?;
+    let head = rows::last_seq(state.store(), tenant).await?;
+    let entries = rows::since(state.store(), tenant, since, head, now, FEED_PAGE + 1).await?;
     let more = entries.len() as i64 > FEED_PAGE;
     let entries: Vec<Revocation> = entries.into_iter().take(FEED_PAGE as usize).collect();
     let next = match entries.last() {
-        Some(e) => e.seq,
-        None => rows::last_seq(state.store()).await?.max(since),
+        Some(e) if more => e.seq,
+        _ => head,
     };
-    let claims = json!({
-        "iss": state.config().issuer, "iat": now, "exp": now + 300,
-        "since": since, "next": next, "more": more, "revocations": entries,
+    let since_id = if since > 0 { rows::entry_id(state.store(), tenant, since).await? } else { None };
+    let next_id = if next > 0 { rows::entry_id(state.store(), tenant, next).await? } else { None };
+    let mut claims = json!({
+        "iss": state.config().issuer, "iat": now, "exp": now + 300, "tenant": tenant,
+        "since": since, "since_id": since_id, "next": next, "next_id": next_id,
+        "more": more, "revocations": entries,
     });
+    if let Some(n) = q.nonce {
+        claims["nonce"] = json!(n);
+    }
     let jws = state.keys().signer().sign_typed(TYP_REVOCATIONS, &claims).map_err(|e| ApiError::internal(&e))?;
     let mut res = jws.into_response();
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jwt"));

@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::{Store, StoreError, parse_col};
+use super::{Backend, Store, StoreError, parse_col};
 use crate::domain::CallerKind;
 
 /// An approval's status, as pinned.
@@ -250,6 +250,41 @@ pub async fn get_on(conn: &mut AnyConnection, id: &str) -> Result<Option<Approva
     load_decisions(conn, &mut rows).await?;
     let [a] = rows;
     Ok(Some(a))
+}
+
+/// One approval with its decisions, read inside a write transaction with the approval's row
+/// locked until the transaction ends, so decisions on it are taken one after the other and
+/// each sees the ones before. PostgreSQL locks the row (`SELECT … FOR UPDATE`); on SQLite the
+/// write transaction ([`Store::begin_write`], `BEGIN IMMEDIATE`) already holds the database's
+/// write lock.
+pub async fn get_for_update(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    id: &str,
+) -> Result<Option<ApprovalRow>, StoreError> {
+    if backend == Backend::Postgres {
+        let locked = sqlx::query("SELECT approval_id FROM approvals WHERE approval_id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+    }
+    get_on(conn, id).await
+}
+
+/// How many operators still enabled have approved approval `id`: a vote from an operator
+/// disabled since then does not count toward quorum.
+pub async fn enabled_approvals(conn: &mut AnyConnection, id: &str) -> Result<i64, StoreError> {
+    Ok(sqlx::query(
+        "SELECT COUNT(*) AS n FROM decisions d JOIN clients c ON c.client_id = d.operator \
+         WHERE d.approval_id = $1 AND d.decision = 'approve' AND c.disabled = 0",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await?
+    .try_get("n")?)
 }
 
 /// One approval with its decisions.

@@ -70,13 +70,23 @@ pub async fn is_revoked(store: &Store, jti: &str, client_id: &str, iat: i64) -> 
     Ok(row.is_some())
 }
 
-/// Revocations after `since` that still matter at `now`, in order.
-pub async fn since(store: &Store, since: i64, now: i64, limit: i64) -> Result<Vec<Revocation>, StoreError> {
+/// A tenant's revocations after `since` and up to `head` that still matter at `now`, in
+/// order.
+pub async fn since(
+    store: &Store,
+    tenant: &str,
+    since: i64,
+    head: i64,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<Revocation>, StoreError> {
     let rows = sqlx::query(
         "SELECT seq, kind, jti, client_id, tenant, not_after, expires_at FROM revocations \
-         WHERE seq > $1 AND expires_at > $2 ORDER BY seq LIMIT $3",
+         WHERE tenant = $1 AND seq > $2 AND seq <= $3 AND expires_at > $4 ORDER BY seq LIMIT $5",
     )
+    .bind(tenant)
     .bind(since)
+    .bind(head)
     .bind(now)
     .bind(limit)
     .fetch_all(store.pool())
@@ -96,12 +106,43 @@ pub async fn since(store: &Store, since: i64, now: i64, limit: i64) -> Result<Ve
         .collect()
 }
 
-/// The highest feed position.
-pub async fn last_seq(store: &Store) -> Result<i64, StoreError> {
-    Ok(sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM revocations")
+/// The highest feed position of a tenant's revocations (0 when it has none).
+pub async fn last_seq(store: &Store, tenant: &str) -> Result<i64, StoreError> {
+    Ok(sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM revocations WHERE tenant = $1")
+        .bind(tenant)
         .fetch_one(store.pool())
         .await?
         .try_get("last")?)
+}
+
+/// The identity of a tenant's feed entry at `seq`: base64url SHA-256 over its stored
+/// content, revocation time included. A verifier keeps the identity of the entry its cursor
+/// names, so a feed whose history was replaced under the same numbers (a database restored
+/// from a backup, then written to again) no longer matches. `None` when the tenant has no
+/// entry at `seq`.
+pub async fn entry_id(store: &Store, tenant: &str, seq: i64) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query(
+        "SELECT seq, kind, jti, client_id, tenant, not_after, expires_at, revoked_at, revoked_by \
+         FROM revocations WHERE tenant = $1 AND seq = $2",
+    )
+    .bind(tenant)
+    .bind(seq)
+    .fetch_optional(store.pool())
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let content = serde_json::json!([
+        r.try_get::<i64, _>("seq")?,
+        r.try_get::<String, _>("kind")?,
+        r.try_get::<Option<String>, _>("jti")?,
+        r.try_get::<String, _>("client_id")?,
+        r.try_get::<String, _>("tenant")?,
+        r.try_get::<Option<i64>, _>("not_after")?,
+        r.try_get::<i64, _>("expires_at")?,
+        r.try_get::<i64, _>("revoked_at")?,
+        r.try_get::<String, _>("revoked_by")?,
+    ]);
+    let digest = ring::digest::digest(&ring::digest::SHA256, content.to_string().as_bytes());
+    Ok(Some(crate::token::b64::encode(digest.as_ref())))
 }
 
 /// The issuing record of a token: its client, tenant and expiry, from the audit log.

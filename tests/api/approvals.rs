@@ -431,6 +431,66 @@ async fn who_may_redeem_and_what_counts_as_a_capability() {
 }
 
 #[tokio::test]
+async fn a_vote_from_an_operator_disabled_since_does_not_count_toward_quorum() {
+    let Org { app, agent, op, op2 } = org_with(|c| {
+        let file = tessera::policy::PolicyFile {
+            quorum: Some([("org_token_mint".to_owned(), 2)].into()),
+            ..Default::default()
+        };
+        c.policy = tessera::policy::Policy::from_file(&file).unwrap();
+    })
+    .await;
+    let op3 = app.create_client("org-1", CallerKind::Operator, "carol").await;
+    let at = app.access_token(&agent).await;
+    let (t1, t2, t3) = (app.access_token(&op).await, app.access_token(&op2).await, app.access_token(&op3).await);
+    let id = app.pending_approval(&at, "org_token_mint", "orgs/org-1/tokens", &json!({"name": "ci"})).await;
+    let first: Value = app.decide(&t1, &id, "approve").await.json().await.unwrap();
+    assert_eq!(first["status"], "pending");
+    // The first approver is disabled: its vote no longer counts.
+    tessera::clients::disable(app.state.store(), &op.id, "test", app.state.now()).await.unwrap();
+    let second: Value = app.decide(&t2, &id, "approve").await.json().await.unwrap();
+    assert_eq!(second["status"], "pending", "{second}");
+    assert_eq!(app.capability(&at, &id).await, None);
+    // Two operators still enabled make the quorum.
+    let third: Value = app.decide(&t3, &id, "approve").await.json().await.unwrap();
+    assert_eq!(third["status"], "approved", "{third}");
+    assert!(app.capability(&at, &id).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_approving_at_once_reach_a_quorum_of_two_every_time() {
+    let Org { app, agent, op, op2 } = org_with(|c| {
+        let file = tessera::policy::PolicyFile {
+            quorum: Some([("org_token_mint".to_owned(), 2)].into()),
+            ..Default::default()
+        };
+        c.policy = tessera::policy::Policy::from_file(&file).unwrap();
+    })
+    .await;
+    let at = app.access_token(&agent).await;
+    let (t1, t2) = (app.access_token(&op).await, app.access_token(&op2).await);
+    let app = Arc::new(app);
+    for round in 0..8 {
+        let id = app
+            .pending_approval(&at, "org_token_mint", "orgs/org-1/tokens", &json!({"name": format!("r{round}")}))
+            .await;
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let mut tasks = Vec::new();
+        for t in [t1.clone(), t2.clone()] {
+            let (app, id, start) = (app.clone(), id.clone(), start.clone());
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                app.decide(&t, &id, "approve").await.status().as_u16()
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 200, "round {round}");
+        }
+        assert!(app.capability(&at, &id).await.is_some(), "round {round}: not approved");
+    }
+}
+
+#[tokio::test]
 async fn malformed_ids_and_disabled_clients() {
     let Org { app, agent, op, .. } = org().await;
     let opt = app.access_token(&op).await;

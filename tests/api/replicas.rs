@@ -127,6 +127,47 @@ async fn the_audit_log_stays_one_verifiable_chain_under_concurrent_writes_from_b
     assert_eq!(events.iter().filter(|e| *e == "approval.requested").count(), 8);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_approving_at_once_on_the_two_replicas_always_reach_a_quorum_of_two() {
+    let quorum_two = |c: &mut tessera::config::Config| {
+        c.issuer = ISSUER.into();
+        let file = tessera::policy::PolicyFile {
+            quorum: Some([("org_token_mint".to_owned(), 2)].into()),
+            ..Default::default()
+        };
+        c.policy = tessera::policy::Policy::from_file(&file).unwrap();
+    };
+    let url = fresh_postgres_url().await;
+    let a = spawn_on(tempfile::tempdir().unwrap(), url.clone(), quorum_two).await;
+    let b = spawn_on(tempfile::tempdir().unwrap(), url, quorum_two).await;
+    let agent = a.create_client("org-1", CallerKind::Agent, "concierge").await;
+    let op1 = a.create_client("org-1", CallerKind::Operator, "alice").await;
+    let op2 = a.create_client("org-1", CallerKind::Operator, "bob").await;
+    let at = a.access_token(&agent).await;
+    let (t1, t2) = (a.access_token(&op1).await, b.access_token(&op2).await);
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    for round in 0..12 {
+        let id =
+            a.pending_approval(&at, "org_token_mint", "orgs/org-1/tokens", &json!({"name": format!("r{round}")})).await;
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let mut tasks = Vec::new();
+        for (app, t) in [(a.clone(), t1.clone()), (b.clone(), t2.clone())] {
+            let (id, start) = (id.clone(), start.clone());
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                app.decide(&t, &id, "approve").await.status().as_u16()
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 200, "round {round}");
+        }
+        let row: Value = b.get_bearer(&format!("/v1/approvals/{id}"), &t1).await.json().await.unwrap();
+        assert_eq!(row["status"], "approved", "round {round}: {row}");
+        assert_eq!(row["decisions"].as_array().unwrap().len(), 2);
+        assert!(a.capability(&at, &id).await.is_some(), "round {round}");
+    }
+}
+
 /// A TCP proxy in front of PostgreSQL that a test can cut and restore: a real outage.
 struct Proxy {
     addr: std::net::SocketAddr,

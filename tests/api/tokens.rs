@@ -1,7 +1,10 @@
 //! Issue: token exchange, introspection, revocation and key rotation.
 
 use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
 use tessera::domain::CallerKind;
+
+use tessera::verify::revocations::{FeedCredentials, FeedError};
 use tessera::verify::{JwksClient, JwksOptions, Policy, Verifier, VerifyError};
 
 use crate::helpers::*;
@@ -327,27 +330,43 @@ async fn operators_revoke_by_jti_or_by_client_and_disabling_revokes_everything()
     assert_eq!(probe(t3).await, 401);
 }
 
+/// A verifier of `issuer` reading the feed as the service client `svc`.
+fn feed_verifier(issuer: &str, svc: &TestClient) -> Verifier {
+    Verifier::new(
+        Policy::new(issuer, "core"),
+        JwksClient::new(format!("{issuer}/.well-known/jwks.json"), JwksOptions::default()),
+    )
+    .with_feed_credentials(FeedCredentials::new(&svc.id, &svc.secret))
+}
+
 #[tokio::test]
 async fn offline_verifiers_learn_revocations_from_the_signed_feed() {
     let app = spawn_app().await;
     let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let svc = app.create_client("org-1", CallerKind::Service, "core").await;
     let revoked = app.access_token(&agent).await;
     let kept = app.access_token(&agent).await;
-    let verifier = Verifier::new(
-        Policy::new(app.base.clone(), "core"),
-        JwksClient::new(app.url("/.well-known/jwks.json"), JwksOptions::default()),
-    );
+    let verifier = feed_verifier(&app.base, &svc);
     let now = app.state.now();
     assert_eq!(verifier.poll_revocations(now).await.unwrap(), 0);
     verifier.verify_access(&revoked, now).await.unwrap();
 
     assert_eq!(form_post(&app, "/oauth/revoke", &agent, &[("token", &revoked)]).await.status(), 200);
-    // The feed is a JWS of its own type, signed with the broker's key.
-    let res = app.http.get(app.url("/v1/revocations?since=0")).send().await.unwrap();
+    // The feed is a JWS of its own type, signed with the broker's key, bound to its request.
+    let st = app.access_token(&svc).await;
+    let res = app.get_bearer("/v1/revocations?since=0&nonce=n-1", &st).await;
+    assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "application/jwt");
     let feed = res.text().await.unwrap();
     assert_eq!(peek_header(&feed)["typ"], "revocations+jwt");
-    assert_eq!(peek_claims(&feed)["revocations"][0]["jti"], peek_claims(&revoked)["jti"]);
+    let claims = peek_claims(&feed);
+    assert_eq!(claims["revocations"][0]["jti"], peek_claims(&revoked)["jti"]);
+    assert_eq!(
+        (claims["since"].clone(), claims["nonce"].clone(), claims["tenant"].clone()),
+        (json!(0), json!("n-1"), json!("org-1"))
+    );
+    assert_eq!(claims["next"], claims["revocations"][0]["seq"]);
+    assert!(claims["next_id"].is_string());
     // A feed is not a token.
     assert!(Policy::new(app.base.clone(), "core").verify_access(app.state.keys(), &feed, now).is_err());
 
@@ -356,7 +375,226 @@ async fn offline_verifiers_learn_revocations_from_the_signed_feed() {
     verifier.verify_access(&kept, now).await.unwrap();
     // Incremental: nothing new.
     assert_eq!(verifier.poll_revocations(now).await.unwrap(), 0);
-    assert_error(app.http.get(app.url("/v1/revocations?since=x")).send().await.unwrap(), 400, "invalid_request").await;
+    assert_eq!(verifier.revocations().cursor(), claims["next"].as_i64().unwrap());
+    assert_eq!((verifier.revocations().refused(), verifier.revocations().last_error()), (0, None));
+    for bad in [
+        "since=x",
+        "since=-1",
+        "nonce=",
+        "nonce=a%20b",
+        "nonce=toolong_toolong_toolong_toolong_toolong_toolong_toolong_toolong_x",
+        "cursor=1",
+    ] {
+        assert_error(app.get_bearer(&format!("/v1/revocations?{bad}"), &st).await, 400, "invalid_request").await;
+    }
+}
+
+#[tokio::test]
+async fn the_feed_is_for_service_clients_only_and_each_reads_its_own_tenant() {
+    let app = spawn_app().await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let foreign = app.create_client("org-2", CallerKind::Agent, "b").await;
+    let op = app.create_client("org-1", CallerKind::Operator, "alice").await;
+    let svc = app.create_client("org-1", CallerKind::Service, "core").await;
+    let foreign_svc = app.create_client("org-2", CallerKind::Service, "core-2").await;
+    let ot = app.access_token(&op).await;
+    let at = app.access_token(&agent).await;
+    assert_eq!(app.post_bearer("/v1/revocations", &ot, &json!({"client_id": agent.id})).await.status(), 200);
+    let ft = app.access_token(&foreign).await;
+    assert_eq!(form_post(&app, "/oauth/revoke", &foreign, &[("token", &ft)]).await.status(), 200);
+
+    // Anonymous callers, bad tokens and every kind but service are refused; none sees a client id.
+    for res in [
+        app.http.get(app.url("/v1/revocations?since=0")).send().await.unwrap(),
+        app.get_bearer("/v1/revocations?since=0", "not-a-token").await,
+        app.http.get(app.url("/v1/revocations")).basic_auth(&svc.id, Some(&svc.secret)).send().await.unwrap(),
+    ] {
+        let body = assert_error(res, 401, "invalid_token").await;
+        assert!(!body.to_string().contains(&agent.id));
+    }
+    for kind in [CallerKind::Agent, CallerKind::Workspace, CallerKind::Operator, CallerKind::Install] {
+        let c = if kind == CallerKind::Workspace {
+            app.create_client_with("org-1", kind, "w", Some("ws-1"), &[], &[]).await
+        } else {
+            app.create_client("org-1", kind, "other").await
+        };
+        let t = app.access_token(&c).await;
+        let body = assert_error(app.get_bearer("/v1/revocations?since=0", &t).await, 403, "forbidden").await;
+        assert!(!body.to_string().contains(&agent.id), "{kind:?}");
+    }
+
+    // A service client reads its own tenant's revocations, and only those.
+    let st = app.access_token(&svc).await;
+    let feed = app.get_bearer("/v1/revocations?since=0", &st).await.text().await.unwrap();
+    let entries = peek_claims(&feed)["revocations"].clone();
+    assert_eq!(entries.as_array().unwrap().len(), 1, "{entries}");
+    assert_eq!((entries[0]["client_id"].clone(), entries[0]["tenant"].clone()), (json!(agent.id), json!("org-1")));
+
+    // Through the verifier of a core whose service client is in the same tenant, the client's
+    // revocation takes effect; the other tenant's revocation reaches only that tenant's core.
+    let now = app.state.now();
+    let verifier = feed_verifier(&app.base, &svc);
+    assert_eq!(verifier.poll_revocations(now).await.unwrap(), 1);
+    let other = feed_verifier(&app.base, &foreign_svc);
+    assert_eq!(other.poll_revocations(now).await.unwrap(), 1);
+    assert_eq!(verifier.verify_access(&at, now).await.unwrap_err(), VerifyError::Revoked);
+    other.verify_access(&at, now).await.unwrap();
+    assert_eq!(other.verify_access(&ft, now).await.unwrap_err(), VerifyError::Revoked);
+    verifier.verify_access(&ft, now).await.unwrap();
+
+    // Without credentials, or with another kind's, the verifier cannot read the feed.
+    let anonymous = Verifier::new(
+        Policy::new(app.base.clone(), "core"),
+        JwksClient::new(app.url("/.well-known/jwks.json"), JwksOptions::default()),
+    );
+    assert!(matches!(anonymous.poll_revocations(now).await, Err(FeedError::Unauthorized(_))));
+    let as_operator = feed_verifier(&app.base, &op);
+    assert!(matches!(as_operator.poll_revocations(now).await, Err(FeedError::Unauthorized(_))));
+    assert!(matches!(as_operator.revocations().last_error(), Some(FeedError::Unauthorized(_))));
+}
+
+/// A loopback stand-in for the network between a verifier and the broker: it passes every
+/// request on, keeps each feed answer, and answers the feed with a kept one when told to.
+#[derive(Clone, Default)]
+struct FeedProxy {
+    target: Arc<Mutex<String>>,
+    answers: Arc<Mutex<Vec<String>>>,
+    replay: Arc<Mutex<Option<String>>>,
+}
+
+impl FeedProxy {
+    /// A broker whose issuer URL is this proxy's.
+    async fn start() -> (FeedProxy, TestApp) {
+        let proxy = FeedProxy::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let router = axum::Router::new().fallback(forward).with_state(proxy.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let app = spawn_app_with(|c| c.issuer = issuer).await;
+        *proxy.target.lock().unwrap() = app.base.clone();
+        (proxy, app)
+    }
+
+    fn last_answer(&self) -> String {
+        self.answers.lock().unwrap().last().cloned().unwrap()
+    }
+
+    fn replay(&self, answer: Option<String>) {
+        *self.replay.lock().unwrap() = answer;
+    }
+}
+
+async fn forward(
+    axum::extract::State(p): axum::extract::State<FeedProxy>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+    use axum::response::IntoResponse;
+    let path = req.uri().path().to_owned();
+    let replay = p.replay.lock().unwrap().clone();
+    if let (Some(answer), "/v1/revocations") = (replay, path.as_str()) {
+        return ([(CONTENT_TYPE, "application/jwt")], answer).into_response();
+    }
+    let target = p.target.lock().unwrap().clone();
+    let url = format!("{target}{}", req.uri().path_and_query().map(|q| q.as_str()).unwrap_or("/"));
+    let (method, headers) = (req.method().clone(), req.headers().clone());
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap();
+    let mut out = reqwest::Client::new().request(method, url).body(body);
+    for (k, v) in headers.iter().filter(|(k, _)| *k != HOST && *k != CONTENT_LENGTH) {
+        out = out.header(k, v);
+    }
+    let res = out.send().await.unwrap();
+    let (status, ct) = (res.status(), res.headers().get(CONTENT_TYPE).cloned());
+    let bytes = res.text().await.unwrap();
+    if path == "/v1/revocations" && status == 200 {
+        p.answers.lock().unwrap().push(bytes.clone());
+    }
+    let mut answer = (status, bytes).into_response();
+    if let Some(ct) = ct {
+        answer.headers_mut().insert(CONTENT_TYPE, ct);
+    }
+    answer
+}
+
+#[tokio::test]
+async fn a_verifier_refuses_an_older_signed_feed_answer_replayed_in_place_of_the_one_it_asked_for() {
+    let (proxy, app) = FeedProxy::start().await;
+    let issuer = app.state.config().issuer.clone();
+    let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let svc = app.create_client("org-1", CallerKind::Service, "core").await;
+    let (t1, t2, t3) = (app.access_token(&agent).await, app.access_token(&agent).await, app.access_token(&agent).await);
+    let verifier = feed_verifier(&issuer, &svc);
+    let now = app.state.now();
+    assert_eq!(verifier.poll_revocations(now).await.unwrap(), 0);
+    let at_zero = proxy.last_answer();
+
+    assert_eq!(form_post(&app, "/oauth/revoke", &agent, &[("token", &t1)]).await.status(), 200);
+    assert_eq!(verifier.poll_revocations(now).await.unwrap(), 1);
+    assert_eq!(verifier.poll_revocations(now).await.unwrap(), 0);
+    let at_one = proxy.last_answer();
+    assert_eq!(peek_claims(&at_one)["since"], 1);
+
+    // t2 is revoked; the attacker answers with older, validly signed feeds that omit it.
+    assert_eq!(form_post(&app, "/oauth/revoke", &agent, &[("token", &t2)]).await.status(), 200);
+    // An answer to another cursor.
+    proxy.replay(Some(at_zero));
+    assert!(matches!(verifier.poll_revocations(now).await, Err(FeedError::Mismatch(_))));
+    // An answer to this very cursor, but to an earlier request.
+    proxy.replay(Some(at_one));
+    assert!(matches!(verifier.poll_revocations(now).await, Err(FeedError::Mismatch(_))));
+    // The last good list stays in force, and the refusals are visible.
+    assert_eq!(verifier.verify_access(&t1, now).await.unwrap_err(), VerifyError::Revoked);
+    assert_eq!(verifier.revocations().cursor(), 1);
+    assert_eq!(verifier.revocations().refused(), 2);
+    assert!(matches!(verifier.revocations().last_error(), Some(FeedError::Mismatch(_))));
+
+    // The real answer gets through again.
+    proxy.replay(None);
+    assert_eq!(verifier.poll_revocations(now).await.unwrap(), 1);
+    assert_eq!(verifier.verify_access(&t2, now).await.unwrap_err(), VerifyError::Revoked);
+    verifier.verify_access(&t3, now).await.unwrap();
+    assert_eq!(verifier.revocations().last_error(), None);
+}
+
+#[tokio::test]
+async fn a_verifier_refuses_a_feed_that_goes_backwards_after_a_database_restore() {
+    let app = spawn_app().await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let svc = app.create_client("org-1", CallerKind::Service, "core").await;
+    let tokens: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(app.access_token(&agent).await);
+        }
+        v
+    };
+    let verifier = feed_verifier(&app.base, &svc);
+    let now = app.state.now();
+    for t in &tokens[..2] {
+        assert_eq!(form_post(&app, "/oauth/revoke", &agent, &[("token", t)]).await.status(), 200);
+    }
+    assert_eq!(verifier.poll_revocations(now).await.unwrap(), 2);
+    let cursor = verifier.revocations().cursor();
+
+    // The database is restored from a backup taken before the second revocation.
+    sqlx::query("DELETE FROM revocations WHERE seq = $1").bind(cursor).execute(app.state.store().pool()).await.unwrap();
+    assert!(matches!(verifier.poll_revocations(now).await, Err(FeedError::Backwards(_))));
+    // Written to again, the feed reaches the cursor's number with another entry.
+    assert_eq!(form_post(&app, "/oauth/revoke", &agent, &[("token", &tokens[2])]).await.status(), 200);
+    assert!(matches!(verifier.poll_revocations(now).await, Err(FeedError::Backwards(_))));
+    // Both times the verifier kept what it knew, and said so.
+    for t in &tokens[..2] {
+        assert_eq!(verifier.verify_access(t, now).await.unwrap_err(), VerifyError::Revoked);
+    }
+    assert_eq!(verifier.revocations().cursor(), cursor);
+    assert_eq!(verifier.revocations().refused(), 2);
+    assert!(matches!(verifier.revocations().last_error(), Some(FeedError::Backwards(_))));
+
+    // A verifier reading the feed from the start (after a restart) learns the new history.
+    let fresh = feed_verifier(&app.base, &svc);
+    assert_eq!(fresh.poll_revocations(now).await.unwrap(), 2);
+    assert_eq!(fresh.verify_access(&tokens[2], now).await.unwrap_err(), VerifyError::Revoked);
+    fresh.verify_access(&tokens[3], now).await.unwrap();
 }
 
 #[tokio::test]
