@@ -72,6 +72,11 @@ impl Verifier {
     pub async fn verify_access(&self, token: &str, now: i64) -> Result<AccessClaims, VerifyError> {
         let claims = self.with_keys(token, |keys| self.policy.verify_access(keys, token, now)).await?;
         self.check_revoked(&claims.jti, &claims.sub, claims.iat)?;
+        // Revoking (or disabling) any client of a delegation chain revokes the token too
+        // (design §12): each actor is checked as a subject would be.
+        for actor in claims.actors() {
+            self.check_revoked(&claims.jti, actor, claims.iat)?;
+        }
         Ok(claims)
     }
 

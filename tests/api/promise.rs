@@ -316,6 +316,13 @@ async fn disabling_or_revoking_any_party_stops_a_delegated_token_at_once() {
     assert!(res.status().is_success());
     assert!(!usable(two.clone()).await, "refused at the broker");
     assert!(!introspect(two.clone()).await, "inactive in introspection");
+    // An offline verifier learns it from the signed feed, on its next poll.
+    let verifier = tessera::verify::Verifier::for_issuer(&app.base, "core")
+        .with_feed_credentials(tessera::verify::revocations::FeedCredentials::new(&service.id, &service.secret));
+    verifier.poll_revocations(app.state.now()).await.unwrap();
+    let err = verifier.verify_access(&two, app.state.now()).await.unwrap_err();
+    assert!(matches!(err, tessera::verify::VerifyError::Revoked), "{err:?}");
+    verifier.verify_access(&subject, app.state.now()).await.unwrap();
     assert!(usable(subject.clone()).await, "the subject's own token is not the runtime's");
 
     // Disabling the nearer actor.
