@@ -6,7 +6,9 @@ jwks.json: its own format and header pre-checks where PyJWT is lax (size, charse
 count, strict base64url, duplicate members, forbidden header members, exact typ, kid), PyJWT
 for the Ed25519 signature and the registered claims (exp, nbf, iat, iss, aud), then its own
 claim checks (integer NumericDates, lifetime cap, required claims and their types) and the
-capability binding. It also checks the params_digest examples with the rfc8785 package.
+capability binding, the actor chain included. It also checks the params_digest examples with
+the rfc8785 package, and computes the presented form of request parameters (design §11: secret
+fields as length and fingerprint, unsafe integers refused) for the presented cases.
 
 Usage: python3 tests/vectors/verify.py [FOLDER]   (default: the folder of this script)
 Needs: pip install 'pyjwt>=2.10.1' cryptography rfc8785
@@ -133,10 +135,20 @@ def check_actor(actor, level, max_depth):
         raise Reject("act chain too deep")
     if not isinstance(actor, dict) or not isinstance(actor.get("sub"), str):
         raise Reject("act must be an object with a string sub")
-    if actor.get("client_id") is not None and not isinstance(actor["client_id"], str):
-        raise Reject("act.client_id must be a string")
+    # Design §12: every actor carries its kind, since every party counts.
+    if actor.get("caller_kind") not in CALLER_KINDS:
+        raise Reject("act.caller_kind must be one of the caller kinds")
     if actor.get("act") is not None:
         check_actor(actor["act"], level + 1, max_depth)
+
+
+def actor_subs(actor):
+    """The actors' client ids, nearest first."""
+    out = []
+    while actor is not None:
+        out.append(actor["sub"])
+        actor = actor.get("act")
+    return out
 
 
 def verify(case, jwks, settings):
@@ -231,6 +243,8 @@ def verify(case, jwks, settings):
     else:
         if claims["bypass"] != (len(claims["approvers"]) == 0):
             raise Reject("approvers must be empty exactly when bypass is true")
+        if claims.get("act") is not None:
+            check_actor(claims["act"], 1, settings["max_act_depth"])
 
         # 7. Binding to the request and the caller.
         b = case.get("binding")
@@ -244,6 +258,9 @@ def verify(case, jwks, settings):
             ):
                 if claims[claim] != wanted:
                     raise Reject(f"binding: capability {claim} does not match the request")
+            # A capability serves only the chain of actors that asked for it.
+            if actor_subs(claims.get("act")) != b.get("caller_actors", []):
+                raise Reject("binding: capability act does not match the caller's actors")
     return claims
 
 
@@ -251,6 +268,55 @@ def params_digest(params_json):
     canonical = rfc8785.dumps(json.loads(params_json))
     digest = base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).decode().rstrip("=")
     return canonical.decode("utf-8"), "sha256:" + digest
+
+
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+class Unsafe(Exception):
+    """The parameters have no presented form."""
+
+
+def strict_number(text):
+    """Parses JSON numbers as design §11 asks: integer literals within ±(2^53 - 1), finite."""
+    if re.fullmatch(r"-?[0-9]+", text):
+        n = int(text)
+        if abs(n) > MAX_SAFE_INTEGER:
+            raise Unsafe(f"integer {text} is outside ±(2^53 - 1)")
+        return n
+    f = float(text)
+    if f != f or f in (float("inf"), float("-inf")):
+        raise Unsafe(f"number {text} is not finite")
+    return f
+
+
+def has_mark(value):
+    if isinstance(value, dict):
+        return any(k == "$secret" or has_mark(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_mark(v) for v in value)
+    return False
+
+
+def presented(params_json, secret_fields):
+    """The presented form of a request body, or Unsafe."""
+    params = json.loads(params_json, parse_int=strict_number, parse_float=strict_number,
+                        parse_constant=lambda c: (_ for _ in ()).throw(Unsafe(c)))
+    if not isinstance(params, dict):
+        raise Unsafe("not an object")
+    if has_mark(params):
+        raise Unsafe("a member named $secret")
+    out = {}
+    for name, value in params.items():
+        if name in secret_fields:
+            if not isinstance(value, str):
+                raise Unsafe(f"secret field {name} is not a string")
+            raw = value.encode("utf-8")
+            fp = base64.urlsafe_b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
+            out[name] = {"$secret": {"length": len(raw), "sha256": "sha256:" + fp}}
+        else:
+            out[name] = value
+    return out
 
 
 def self_test():
@@ -276,6 +342,20 @@ def main():
         ok = (canonical, digest) == (d["canonical"], d["params_digest"])
         passed, failed = passed + ok, failed + (not ok)
         print(f"{'ok  ' if ok else 'FAIL'} digest {d['name']}: {digest}" + ("" if ok else f" (want {d['params_digest']})"))
+
+    for p in vectors["presented"]:
+        try:
+            shown = presented(p["params_json"], p["secret_fields"])
+            canonical = rfc8785.dumps(shown)
+            digest = "sha256:" + base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).decode().rstrip("=")
+            got = (False, canonical.decode("utf-8"), digest)
+        except Unsafe:
+            got = (True, None, None)
+        want = (p["refused"], p.get("presented_canonical"), p.get("params_digest"))
+        ok = got == want
+        passed, failed = passed + ok, failed + (not ok)
+        print(f"{'ok  ' if ok else 'FAIL'} presented {p['name']}: " + ("refused" if got[0] else got[2])
+              + ("" if ok else f" (want {want})"))
 
     for case in vectors["cases"]:
         try:
