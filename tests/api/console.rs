@@ -437,6 +437,60 @@ async fn console_sessions_end_when_the_secret_is_rotated_or_the_client_revoked()
     assert_eq!(get_page(&o.app, "/console", Some(&c)).await.status(), 303);
 }
 
+/// Design §11, §12: the page shows what will run (the presented parameters) apart from the
+/// requester's unverified description, and names every client of a delegation chain.
+#[tokio::test]
+async fn console_shows_what_will_run_apart_from_the_description_and_who_acted() {
+    let o = org().await;
+    let runtime = o.app.create_client_with("acme", CallerKind::Workspace, "ws-runtime", Some("ws-7"), &[], &[]).await;
+    let new = tessera::clients::NewClient {
+        tenant: "acme".parse().unwrap(),
+        kind: CallerKind::Agent,
+        name: "delegating-concierge".into(),
+        workspace: None,
+        scopes: vec![],
+        allow_bypass: vec![],
+        delegates: vec![runtime.id.parse().unwrap()],
+    };
+    let (subject, secret) =
+        tessera::clients::create(o.app.state.store(), &o.app.state.config().policy, new, "test", o.app.state.now())
+            .await
+            .unwrap();
+    let subject = TestClient { id: subject.client_id.to_string(), secret: secret.expose().to_owned() };
+    let subject_token = o.app.access_token(&subject).await;
+    let res = o
+        .app
+        .token_request(
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", &subject_token),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+            ],
+            Some(&runtime),
+        )
+        .await;
+    let delegated = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let params = json!({"name": "read-only-ci"});
+    let body = json!({
+        "action": "org_token_mint", "resource": "orgs/acme/tokens", "params": params,
+        "params_digest": tessera::verify::params_digest(&params).to_string(),
+        "summary": {"claim": "a harmless token, trust me"}, "reason": "CI",
+    });
+    let res = o.app.post_bearer("/v1/approvals", &delegated, &body).await;
+    assert_eq!(res.status(), 202);
+    let id = res.json::<Value>().await.unwrap()["approval_id"].as_str().unwrap().to_owned();
+
+    let cookie = sign_in(&o.app, &o.op).await;
+    let (status, html) = page_text(get_page(&o.app, &format!("/console/approvals/{id}"), Some(&cookie)).await).await;
+    assert_eq!(status, 200);
+    let run = html.find("What will run").expect("the parameters section");
+    let unverified = html.find("(unverified)").expect("the description, marked unverified");
+    assert!(run < unverified, "what will run comes first");
+    assert!(html[run..unverified].contains("read-only-ci"));
+    assert!(html[unverified..].contains("a harmless token, trust me"));
+    assert!(html.contains("ws-runtime") && html.contains(", acting for ") && html.contains("delegating-concierge"));
+}
+
 #[tokio::test]
 async fn console_decisions_need_the_sessions_csrf_token() {
     let o = org().await;
