@@ -41,13 +41,16 @@ pub struct Operation {
     pub auth: Auth,
     /// The request body.
     pub body: Body,
-    /// Successful and notable answers; every operation also has the error shape as `default`.
+    /// Successful and notable answers; every operation also has the error shape as `default`
+    /// (on the console, an HTML page too). An empty media type is an answer without a body.
     pub responses: &'static [(&'static str, &'static str, &'static str)],
 }
 
 const JSON: &str = "application/json";
 const FORM: &str = "application/x-www-form-urlencoded";
 const HTML: &str = "text/html";
+/// A redirect: `Location` and no body, so no media type.
+const SEE_OTHER: (&str, &str, &str) = ("303", "", "");
 
 const fn op(
     method: &'static str,
@@ -184,17 +187,24 @@ pub const OPERATIONS: &[Operation] = &[
         "Operator console: pending requests",
         Auth::Console,
         None,
-        &[("200", HTML, "Html"), ("303", HTML, "Empty")],
+        &[("200", HTML, "Html"), SEE_OTHER],
     ),
-    op("get", "/console/", "Redirects to /console", Auth::None, None, &[("303", HTML, "Empty")]),
-    op("get", "/console/sign-in", "Operator console: sign-in page", Auth::None, None, &[("200", HTML, "Html")]),
+    op("get", "/console/", "Redirects to /console", Auth::None, None, &[SEE_OTHER]),
+    op(
+        "get",
+        "/console/sign-in",
+        "Operator console: sign-in page (a signed-in operator is sent on)",
+        Auth::None,
+        None,
+        &[("200", HTML, "Html"), SEE_OTHER],
+    ),
     op(
         "post",
         "/console/sign-in",
         "Operator console: sign in",
         Auth::None,
         Some((FORM, "ConsoleForm")),
-        &[("303", HTML, "Empty"), ("200", HTML, "Html")],
+        &[SEE_OTHER, ("200", HTML, "Html")],
     ),
     op(
         "post",
@@ -202,7 +212,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Operator console: sign out",
         Auth::Console,
         Some((FORM, "ConsoleForm")),
-        &[("303", HTML, "Empty")],
+        &[SEE_OTHER],
     ),
     op("get", "/console/history", "Operator console: decided requests", Auth::Console, None, &[("200", HTML, "Html")]),
     op(
@@ -219,7 +229,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Operator console: confirm or record a decision",
         Auth::Console,
         Some((FORM, "ConsoleForm")),
-        &[("200", HTML, "Html"), ("303", HTML, "Empty")],
+        &[("200", HTML, "Html"), SEE_OTHER],
     ),
     op(
         "get",
@@ -339,16 +349,33 @@ fn schemas() -> Value {
     })
 }
 
+/// An answer with `Location` and no body.
+fn redirect(description: &str) -> Value {
+    json!({"description": description, "headers": {"Location": {"required": true, "schema": string()}}})
+}
+
 fn operation(o: &Operation) -> Value {
     let mut responses = Map::new();
     for (status, media, schema) in o.responses {
-        let content = json!({ *media: {"schema": {"$ref": format!("#/components/schemas/{schema}")}} });
-        responses.insert((*status).to_owned(), json!({"description": status, "content": content}));
+        let answer = if media.is_empty() {
+            redirect(status)
+        } else {
+            let content = json!({ *media: {"schema": {"$ref": format!("#/components/schemas/{schema}")}} });
+            json!({"description": status, "content": content})
+        };
+        responses.insert((*status).to_owned(), answer);
     }
-    responses.insert(
-        "default".to_owned(),
-        json!({"description": "an error", "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}),
-    );
+    // Every console page sends a browser without a session to the sign-in page.
+    if o.auth == Auth::Console && !responses.contains_key(SEE_OTHER.0) {
+        responses.insert(SEE_OTHER.0.to_owned(), redirect("to the sign-in page"));
+    }
+    // The console answers its own errors with a page; the layers in front of every route (time
+    // limit, unknown method) answer with the JSON error shape, there too.
+    let mut errors = json!({JSON: {"schema": {"$ref": "#/components/schemas/Error"}}});
+    if o.path.starts_with("/console") {
+        errors[HTML] = json!({"schema": {"$ref": "#/components/schemas/Html"}});
+    }
+    responses.insert("default".to_owned(), json!({"description": "an error", "content": errors}));
     let mut v = json!({ "summary": o.summary, "operationId": operation_id(o), "responses": responses });
     match o.auth {
         Auth::None => v["security"] = json!([]),

@@ -854,7 +854,7 @@ impl Browser {
             assert!(
                 path.is_file(),
                 "the console's browser tests need {what} at {}: install Debian's packages with \
-                 `apt-get install -y chromium chromium-driver` (.ci/run does), or point \
+                 `apt-get install -y chromium chromium-driver` (scripts/test does, as root), or point \
                  TESSERA_TEST_CHROMIUM / TESSERA_TEST_CHROMEDRIVER at them",
                 path.display()
             );
