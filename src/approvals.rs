@@ -45,6 +45,9 @@ pub enum ApprovalError {
     /// 410 `expired`.
     #[error("{0}")]
     Expired(String),
+    /// 403 `passkey_required`: decisions on this action need a passkey, in the console.
+    #[error("{0}")]
+    PasskeyRequired(String),
     /// 429 `rate_limited`: too many of the requester's requests are pending.
     #[error("{0}")]
     TooMany(String),
@@ -85,6 +88,41 @@ pub struct NewRequest {
     pub summary: Option<Value>,
     /// Why the caller wants it.
     pub reason: String,
+}
+
+/// The audit detail of a decision. A passkey decision keeps its whole assertion and the nonce
+/// of its challenge, so anyone with the credential's public key can check that this
+/// authenticator signed this verdict on these parameters (`tessera audit verify` does).
+fn decision_detail(d: &Decision, row: &ApprovalRow, proof: Proof<'_>) -> Value {
+    match proof {
+        Proof::Secret => json!({ "decision": d.decision, "note": d.note, "method": "secret" }),
+        Proof::Passkey { nonce, assertion } => json!({
+            "decision": d.decision,
+            "note": d.note,
+            "method": "passkey",
+            "params_digest": row.params_digest,
+            "nonce": nonce,
+            "credential_id": assertion.credential_id,
+            "authenticator_data": assertion.authenticator_data,
+            "client_data": assertion.client_data,
+            "signature": assertion.signature,
+        }),
+    }
+}
+
+/// How an operator proves a decision.
+#[derive(Debug, Clone, Copy)]
+pub enum Proof<'a> {
+    /// The operator's own token, or a console session signed in with it (API, CLI, console).
+    Secret,
+    /// A user-verified passkey assertion over this decision's challenge, already checked by
+    /// the console against the operator's enrolled credential; kept in the audit record.
+    Passkey {
+        /// The nonce the challenge was derived with.
+        nonce: &'a str,
+        /// The assertion.
+        assertion: &'a crate::passkeys::Assertion,
+    },
 }
 
 /// An operator's verdict.
@@ -437,6 +475,7 @@ pub async fn decide(
     id: &str,
     verdict: Verdict,
     note: Option<String>,
+    proof: Proof<'_>,
     now: i64,
 ) -> Result<ApprovalRow, ApprovalError> {
     if let Some(n) = &note {
@@ -461,6 +500,12 @@ pub async fn decide(
         return Err(ApprovalError::Expired("the request has expired".into()));
     }
     refuse_unless_pending(&row, now)?;
+    if policy.needs_passkey(&row.action) && matches!(proof, Proof::Secret) {
+        return Err(ApprovalError::PasskeyRequired(format!(
+            "decisions on {} need an operator's passkey: decide in the console",
+            row.action
+        )));
+    }
     if row.decisions.iter().any(|d| d.operator == caller.sub) {
         return Err(ApprovalError::Conflict("you have already decided this request".into()));
     }
@@ -472,6 +517,10 @@ pub async fn decide(
         },
         note: note.clone(),
         at: now,
+        method: match proof {
+            Proof::Secret => "secret".into(),
+            Proof::Passkey { .. } => "passkey".into(),
+        },
     };
     rows::insert_decision(&mut tx, id, &decision).await.map_err(|e| {
         if e.is_unique_violation() {
@@ -485,7 +534,7 @@ pub async fn decide(
         &caller.sub,
         &row.tenant,
         id,
-        json!({ "decision": decision.decision, "note": note }),
+        decision_detail(&decision, &row, proof),
     )];
     // Counted after this decision is written, under the approval's row lock: every earlier
     // decision is visible, and only operators still enabled count.

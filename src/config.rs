@@ -107,6 +107,11 @@ pub struct Config {
     pub console_session_secs: i64,
     /// Rotate this replica's signing key every this many days; 0 turns the schedule off.
     pub key_rotation_days: u32,
+    /// The WebAuthn relying-party id operators' passkeys are bound to: a host name.
+    pub passkey_rp_id: String,
+    /// The origins the console is served under for passkeys; `None`: the issuer's, with its
+    /// host replaced by the relying-party id.
+    pub passkey_origins: Option<Vec<String>>,
     /// Webhooks told of each new pending approval.
     pub webhooks: Vec<WebhookConfig>,
     /// The policy.
@@ -135,12 +140,14 @@ struct FileConfig {
     token_requests_per_minute: Option<u32>,
     console_session_secs: Option<i64>,
     key_rotation_days: Option<u32>,
+    passkey_rp_id: Option<String>,
+    passkey_origins: Option<Vec<String>>,
     webhooks: Option<Vec<WebhookConfig>>,
     policy: Option<PolicyFile>,
 }
 
 /// The environment variables read, with the file key each one overrides.
-pub const ENV_VARS: [(&str, &str); 18] = [
+pub const ENV_VARS: [(&str, &str); 20] = [
     ("TESSERA_LISTEN", "listen"),
     ("TESSERA_DATABASE_URL", "database_url"),
     ("TESSERA_KEYS_DIR", "keys_dir"),
@@ -159,6 +166,8 @@ pub const ENV_VARS: [(&str, &str); 18] = [
     ("TESSERA_TOKEN_REQUESTS_PER_MINUTE", "token_requests_per_minute"),
     ("TESSERA_CONSOLE_SESSION_SECS", "console_session_secs"),
     ("TESSERA_KEY_ROTATION_DAYS", "key_rotation_days"),
+    ("TESSERA_PASSKEY_RP_ID", "passkey_rp_id"),
+    ("TESSERA_PASSKEY_ORIGINS", "passkey_origins"),
 ];
 
 impl Default for Config {
@@ -182,6 +191,8 @@ impl Default for Config {
             token_requests_per_minute: 0,
             console_session_secs: 8 * 3600,
             key_rotation_days: 0,
+            passkey_rp_id: "localhost".into(),
+            passkey_origins: None,
             webhooks: Vec::new(),
             policy: Policy::default(),
         }
@@ -197,6 +208,29 @@ impl Config {
     /// for, plus the largest leeway.
     pub fn key_publish_lead_secs(&self) -> i64 {
         self.jwks_max_age_secs as i64 + crate::token::MAX_LEEWAY_SECS
+    }
+
+    /// The origins passkey ceremonies may come from: `passkey_origins`, or the issuer's origin
+    /// with its host replaced by `passkey_rp_id`.
+    pub fn passkey_origins(&self) -> Vec<String> {
+        if let Some(o) = &self.passkey_origins {
+            return o.clone();
+        }
+        let (scheme, rest) = self.issuer.split_once("://").unwrap_or(("http", &self.issuer));
+        let authority = rest.split('/').next().unwrap_or_default();
+        let port = match authority.rsplit_once(']') {
+            Some((_, after)) => after.strip_prefix(':'),
+            None => authority.rsplit_once(':').map(|(_, p)| p),
+        };
+        match port.filter(|p| !p.is_empty()) {
+            Some(p) => vec![format!("{scheme}://{}:{p}", self.passkey_rp_id)],
+            None => vec![format!("{scheme}://{}", self.passkey_rp_id)],
+        }
+    }
+
+    /// The relying party passkeys are checked against.
+    pub fn relying_party(&self) -> crate::passkeys::RelyingParty {
+        crate::passkeys::RelyingParty { rp_id: self.passkey_rp_id.clone(), origins: self.passkey_origins() }
     }
 
     /// Loads the configuration from the file named by `--config` (or `TESSERA_CONFIG` in
@@ -266,6 +300,12 @@ impl Config {
         if let Some(v) = file.key_rotation_days {
             c.key_rotation_days = v;
         }
+        if let Some(v) = file.passkey_rp_id {
+            c.passkey_rp_id = v;
+        }
+        if let Some(v) = file.passkey_origins {
+            c.passkey_origins = Some(v);
+        }
         if let Some(w) = file.webhooks {
             c.webhooks = w;
         }
@@ -310,6 +350,10 @@ impl Config {
                 "TESSERA_TOKEN_REQUESTS_PER_MINUTE" => self.token_requests_per_minute = parse_env(name, v)?,
                 "TESSERA_CONSOLE_SESSION_SECS" => self.console_session_secs = parse_env(name, v)?,
                 "TESSERA_KEY_ROTATION_DAYS" => self.key_rotation_days = parse_env(name, v)?,
+                "TESSERA_PASSKEY_RP_ID" => self.passkey_rp_id = v.clone(),
+                "TESSERA_PASSKEY_ORIGINS" => {
+                    self.passkey_origins = Some(v.split(',').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect())
+                }
                 _ => {}
             }
         }
@@ -324,6 +368,20 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        let rp = &self.passkey_rp_id;
+        if rp.is_empty()
+            || crate::passkeys::is_ip_host(rp)
+            || !rp.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return Err(ConfigError(
+                "passkey_rp_id must be a host name (browsers refuse passkeys on an IP address)".into(),
+            ));
+        }
+        for o in self.passkey_origins() {
+            if !(o.starts_with("https://") || o.starts_with("http://")) || o.ends_with('/') {
+                return Err(ConfigError(format!("passkey_origins: {o:?} is not an origin like https://host[:port]")));
+            }
+        }
         let issuer_ok = (self.issuer.starts_with("https://") || self.issuer.starts_with("http://"))
             && !self.issuer.contains(['?', '#'])
             && !self.issuer.ends_with('/');

@@ -31,6 +31,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod keys;
 #[cfg(feature = "server")]
+pub mod passkeys;
+#[cfg(feature = "server")]
 pub mod policy;
 #[cfg(feature = "server")]
 pub mod server;

@@ -96,6 +96,10 @@ pub struct Policy {
     pub approval_ttl_secs: i64,
     /// Most requests one requester may have pending at once.
     pub max_pending_per_requester: i64,
+    /// Gated actions whose decisions need a passkey, in the console only (design §15).
+    pub passkey_actions: BTreeSet<String>,
+    /// Whether an operator who has a passkey must sign in to the console with it.
+    pub console_passkey_only: bool,
     quorum: BTreeMap<String, u32>,
 }
 
@@ -116,6 +120,10 @@ pub struct PolicyFile {
     pub approval_ttl_secs: Option<i64>,
     /// Most requests one requester may have pending at once.
     pub max_pending_per_requester: Option<i64>,
+    /// Gated actions whose decisions need a passkey.
+    pub passkey_actions: Option<Vec<String>>,
+    /// Operators with a passkey sign in to the console with it.
+    pub console_passkey_only: Option<bool>,
     /// Quorum per action.
     pub quorum: Option<BTreeMap<String, u32>>,
     /// Per-kind ceilings and defaults.
@@ -156,12 +164,19 @@ impl Default for Policy {
             capability_ttl_secs: 300,
             approval_ttl_secs: 3600,
             max_pending_per_requester: 20,
+            passkey_actions: BTreeSet::new(),
+            console_passkey_only: false,
             quorum: BTreeMap::new(),
         }
     }
 }
 
 impl Policy {
+    /// Whether decisions on `action` need a passkey.
+    pub fn needs_passkey(&self, action: &str) -> bool {
+        self.passkey_actions.contains(action)
+    }
+
     /// The default policy with the file's overrides applied, then checked.
     pub fn from_file(file: &PolicyFile) -> Result<Self, PolicyError> {
         let mut p = Policy::default();
@@ -191,6 +206,12 @@ impl Policy {
         }
         if let Some(v) = file.max_pending_per_requester {
             p.max_pending_per_requester = v;
+        }
+        if let Some(v) = &file.passkey_actions {
+            p.passkey_actions = v.iter().cloned().collect();
+        }
+        if let Some(v) = file.console_passkey_only {
+            p.console_passkey_only = v;
         }
         if let Some(q) = &file.quorum {
             p.quorum = q.clone();
@@ -228,6 +249,11 @@ impl Policy {
         for g in &self.gated {
             if self.catalogue.contains(g) {
                 return Err(PolicyError(format!("gated action {g:?} cannot also be a scope")));
+            }
+        }
+        for action in &self.passkey_actions {
+            if !self.gated.contains(action) {
+                return Err(PolicyError(format!("passkey_actions names {action:?}, which is not a gated action")));
             }
         }
         for (action, q) in &self.quorum {

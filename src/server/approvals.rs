@@ -38,6 +38,7 @@ impl From<ApprovalError> for ApiError {
             ApprovalError::Conflict(m) => ApiError::conflict(m),
             ApprovalError::Expired(m) => ApiError::expired(m),
             ApprovalError::TooMany(m) => ApiError::rate_limited_because(60, m),
+            ApprovalError::PasskeyRequired(m) => ApiError::passkey_required(m),
             ApprovalError::Store(e) => ApiError::unavailable(&e),
             ApprovalError::Signing => ApiError::internal(&"capability signing failed"),
         }
@@ -59,7 +60,7 @@ pub(crate) fn approval_json(row: &ApprovalRow, now: i64, capability: Option<Stri
         .decisions
         .iter()
         .map(|d| {
-            json!({ "operator": d.operator, "decision": d.decision, "note": d.note, "at": rfc3339(d.at), "method": "secret" })
+            json!({ "operator": d.operator, "decision": d.decision, "note": d.note, "at": rfc3339(d.at), "method": d.method })
         })
         .collect();
     let summary: Value = serde_json::from_str(&row.summary).unwrap_or_else(|_| json!({}));
@@ -208,7 +209,7 @@ async fn decide(
 ) -> ApiResult<Json<Value>> {
     let now = state.now();
     let row =
-        approvals::decide(state.store(), &state.config().policy, &caller.claims, &id, body.decision, body.note, now)
+        approvals::decide(state.store(), &state.config().policy, &caller.claims, &id, body.decision, body.note, approvals::Proof::Secret, now)
             .await?;
     if row.status != crate::store::approvals::Status::Pending {
         state.metrics().approval(row.status);

@@ -80,6 +80,10 @@ impl ApiError {
     pub fn bypass_not_allowed(d: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "bypass_not_allowed", d)
     }
+    /// 403 `passkey_required`: the action's decisions need a passkey, in the console.
+    pub fn passkey_required(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "passkey_required", d)
+    }
     /// 404 `not_found`.
     pub fn not_found(d: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", d)

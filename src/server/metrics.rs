@@ -20,7 +20,7 @@ use crate::store::approvals::Status;
 
 /// Every route template the broker serves, as axum matches them. Anything else (the
 /// fallback) is counted as `other`.
-pub const ROUTE_TEMPLATES: [&str; 26] = [
+pub const ROUTE_TEMPLATES: [&str; 33] = [
     "/.well-known/jwks.json",
     "/.well-known/oauth-authorization-server",
     "/oauth/token",
@@ -44,6 +44,13 @@ pub const ROUTE_TEMPLATES: [&str; 26] = [
     "/console/approvals/{id}",
     "/console/approvals/{id}/decision",
     "/console/approvals/{id}/audit",
+    "/console/approvals/{id}/passkey",
+    "/console/passkeys",
+    "/console/passkeys/options",
+    "/console/passkeys/{id}/remove",
+    "/console/sign-in/passkey/options",
+    "/console/sign-in/passkey",
+    "/console/static/passkey.js",
     "/console/static/console.css",
     "/console/static/favicon.svg",
     "/console/{*rest}",

@@ -70,6 +70,7 @@ struct Inner {
     notifier: Arc<Notifier>,
     auth_failures: ratelimit::FailureLimiter,
     token_requests: Option<ratelimit::RequestLimiter>,
+    passkey_challenges: Option<ratelimit::RequestLimiter>,
     metrics: metrics::Metrics,
     rotation: tokio::sync::Mutex<()>,
 }
@@ -85,6 +86,8 @@ impl AppState {
         let notifier = Arc::new(Notifier::new(config.webhooks.clone(), Duration::from_millis(500)));
         let auth_failures = ratelimit::FailureLimiter::new(config.failed_auth_per_minute);
         let token_requests = ratelimit::RequestLimiter::new(config.token_requests_per_minute);
+        // Anonymous passkey sign-in challenges, per peer address: each is a stored row.
+        let passkey_challenges = ratelimit::RequestLimiter::new(60);
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
@@ -96,6 +99,7 @@ impl AppState {
                 notifier,
                 auth_failures,
                 token_requests,
+                passkey_challenges,
                 metrics: metrics::Metrics::default(),
                 rotation: tokio::sync::Mutex::new(()),
             }),
@@ -137,6 +141,10 @@ impl AppState {
     /// is set.
     pub fn token_requests(&self) -> Option<&ratelimit::RequestLimiter> {
         self.inner.token_requests.as_ref()
+    }
+    /// The limiter of anonymous passkey sign-in challenges, per peer address.
+    pub fn passkey_challenges(&self) -> Option<&ratelimit::RequestLimiter> {
+        self.inner.passkey_challenges.as_ref()
     }
     /// The counters `GET /metrics` shows.
     pub fn metrics(&self) -> &metrics::Metrics {

@@ -63,6 +63,8 @@ pub struct Decision {
     pub note: Option<String>,
     /// When, Unix seconds.
     pub at: i64,
+    /// How it was made: `secret` or `passkey`.
+    pub method: String,
 }
 
 /// A stored approval.
@@ -219,7 +221,7 @@ pub async fn insert(conn: &mut AnyConnection, a: &ApprovalRow) -> Result<(), Sto
 async fn load_decisions(conn: &mut AnyConnection, rows: &mut [ApprovalRow]) -> Result<(), StoreError> {
     for a in rows.iter_mut() {
         let ds = sqlx::query(
-            "SELECT operator, decision, note, at FROM decisions WHERE approval_id = $1 ORDER BY at, operator",
+            "SELECT operator, decision, note, at, method FROM decisions WHERE approval_id = $1 ORDER BY at, operator",
         )
         .bind(&a.approval_id)
         .fetch_all(&mut *conn)
@@ -232,6 +234,7 @@ async fn load_decisions(conn: &mut AnyConnection, rows: &mut [ApprovalRow]) -> R
                     decision: d.try_get("decision")?,
                     note: d.try_get("note")?,
                     at: d.try_get("at")?,
+                    method: d.try_get("method")?,
                 })
             })
             .collect::<Result<_, StoreError>>()?;
@@ -372,12 +375,15 @@ pub async fn approve(conn: &mut AnyConnection, id: &str, jti: &str, iat: i64, ex
 /// Records one operator's decision; a second decision by the same operator is a unique
 /// violation.
 pub async fn insert_decision(conn: &mut AnyConnection, id: &str, d: &Decision) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO decisions (approval_id, operator, decision, note, at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id)
-        .bind(&d.operator)
-        .bind(&d.decision)
-        .bind(&d.note)
-        .bind(d.at)
+    sqlx::query(
+        "INSERT INTO decisions (approval_id, operator, decision, note, at, method) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(&d.operator)
+    .bind(&d.decision)
+    .bind(&d.note)
+    .bind(d.at)
+    .bind(&d.method)
         .execute(conn)
         .await?;
     Ok(())

@@ -24,19 +24,22 @@ pub struct SessionRow {
     /// A stamp of the credential signed in with (see `console::session::credential_stamp`):
     /// the session ends when the client's secret no longer gives this stamp.
     pub credential: String,
+    /// How the operator signed in: `secret` or `passkey`.
+    pub method: String,
 }
 
 /// Stores a new session.
 pub async fn insert(conn: &mut AnyConnection, s: &SessionRow) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO console_sessions (session_hash, client_id, created_at, expires_at, credential) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO console_sessions (session_hash, client_id, created_at, expires_at, credential, method) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&s.session_hash)
     .bind(&s.client_id)
     .bind(s.created_at)
     .bind(s.expires_at)
     .bind(&s.credential)
+    .bind(&s.method)
     .execute(conn)
     .await?;
     Ok(())
@@ -45,7 +48,7 @@ pub async fn insert(conn: &mut AnyConnection, s: &SessionRow) -> Result<(), Stor
 /// The session stored under `session_hash`, expired or not.
 pub async fn get(store: &Store, session_hash: &str) -> Result<Option<SessionRow>, StoreError> {
     let row = sqlx::query(
-        "SELECT session_hash, client_id, created_at, expires_at, credential FROM console_sessions \
+        "SELECT session_hash, client_id, created_at, expires_at, credential, method FROM console_sessions \
          WHERE session_hash = $1",
     )
     .bind(session_hash)
@@ -58,6 +61,7 @@ pub async fn get(store: &Store, session_hash: &str) -> Result<Option<SessionRow>
             created_at: r.try_get("created_at")?,
             expires_at: r.try_get("expires_at")?,
             credential: r.try_get("credential")?,
+            method: r.try_get("method")?,
         })
     })
     .transpose()

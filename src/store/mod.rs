@@ -5,6 +5,7 @@ pub mod approvals;
 pub mod clients;
 pub mod console;
 pub mod keys;
+pub mod passkeys;
 pub mod revocations;
 
 use std::str::FromStr;

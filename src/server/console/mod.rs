@@ -13,6 +13,7 @@
 //!   `Cache-Control: no-store`; the stylesheet is the only asset, served here.
 
 mod pages;
+mod passkeys;
 mod session;
 
 use std::collections::{HashMap, HashSet};
@@ -68,6 +69,13 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/approvals/{id}", get(detail))
         .route("/console/approvals/{id}/decision", post(decision))
         .route("/console/approvals/{id}/audit", get(audit_trail))
+        .route("/console/approvals/{id}/passkey", post(passkeys::decision_options))
+        .route("/console/passkeys", get(passkeys::page_).post(passkeys::enrol))
+        .route("/console/passkeys/options", post(passkeys::enrol_options))
+        .route("/console/passkeys/{id}/remove", post(passkeys::remove))
+        .route("/console/sign-in/passkey/options", post(passkeys::sign_in_options))
+        .route("/console/sign-in/passkey", post(passkeys::sign_in))
+        .route("/console/static/passkey.js", get(passkeys::script))
         .route("/console/static/console.css", get(css))
         .route("/console/static/favicon.svg", get(favicon))
         .route("/console/", get(|| async { see_other("/console") }))
@@ -321,12 +329,13 @@ async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap, RawQuer
     } else {
         SignInNote::None
     };
-    Ok(page(StatusCode::OK, pages::sign_in(note, next)))
+    let hint = passkeys::ip_origin_hint(&state, &headers);
+    Ok(page(StatusCode::OK, pages::sign_in(note, next, hint.as_deref())))
 }
 
 /// The one answer to credentials that do not sign anyone in, whatever the reason.
 fn sign_in_refused(next: Option<&str>) -> Response {
-    page(StatusCode::UNAUTHORIZED, pages::sign_in(SignInNote::Failed, next))
+    page(StatusCode::UNAUTHORIZED, pages::sign_in(SignInNote::Failed, next, None))
 }
 
 async fn sign_in(State(state): State<AppState>, req: Request) -> PageResult {
@@ -372,7 +381,13 @@ async fn sign_in(State(state): State<AppState>, req: Request) -> PageResult {
         return Ok(sign_in_refused(next));
     };
     let now = state.now();
-    let cookie = session::start(&state, &client, &clients::hash_secret(secret.expose()), now).await?;
+    if state.config().policy.console_passkey_only
+        && !crate::store::passkeys::of_client(state.store(), client.client_id.as_str()).await?.is_empty()
+    {
+        tracing::info!(client_id = %client.client_id, "console sign-in with a secret refused: this operator signs in with a passkey");
+        return Ok(page(StatusCode::UNAUTHORIZED, pages::sign_in(SignInNote::PasskeyOnly, next, None)));
+    }
+    let cookie = session::start(&state, &client, &clients::hash_secret(secret.expose()), "secret", now).await?;
     let mut res = see_other(next.unwrap_or("/console"));
     res.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(res)
@@ -474,14 +489,33 @@ async fn decision(State(state): State<AppState>, Path(id): Path<String>, req: Re
         }
         let names = names_of(&state, &op.claims.tenant, people(&row)).await?;
         let ttl = state.config().policy.capability_ttl_secs;
-        return Ok(page(StatusCode::OK, pages::confirm(&op, &row, &names, verdict == Verdict::Approve, &note, ttl)));
+        let passkey = state.config().policy.needs_passkey(&row.action);
+        let approve = verdict == Verdict::Approve;
+        return Ok(page(StatusCode::OK, pages::confirm(&op, &row, &names, approve, &note, ttl, passkey)));
     }
     let note = if note.is_empty() { None } else { Some(note) };
-    let row = approvals::decide(state.store(), &state.config().policy, &op.claims, &id, verdict, note, now).await?;
+    let policy = &state.config().policy;
+    let current = approvals::read(state.store(), &op.claims, &id, now).await?;
+    let word = if verdict == Verdict::Approve { "approve" } else { "deny" };
+    let evidence = if policy.needs_passkey(&current.action) {
+        match passkeys::check_decision(&state, &op, &current, word, &form, now).await? {
+            Ok(e) => Some(e),
+            Err(why) => {
+                tracing::info!(client_id = %op.claims.sub, approval_id = %current.approval_id, %why, "passkey decision refused");
+                return Err(Failure::Approval(ApprovalError::PasskeyRequired(why)));
+            }
+        }
+    } else {
+        None
+    };
+    let proof = match &evidence {
+        Some((nonce, assertion)) => approvals::Proof::Passkey { nonce, assertion },
+        None => approvals::Proof::Secret,
+    };
+    let row = approvals::decide(state.store(), policy, &op.claims, &id, verdict, note, proof, now).await?;
     if row.status != Status::Pending {
         state.metrics().approval(row.status);
     }
-    let word = if verdict == Verdict::Approve { "approve" } else { "deny" };
     Ok(see_other(&format!("/console/approvals/{}?decided={word}", row.approval_id)))
 }
 
@@ -699,6 +733,7 @@ mod tests {
             decision: "approve".into(),
             note: None,
             at: 5,
+            method: "secret".into(),
         });
         assert_eq!(can_decide(&me, &voted, 10), CanDecide::AlreadyDecided);
     }

@@ -38,6 +38,8 @@ pub enum Nav {
     Pending,
     /// The history.
     History,
+    /// The operator's passkeys.
+    Passkeys,
     /// Neither.
     Other,
 }
@@ -55,6 +57,7 @@ pub fn layout(title: &str, op: Option<&Operator>, nav: Nav, body: Markup) -> Mar
                 title { (title) " · Tessera console" }
                 link rel="stylesheet" href=(css_href());
                 link rel="icon" type="image/svg+xml" href="/console/static/favicon.svg";
+                script src="/console/static/passkey.js" defer {}
             }
             body {
                 a.skip href="#main" { "Skip to content" }
@@ -64,6 +67,7 @@ pub fn layout(title: &str, op: Option<&Operator>, nav: Nav, body: Markup) -> Mar
                         nav aria-label="Console" {
                             a href="/console" aria-current=[(nav == Nav::Pending).then_some("page")] { "Pending" }
                             a href="/console/history" aria-current=[(nav == Nav::History).then_some("page")] { "History" }
+                            a href="/console/passkeys" aria-current=[(nav == Nav::Passkeys).then_some("page")] { "Passkeys" }
                         }
                         div.who {
                             span.who-name {
@@ -485,6 +489,7 @@ pub fn confirm(
     approve: bool,
     note: &str,
     capability_ttl_secs: i64,
+    passkey: bool,
 ) -> Markup {
     let verb = if approve { "approve" } else { "deny" };
     let back = format!("/console/approvals/{}", row.approval_id);
@@ -517,14 +522,28 @@ pub fn confirm(
                 input type="hidden" name="decision" value=(verb);
                 input type="hidden" name="note" value=(note);
                 input type="hidden" name="confirm" value="yes";
+                @if passkey {
+                    p.notice {
+                        "Decisions on " code { (row.action) } " need your passkey. Your authenticator will ask you to verify; it signs this decision on exactly these parameters."
+                    }
+                    @for f in ["challenge", "credential_id", "client_data", "authenticator_data", "signature"] {
+                        input type="hidden" name=(f) value="";
+                    }
+                }
                 div.buttons {
-                    @if approve {
+                    @if passkey {
+                        button #passkey-decide class=(if approve { "approve" } else { "deny" }) type="button"
+                            data-url={ "/console/approvals/" (row.approval_id) "/passkey" } data-decision=(verb) {
+                            "Yes, " (verb) " " (row.action) " with my passkey"
+                        }
+                    } @else if approve {
                         button.approve type="submit" { "Yes, approve " (row.action) }
                     } @else {
                         button.deny type="submit" { "Yes, deny " (row.action) }
                     }
                     a.button.secondary href=(back) { "Cancel" }
                 }
+                @if passkey { p.small #passkey-status role="status" {} }
             }
         }
     };
@@ -694,10 +713,14 @@ pub enum SignInNote {
     SignedOut,
     /// A session cookie came with the request but names no live session.
     Ended,
+    /// The secret was right, but this operator signs in with a passkey (`console_passkey_only`).
+    PasskeyOnly,
 }
 
 /// The sign-in page.
-pub fn sign_in(note: SignInNote, next: Option<&str>) -> Markup {
+/// `ip_origin`: the console was opened on an IP address, where browsers refuse passkeys; the
+/// address to open instead.
+pub fn sign_in(note: SignInNote, next: Option<&str>, ip_origin: Option<&str>) -> Markup {
     let body = html! {
         div.narrow {
             h1 { "Sign in" }
@@ -710,8 +733,28 @@ pub fn sign_in(note: SignInNote, next: Option<&str>) -> Markup {
                 }
                 SignInNote::SignedOut => { div.notice role="status" { "You are signed out." } }
                 SignInNote::Ended => { div.notice role="status" { "Your session has ended. Sign in again." } }
+                SignInNote::PasskeyOnly => {
+                    div.alert role="alert" {
+                        strong { "Use your passkey." }
+                        " This operator signs in with a passkey, not with its secret."
+                    }
+                }
                 SignInNote::None => {}
             }
+            section.passkey-sign-in aria-labelledby="pk-h" {
+                h2 #pk-h { "With a passkey" }
+                @if let Some(url) = ip_origin {
+                    p.notice {
+                        "Browsers refuse passkeys on an IP address. To use yours, open the console as "
+                        a href=(url) { code { (url) } } "."
+                    }
+                } @else {
+                    p { "If you enrolled a passkey, sign in with it: your authenticator asks you to verify." }
+                    button.primary #passkey-sign-in type="button" data-next=[next] { "Sign in with a passkey" }
+                    p.small #passkey-status role="status" {}
+                }
+            }
+            h2 { "With the client secret" }
             p { "Sign in with your " strong { "operator" } " client's ID and secret. Only operator clients can sign in." }
             form.stack method="post" action="/console/sign-in" {
                 @if let Some(n) = next { input type="hidden" name="next" value=(n); }
@@ -739,6 +782,67 @@ pub fn message(op: Option<&Operator>, title: &str, text: &str, back: Option<(&st
         }
     };
     layout(title, op, Nav::Other, body)
+}
+
+/// The operator's passkeys: a list, enrolment, removal.
+pub fn passkeys(
+    op: &Operator,
+    keys: &[crate::store::passkeys::PasskeyRow],
+    ip_origin: Option<&str>,
+    needs_passkey_session: bool,
+    flash: Option<&str>,
+) -> Markup {
+    let body = html! {
+        h1 { "Your passkeys" }
+        @if let Some(f) = flash { div.notice role="status" { (f) } }
+        p.lede {
+            "A passkey is a key held by your authenticator (a phone, a security key, a laptop's fingerprint reader). "
+            "Decisions on the most dangerous actions can only be made with one, in this console, and the audit log keeps the proof."
+        }
+        @if keys.is_empty() {
+            p.muted { "You have no passkey yet." }
+        } @else {
+            table.list {
+                thead { tr { th { "Name" } th { "Enrolled" } th { "Last used" } th { span.visually-hidden { "Remove" } } } }
+                tbody {
+                    @for k in keys {
+                        tr {
+                            td data-label="Name" { (k.name) br; code.small { (k.credential_id.chars().take(16).collect::<String>()) "…" } }
+                            td data-label="Enrolled" { (utc(k.created_at)) }
+                            td data-label="Last used" { @if let Some(t) = k.last_used_at { (utc(t)) } @else { span.muted { "never" } } }
+                            td {
+                                @if !needs_passkey_session {
+                                    form.inline method="post" action={ "/console/passkeys/" (k.credential_id) "/remove" } {
+                                        input type="hidden" name="csrf" value=(op.csrf);
+                                        button.link type="submit" { "Remove" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="enrol-h" {
+            h2 #enrol-h { "Enrol a passkey" }
+            @if let Some(url) = ip_origin {
+                p.notice {
+                    "Browsers refuse passkeys on an IP address. To enrol one, open the console as "
+                    a href=(url) { code { (url) } } " and sign in there."
+                }
+            } @else if needs_passkey_session {
+                p.notice { "You already have a passkey: sign in with it to add or remove passkeys." }
+            } @else {
+                label for="passkey-name" { "Name " span.muted { "(to tell your passkeys apart)" } }
+                input #passkey-name type="text" maxlength="60" value="My passkey";
+                div.buttons {
+                    button.primary #passkey-enrol type="button" data-csrf=(op.csrf) { "Enrol a passkey" }
+                }
+                p.small #passkey-status role="status" {}
+            }
+        }
+    };
+    layout("Passkeys", Some(op), Nav::Passkeys, body)
 }
 
 #[cfg(test)]

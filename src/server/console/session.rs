@@ -49,6 +49,8 @@ pub struct Operator {
     pub csrf: String,
     /// The stored session's key.
     pub session_hash: String,
+    /// How the operator signed in: `secret` or `passkey`.
+    pub method: String,
 }
 
 impl std::fmt::Debug for Operator {
@@ -164,7 +166,7 @@ pub async fn current(state: &AppState, headers: &HeaderMap) -> Result<Option<Ope
         tracing::info!(client_id = %row.client_id, "a console session of a revoked client ended");
         return Ok(None);
     }
-    Ok(Some(Operator { claims, client, csrf: csrf_token(id), session_hash: hash }))
+    Ok(Some(Operator { claims, client, csrf: csrf_token(id), session_hash: hash, method: row.method }))
 }
 
 /// The stamp a session keeps of the credential it was opened with: SHA-256 over a label and
@@ -183,6 +185,7 @@ pub async fn start(
     state: &AppState,
     client: &ClientRecord,
     secret_hash: &str,
+    method: &str,
     now: i64,
 ) -> Result<HeaderValue, ApiError> {
     let id = new_session_id()?;
@@ -193,6 +196,7 @@ pub async fn start(
         created_at: now,
         expires_at: now + lifetime,
         credential: credential_stamp(secret_hash),
+        method: method.to_owned(),
     };
     // Old sessions are forgotten as new ones start; they were refused already.
     sessions::delete_expired(state.store(), now).await?;
@@ -201,7 +205,7 @@ pub async fn start(
         client.client_id.as_str(),
         client.tenant.as_str(),
         client.client_id.as_str(),
-        json!({ "session": &row.session_hash[..16], "expires_at": row.expires_at }),
+        json!({ "session": &row.session_hash[..16], "expires_at": row.expires_at, "method": method }),
     );
     let store = state.store();
     let mut tx = store.begin_write().await?;
