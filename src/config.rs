@@ -352,7 +352,8 @@ impl Config {
                 "TESSERA_KEY_ROTATION_DAYS" => self.key_rotation_days = parse_env(name, v)?,
                 "TESSERA_PASSKEY_RP_ID" => self.passkey_rp_id = v.clone(),
                 "TESSERA_PASSKEY_ORIGINS" => {
-                    self.passkey_origins = Some(v.split(',').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect())
+                    self.passkey_origins =
+                        Some(v.split(',').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect())
                 }
                 _ => {}
             }

@@ -246,140 +246,119 @@ pub fn is_ip_host(host: &str) -> bool {
     bare.parse::<std::net::IpAddr>().is_ok()
 }
 
-#[cfg(test)]
-pub(crate) mod soft {
-    //! A software authenticator for tests: ES256 with ring, user-verifying unless told not to.
-
-    use ring::rand::SystemRandom;
-    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
-
-    use super::*;
-
-    pub struct Soft {
-        pub pair: EcdsaKeyPair,
-        pub id: Vec<u8>,
-        pub count: u32,
-        pub uv: bool,
-    }
-
-    impl Soft {
-        pub fn new() -> Soft {
-            let rng = SystemRandom::new();
-            let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref(), &rng).unwrap();
-            Soft { pair, id: b"soft-credential-1".to_vec(), count: 0, uv: true }
-        }
-
-        fn flags(&self, extra: u8) -> u8 {
-            FLAG_UP | if self.uv { FLAG_UV } else { 0 } | extra
-        }
-
-        pub fn register(&self, rp_id: &str, origin: &str, challenge: &[u8]) -> Registration {
-            let point = self.pair.public_key().as_ref().to_vec();
-            let mut data = digest(&SHA256, rp_id.as_bytes()).as_ref().to_vec();
-            data.push(self.flags(FLAG_AT));
-            data.extend_from_slice(&0u32.to_be_bytes());
-            data.extend_from_slice(&[0u8; 16]);
-            data.extend_from_slice(&(self.id.len() as u16).to_be_bytes());
-            data.extend_from_slice(&self.id);
-            // The COSE key: {1: 2, 3: -7, -1: 1, -2: x, -3: y}.
-            data.extend_from_slice(&[0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01, 0x21, 0x58, 0x20]);
-            data.extend_from_slice(&point[1..33]);
-            data.extend_from_slice(&[0x22, 0x58, 0x20]);
-            data.extend_from_slice(&point[33..65]);
-            let mut spki = SPKI_P256.to_vec();
-            spki.extend_from_slice(&point);
-            Registration {
-                credential_id: self.id.clone(),
-                client_data_json: client_json("webauthn.create", challenge, origin),
-                authenticator_data: data,
-                public_key: spki,
-                alg: COSE_ES256,
+/// Checks every passkey decision again, from the audit log and the stored passkeys: each
+/// `approval.decided` record made with a passkey must carry an assertion that verifies with
+/// its credential's public key over the challenge of exactly its approval, digest and verdict;
+/// the approval's `params_digest` must still be the one signed; and the `decisions` table must
+/// still say the same. Returns how many were checked, or the first problem, named.
+pub async fn verify_decisions(store: &crate::store::Store, rp_id: &str) -> Result<usize, String> {
+    use sqlx::Row;
+    let fail = |e: crate::store::StoreError| e.to_string();
+    let mut checked = 0;
+    let mut after = 0;
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let page = crate::audit::read_page(store, after, 1000).await.map_err(fail)?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for r in page.iter().filter(|r| r.event == "approval.decided") {
+            let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap_or_default();
+            let text = |k: &str| detail[k].as_str().unwrap_or_default().to_owned();
+            let decision = text("decision");
+            let stored = sqlx::query("SELECT decision, method FROM decisions WHERE approval_id = $1 AND operator = $2")
+                .bind(&r.subject)
+                .bind(&r.actor)
+                .fetch_optional(store.pool())
+                .await
+                .map_err(|e| e.to_string())?;
+            let stored: Option<(String, String)> = stored
+                .map(|row| (row.try_get("decision").unwrap_or_default(), row.try_get("method").unwrap_or_default()));
+            let method = detail["method"].as_str().unwrap_or("secret");
+            if stored.as_ref().is_some_and(|(d, m)| *d != decision || m != method) {
+                return Err(format!(
+                    "record {}: the decision of {} on {} differs from the decisions table",
+                    r.seq, r.actor, r.subject
+                ));
             }
-        }
-
-        pub fn assert(&mut self, rp_id: &str, origin: &str, challenge: &[u8]) -> Assertion {
-            self.count += 1;
-            let mut data = digest(&SHA256, rp_id.as_bytes()).as_ref().to_vec();
-            data.push(self.flags(0));
-            data.extend_from_slice(&self.count.to_be_bytes());
-            let client = client_json("webauthn.get", challenge, origin);
-            let mut signed = data.clone();
-            signed.extend_from_slice(digest(&SHA256, &client).as_ref());
-            let sig = self.pair.sign(&SystemRandom::new(), &signed).unwrap();
-            Assertion {
-                credential_id: b64::encode(&self.id),
-                client_data: b64::encode(&client),
-                authenticator_data: b64::encode(&data),
-                signature: b64::encode(sig.as_ref()),
+            if method != "passkey" {
+                continue;
             }
+            seen.insert((r.subject.clone(), r.actor.clone()));
+            let digest_now = sqlx::query("SELECT params_digest FROM approvals WHERE approval_id = $1")
+                .bind(&r.subject)
+                .fetch_optional(store.pool())
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|row| row.try_get::<String, _>("params_digest").unwrap_or_default());
+            if digest_now.as_deref().is_some_and(|d| d != text("params_digest")) {
+                return Err(format!(
+                    "record {}: approval {} no longer has the digest that was signed",
+                    r.seq, r.subject
+                ));
+            }
+            let assertion = Assertion {
+                credential_id: text("credential_id"),
+                client_data: text("client_data"),
+                authenticator_data: text("authenticator_data"),
+                signature: text("signature"),
+            };
+            let Some(pk) = crate::store::passkeys::get(store, &assertion.credential_id).await.map_err(fail)? else {
+                return Err(format!("record {}: the passkey {} is not stored", r.seq, assertion.credential_id));
+            };
+            if pk.client_id != r.actor {
+                return Err(format!("record {}: the passkey belongs to another operator", r.seq));
+            }
+            let key = CredentialKey { alg: pk.alg, raw: b64::decode(&pk.public_key).unwrap_or_default() };
+            let challenge = decision_challenge(&r.subject, &text("params_digest"), &decision, &text("nonce"));
+            // The origin was checked when the decision was made, and the signature covers it.
+            let origin = b64::decode(&assertion.client_data)
+                .ok()
+                .and_then(|c| serde_json::from_slice::<ClientData>(&c).ok())
+                .map(|c| c.origin)
+                .unwrap_or_default();
+            let rp = RelyingParty { rp_id: rp_id.to_owned(), origins: vec![origin] };
+            verify_assertion(&rp, &assertion, &challenge, &key, 0).map_err(|e| {
+                format!("record {}: the passkey decision of {} on {} does not verify: {e}", r.seq, r.actor, r.subject)
+            })?;
+            checked += 1;
         }
     }
-
-    pub fn client_json(kind: &str, challenge: &[u8], origin: &str) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({"type": kind, "challenge": b64::encode(challenge), "origin": origin}))
-            .unwrap()
+    // And no decision claims a passkey that the audit log does not prove.
+    let rows = sqlx::query("SELECT approval_id, operator FROM decisions WHERE method = 'passkey'")
+        .fetch_all(store.pool())
+        .await
+        .map_err(|e| e.to_string())?;
+    for row in rows {
+        let key: (String, String) =
+            (row.try_get("approval_id").unwrap_or_default(), row.try_get("operator").unwrap_or_default());
+        if !seen.contains(&key) {
+            return Err(format!("the passkey decision of {} on {} has no audit record that proves it", key.1, key.0));
+        }
     }
+    Ok(checked)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::soft::Soft;
     use super::*;
-
-    fn rp() -> RelyingParty {
-        RelyingParty { rp_id: "localhost".into(), origins: vec!["http://localhost:8700".into()] }
-    }
-
-    #[test]
-    fn a_registration_and_its_assertions_verify_and_nothing_else_does() {
-        let rp = rp();
-        let mut soft = Soft::new();
-        let reg = soft.register("localhost", "http://localhost:8700", b"enrol-challenge");
-        let (key, count) = verify_registration(&rp, &reg, b"enrol-challenge").unwrap();
-        assert_eq!((key.alg, count), (COSE_ES256, 0));
-        assert!(verify_registration(&rp, &reg, b"another challenge").is_err());
-        let mut other_key = reg.clone();
-        other_key.public_key = soft::Soft::new().register("localhost", "x", b"c").public_key;
-        assert!(verify_registration(&rp, &other_key, b"enrol-challenge").is_err(), "a key not in the data");
-        let elsewhere = soft.register("localhost", "http://127.0.0.1:8700", b"enrol-challenge");
-        assert!(verify_registration(&rp, &elsewhere, b"enrol-challenge").is_err(), "an origin not allowed");
-        let other_rp = soft.register("evil.example", "http://localhost:8700", b"enrol-challenge");
-        assert!(verify_registration(&rp, &other_rp, b"enrol-challenge").is_err(), "another rp id");
-
-        let c = decision_challenge("apr_1", "sha256:x", "approve", "nonce");
-        let a = soft.assert("localhost", "http://localhost:8700", &c);
-        assert_eq!(verify_assertion(&rp, &a, &c, &key, 0).unwrap(), 1);
-        // The same assertion again: the counter did not move.
-        assert!(verify_assertion(&rp, &a, &c, &key, 1).is_err());
-        // Another decision, another approval, other parameters: another challenge.
-        for other in [
-            decision_challenge("apr_1", "sha256:x", "deny", "nonce"),
-            decision_challenge("apr_2", "sha256:x", "approve", "nonce"),
-            decision_challenge("apr_1", "sha256:y", "approve", "nonce"),
-        ] {
-            assert!(verify_assertion(&rp, &a, &other, &key, 0).is_err());
-        }
-        // A signature over anything else.
-        let mut forged = soft.assert("localhost", "http://localhost:8700", &c);
-        forged.signature = a.signature.clone();
-        assert!(verify_assertion(&rp, &forged, &c, &key, 1).is_err());
-    }
-
-    #[test]
-    fn an_authenticator_that_does_not_verify_the_user_is_refused() {
-        let rp = rp();
-        let mut soft = Soft::new();
-        let (key, _) =
-            verify_registration(&rp, &soft.register("localhost", "http://localhost:8700", b"c"), b"c").unwrap();
-        soft.uv = false;
-        let err = verify_assertion(&rp, &soft.assert("localhost", "http://localhost:8700", b"d"), b"d", &key, 0);
-        assert!(err.unwrap_err().0.contains("verify the user"));
-        assert!(verify_registration(&rp, &soft.register("localhost", "http://localhost:8700", b"c"), b"c").is_err());
-    }
 
     #[test]
     fn ip_hosts_are_recognised() {
         assert!(is_ip_host("127.0.0.1") && is_ip_host("[::1]") && !is_ip_host("localhost"));
+    }
+
+    #[test]
+    fn the_decision_challenge_commits_to_every_part() {
+        let base = decision_challenge("apr_1", "sha256:x", "approve", "n");
+        for other in [
+            decision_challenge("apr_2", "sha256:x", "approve", "n"),
+            decision_challenge("apr_1", "sha256:y", "approve", "n"),
+            decision_challenge("apr_1", "sha256:x", "deny", "n"),
+            decision_challenge("apr_1", "sha256:x", "approve", "m"),
+            // The separators keep parts from running into each other.
+            decision_challenge("apr_1sha256:x", "", "approve", "n"),
+        ] {
+            assert_ne!(base, other);
+        }
     }
 }

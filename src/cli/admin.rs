@@ -184,6 +184,10 @@ pub(super) async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Failure>
         AuditCmd::Verify => match audit::verify(&store).await? {
             ChainReport::Intact { records } => {
                 println!("audit chain intact: {records} records");
+                let passkeys = crate::passkeys::verify_decisions(&store, &config.passkey_rp_id)
+                    .await
+                    .map_err(|e| Failure(format!("passkey decisions: {e}")))?;
+                println!("passkey decisions verified: {passkeys}");
                 Ok(())
             }
             ChainReport::Broken { seq, reason } => {

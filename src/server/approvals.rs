@@ -208,9 +208,17 @@ async fn decide(
     StrictJson(body): StrictJson<DecisionBody>,
 ) -> ApiResult<Json<Value>> {
     let now = state.now();
-    let row =
-        approvals::decide(state.store(), &state.config().policy, &caller.claims, &id, body.decision, body.note, approvals::Proof::Secret, now)
-            .await?;
+    let row = approvals::decide(
+        state.store(),
+        &state.config().policy,
+        &caller.claims,
+        &id,
+        body.decision,
+        body.note,
+        approvals::Proof::Secret,
+        now,
+    )
+    .await?;
     if row.status != crate::store::approvals::Status::Pending {
         state.metrics().approval(row.status);
     }

@@ -384,8 +384,8 @@ pub async fn insert_decision(conn: &mut AnyConnection, id: &str, d: &Decision) -
     .bind(&d.note)
     .bind(d.at)
     .bind(&d.method)
-        .execute(conn)
-        .await?;
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -27,7 +27,8 @@ pub struct PasskeyRow {
     pub removed_at: Option<i64>,
 }
 
-const COLUMNS: &str = "credential_id, client_id, alg, public_key, sign_count, name, created_at, last_used_at, removed_at";
+const COLUMNS: &str =
+    "credential_id, client_id, alg, public_key, sign_count, name, created_at, last_used_at, removed_at";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<PasskeyRow, StoreError> {
     Ok(PasskeyRow {
@@ -82,7 +83,13 @@ pub async fn of_client(store: &Store, client_id: &str) -> Result<Vec<PasskeyRow>
 
 /// Moves a passkey's counter forward, only from `from` (so two uses of one assertion cannot
 /// both succeed); true if it moved.
-pub async fn advance(conn: &mut AnyConnection, credential_id: &str, from: i64, to: i64, now: i64) -> Result<bool, StoreError> {
+pub async fn advance(
+    conn: &mut AnyConnection,
+    credential_id: &str,
+    from: i64,
+    to: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
     let r = sqlx::query(
         "UPDATE passkeys SET sign_count = $1, last_used_at = $2 WHERE credential_id = $3 AND sign_count = $4 \
          AND removed_at IS NULL",
@@ -104,16 +111,14 @@ pub async fn remove(
     now: i64,
 ) -> Result<u64, StoreError> {
     let r = match credential_id {
-        Some(id) => {
-            sqlx::query(
-                "UPDATE passkeys SET removed_at = $1 WHERE client_id = $2 AND credential_id = $3 AND removed_at IS NULL",
-            )
-            .bind(now)
-            .bind(client_id)
-            .bind(id)
-            .execute(conn)
-            .await?
-        }
+        Some(id) => sqlx::query(
+            "UPDATE passkeys SET removed_at = $1 WHERE client_id = $2 AND credential_id = $3 AND removed_at IS NULL",
+        )
+        .bind(now)
+        .bind(client_id)
+        .bind(id)
+        .execute(conn)
+        .await?,
         None => {
             sqlx::query("UPDATE passkeys SET removed_at = $1 WHERE client_id = $2 AND removed_at IS NULL")
                 .bind(now)
@@ -187,7 +192,8 @@ pub async fn take_challenge(
     .fetch_optional(&mut *conn)
     .await?;
     let Some(r) = row else { return Ok(None) };
-    let deleted = sqlx::query("DELETE FROM passkey_challenges WHERE challenge = $1").bind(challenge).execute(&mut *conn).await?;
+    let deleted =
+        sqlx::query("DELETE FROM passkey_challenges WHERE challenge = $1").bind(challenge).execute(&mut *conn).await?;
     if deleted.rows_affected() != 1 {
         return Ok(None);
     }

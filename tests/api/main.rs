@@ -11,6 +11,7 @@ mod foundation;
 mod gate;
 mod helpers;
 mod operability;
+mod passkeys;
 mod promise;
 mod replicas;
 mod review;
