@@ -1241,3 +1241,148 @@ async fn console_browser_forged_forms_change_nothing() {
     assert!(!app.audit_events().await.iter().any(|e| e == "approval.decided"));
     browser.close().await;
 }
+
+/// A W3C WebAuthn WebDriver extension command (chromedriver implements them): the virtual
+/// authenticator and its user-verification switch.
+#[derive(Debug)]
+struct WebAuthnCommand {
+    path: String,
+    body: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for WebAuthnCommand {
+    fn endpoint(
+        &self,
+        base: &reqwest::Url,
+        session: Option<&str>,
+    ) -> Result<reqwest::Url, <reqwest::Url as std::str::FromStr>::Err> {
+        base.join(&format!("session/{}/{}", session.unwrap_or_default(), self.path))
+    }
+    fn method_and_body(&self, _url: &reqwest::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(self.body.to_string()))
+    }
+}
+
+impl Browser {
+    /// Adds a CTAP2 platform authenticator that holds discoverable credentials and verifies
+    /// the user; returns its id.
+    async fn add_authenticator(&self) -> String {
+        let cmd = WebAuthnCommand {
+            path: "webauthn/authenticator".into(),
+            body: json!({
+                "protocol": "ctap2", "transport": "internal", "hasResidentKey": true,
+                "hasUserVerification": true, "isUserVerified": true, "automaticPresenceSimulation": true,
+            }),
+        };
+        let v = self.c().issue_cmd(cmd).await.expect("chromedriver adds a virtual authenticator");
+        v.as_str().map(str::to_owned).unwrap_or_else(|| v["authenticatorId"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn set_user_verified(&self, authenticator: &str, verified: bool) {
+        let cmd = WebAuthnCommand {
+            path: format!("webauthn/authenticator/{authenticator}/uv"),
+            body: json!({ "isUserVerified": verified }),
+        };
+        self.c().issue_cmd(cmd).await.expect("chromedriver switches user verification");
+    }
+}
+
+/// Design §15 in a real browser: enrol a passkey with a virtual authenticator, sign in with it,
+/// approve a `passkey_actions` request with it (the requester gets its capability); with user
+/// verification off, nothing is decided. On an IP origin the console says where to go instead.
+#[tokio::test]
+async fn console_browser_passkey_enrol_sign_in_and_approve() {
+    let o = org_with(|c| {
+        let file: tessera::policy::PolicyFile =
+            toml::from_str(r#"passkey_actions = ["org_token_mint", "secret_write"]"#).unwrap();
+        c.policy = tessera::policy::Policy::from_file(&file).unwrap();
+    })
+    .await;
+    let mint = request(
+        &o.app,
+        &o.agent_token,
+        "org_token_mint",
+        "orgs/acme/tokens",
+        json!({"name": "ci-deploy", "expires_in_days": 30}),
+        "CI needs a token to deploy the staging workspace",
+    )
+    .await;
+    let app = &o.app;
+    let local = format!("http://localhost:{}", app.addr.port());
+
+    // On the IP address, the sign-in page says where passkeys work.
+    let html = get_page(app, "/console/sign-in", None).await.text().await.unwrap();
+    assert!(html.contains("Browsers refuse passkeys on an IP address") && html.contains(&local), "{html}");
+
+    let browser = Browser::start().await;
+    let authenticator = browser.add_authenticator().await;
+    assert!(!authenticator.is_empty());
+    // Sign in with the secret, under the host name.
+    browser.goto(&format!("{local}/console")).await;
+    let id_field = browser.wait_for("input[name=client_id]").await;
+    id_field.send_keys(&o.op.id).await.unwrap();
+    browser.c().find(Locator::Css("input[name=client_secret]")).await.unwrap().send_keys(&o.op.secret).await.unwrap();
+    browser.mark().await;
+    browser.c().find(Locator::Css("form[action='/console/sign-in'] button[type=submit]")).await.unwrap().click().await.unwrap();
+    browser.wait_new_page().await;
+    assert_eq!(browser.path().await, "/console");
+
+    // Enrol.
+    browser.goto(&format!("{local}/console/passkeys")).await;
+    let button = browser.wait_for("#passkey-enrol").await;
+    browser.screenshot("passkeys", 1000, 720).await;
+    browser.mark().await;
+    button.click().await.unwrap();
+    browser.wait_new_page().await;
+    let text = browser.text().await;
+    assert!(text.contains("My passkey") && !text.contains("You have no passkey yet"), "{text}");
+    browser.screenshot("passkeys-enrolled", 1000, 720).await;
+
+    // Sign out, then sign in with the passkey.
+    browser.mark().await;
+    browser.c().find(Locator::Css("form[action='/console/sign-out'] button")).await.unwrap().click().await.unwrap();
+    browser.wait_new_page().await;
+    let pk = browser.wait_for("#passkey-sign-in").await;
+    browser.mark().await;
+    pk.click().await.unwrap();
+    browser.wait_new_page().await;
+    assert_eq!(browser.path().await, "/console", "signed in with the passkey: {}", browser.text().await);
+
+    // Approve the mint: the confirmation asks for the passkey.
+    browser.goto(&format!("{local}/console/approvals/{mint}")).await;
+    let approve = browser.wait_for("button[value=approve]").await;
+    browser.mark().await;
+    approve.click().await.unwrap();
+    browser.wait_new_page().await;
+    let decide = browser.wait_for("#passkey-decide").await;
+    browser.screenshot("confirm-passkey", 1000, 900).await;
+    browser.mark().await;
+    decide.click().await.unwrap();
+    browser.wait_new_page().await;
+    assert!(browser.path().await.ends_with("?decided=approve"), "{}", browser.text().await);
+    assert_eq!(status_of(&o, &mint).await, "approved");
+    assert_eq!(approval(&o, &mint).await["decisions"][0]["method"], "passkey");
+    assert!(approval(&o, &mint).await["capability"].is_string(), "the requester gets its capability");
+
+    // With user verification off, the authenticator's answer is refused and nothing decided.
+    let second = request(&o.app, &o.agent_token, "org_token_mint", "orgs/acme/tokens", json!({"name": "x"}), "r").await;
+    browser.set_user_verified(&authenticator, false).await;
+    browser.goto(&format!("{local}/console/approvals/{second}")).await;
+    let approve = browser.wait_for("button[value=approve]").await;
+    browser.mark().await;
+    approve.click().await.unwrap();
+    browser.wait_new_page().await;
+    browser.wait_for("#passkey-decide").await.click().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let status = browser.c().find(Locator::Css("#passkey-status")).await.unwrap().text().await.unwrap();
+        if !status.is_empty() && !status.contains("prompt") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no answer from the passkey step");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status_of(&o, &second).await, "pending", "nothing was decided");
+    browser.close().await;
+}
