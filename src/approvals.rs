@@ -110,6 +110,29 @@ fn decision_detail(d: &Decision, row: &ApprovalRow, proof: Proof<'_>) -> Value {
     }
 }
 
+/// Who asks for an approval: the verified token, its client's registration, and for a
+/// delegated token each actor's registration, nearest first.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    /// The verified claims.
+    pub claims: &'a AccessClaims,
+    /// The subject's registration as it is now.
+    pub client: &'a ClientRecord,
+    /// The actors' registrations as they are now, nearest first.
+    pub actors: &'a [ClientRecord],
+}
+
+/// An operator's ruling on a request: the verdict, a note, and how it is proven.
+#[derive(Debug, Clone)]
+pub struct Ruling<'a> {
+    /// Approve or deny.
+    pub verdict: Verdict,
+    /// The operator's note.
+    pub note: Option<String>,
+    /// How the operator proves it.
+    pub proof: Proof<'a>,
+}
+
 /// How an operator proves a decision.
 #[derive(Debug, Clone, Copy)]
 pub enum Proof<'a> {
@@ -227,13 +250,12 @@ pub fn capability_token(row: &ApprovalRow, issuing: Issuing<'_>, now: i64) -> Re
 pub async fn request(
     store: &Store,
     policy: &Policy,
-    caller: &AccessClaims,
-    client: &ClientRecord,
-    actors: &[ClientRecord],
+    who: Requester<'_>,
     req: NewRequest,
     bypass_reason: Option<&str>,
     now: i64,
 ) -> Result<ApprovalRow, ApprovalError> {
+    let Requester { claims: caller, client, actors } = who;
     if !caller.caller_kind.may_request_approvals() {
         return Err(ApprovalError::Forbidden(format!("a {} client cannot request approvals", caller.caller_kind)));
     }
@@ -473,11 +495,10 @@ pub async fn decide(
     policy: &Policy,
     caller: &AccessClaims,
     id: &str,
-    verdict: Verdict,
-    note: Option<String>,
-    proof: Proof<'_>,
+    ruling: Ruling<'_>,
     now: i64,
 ) -> Result<ApprovalRow, ApprovalError> {
+    let Ruling { verdict, note, proof } = ruling;
     if let Some(n) = &note {
         check_text("note", n, false)?;
     }

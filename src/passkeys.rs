@@ -113,7 +113,7 @@ fn client_data(rp: &RelyingParty, bytes: &[u8], kind: &str, challenge: &[u8]) ->
     if cd.challenge != b64::encode(challenge) {
         return refuse("the assertion answers another challenge");
     }
-    if !rp.origins.iter().any(|o| *o == cd.origin) {
+    if !rp.origins.contains(&cd.origin) {
         return refuse(format!("the origin {:?} is not one of passkey_origins", cd.origin));
     }
     if cd.cross_origin {

@@ -54,6 +54,12 @@ pub(super) enum ClientsCmd {
         /// Client id.
         id: String,
     },
+    /// Remove every passkey of an operator (one lost its authenticator): it enrols again after
+    /// signing in with its secret. The removed keys stay stored to verify past decisions.
+    RemovePasskeys {
+        /// Client id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +144,24 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
         ClientsCmd::RotateSecret { id } => {
             let (c, secret) = clients::rotate_secret(store, &id, "cli", now()).await?;
             print_json(&json!({ "client_id": c.client_id, "client_secret": secret.expose() }))
+        }
+        ClientsCmd::RemovePasskeys { id } => {
+            let Some(c) = crate::store::clients::get(store, &id).await? else {
+                return Err(Failure(format!("no client {id}")));
+            };
+            let t = now();
+            let mut tx = store.begin_write().await?;
+            let removed = crate::store::passkeys::remove(&mut tx, &id, None, t).await?;
+            let event = crate::audit::AuditEvent::new(
+                "passkey.removed",
+                "cli",
+                c.tenant.as_str(),
+                &id,
+                json!({ "all": true, "removed": removed }),
+            );
+            crate::audit::append(&mut tx, store.backend(), &[event], t).await?;
+            tx.commit().await.map_err(crate::store::StoreError::from)?;
+            print_json(&json!({ "client_id": id, "passkeys_removed": removed }))
         }
     }
 }

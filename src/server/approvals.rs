@@ -119,9 +119,7 @@ async fn create(
     let row = approvals::request(
         state.store(),
         &state.config().policy,
-        &caller.claims,
-        &caller.client,
-        &caller.actors,
+        approvals::Requester { claims: &caller.claims, client: &caller.client, actors: &caller.actors },
         req,
         bypass.as_deref(),
         now,
@@ -213,9 +211,7 @@ async fn decide(
         &state.config().policy,
         &caller.claims,
         &id,
-        body.decision,
-        body.note,
-        approvals::Proof::Secret,
+        approvals::Ruling { verdict: body.decision, note: body.note, proof: approvals::Proof::Secret },
         now,
     )
     .await?;

@@ -432,6 +432,17 @@ async fn operators_sign_in_with_their_passkey_and_the_policy_can_require_it() {
         401,
         "replayed"
     );
+
+    // Recovery, when the operator loses its authenticator: an administrator removes its
+    // passkeys; the secret signs it in again, to enrol a new one; the old passkey is refused.
+    let out = app.cli(&["clients", "remove-passkeys", &op.id]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["passkeys_removed"], 2);
+    assert_eq!(sign_in_with_passkey(&app, &mut soft).await.status(), 401);
+    let again = sign_in_with_secret(&app, &op).await;
+    assert_eq!(enrol(&app, &again, &Soft::new(&origin(&app))).await.status(), 200);
+    assert!(app.audit_events().await.iter().any(|e| e == "passkey.removed"));
 }
 
 /// `tessera audit verify` re-checks every passkey decision: a decision row edited afterwards,

@@ -512,7 +512,8 @@ async fn decision(State(state): State<AppState>, Path(id): Path<String>, req: Re
         Some((nonce, assertion)) => approvals::Proof::Passkey { nonce, assertion },
         None => approvals::Proof::Secret,
     };
-    let row = approvals::decide(state.store(), policy, &op.claims, &id, verdict, note, proof, now).await?;
+    let ruling = approvals::Ruling { verdict, note, proof };
+    let row = approvals::decide(state.store(), policy, &op.claims, &id, ruling, now).await?;
     if row.status != Status::Pending {
         state.metrics().approval(row.status);
     }
