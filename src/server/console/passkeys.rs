@@ -392,6 +392,7 @@ pub(super) async fn decision_options(State(state): State<AppState>, Path(id): Pa
     let now = state.now();
     let row = match crate::approvals::read(state.store(), &op.claims, &id, now).await {
         Ok(r) => r,
+        Err(crate::approvals::ApprovalError::Store(e)) => return unavailable(&e),
         Err(_) => return refuse(StatusCode::NOT_FOUND, "not_found", "no such approval"),
     };
     let keys = match rows::of_client(state.store(), op.claims.sub.as_str()).await {
