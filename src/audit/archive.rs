@@ -47,7 +47,8 @@ pub enum ArchiveError {
 
 /// Writes the records up to the last checkpoint signed before `before` to `out` (which must
 /// not exist), checks the file, makes that checkpoint the chain's anchor, then deletes the
-/// records in transactions of at most `batch` rows, pausing `pause` between two.
+/// records in transactions of at most `batch` rows, pausing `pause` between two. The archive
+/// itself is recorded (`audit.archived`, at `now`), in the chain that continues.
 pub async fn archive(
     store: &Store,
     keys: &dyn CheckpointKeys,
@@ -55,6 +56,7 @@ pub async fn archive(
     out: &Path,
     batch: i64,
     pause: Duration,
+    now: i64,
 ) -> Result<Archived, ArchiveError> {
     let batch = batch.max(1);
     let Some(cp) = checkpoint::last_before(store, before).await? else {
@@ -89,7 +91,7 @@ pub async fn archive(
             )));
         }
     }
-    set_anchor(store, &cp).await?;
+    set_anchor(store, &cp, records, now).await?;
     let deleted = delete_upto(store, cp.claims.seq, batch, pause).await?;
     Ok(Archived {
         out: out.display().to_string(),
@@ -133,7 +135,7 @@ async fn write_file(
     Ok(records)
 }
 
-async fn set_anchor(store: &Store, cp: &StoredCheckpoint) -> Result<(), StoreError> {
+async fn set_anchor(store: &Store, cp: &StoredCheckpoint, records: i64, now: i64) -> Result<(), StoreError> {
     let mut tx = store.begin_write().await?;
     lock(&mut tx, store.backend()).await?;
     sqlx::query("DELETE FROM audit_anchor").execute(&mut *tx).await?;
@@ -143,6 +145,14 @@ async fn set_anchor(store: &Store, cp: &StoredCheckpoint) -> Result<(), StoreErr
         .bind(&cp.token)
         .execute(&mut *tx)
         .await?;
+    let event = super::AuditEvent::new(
+        "audit.archived",
+        "cli",
+        "",
+        &cp.claims.seq.to_string(),
+        serde_json::json!({ "records": records, "last_seq": cp.claims.seq, "hash": cp.claims.hash }),
+    );
+    super::append(&mut tx, store.backend(), &[event], now).await?;
     tx.commit().await?;
     Ok(())
 }

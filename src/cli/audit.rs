@@ -48,8 +48,8 @@ pub(super) enum AuditCmd {
     /// delete them from the database in batches; the chain continues from that checkpoint.
     Archive {
         /// An RFC 3339 time: archive up to the last checkpoint signed before it.
-        #[arg(long, value_name = "RFC3339")]
-        before: String,
+        #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+        before: i64,
         /// The archive file to write (must not exist).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
@@ -83,11 +83,10 @@ async fn run_on(store: &Store, cmd: AuditCmd) -> Result<(), Failure> {
         }
         AuditCmd::Export { after, follow, poll_ms } => export(store, after, follow, poll_ms).await,
         AuditCmd::Archive { before, out, batch } => {
-            let before = time::OffsetDateTime::parse(&before, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| Failure(format!("--before {before:?} is not an RFC 3339 time: {e}")))?
-                .unix_timestamp();
             let keys = keys_from_store(store).await?;
-            let done = archive::archive(store, &keys, before, &out, batch, Duration::from_millis(20)).await?;
+            let done =
+                archive::archive(store, &keys, before, &out, batch, Duration::from_millis(20), super::admin::now())
+                    .await?;
             print_json(&serde_json::to_value(&done)?)
         }
     }
@@ -253,4 +252,10 @@ async fn stop_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
+}
+
+fn parse_rfc3339(s: &str) -> Result<i64, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| format!("not an RFC 3339 time: {e}"))
 }
