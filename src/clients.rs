@@ -13,7 +13,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, AuditEvent, Precondition, PreconditionReader};
+use crate::audit::{self, AuditEvent, Fingerprints, Precondition, PreconditionReader};
 use crate::domain::{Action, CallerKind, ClientId, Scope, ScopeSet, TenantId, WorkspaceId};
 use crate::policy::Policy;
 use crate::store::clients::{self as rows, ClientRecord};
@@ -350,12 +350,7 @@ impl PreconditionReader for ClientPreconditions {
         Ok(out)
     }
 
-    fn read_any<'a>(
-        &'a self,
-        conn: &'a mut sqlx::AnyConnection,
-        keys: &'a [&'a str],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<HashMap<String, String>, StoreError>> + Send + 'a>>
-    {
+    fn read_any<'a>(&'a self, conn: &'a mut sqlx::AnyConnection, keys: &'a [&'a str]) -> Fingerprints<'a> {
         Box::pin(async move {
             let states = rows::auth_states(conn, keys).await?;
             Ok(states

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 pub use chain::{GENESIS, append, append_now, head, hex, lock, read_page, read_range, record_hash};
 pub use verify::{ChainReport, Problem};
-pub use writer::{AuditWriter, CheckedError, MAX_BATCH, Precondition, PreconditionReader, WriterStats};
+pub use writer::{AuditWriter, CheckedError, Fingerprints, MAX_BATCH, Precondition, PreconditionReader, WriterStats};
 
 /// One event to record. Never put a token or a secret in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

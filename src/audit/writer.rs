@@ -25,6 +25,11 @@ pub struct Precondition {
     pub fingerprint: String,
 }
 
+/// The current fingerprints of keys, by key, read on a pooled connection.
+pub type Fingerprints<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<std::collections::HashMap<String, String>, StoreError>> + Send + 'a>,
+>;
+
 /// Reads the current fingerprints of keys inside the writer's transaction, on either
 /// backend's connection. Provided by the module whose records carry [`Precondition`]s; a key
 /// that is absent from the answer (a row gone, a client disabled) fails its check.
@@ -37,15 +42,7 @@ pub trait PreconditionReader: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<std::collections::HashMap<String, String>, StoreError>;
 
     /// On a pooled connection (PostgreSQL), inside the batch's transaction.
-    fn read_any<'a>(
-        &'a self,
-        conn: &'a mut AnyConnection,
-        keys: &'a [&'a str],
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<std::collections::HashMap<String, String>, StoreError>> + Send + 'a,
-        >,
-    >;
+    fn read_any<'a>(&'a self, conn: &'a mut AnyConnection, keys: &'a [&'a str]) -> Fingerprints<'a>;
 }
 
 /// Why a checked record was not written.
