@@ -13,7 +13,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, AuditEvent, ClientCheck};
+use crate::audit::{self, AuditEvent, Fingerprints, Precondition, PreconditionReader};
 use crate::domain::{Action, CallerKind, ClientId, Scope, ScopeSet, TenantId, WorkspaceId};
 use crate::policy::Policy;
 use crate::store::clients::{self as rows, ClientRecord};
@@ -241,7 +241,8 @@ pub async fn authenticate(
 
 /// Clients that authenticated successfully, with the row they authenticated against, so the
 /// token endpoint need not read the database before signing. A hit is provisional: the
-/// token's audit record carries a [`ClientCheck`], and the group-commit writer refuses it
+/// token's audit record carries a [`Precondition`] on the client's row (see
+/// [`ClientPreconditions`]), and the group-commit writer refuses it
 /// inside the commit's transaction if the row changed since (disabled, secret rotated), so
 /// such changes still take effect on the next request. Failures are never cached: a wrong
 /// secret, an unknown or a disabled client always costs the database lookup.
@@ -254,7 +255,8 @@ pub struct AuthCache {
 #[derive(Debug)]
 struct CachedClient {
     record: ClientRecord,
-    check: ClientCheck,
+    secret_hash: String,
+    check: Precondition,
 }
 
 /// Most clients cached; when full, the cache starts again empty.
@@ -274,7 +276,7 @@ impl AuthCache {
         if entries.len() >= AUTH_CACHE_CAPACITY {
             entries.clear();
         }
-        entries.insert(entry.check.client_id.clone(), Arc::new(entry));
+        entries.insert(entry.check.key.clone(), Arc::new(entry));
     }
 
     /// Drops a client's entry.
@@ -284,17 +286,17 @@ impl AuthCache {
 }
 
 /// As [`authenticate`], answered from `cache` when the client authenticated before with the
-/// same secret. A cached answer comes with the [`ClientCheck`] its audit record must pass;
+/// same secret. A cached answer comes with the [`Precondition`] its audit record must pass;
 /// an answer read from the database comes with none, and refreshes the cache.
 pub async fn authenticate_cached(
     store: &Store,
     cache: &AuthCache,
     client_id: &str,
     secret: &ClientSecret,
-) -> Result<Option<(ClientRecord, Option<ClientCheck>)>, StoreError> {
+) -> Result<Option<(ClientRecord, Option<Precondition>)>, StoreError> {
     let presented = hash_secret(secret.expose());
     if let Some(hit) = cache.get(client_id) {
-        let equal: bool = presented.as_bytes().ct_eq(hit.check.secret_hash.as_bytes()).into();
+        let equal: bool = presented.as_bytes().ct_eq(hit.secret_hash.as_bytes()).into();
         if equal && !hit.record.disabled {
             return Ok(Some((hit.record.clone(), Some(hit.check.clone()))));
         }
@@ -308,13 +310,54 @@ pub async fn authenticate_cached(
     let equal: bool = presented.as_bytes().ct_eq(stored.as_bytes()).into();
     match record {
         Some(r) if equal && !r.disabled => {
-            let check = ClientCheck { client_id: client_id.to_owned(), secret_hash: stored, updated_at };
-            cache.put(CachedClient { record: r.clone(), check });
+            let check = Precondition { key: client_id.to_owned(), fingerprint: fingerprint(&stored, updated_at) };
+            cache.put(CachedClient { record: r.clone(), secret_hash: stored, check });
             Ok(Some((r, None)))
         }
         _ => {
             cache.forget(client_id);
             Ok(None)
         }
+    }
+}
+
+/// What a client's row says that a cached authentication relies on: its secret hash and when
+/// it last changed. A disabled client has none.
+fn fingerprint(secret_hash: &str, updated_at: i64) -> String {
+    format!("{secret_hash}:{updated_at}")
+}
+
+/// Reads clients' fingerprints inside the audit writer's transaction, so a token's record
+/// commits only if its client is still enabled, with the same secret, unchanged since it was
+/// authenticated from memory.
+#[derive(Debug, Default)]
+pub struct ClientPreconditions;
+
+impl PreconditionReader for ClientPreconditions {
+    fn read_sqlite(&self, conn: &rusqlite::Connection, keys: &[&str]) -> Result<HashMap<String, String>, StoreError> {
+        use rusqlite::OptionalExtension;
+        let mut stmt =
+            conn.prepare_cached("SELECT secret_hash, disabled, updated_at FROM clients WHERE client_id = ?1")?;
+        let mut out = HashMap::with_capacity(keys.len());
+        for key in keys {
+            let row = stmt
+                .query_row([key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+                .optional()?;
+            if let Some((hash, 0, updated_at)) = row {
+                out.insert((*key).to_owned(), fingerprint(&hash, updated_at));
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_any<'a>(&'a self, conn: &'a mut sqlx::AnyConnection, keys: &'a [&'a str]) -> Fingerprints<'a> {
+        Box::pin(async move {
+            let states = rows::auth_states(conn, keys).await?;
+            Ok(states
+                .into_iter()
+                .filter(|(_, s)| !s.disabled)
+                .map(|(id, s)| (id, fingerprint(&s.secret_hash, s.updated_at)))
+                .collect())
+        })
     }
 }

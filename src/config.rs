@@ -90,6 +90,9 @@ pub struct Config {
     /// Time a connection may stay open with no request in progress between two requests
     /// (HTTP/1.1 keep-alive and HTTP/2 alike), seconds.
     pub idle_timeout_secs: u64,
+    /// How often, at most, the broker signs a checkpoint of the audit chain's head while
+    /// records are added, seconds (1 to 60; design §16).
+    pub audit_checkpoint_secs: u64,
     /// Most connections served at once; more are closed on arrival.
     pub max_connections: usize,
     /// Most connections served at once from one address (one IPv6 /64); more are closed on
@@ -132,6 +135,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     header_read_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    audit_checkpoint_secs: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_address: Option<usize>,
     jwks_max_age_secs: Option<u64>,
@@ -147,7 +151,7 @@ struct FileConfig {
 }
 
 /// The environment variables read, with the file key each one overrides.
-pub const ENV_VARS: [(&str, &str); 20] = [
+pub const ENV_VARS: [(&str, &str); 21] = [
     ("TESSERA_LISTEN", "listen"),
     ("TESSERA_DATABASE_URL", "database_url"),
     ("TESSERA_KEYS_DIR", "keys_dir"),
@@ -158,6 +162,7 @@ pub const ENV_VARS: [(&str, &str); 20] = [
     ("TESSERA_MAX_BODY_BYTES", "max_body_bytes"),
     ("TESSERA_HEADER_READ_TIMEOUT_SECS", "header_read_timeout_secs"),
     ("TESSERA_IDLE_TIMEOUT_SECS", "idle_timeout_secs"),
+    ("TESSERA_AUDIT_CHECKPOINT_SECS", "audit_checkpoint_secs"),
     ("TESSERA_MAX_CONNECTIONS", "max_connections"),
     ("TESSERA_MAX_CONNECTIONS_PER_ADDRESS", "max_connections_per_address"),
     ("TESSERA_JWKS_MAX_AGE_SECS", "jwks_max_age_secs"),
@@ -183,6 +188,7 @@ impl Default for Config {
             max_body_bytes: 16 * 1024,
             header_read_timeout_secs: 10,
             idle_timeout_secs: 75,
+            audit_checkpoint_secs: 60,
             max_connections: 1024,
             max_connections_per_address: 64,
             jwks_max_age_secs: 300,
@@ -276,6 +282,9 @@ impl Config {
         if let Some(v) = file.idle_timeout_secs {
             c.idle_timeout_secs = v;
         }
+        if let Some(v) = file.audit_checkpoint_secs {
+            c.audit_checkpoint_secs = v;
+        }
         if let Some(v) = file.max_connections {
             c.max_connections = v;
         }
@@ -342,6 +351,7 @@ impl Config {
                 "TESSERA_MAX_BODY_BYTES" => self.max_body_bytes = parse_env(name, v)?,
                 "TESSERA_HEADER_READ_TIMEOUT_SECS" => self.header_read_timeout_secs = parse_env(name, v)?,
                 "TESSERA_IDLE_TIMEOUT_SECS" => self.idle_timeout_secs = parse_env(name, v)?,
+                "TESSERA_AUDIT_CHECKPOINT_SECS" => self.audit_checkpoint_secs = parse_env(name, v)?,
                 "TESSERA_MAX_CONNECTIONS" => self.max_connections = parse_env(name, v)?,
                 "TESSERA_MAX_CONNECTIONS_PER_ADDRESS" => self.max_connections_per_address = parse_env(name, v)?,
                 "TESSERA_JWKS_MAX_AGE_SECS" => self.jwks_max_age_secs = parse_env(name, v)?,
@@ -408,6 +418,9 @@ impl Config {
         }
         if self.idle_timeout_secs == 0 || self.max_connections_per_address == 0 {
             return Err(ConfigError("idle_timeout_secs and max_connections_per_address must be positive".into()));
+        }
+        if !(1..=60).contains(&self.audit_checkpoint_secs) {
+            return Err(ConfigError("audit_checkpoint_secs must be from 1 to 60 (design §16)".into()));
         }
         if self.failed_auth_per_minute == 0 {
             return Err(ConfigError("failed_auth_per_minute must be at least 1".into()));

@@ -241,11 +241,18 @@ pub fn audit_verify(dir: &Path, database_url: &str) -> (bool, String) {
 
 /// Starts `tessera serve` (the release binary) on core 0 with the shipped defaults, apart
 /// from address, database and keys.
-pub fn start_broker(pin: &Pinning, dir: &Path, database_url: &str, name: &str) -> anyhow::Result<Server> {
+pub fn start_broker(
+    pin: &Pinning,
+    dir: &Path,
+    database_url: &str,
+    name: &str,
+    extra_env: &[(&str, &str)],
+) -> anyhow::Result<Server> {
     let addr = free_addr()?;
     let log = dir.join(format!("{name}.log"));
     let mut cmd = pin.command(0, &tessera_bin());
     broker_env(&mut cmd, dir, database_url);
+    cmd.envs(extra_env.iter().copied());
     cmd.arg("serve")
         .env("TESSERA_LISTEN", addr.to_string())
         .env("TESSERA_ISSUER", format!("http://{addr}"))

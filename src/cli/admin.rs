@@ -7,7 +7,6 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::Failure;
-use crate::audit::{self, ChainReport};
 use crate::clients::{self, NewClient};
 use crate::config::Config;
 use crate::domain::{Action, CallerKind, ClientId, Scope, TenantId, WorkspaceId};
@@ -72,19 +71,11 @@ pub(super) enum KeysCmd {
     Rotate,
 }
 
-#[derive(Debug, Subcommand)]
-pub(super) enum AuditCmd {
-    /// Recompute every hash; exit 1 naming the first bad record.
-    Verify,
-    /// Write every record as JSON lines on stdout.
-    Export,
-}
-
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     crate::server::Clock::default().now()
 }
 
-fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
+pub(super) fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{v}")?;
     Ok(())
@@ -200,38 +191,4 @@ pub(super) async fn keys(config: &Config, cmd: KeysCmd) -> Result<(), Failure> {
     }
     store.close().await;
     Ok(())
-}
-
-pub(super) async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Failure> {
-    let store = Store::open(&config.database_url).await?;
-    let result = match cmd {
-        AuditCmd::Verify => match audit::verify(&store).await? {
-            ChainReport::Intact { records } => {
-                println!("audit chain intact: {records} records");
-                let passkeys = crate::passkeys::verify_decisions(&store, &config.passkey_rp_id)
-                    .await
-                    .map_err(|e| Failure(format!("passkey decisions: {e}")))?;
-                println!("passkey decisions verified: {passkeys}");
-                Ok(())
-            }
-            ChainReport::Broken { seq, reason } => {
-                Err(Failure(format!("audit chain broken at record {seq}: {reason}")))
-            }
-        },
-        AuditCmd::Export => {
-            let mut after = 0;
-            let mut out = std::io::stdout().lock();
-            loop {
-                let page = audit::read_page(&store, after, 1000).await?;
-                let Some(last) = page.last() else { break };
-                after = last.seq;
-                for r in &page {
-                    writeln!(out, "{}", serde_json::to_string(r)?)?;
-                }
-            }
-            Ok(())
-        }
-    };
-    store.close().await;
-    result
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod approvals;
+mod audit;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,9 +35,9 @@ enum Command {
     /// List and rotate signing keys (acts on the database and keys folder directly).
     #[command(subcommand)]
     Keys(admin::KeysCmd),
-    /// Verify or export the audit log.
+    /// Verify, export or archive the audit log (acts on the database directly).
     #[command(subcommand)]
-    Audit(admin::AuditCmd),
+    Audit(audit::AuditCmd),
     /// Apply the database schema.
     Migrate,
     /// List, show, approve and deny approvals over HTTP, as an operator
@@ -108,7 +109,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Audit(cmd) => {
             init_logging(&config, &env, "warn");
-            admin::audit(&config, cmd).await
+            audit::run(&config, cmd).await
         }
         Command::Approvals { server, command } => {
             init_logging(&config, &env, "warn");

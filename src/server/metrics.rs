@@ -20,7 +20,7 @@ use crate::store::approvals::Status;
 
 /// Every route template the broker serves, as axum matches them. Anything else (the
 /// fallback) is counted as `other`.
-pub const ROUTE_TEMPLATES: [&str; 33] = [
+pub const ROUTE_TEMPLATES: [&str; 34] = [
     "/.well-known/jwks.json",
     "/.well-known/oauth-authorization-server",
     "/oauth/token",
@@ -32,6 +32,7 @@ pub const ROUTE_TEMPLATES: [&str; 33] = [
     "/v1/approvals/{id}/withdraw",
     "/v1/capabilities/redeem",
     "/v1/revocations",
+    "/v1/audit/checkpoint",
     "/healthz",
     "/readyz",
     "/metrics",

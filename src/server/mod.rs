@@ -1,6 +1,7 @@
 //! The HTTP server: `app(state)` builds the router; [`Application`] binds and serves it.
 
 mod approvals;
+pub mod audit;
 pub mod auth;
 pub mod connection;
 mod console;
@@ -65,6 +66,7 @@ struct Inner {
     store: Store,
     keys: KeyRing,
     audit: AuditWriter,
+    client_cache: crate::clients::AuthCache,
     clock: Clock,
     verifier: crate::verify::Policy,
     notifier: Arc<Notifier>,
@@ -80,7 +82,7 @@ impl AppState {
     pub async fn open(config: Config, clock: Clock) -> anyhow::Result<AppState> {
         let store = Store::open(&config.database_url).await?;
         let keys = KeyRing::load(store.clone(), &config.keys_dir, clock.now()).await?;
-        let audit = AuditWriter::start(store.clone());
+        let audit = AuditWriter::start(store.clone(), Arc::new(crate::clients::ClientPreconditions));
         let mut verifier = crate::verify::Policy::new(config.issuer.clone(), config.audience.clone());
         verifier.leeway_secs = config.leeway_secs;
         let notifier = Arc::new(Notifier::new(config.webhooks.clone(), Duration::from_millis(500)));
@@ -94,6 +96,7 @@ impl AppState {
                 store,
                 keys,
                 audit,
+                client_cache: crate::clients::AuthCache::default(),
                 clock,
                 verifier,
                 notifier,
@@ -120,6 +123,11 @@ impl AppState {
     /// The group-commit audit writer.
     pub fn audit(&self) -> &AuditWriter {
         &self.inner.audit
+    }
+    /// The clients authenticated from memory, whose tokens' audit records carry a
+    /// precondition the writer checks at commit (see [`crate::clients::authenticate_cached`]).
+    pub fn client_cache(&self) -> &crate::clients::AuthCache {
+        &self.inner.client_cache
     }
     /// The clock.
     pub fn clock(&self) -> &Clock {
@@ -164,6 +172,7 @@ pub fn app(state: AppState) -> Router {
         .merge(oauth::routes())
         .merge(health::routes())
         .merge(approvals::routes())
+        .merge(audit::routes())
         .merge(console::routes())
         .merge(tokens::routes())
         .merge(metrics::routes())
@@ -251,6 +260,9 @@ impl Application {
         clock: Clock,
     ) -> anyhow::Result<Application> {
         let state = AppState::open(config, clock).await?;
+        // A checkpoint at start: of the head the last run left, should it have stopped
+        // without signing one.
+        audit::sign_checkpoint(&state).await?;
         Ok(Application { listener, state })
     }
 
@@ -288,6 +300,7 @@ impl Application {
         let config = self.state.config().clone();
         let router = app(self.state.clone());
         let background = tokio::spawn(background(self.state.clone()));
+        let checkpoints = tokio::spawn(audit::checkpoints(self.state.clone()));
         let limits = connection::Deadlines {
             header: Duration::from_secs(config.header_read_timeout_secs),
             idle: Duration::from_secs(config.idle_timeout_secs),
@@ -366,6 +379,11 @@ impl Application {
             tracing::warn!("connections still open after 10 s; closing them");
         }
         background.abort();
+        checkpoints.abort();
+        // A checkpoint on shutdown, once every answered request's record is committed.
+        if let Err(e) = audit::sign_checkpoint(&self.state).await {
+            tracing::warn!(error = %e, "signing the shutdown audit checkpoint failed");
+        }
         self.state.store().close().await;
         Ok(())
     }

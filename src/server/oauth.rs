@@ -14,7 +14,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 
 use super::{ApiError, ApiResult, AppState};
-use crate::audit::{AuditEvent, CheckedError, ClientCheck};
+use crate::audit::{AuditEvent, CheckedError, Precondition};
 use crate::clients::{self, ClientSecret};
 use crate::domain::ScopeSet;
 use crate::store::clients::ClientRecord;
@@ -144,14 +144,14 @@ pub(super) async fn authenticate(
 }
 
 /// As [`authenticate`]; with `cached`, a client that authenticated before with the same
-/// secret is answered from memory, with the [`ClientCheck`] its token's audit record must
+/// secret is answered from memory, with the [`Precondition`] its token's audit record must
 /// pass at commit.
 async fn authenticate_with(
     state: &AppState,
     creds: &PresentedCredentials,
     peer: Option<std::net::IpAddr>,
     cached: bool,
-) -> ApiResult<(ClientRecord, Option<ClientCheck>)> {
+) -> ApiResult<(ClientRecord, Option<Precondition>)> {
     let keys = super::ratelimit::auth_keys(&creds.client_id, peer);
     let keys = [keys[0].as_str(), keys[1].as_str()];
     if let Some(wait) = state.auth_failures().blocked(&keys) {
@@ -168,7 +168,7 @@ async fn check_credentials(
     state: &AppState,
     creds: &PresentedCredentials,
     cached: bool,
-) -> ApiResult<(ClientRecord, Option<ClientCheck>)> {
+) -> ApiResult<(ClientRecord, Option<Precondition>)> {
     let failed = || ApiError::invalid_client("client authentication failed");
     if creds.client_id.is_empty()
         || creds.client_id.len() > MAX_CREDENTIAL_LEN
@@ -177,7 +177,7 @@ async fn check_credentials(
         return Err(failed());
     }
     let found = if cached {
-        let cache = state.audit().client_cache();
+        let cache = state.client_cache();
         clients::authenticate_cached(state.store(), cache, &creds.client_id, &creds.secret).await?
     } else {
         clients::authenticate(state.store(), &creds.client_id, &creds.secret).await?.map(|c| (c, None))
@@ -279,7 +279,7 @@ async fn issue_checked(
     grant: &str,
     detail: serde_json::Value,
     now: i64,
-    check: Option<ClientCheck>,
+    check: Option<Precondition>,
 ) -> ApiResult<Option<Response>> {
     let token = state.keys().signer().sign_access(&claims).map_err(|e| ApiError::internal(&e))?;
     let mut facts = json!({
@@ -458,7 +458,7 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
             }
             // The client changed since it was cached (disabled, secret rotated): answer as
             // the database says now.
-            state.audit().client_cache().forget(&creds.client_id);
+            state.client_cache().forget(&creds.client_id);
             let (client, _) = authenticate_with(&state, &creds, peer, false).await?;
             let scopes = select_scopes(&state, &client, form.get("scope"))?;
             let claims = client_claims(&state, &client, &scopes, now)?;

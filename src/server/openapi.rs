@@ -170,6 +170,14 @@ pub const OPERATIONS: &[Operation] = &[
         None,
         &[("200", "application/jwt", "Jws"), ("400", JSON, "Error"), ("401", JSON, "Error"), ("403", JSON, "Error")],
     ),
+    op(
+        "get",
+        "/v1/audit/checkpoint",
+        "The latest signed checkpoint of the audit chain's head, for operator and service clients",
+        Auth::Bearer,
+        None,
+        &[("200", JSON, "AuditCheckpoint"), ("401", JSON, "Error"), ("403", JSON, "Error"), ("404", JSON, "Error")],
+    ),
     op("get", "/healthz", "Liveness", Auth::None, None, &[("200", JSON, "Health")]),
     op(
         "get",
@@ -360,6 +368,10 @@ fn schemas() -> Value {
         "Text": {"type": "string"},
         "Html": {"type": "string"},
         "Jws": {"type": "string", "description": "A compact JWS, typ revocations+jwt"},
+        "AuditCheckpoint": object(&["checkpoint"], json!({"checkpoint": {
+            "type": "string",
+            "description": "A compact JWS, typ audit-checkpoint+jwt, with claims iss, iat, seq, hash, count",
+        }})),
         "Jwks": object(&["keys"], json!({"keys": {"type": "array", "items": object(
             &["kty", "crv", "x", "kid", "alg", "use"],
             json!({"kty": {"const": "OKP"}, "crv": {"const": "Ed25519"}, "x": string(), "kid": string(),

@@ -5,6 +5,7 @@
 
 mod approvals;
 mod attacks;
+mod checkpoints;
 mod connections;
 mod console;
 mod foundation;
