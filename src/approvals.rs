@@ -247,7 +247,6 @@ pub fn capability_token(row: &ApprovalRow, issuing: Issuing<'_>, now: i64) -> Re
 
 /// Creates an approval request for `caller`, or, for an install client allowed to, an
 /// audited bypass that is approved at once.
-#[allow(clippy::too_many_arguments)] // each is a distinct fact of the request; a struct would only rename them
 pub async fn request(
     store: &Store,
     policy: &Policy,
