@@ -258,10 +258,12 @@ async fn approval_round_trips(
     let mut i = 0u64;
     while start.elapsed() < budget && i < 2000 {
         i += 1;
-        let params = json!({"key": format!("K{i}"), "value": {"length": 51}});
+        let params =
+            tessera::verify::presented(&json!({"key": format!("K{i}"), "value": "sk-bench-value"}), &["value"])?;
         let body = json!({
             "action": "secret_write",
             "resource": format!("workspaces/ws-bench/secrets/K{i}"),
+            "params": params,
             "params_digest": tessera::verify::params_digest(&params).to_string(),
             "summary": {"key": format!("K{i}")},
             "reason": "benchmark",
