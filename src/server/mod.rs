@@ -75,6 +75,7 @@ struct Inner {
     passkey_challenges: Option<ratelimit::RequestLimiter>,
     metrics: metrics::Metrics,
     rotation: tokio::sync::Mutex<()>,
+    federation: crate::federation::Federation,
 }
 
 impl AppState {
@@ -90,6 +91,8 @@ impl AppState {
         let token_requests = ratelimit::RequestLimiter::new(config.token_requests_per_minute);
         // Anonymous passkey sign-in challenges, per peer address: each is a stored row.
         let passkey_challenges = ratelimit::RequestLimiter::new(60);
+        let federation =
+            crate::federation::Federation::new(&config.federation, config.leeway_secs).map_err(anyhow::Error::msg)?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
@@ -105,6 +108,7 @@ impl AppState {
                 passkey_challenges,
                 metrics: metrics::Metrics::default(),
                 rotation: tokio::sync::Mutex::new(()),
+                federation,
             }),
         })
     }
@@ -128,6 +132,10 @@ impl AppState {
     /// precondition the writer checks at commit (see [`crate::clients::authenticate_cached`]).
     pub fn client_cache(&self) -> &crate::clients::AuthCache {
         &self.inner.client_cache
+    }
+    /// The trusted issuers of workload identities (design §14).
+    pub fn federation(&self) -> &crate::federation::Federation {
+        &self.inner.federation
     }
     /// The clock.
     pub fn clock(&self) -> &Clock {
