@@ -163,6 +163,7 @@ fn in_process(budget: Duration) -> InProcess {
         caller_kind: CallerKind::Agent,
         workspace: None,
         act: None,
+        cnf: None,
     };
     let token = signer.sign_access(&claims).unwrap();
     let signing_input_len = token.rfind('.').unwrap();

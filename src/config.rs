@@ -107,6 +107,10 @@ pub struct Config {
     pub console_session_secs: i64,
     /// Rotate this replica's signing key every this many days; 0 turns the schedule off.
     pub key_rotation_days: u32,
+    /// Whether the token endpoint requires a server nonce in DPoP proofs (RFC 9449 §8).
+    pub dpop_nonce: bool,
+    /// How long a DPoP nonce stays good, seconds (10 to 3600).
+    pub dpop_nonce_secs: u64,
     /// Webhooks told of each new pending approval.
     pub webhooks: Vec<WebhookConfig>,
     /// The policy.
@@ -135,12 +139,14 @@ struct FileConfig {
     token_requests_per_minute: Option<u32>,
     console_session_secs: Option<i64>,
     key_rotation_days: Option<u32>,
+    dpop_nonce: Option<bool>,
+    dpop_nonce_secs: Option<u64>,
     webhooks: Option<Vec<WebhookConfig>>,
     policy: Option<PolicyFile>,
 }
 
 /// The environment variables read, with the file key each one overrides.
-pub const ENV_VARS: [(&str, &str); 18] = [
+pub const ENV_VARS: [(&str, &str); 20] = [
     ("TESSERA_LISTEN", "listen"),
     ("TESSERA_DATABASE_URL", "database_url"),
     ("TESSERA_KEYS_DIR", "keys_dir"),
@@ -159,6 +165,8 @@ pub const ENV_VARS: [(&str, &str); 18] = [
     ("TESSERA_TOKEN_REQUESTS_PER_MINUTE", "token_requests_per_minute"),
     ("TESSERA_CONSOLE_SESSION_SECS", "console_session_secs"),
     ("TESSERA_KEY_ROTATION_DAYS", "key_rotation_days"),
+    ("TESSERA_DPOP_NONCE", "dpop_nonce"),
+    ("TESSERA_DPOP_NONCE_SECS", "dpop_nonce_secs"),
 ];
 
 impl Default for Config {
@@ -182,6 +190,8 @@ impl Default for Config {
             token_requests_per_minute: 0,
             console_session_secs: 8 * 3600,
             key_rotation_days: 0,
+            dpop_nonce: false,
+            dpop_nonce_secs: 300,
             webhooks: Vec::new(),
             policy: Policy::default(),
         }
@@ -266,6 +276,12 @@ impl Config {
         if let Some(v) = file.key_rotation_days {
             c.key_rotation_days = v;
         }
+        if let Some(v) = file.dpop_nonce {
+            c.dpop_nonce = v;
+        }
+        if let Some(v) = file.dpop_nonce_secs {
+            c.dpop_nonce_secs = v;
+        }
         if let Some(w) = file.webhooks {
             c.webhooks = w;
         }
@@ -310,6 +326,8 @@ impl Config {
                 "TESSERA_TOKEN_REQUESTS_PER_MINUTE" => self.token_requests_per_minute = parse_env(name, v)?,
                 "TESSERA_CONSOLE_SESSION_SECS" => self.console_session_secs = parse_env(name, v)?,
                 "TESSERA_KEY_ROTATION_DAYS" => self.key_rotation_days = parse_env(name, v)?,
+                "TESSERA_DPOP_NONCE" => self.dpop_nonce = parse_env(name, v)?,
+                "TESSERA_DPOP_NONCE_SECS" => self.dpop_nonce_secs = parse_env(name, v)?,
                 _ => {}
             }
         }
@@ -355,6 +373,9 @@ impl Config {
         }
         if !(60..=7 * 24 * 3600).contains(&self.console_session_secs) {
             return Err(ConfigError("console_session_secs must be between 60 and 604800 (7 days)".into()));
+        }
+        if !(10..=3600).contains(&self.dpop_nonce_secs) {
+            return Err(ConfigError("dpop_nonce_secs must be between 10 and 3600".into()));
         }
         Ok(())
     }

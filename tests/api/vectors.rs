@@ -135,6 +135,7 @@ fn caller(sub: &str, tenant: &str, actors: &[String]) -> AccessClaims {
         caller_kind: CallerKind::Agent,
         workspace: None,
         act,
+        cnf: None,
     }
 }
 

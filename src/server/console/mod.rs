@@ -653,6 +653,7 @@ mod tests {
             caller_kind: CallerKind::Operator,
             workspace: None,
             act: None,
+            cnf: None,
         }
     }
 
@@ -680,6 +681,7 @@ mod tests {
             redeemed_by: None,
             params: None,
             act: None,
+            cnf_jkt: None,
             decisions: Vec::new(),
         }
     }
