@@ -7,6 +7,7 @@ mod approvals;
 mod attacks;
 mod connections;
 mod console;
+mod dpop;
 mod foundation;
 mod gate;
 mod helpers;
