@@ -518,6 +518,21 @@ impl DpopKey {
         Self::from_pkcs8_es256(doc.as_ref())
     }
 
+    /// An Ed25519 key from a 32-byte seed. For reproducible test vectors: a runtime uses
+    /// [`DpopKey::generate_ed25519`].
+    pub fn from_ed25519_seed(seed: &[u8; 32]) -> Result<DpopKey, DpopError> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| DpopError::Key("not an Ed25519 seed"))?;
+        let x = pair.public_key().as_ref().to_vec();
+        let jwk = json!({ "kty": "OKP", "crv": "Ed25519", "x": b64::encode(&x) });
+        Ok(DpopKey {
+            key: SigningKey::Ed25519(pair),
+            alg: "EdDSA",
+            jwk,
+            jkt: ed25519_thumbprint(&x),
+            rng: SystemRandom::new(),
+        })
+    }
+
     /// An Ed25519 key from its PKCS#8 document.
     pub fn from_pkcs8_ed25519(der: &[u8]) -> Result<DpopKey, DpopError> {
         let pair = Ed25519KeyPair::from_pkcs8(der).map_err(|_| DpopError::Key("not an Ed25519 PKCS#8 key"))?;
