@@ -191,6 +191,7 @@ pub fn capability_token(row: &ApprovalRow, issuing: Issuing<'_>, now: i64) -> Re
 
 /// Creates an approval request for `caller`, or, for an install client allowed to, an
 /// audited bypass that is approved at once.
+#[allow(clippy::too_many_arguments)] // the request and each party of it, and the time
 pub async fn request(
     store: &Store,
     policy: &Policy,

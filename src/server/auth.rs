@@ -136,7 +136,7 @@ pub(super) async fn requester_of(
     if claims.tenant != service.claims.tenant {
         return Err(unusable("it belongs to another tenant"));
     }
-    caller_of(state, claims).await.map_err(|e| unusable(&format!("{}", e.code())))
+    caller_of(state, claims).await.map_err(|e| unusable(e.code()))
 }
 
 /// A JSON body: `application/json`, bounded, an object with no duplicate members, then
