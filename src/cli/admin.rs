@@ -41,6 +41,9 @@ pub(super) enum ClientsCmd {
         /// it (RFC 8693 delegation; repeatable).
         #[arg(long = "delegate", value_name = "CLIENT_ID")]
         delegates: Vec<ClientId>,
+        /// Issue tokens to this client only with a DPoP proof, bound to the proof's key.
+        #[arg(long = "require-dpop")]
+        require_dpop: bool,
         /// A workload identity that authenticates this client instead of a secret: the
         /// issuer (one of `[[federation]]`) and the subject of its tokens (repeatable). The
         /// client then has no secret.
@@ -106,8 +109,8 @@ pub(super) async fn clients(config: &Config, cmd: ClientsCmd) -> Result<(), Fail
 
 async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<(), Failure> {
     match cmd {
-        ClientsCmd::Create { tenant, kind, name, workspace, scopes, allow_bypass, delegates, federated } => {
-            let new = NewClient { tenant, kind, name, workspace, scopes, allow_bypass, delegates };
+        ClientsCmd::Create { tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop, federated } => {
+            let new = NewClient { tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop };
             for id in &federated {
                 if !config.federation.iter().any(|f| f.issuer == id.issuer) {
                     return Err(Failure(format!(
@@ -133,6 +136,7 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
                 "scope": c.scopes.to_string(),
                 "allow_bypass": c.allow_bypass,
                 "delegates": c.delegates,
+                "require_dpop": c.require_dpop,
             }))
         }
         ClientsCmd::List => {
