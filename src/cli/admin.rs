@@ -109,7 +109,17 @@ pub(super) async fn clients(config: &Config, cmd: ClientsCmd) -> Result<(), Fail
 
 async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<(), Failure> {
     match cmd {
-        ClientsCmd::Create { tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop, federated } => {
+        ClientsCmd::Create {
+            tenant,
+            kind,
+            name,
+            workspace,
+            scopes,
+            allow_bypass,
+            delegates,
+            require_dpop,
+            federated,
+        } => {
             let new = NewClient { tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop };
             for id in &federated {
                 if !config.federation.iter().any(|f| f.issuer == id.issuer) {

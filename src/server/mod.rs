@@ -8,6 +8,7 @@ mod console;
 pub mod dpop;
 pub mod error;
 mod health;
+pub mod jwt_bearer;
 pub mod metrics;
 pub mod oauth;
 pub mod openapi;
