@@ -62,6 +62,12 @@ pub(super) enum ClientsCmd {
         /// Client id.
         id: String,
     },
+    /// Issue a one-time code with which an operator enrols its first passkey in the console
+    /// (valid 30 minutes). Without it, an operator secret alone never enrols an authenticator.
+    PasskeyEnrolment {
+        /// Client id.
+        id: String,
+    },
     /// Remove every passkey of an operator (one lost its authenticator): it enrols again after
     /// signing in with its secret. The removed keys stay stored to verify past decisions.
     RemovePasskeys {
@@ -184,6 +190,37 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
         ClientsCmd::RotateSecret { id } => {
             let (c, secret) = clients::rotate_secret(store, &id, "cli", now()).await?;
             print_json(&json!({ "client_id": c.client_id, "client_secret": secret.expose() }))
+        }
+        ClientsCmd::PasskeyEnrolment { id } => {
+            let Some(c) =
+                crate::store::clients::get(store, &id).await?.filter(|c| c.kind == crate::domain::CallerKind::Operator)
+            else {
+                return Err(Failure(format!("no operator client {id}")));
+            };
+            let mut raw = [0u8; 15];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+                .map_err(|_| Failure("no randomness".into()))?;
+            let code = crate::token::b64::encode(&raw);
+            let t = now();
+            let row = crate::store::passkeys::ChallengeRow {
+                challenge: crate::server::console_enrolment_key(&code),
+                purpose: "enrol_code".into(),
+                client_id: Some(id.clone()),
+                expires_at: t + 1800,
+                ..Default::default()
+            };
+            crate::store::passkeys::insert_challenge(store, &row, t).await?;
+            let mut tx = store.begin_write().await?;
+            let event = crate::audit::AuditEvent::new(
+                "passkey.enrolment_issued",
+                "cli",
+                c.tenant.as_str(),
+                &id,
+                json!({ "expires_at": row.expires_at }),
+            );
+            crate::audit::append(&mut tx, store.backend(), &[event], t).await?;
+            tx.commit().await.map_err(crate::store::StoreError::from)?;
+            print_json(&json!({ "client_id": id, "enrolment_code": code, "expires_at": row.expires_at }))
         }
         ClientsCmd::RemovePasskeys { id } => {
             let Some(c) = crate::store::clients::get(store, &id).await? else {
