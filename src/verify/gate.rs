@@ -123,6 +123,7 @@ struct GateInner {
     http: reqwest::Client,
     clock: Box<Clock>,
     public_url: std::sync::OnceLock<String>,
+    scopes_supported: std::sync::OnceLock<Vec<String>>,
 }
 
 /// The shared gate: one per resource server, cloned into each route's layer.
@@ -163,6 +164,7 @@ impl Gate {
             http,
             clock: Box::new(clock),
             public_url: std::sync::OnceLock::new(),
+            scopes_supported: std::sync::OnceLock::new(),
         }))
     }
 
@@ -188,9 +190,50 @@ impl Gate {
         }
     }
 
+    /// The scopes this resource server's routes ask for, listed in its protected-resource
+    /// metadata (RFC 9728). Set once; false if it was already set.
+    pub fn set_scopes_supported(&self, scopes: &[&str]) -> bool {
+        self.0.scopes_supported.set(scopes.iter().map(|s| (*s).to_owned()).collect()).is_ok()
+    }
+
+    /// The protected-resource metadata (RFC 9728 §2): `resource` (the public URL, see
+    /// [`Gate::set_public_url`]), `authorization_servers` (the broker's issuer),
+    /// `scopes_supported`, `bearer_methods_supported` and `dpop_signing_alg_values_supported`.
+    pub fn resource_metadata(&self) -> Value {
+        json!({
+            "resource": self.public_url(),
+            "authorization_servers": [self.0.verifier.policy().issuer],
+            "scopes_supported": self.0.scopes_supported.get().cloned().unwrap_or_default(),
+            "bearer_methods_supported": ["header"],
+            "dpop_signing_alg_values_supported": dpop::DPOP_ALGS,
+        })
+    }
+
+    /// Where the metadata is served: the public URL and [`RESOURCE_METADATA_PATH`].
+    pub fn resource_metadata_url(&self) -> String {
+        format!("{}{RESOURCE_METADATA_PATH}", self.public_url())
+    }
+
+    fn public_url(&self) -> String {
+        self.0.public_url.get().cloned().unwrap_or_else(|| "http://localhost".to_owned())
+    }
+
+    /// A router serving `GET /.well-known/oauth-protected-resource`, to merge into the
+    /// resource server's own; it needs no token.
+    pub fn metadata_routes<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        let gate = self.clone();
+        axum::Router::new().route(
+            RESOURCE_METADATA_PATH,
+            axum::routing::get(move || {
+                let body = gate.resource_metadata();
+                async move { axum::Json(body) }
+            }),
+        )
+    }
+
     /// A layer that only requires a valid access token.
     pub fn authenticated(&self) -> GateLayer {
-        GateLayer { gate: self.clone(), rule: None }
+        GateLayer { gate: self.clone(), rule: None, scope: None }
     }
 
     /// A layer for a gated route: `action`, and the resource derived from each request
@@ -207,6 +250,7 @@ impl Gate {
                 resource: Arc::new(resource),
                 secret_fields: Vec::new(),
             })),
+            scope: None,
         }
     }
 
@@ -221,6 +265,7 @@ impl Gate {
 pub struct GateLayer {
     gate: Gate,
     rule: Option<Arc<Rule>>,
+    scope: Option<Arc<str>>,
 }
 
 impl GateLayer {
@@ -235,14 +280,20 @@ impl GateLayer {
                 secret_fields: fields.iter().map(|f| (*f).to_owned()).collect(),
             })
         });
-        GateLayer { gate: self.gate, rule }
+        GateLayer { gate: self.gate, rule, scope: self.scope }
+    }
+
+    /// Requires `scope` of the caller's token: without it, `403 forbidden` with
+    /// `WWW-Authenticate: Bearer error="insufficient_scope", scope="…"` (RFC 6750 §3.1).
+    pub fn scope(self, scope: &str) -> GateLayer {
+        GateLayer { scope: Some(Arc::from(scope)), ..self }
     }
 }
 
 impl<S> Layer<S> for GateLayer {
     type Service = GateService<S>;
     fn layer(&self, inner: S) -> GateService<S> {
-        GateService { inner, gate: self.gate.clone(), rule: self.rule.clone() }
+        GateService { inner, gate: self.gate.clone(), rule: self.rule.clone(), scope: self.scope.clone() }
     }
 }
 
@@ -252,6 +303,7 @@ pub struct GateService<S> {
     inner: S,
     gate: Gate,
     rule: Option<Arc<Rule>>,
+    scope: Option<Arc<str>>,
 }
 
 impl<S> Service<Request<Body>> for GateService<S>
@@ -273,12 +325,30 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gate = self.gate.clone();
         let rule = self.rule.clone();
+        let scope = self.scope.clone();
         Box::pin(async move {
-            match gate.admit(req, rule.as_deref()).await {
+            match gate.admit(req, rule.as_deref(), scope.as_deref()).await {
                 Ok(req) => inner.call(req).await,
-                Err(res) => Ok(res),
+                Err(res) => Ok(gate.with_resource_metadata(res)),
             }
         })
+    }
+}
+
+/// Where a resource server's protected-resource metadata is served (RFC 9728 §3).
+pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+impl Gate {
+    /// Adds `resource_metadata` to a refusal's `WWW-Authenticate` challenge (RFC 9728 §5.1), so
+    /// a client can find from a 401 alone where to get a token.
+    fn with_resource_metadata(&self, mut res: Response) -> Response {
+        if let Some(challenge) = res.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()) {
+            let with = format!("{challenge}, resource_metadata=\"{}\"", self.resource_metadata_url());
+            if let Ok(v) = HeaderValue::from_str(&with) {
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        res
     }
 }
 
@@ -332,7 +402,12 @@ impl Acting {
 }
 
 impl Gate {
-    async fn admit(&self, req: Request<Body>, rule: Option<&Rule>) -> Result<Request<Body>, Response> {
+    async fn admit(
+        &self,
+        req: Request<Body>,
+        rule: Option<&Rule>,
+        scope: Option<&str>,
+    ) -> Result<Request<Body>, Response> {
         let g = &self.0;
         let (mut parts, body) = req.into_parts();
         let Some((scheme, token)) = headers_authorization(&parts.headers) else {
@@ -357,6 +432,16 @@ impl Gate {
         // A bound caller's credentials are good for this request only: at the broker the gate
         // acts as core's own service client.
         let bound = caller.cnf.is_some();
+        if let Some(needed) = scope
+            && !caller.has_scope(needed)
+        {
+            let mut res = error(StatusCode::FORBIDDEN, "forbidden", format!("the token lacks {needed}"));
+            let challenge = format!("Bearer error=\"insufficient_scope\", scope=\"{needed}\"");
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            return Err(res);
+        }
         let Some(rule) = rule else {
             parts.extensions.insert(Identity(caller));
             return Ok(Request::from_parts(parts, body));

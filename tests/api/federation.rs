@@ -423,3 +423,66 @@ async fn the_cli_registers_a_federated_client_and_lists_its_identity() {
     let out = crate::helpers::cli_on(&app.database_url, &app.keys_dir(), &app.base, &args, &env).await;
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test]
+async fn a_client_finds_the_broker_from_cores_401_alone() {
+    let broker = crate::helpers::spawn_app().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let core = format!("http://{}", listener.local_addr().unwrap());
+    let clock = broker.state.clock().clone();
+    let gate = tessera::verify::gate::Gate::with_clock(
+        tessera::verify::Verifier::for_issuer(&broker.base, "core"),
+        &broker.base,
+        move || clock.now(),
+    );
+    gate.set_public_url(&core);
+    let router = crate::gate::core_example::router(&gate, crate::gate::core_example::Effects::default());
+    tokio::spawn(async move { axum::serve(listener, router).await.ok() });
+    let http = reqwest::Client::new();
+    let metadata_url = format!("{core}/.well-known/oauth-protected-resource");
+
+    // 401 without a token, and with a bad one: the challenge names the metadata.
+    for token in [None, Some("not-a-token")] {
+        let mut req = http.get(format!("{core}/workspaces/ws-1"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.unwrap();
+        let challenge = res.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.starts_with("Bearer error=\"invalid_token\""), "{challenge}");
+        assert!(challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")), "{challenge}");
+        assert_error(res, 401, "invalid_token").await;
+    }
+    // From there: the metadata, then the broker's, then its token endpoint.
+    let meta: Value = http.get(&metadata_url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(meta["resource"], core);
+    assert_eq!(meta["authorization_servers"], json!([broker.base]));
+    assert_eq!(meta["bearer_methods_supported"], json!(["header"]));
+    assert_eq!(meta["dpop_signing_alg_values_supported"], json!(["EdDSA", "ES256"]));
+    assert!(meta["scopes_supported"].as_array().unwrap().contains(&json!("workspaces:read")));
+    let server = meta["authorization_servers"][0].as_str().unwrap();
+    let as_meta: Value = http
+        .get(format!("{server}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(as_meta["token_endpoint"], format!("{}/oauth/token", broker.base));
+
+    // A token without the route's scope: 403 with insufficient_scope and the scope needed.
+    let narrow = broker.create_client_with("acme", CallerKind::Agent, "narrow", None, &["approvals:create"], &[]).await;
+    let token = broker.access_token(&narrow).await;
+    let res = http.get(format!("{core}/workspaces/ws-1")).bearer_auth(&token).send().await.unwrap();
+    let challenge = res.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(challenge.contains("error=\"insufficient_scope\""), "{challenge}");
+    assert!(challenge.contains("scope=\"workspaces:read\""), "{challenge}");
+    assert!(challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")), "{challenge}");
+    assert_error(res, 403, "forbidden").await;
+    // With it, the route answers.
+    let wide = broker.create_client("acme", CallerKind::Agent, "wide").await;
+    let token = broker.access_token(&wide).await;
+    let res = http.get(format!("{core}/workspaces/ws-1")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
