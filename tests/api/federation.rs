@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock};
 
 use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use serde_json::{Value, json};
 use tessera::config::FederationConfig;
 use tessera::domain::CallerKind;
@@ -20,7 +20,12 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 enum Key {
     Ed(Ed25519KeyPair),
     Ec(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
 }
+
+/// A 2048-bit RSA key made for these tests only (`openssl genpkey -algorithm RSA`, PKCS#1 DER): ring signs
+/// with RSA keys but does not make them.
+const RSA_TEST_KEY: &[u8] = include_bytes!("../fixtures/rsa-2048-test-issuer.der");
 
 /// One signing key of the tiny issuer.
 struct IssuerKey {
@@ -41,10 +46,15 @@ impl IssuerKey {
         IssuerKey { kid: kid.into(), key: Key::Ec(key) }
     }
 
+    fn rs256(kid: &str) -> IssuerKey {
+        IssuerKey { kid: kid.into(), key: Key::Rsa(RsaKeyPair::from_der(RSA_TEST_KEY).unwrap()) }
+    }
+
     fn alg(&self) -> &'static str {
         match self.key {
             Key::Ed(_) => "EdDSA",
             Key::Ec(_) => "ES256",
+            Key::Rsa(_) => "RS256",
         }
     }
 
@@ -61,6 +71,13 @@ impl IssuerKey {
                     "kid": self.kid, "alg": "ES256", "use": "sig",
                 })
             }
+            Key::Rsa(k) => {
+                let c = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(k.public());
+                json!({
+                    "kty": "RSA", "n": b64::encode(&c.n), "e": b64::encode(&c.e),
+                    "kid": self.kid, "alg": "RS256", "use": "sig",
+                })
+            }
         }
     }
 
@@ -71,6 +88,11 @@ impl IssuerKey {
         let sig = match &self.key {
             Key::Ed(k) => k.sign(input.as_bytes()).as_ref().to_vec(),
             Key::Ec(k) => k.sign(&SystemRandom::new(), input.as_bytes()).unwrap().as_ref().to_vec(),
+            Key::Rsa(k) => {
+                let mut sig = vec![0u8; k.public().modulus_len()];
+                k.sign(&ring::signature::RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut sig).unwrap();
+                sig
+            }
         };
         format!("{input}.{}", b64::encode(&sig))
     }
@@ -162,12 +184,12 @@ async fn bearer_grant(app: &TestApp, assertion: &str, extra: &[(&str, &str)]) ->
 }
 
 #[tokio::test]
-async fn an_assertion_gets_the_registrations_token_with_eddsa_and_es256() {
-    let (ed, ec) = (IssuerKey::ed25519("ed-1"), IssuerKey::es256("ec-1"));
-    let issuer = Issuer::start(&[&ed, &ec]).await;
+async fn an_assertion_gets_the_registrations_token_with_eddsa_es256_and_rs256() {
+    let (ed, ec, rs) = (IssuerKey::ed25519("ed-1"), IssuerKey::es256("ec-1"), IssuerKey::rs256("rs-1"));
+    let issuer = Issuer::start(&[&ed, &ec, &rs]).await;
     let app = spawn_trusting(&issuer, &[]).await;
     let client_id = register(&app).await;
-    for (key, jti) in [(&ed, "a-1"), (&ec, "a-2")] {
+    for (key, jti) in [(&ed, "a-1"), (&ec, "a-2"), (&rs, "a-3")] {
         let res = bearer_grant(&app, &key.sign(&claims(&app, jti)), &[]).await;
         assert_eq!(res.status(), 200, "{}", key.alg());
         let body: Value = res.json().await.unwrap();
