@@ -116,20 +116,31 @@ pub(super) async fn page_(State(state): State<AppState>, headers: HeaderMap) -> 
     Ok(page(StatusCode::OK, pages::passkeys(&op, &keys, hint.as_deref(), !may_manage(&op, &keys), None)))
 }
 
-/// Step one of enrolment: the options for `navigator.credentials.create()`.
-pub(super) async fn enrol_options(State(state): State<AppState>, req: Request) -> Response {
-    let (headers, form) = match read_form(&state, req).await {
-        Ok(x) => x,
-        Err(_) => return refuse(StatusCode::BAD_REQUEST, "invalid_request", "the form could not be read"),
-    };
-    let op = match session::current(&state, &headers).await {
+/// The operator of a form posted from its own session (CSRF token and same site), and the form.
+async fn signed_in_form(
+    state: &AppState,
+    req: Request,
+) -> Result<(Operator, std::collections::HashMap<String, String>), Response> {
+    let (headers, form) = read_form(state, req)
+        .await
+        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "invalid_request", "the form could not be read"))?;
+    let op = match session::current(state, &headers).await {
         Ok(Some(op)) => op,
-        Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "invalid_token", "sign in first"),
-        Err(e) => return unavailable(&e),
+        Ok(None) => return Err(refuse(StatusCode::UNAUTHORIZED, "invalid_token", "sign in first")),
+        Err(e) => return Err(unavailable(&e)),
     };
     if cross_site(&headers) || !op.csrf_matches(form.get("csrf").map(String::as_str)) {
-        return refuse(StatusCode::FORBIDDEN, "forbidden", "the form did not come from this session");
+        return Err(refuse(StatusCode::FORBIDDEN, "forbidden", "the form did not come from this session"));
     }
+    Ok((op, form))
+}
+
+/// Step one of enrolment: the options for `navigator.credentials.create()`.
+pub(super) async fn enrol_options(State(state): State<AppState>, req: Request) -> Response {
+    let (op, form) = match signed_in_form(&state, req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
     let keys = match rows::of_client(state.store(), op.claims.sub.as_str()).await {
         Ok(k) => k,
         Err(e) => return unavailable(&e),
@@ -422,18 +433,10 @@ pub(super) async fn sign_in(State(state): State<AppState>, req: Request) -> Resp
 /// Options for a decision's assertion: the challenge commits to the approval id, its
 /// `params_digest` and the verdict.
 pub(super) async fn decision_options(State(state): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
-    let (headers, form) = match read_form(&state, req).await {
+    let (op, form) = match signed_in_form(&state, req).await {
         Ok(x) => x,
-        Err(_) => return refuse(StatusCode::BAD_REQUEST, "invalid_request", "the form could not be read"),
+        Err(r) => return r,
     };
-    let op = match session::current(&state, &headers).await {
-        Ok(Some(op)) => op,
-        Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "invalid_token", "sign in first"),
-        Err(e) => return unavailable(&e),
-    };
-    if cross_site(&headers) || !op.csrf_matches(form.get("csrf").map(String::as_str)) {
-        return refuse(StatusCode::FORBIDDEN, "forbidden", "the form did not come from this session");
-    }
     let decision = match form.get("decision").map(String::as_str) {
         Some(d @ ("approve" | "deny")) => d.to_owned(),
         _ => return refuse(StatusCode::BAD_REQUEST, "invalid_request", "decision must be approve or deny"),
