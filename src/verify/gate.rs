@@ -17,7 +17,14 @@
 //!   broker (`409 conflict` if already redeemed), and only then runs the handler.
 //!
 //! The verified identity reaches the handler as the [`Identity`] request extension, the
-//! redeemed capability as [`Redeemed`].
+//! redeemed capability as [`Redeemed`]. A route may also require a scope
+//! ([`GateLayer::scope`]): a token without it is `403 forbidden`, with `WWW-Authenticate:
+//! Bearer error="insufficient_scope"` naming the scope, before any approval is asked for.
+//!
+//! The same checks serve a request that no axum route matched: [`GateLayer::check`] admits a
+//! request whose path parameters the caller supplies as the [`PathParams`] extension. The gate
+//! proxy (`tessera gate`) runs every proxied request through it, so the library and the proxy
+//! are one implementation.
 //!
 //! ```no_run
 //! use axum::{Extension, Json, Router, routing::put};
@@ -72,6 +79,11 @@ pub struct Identity(pub AccessClaims);
 /// The capability redeemed for this request, as a request extension.
 #[derive(Debug, Clone)]
 pub struct Redeemed(pub CapabilityClaims);
+
+/// Path parameters matched by a router other than axum's, as a request extension; when present,
+/// the gate takes them instead of axum's own.
+#[derive(Debug, Clone, Default)]
+pub struct PathParams(pub HashMap<String, String>);
 
 /// What a route's resource function sees.
 #[derive(Debug)]
@@ -155,7 +167,7 @@ impl Gate {
 
     /// A layer that only requires a valid access token.
     pub fn authenticated(&self) -> GateLayer {
-        GateLayer { gate: self.clone(), rule: None }
+        GateLayer { gate: self.clone(), rule: None, scope: None }
     }
 
     /// A layer for a gated route: `action`, and the resource derived from each request
@@ -172,6 +184,7 @@ impl Gate {
                 resource: Arc::new(resource),
                 secret_fields: Vec::new(),
             })),
+            scope: None,
         }
     }
 
@@ -186,6 +199,7 @@ impl Gate {
 pub struct GateLayer {
     gate: Gate,
     rule: Option<Arc<Rule>>,
+    scope: Option<Arc<str>>,
 }
 
 impl GateLayer {
@@ -200,14 +214,29 @@ impl GateLayer {
                 secret_fields: fields.iter().map(|f| (*f).to_owned()).collect(),
             })
         });
-        GateLayer { gate: self.gate, rule }
+        GateLayer { gate: self.gate, rule, scope: self.scope }
+    }
+
+    /// Requires the access token to grant `scope`: without it the request is `403 forbidden`
+    /// (`WWW-Authenticate: Bearer error="insufficient_scope", scope="…"`), before anything else
+    /// of the route happens.
+    pub fn scope(self, scope: &str) -> GateLayer {
+        GateLayer { scope: Some(Arc::from(scope)), ..self }
+    }
+
+    /// Runs this route's checks on `req`: the request to pass on (with [`Identity`] and, on a
+    /// gated route, [`Redeemed`] in its extensions and the body as read), or the answer to give
+    /// instead. Path parameters come from the [`PathParams`] extension when the request has one,
+    /// else from axum's router.
+    pub async fn check(&self, req: Request<Body>) -> Result<Request<Body>, Response> {
+        self.gate.admit(req, self.rule.as_deref(), self.scope.as_deref()).await
     }
 }
 
 impl<S> Layer<S> for GateLayer {
     type Service = GateService<S>;
     fn layer(&self, inner: S) -> GateService<S> {
-        GateService { inner, gate: self.gate.clone(), rule: self.rule.clone() }
+        GateService { inner, gate: self.gate.clone(), rule: self.rule.clone(), scope: self.scope.clone() }
     }
 }
 
@@ -217,6 +246,7 @@ pub struct GateService<S> {
     inner: S,
     gate: Gate,
     rule: Option<Arc<Rule>>,
+    scope: Option<Arc<str>>,
 }
 
 impl<S> Service<Request<Body>> for GateService<S>
@@ -238,8 +268,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gate = self.gate.clone();
         let rule = self.rule.clone();
+        let scope = self.scope.clone();
         Box::pin(async move {
-            match gate.admit(req, rule.as_deref()).await {
+            match gate.admit(req, rule.as_deref(), scope.as_deref()).await {
                 Ok(req) => inner.call(req).await,
                 Err(res) => Ok(res),
             }
@@ -253,6 +284,15 @@ fn error(status: StatusCode, code: &str, description: impl Into<String>) -> Resp
     if status == StatusCode::UNAUTHORIZED
         && let Ok(v) = HeaderValue::from_str("Bearer error=\"invalid_token\"")
     {
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    res
+}
+
+/// 403 for a token that lacks the route's scope (RFC 6750 §3.1).
+fn insufficient_scope(scope: &str) -> Response {
+    let mut res = error(StatusCode::FORBIDDEN, "forbidden", format!("the token lacks the scope {scope}"));
+    if let Ok(v) = HeaderValue::from_str(&format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")) {
         res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     res
@@ -274,7 +314,12 @@ async fn relay(res: reqwest::Response) -> Response {
 }
 
 impl Gate {
-    async fn admit(&self, req: Request<Body>, rule: Option<&Rule>) -> Result<Request<Body>, Response> {
+    async fn admit(
+        &self,
+        req: Request<Body>,
+        rule: Option<&Rule>,
+        scope: Option<&str>,
+    ) -> Result<Request<Body>, Response> {
         let g = &self.0;
         let (mut parts, body) = req.into_parts();
         let Some(token) = bearer(&parts.headers).map(str::to_owned) else {
@@ -286,6 +331,11 @@ impl Gate {
             .verify_access(&token, now)
             .await
             .map_err(|e| error(StatusCode::UNAUTHORIZED, "invalid_token", format!("access token rejected: {e}")))?;
+        if let Some(scope) = scope
+            && !caller.has_scope(scope)
+        {
+            return Err(insufficient_scope(scope));
+        }
         let Some(rule) = rule else {
             parts.extensions.insert(Identity(caller));
             return Ok(Request::from_parts(parts, body));
@@ -304,10 +354,13 @@ impl Gate {
                 error(StatusCode::BAD_REQUEST, "invalid_request", format!("the body must be a JSON object: {e}"))
             })?)
         };
-        let path_params: HashMap<String, String> = RawPathParams::from_request_parts(&mut parts, &())
-            .await
-            .map(|p| p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
-            .unwrap_or_default();
+        let path_params: HashMap<String, String> = match parts.extensions.get::<PathParams>() {
+            Some(p) => p.0.clone(),
+            None => RawPathParams::from_request_parts(&mut parts, &())
+                .await
+                .map(|p| p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+                .unwrap_or_default(),
+        };
         let view = GateRequest { method: &parts.method, path_params: &path_params, params: &params, caller: &caller };
         let Some(resource) = (rule.resource)(&view) else {
             return Err(error(StatusCode::BAD_REQUEST, "invalid_request", "the request does not name its target"));
