@@ -14,6 +14,7 @@ mod helpers;
 mod operability;
 mod passkeys;
 mod promise;
+mod proxy;
 mod replicas;
 mod review;
 mod tokens;
