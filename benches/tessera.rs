@@ -10,6 +10,8 @@
 //!   defaults, SQLite) as a separate process on core 0, the load generator on core 1;
 //! - the broker's resident memory (`VmHWM`, `VmRSS`) and that the audit chain still verifies;
 //! - the approval round trip (create, decide, fetch the capability, redeem) over HTTP;
+//! - DPoP: verifying a bound token with its proof in-process against raw verify, and minting
+//!   with a proof over HTTP against plain minting at concurrency 16, adjacent in the run;
 //! - a peer, node-oidc-provider, configured for the same grant with EdDSA JWT access tokens,
 //!   installed by `benches/peer/setup` and driven the same way on the same core;
 //! - with `TESSERA_BENCH_POSTGRES_URL` or `TESSERA_TEST_POSTGRES_URL` set (an admin URL; a
@@ -97,6 +99,9 @@ struct InProcess {
     mint: f64,
     raw_verify: f64,
     verify: f64,
+    /// Raw verify and verify with a DPoP proof (token and proof, replay cache), paired.
+    dpop_raw_verify: f64,
+    dpop_verify: f64,
     token_bytes: usize,
     /// Per-call costs of the other in-process stages of a mint, microseconds.
     stages_us: Vec<(&'static str, f64)>,
@@ -163,6 +168,7 @@ fn in_process(budget: Duration) -> InProcess {
         caller_kind: CallerKind::Agent,
         workspace: None,
         act: None,
+        cnf: None,
     };
     let token = signer.sign_access(&claims).unwrap();
     let signing_input_len = token.rfind('.').unwrap();
@@ -194,8 +200,37 @@ fn in_process(budget: Duration) -> InProcess {
             black_box(policy.verify_access(&keys, black_box(&token), now + 1).unwrap());
         },
     );
+    // The same token bound to a key, presented with a fresh proof each time: proofs are made
+    // ahead (a proof is single use) and the replay cache starts afresh each round of them.
+    let key = tessera::verify::dpop::DpopKey::generate_ed25519().unwrap();
+    let bound = signer
+        .sign_access(&AccessClaims {
+            cnf: Some(tessera::token::Confirmation { jkt: key.jkt().to_owned() }),
+            ..claims.clone()
+        })
+        .unwrap();
+    let url = "https://core.example/workspaces/ws-1";
+    let proofs: Vec<String> = (0..4096).map(|_| key.proof("GET", url, Some(&bound), None, now).unwrap()).collect();
+    let mut dpop = tessera::verify::dpop::DpopVerifier::default();
+    let mut i = 0usize;
+    let (dpop_raw_verify, dpop_verify) = paired_rates(
+        budget,
+        || {
+            raw_pk.verify(black_box(&message), black_box(raw_sig.as_ref())).unwrap();
+        },
+        || {
+            if i == proofs.len() {
+                i = 0;
+                dpop = tessera::verify::dpop::DpopVerifier::default();
+            }
+            let c = policy.verify_access(&keys, black_box(&bound), now + 1).unwrap();
+            let scheme = tessera::verify::dpop::Scheme::Dpop;
+            black_box(dpop.check_presentation(&c, scheme, &bound, Some(&proofs[i]), "GET", url, now + 1).unwrap());
+            i += 1;
+        },
+    );
     let stages_us = stage_costs(budget / 3);
-    InProcess { raw_sign, mint, raw_verify, verify, token_bytes: token.len(), stages_us }
+    InProcess { raw_sign, mint, raw_verify, verify, dpop_raw_verify, dpop_verify, token_bytes: token.len(), stages_us }
 }
 
 /// Fetches the JWKS and verifies `token` with the verifier library: the tokens measured are
@@ -234,6 +269,40 @@ async fn token_steps(opts: &Opts, target: &Arc<TokenTarget>, pid: u32, label: &s
     steps
 }
 
+/// Minting with a DPoP proof against plain minting, at one concurrency, adjacent steps of the
+/// same run: the broker checks each proof (signature, claims, replay cache) and binds the token.
+async fn dpop_mint(opts: &Opts, plain: &Arc<TokenTarget>, pid: u32, label: &str) -> Value {
+    const C: usize = 16;
+    let key = tessera::verify::dpop::DpopKey::generate_ed25519().unwrap();
+    let url = format!("http://{}/oauth/token", plain.addr);
+    let secs = (opts.warm + opts.measure).as_secs_f64();
+    let n = (30_000.0 * secs) as usize + 1000;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let with_proofs = Arc::new(TokenTarget {
+        addr: plain.addr,
+        path: plain.path,
+        auths: plain.auths.clone(),
+        body: plain.body.clone(),
+        proofs: Some(load::ProofPool::new(&key, &url, n, now)),
+    });
+    let base = load::step(plain, C, opts.warm, opts.measure, pid).await;
+    let bound = load::step(&with_proofs, C, opts.warm, opts.measure, pid).await;
+    match (base, bound) {
+        (Ok(b), Ok(d)) => {
+            eprintln!(
+                "  {label:<26} c={C:<3} plain {:>8.0}/s, with DPoP {:>8.0}/s (p99 {:.2} ms), errors {}",
+                b.per_sec, d.per_sec, d.p99_ms, d.errors
+            );
+            json!({
+                "concurrency": C, "plain_per_sec": round(b.per_sec, 0), "dpop_per_sec": round(d.per_sec, 0),
+                "ratio": round(d.per_sec / b.per_sec.max(1.0), 3), "dpop_p99_ms": d.p99_ms, "errors": d.errors,
+                "first_error": d.first_error,
+            })
+        }
+        (Err(e), _) | (_, Err(e)) => json!({"error": format!("{e:#}")}),
+    }
+}
+
 /// The approval round trip, sequentially: the agent creates a request, an operator
 /// approves it, the agent reads its capability and redeems it.
 async fn approval_round_trips(
@@ -247,6 +316,7 @@ async fn approval_round_trips(
         path: "/oauth/token",
         auths: vec![basic(&c.0, &c.1)],
         body: Bytes::from_static(b"grant_type=client_credentials"),
+        proofs: None,
     };
     let at = token_of(agent).one().await?;
     let ot = token_of(operator).one().await?;
@@ -346,6 +416,7 @@ async fn run_tessera(
         path: "/oauth/token",
         auths: clients.iter().map(|(id, secret)| basic(id, secret)).collect(),
         body: Bytes::from_static(b"grant_type=client_credentials"),
+        proofs: None,
     });
     let checked = match target.one().await {
         Ok(t) => check_token(server.addr, &t).await.map_err(|e| format!("{e:#}")),
@@ -353,6 +424,7 @@ async fn run_tessera(
     };
     let steps = token_steps(opts, &target, server.pid(), label).await;
     let memory_after_tokens = procs::memory_mib(server.pid());
+    let dpop = if approvals { dpop_mint(opts, &target, server.pid(), label).await } else { Value::Null };
     let approval = if approvals {
         let budget = if opts.quick { Duration::from_millis(600) } else { Duration::from_secs(3) };
         match approval_round_trips(server.addr, &clients[0], &operator, budget).await {
@@ -388,6 +460,7 @@ async fn run_tessera(
         "memory_after_token_steps": mem(memory_after_tokens),
         "memory": mem(memory),
         "approval_round_trip": approval,
+        "dpop_mint": dpop,
         "audit_verify": {
             "ok": audit_ok, "output": audit_text, "seconds": round(audit_secs, 3),
             "records_per_sec": audit_records.map(|n| round(n / audit_secs, 0)),
@@ -428,6 +501,7 @@ async fn run_peer(opts: &Opts, pin: &Pinning, dir: &Path) -> Value {
         body: Bytes::from_static(
             b"grant_type=client_credentials&scope=approvals%3Acreate+workspaces%3Aread+workspaces%3Awrite",
         ),
+        proofs: None,
     });
     let sample = match target.one().await {
         Ok(t) => t,
@@ -603,12 +677,16 @@ fn main() {
     let mint_ratio = mint_http.map(|m| m / ip.raw_sign);
     let verify_ratio = ip.verify / ip.raw_verify;
     let peer_ratio = mint_http.zip(peer_peak).map(|(m, p)| m / p);
+    let dpop_verify_ratio = ip.dpop_verify / ip.dpop_raw_verify;
+    let dpop_mint_ratio = sqlite["dpop_mint"]["ratio"].as_f64();
     let targets = [
         ("mint over HTTP / raw sign", mint_ratio, ">= 0.50", mint_ratio.map(|r| r >= 0.5)),
         ("p99 at concurrency 16 (ms)", p99_16, "< 5", p99_16.map(|p| p < 5.0)),
         ("verify / raw verify", Some(verify_ratio), ">= 0.85", Some(verify_ratio >= 0.85)),
         ("broker peak RSS (MiB)", hwm, "< 100", hwm.map(|h| h < 100.0)),
         ("tessera / peer throughput", peer_ratio, ">= 4", peer_ratio.map(|r| r >= 4.0)),
+        ("verify with proof / raw verify", Some(dpop_verify_ratio), ">= 0.45", Some(dpop_verify_ratio >= 0.45)),
+        ("mint with proof / plain (c=16)", dpop_mint_ratio, ">= 0.60", dpop_mint_ratio.map(|r| r >= 0.6)),
     ];
 
     println!();
@@ -625,6 +703,8 @@ fn main() {
         ("mint access token (in-process)", ip.mint, Some(ip.mint / ip.raw_sign)),
         ("raw ring Ed25519 verify", ip.raw_verify, None),
         ("verify access token (in-process)", ip.verify, Some(verify_ratio)),
+        ("raw verify (paired with DPoP)", ip.dpop_raw_verify, None),
+        ("verify bound token + proof", ip.dpop_verify, Some(dpop_verify_ratio)),
     ] {
         println!("{:<36} {:>12.0} {:>8}", name, r, fmt_opt(ratio, 3));
     }
@@ -731,6 +811,9 @@ fn main() {
         "raw_verify_per_sec": ip.raw_verify,
         "verify_per_sec": ip.verify,
         "verify_ratio": verify_ratio,
+        "dpop_verify_per_sec": ip.dpop_verify,
+        "dpop_verify_ratio": dpop_verify_ratio,
+        "dpop_mint_ratio": dpop_mint_ratio,
         "token_bytes": ip.token_bytes,
         "stage_us": ip.stages_us.iter().map(|(k, v)| ((*k).to_owned(), json!(round(*v, 2)))).collect::<serde_json::Map<_, _>>(),
         "mint_http_per_sec": mint_http,

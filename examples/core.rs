@@ -7,6 +7,12 @@
 //! `CORE_CLIENT_SECRET`) reads the broker's revocation feed, so revoked tokens stop working
 //! here within 15 seconds; without it, core warns at start and learns of no revocations.
 //!
+//! A caller whose token is bound to a key (DPoP, design §13) presents it as `Authorization:
+//! DPoP` with a proof for core's URL (`CORE_PUBLIC_URL`, default `http://` + `CORE_LISTEN`).
+//! Core then acts at the broker as its own service client, naming the caller's token as
+//! `requester_token`; without `CORE_CLIENT_ID` and `CORE_CLIENT_SECRET` such a caller's gated
+//! request is `403 forbidden`.
+//!
 //! ```sh
 //! CORE_LISTEN=127.0.0.1:8710 CORE_BROKER_URL=http://127.0.0.1:8700 \
 //!   CORE_CLIENT_ID=... CORE_CLIENT_SECRET=... cargo run --example core
@@ -160,6 +166,7 @@ fn main() -> std::process::ExitCode {
     let broker = env("CORE_BROKER_URL", "http://127.0.0.1:8700");
     let issuer = env("CORE_ISSUER", &broker);
     let audience = env("CORE_AUDIENCE", "core");
+    let public_url = env("CORE_PUBLIC_URL", &format!("http://{listen}"));
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -187,6 +194,7 @@ fn main() -> std::process::ExitCode {
             tessera::verify::revocations::spawn_poller(verifier.clone(), std::time::Duration::from_secs(15));
         }
         let gate = Gate::new(verifier, &broker);
+        gate.set_public_url(&public_url);
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         eprintln!("core listening on {listen}, trusting {issuer}");
         axum::serve(listener, router(&gate, Effects::default()))

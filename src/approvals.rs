@@ -88,6 +88,10 @@ pub struct NewRequest {
     pub summary: Option<Value>,
     /// Why the caller wants it.
     pub reason: String,
+    /// Only from a `service` caller: the access token of the client it acts for, which then
+    /// is the requester (design §13). The server layer resolves it; [`request`] ignores it.
+    #[serde(default)]
+    pub requester_token: Option<String>,
 }
 
 /// The audit detail of a decision. A passkey decision keeps its whole assertion and the nonce
@@ -230,6 +234,7 @@ pub fn capability_claims(row: &ApprovalRow, issuing: Issuing<'_>) -> Option<Capa
         approvers: if row.bypass { Vec::new() } else { row.approvers() },
         bypass: row.bypass,
         act: row.actor_chain(),
+        cnf: row.cnf_jkt.clone().map(|jkt| crate::token::Confirmation { jkt }),
     })
 }
 
@@ -321,6 +326,7 @@ pub async fn request(
         redeemed_by: None,
         params: Some(params),
         act: caller.act.as_ref().map(|a| crate::token::jcs::canonicalize(&json!(a))),
+        cnf_jkt: caller.jkt().map(str::to_owned),
         decisions: Vec::new(),
     };
     // The record says exactly what the operator will be shown and the capability binds, and
@@ -333,6 +339,10 @@ pub async fn request(
         "reason": row.reason,
         "actors": row.actors(),
     });
+    let mut base = base;
+    if let Some(jkt) = &row.cnf_jkt {
+        base["cnf_jkt"] = json!(jkt);
+    }
     let mut events =
         vec![AuditEvent::new("approval.requested", &row.requester, &row.tenant, &row.approval_id, base.clone())];
     if let Some(reason) = bypass_reason {
@@ -649,6 +659,11 @@ pub async fn redeem(
             return Err(ApprovalError::Forbidden(
                 "only the capability's holder (through the same chain of actors) or a service may redeem it".into(),
             ));
+        }
+        // A bound requester's capability is redeemed only with a token of the same key, whose
+        // proof the broker checked on this request (design §13).
+        if caller.cnf != cap.cnf {
+            return Err(ApprovalError::Forbidden("the capability is bound to another key".into()));
         }
     }
     let mut tx = store.begin_write().await?;

@@ -74,6 +74,8 @@ pub struct NewClient {
     pub allow_bypass: Vec<Action>,
     /// Clients of the same tenant that may exchange this client's tokens and act for it.
     pub delegates: Vec<ClientId>,
+    /// Tokens only with a DPoP proof (design §13).
+    pub require_dpop: bool,
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
@@ -149,6 +151,7 @@ pub async fn create(
         scopes,
         allow_bypass: new.allow_bypass,
         delegates: new.delegates,
+        require_dpop: new.require_dpop,
         disabled: false,
         created_at: now,
     };
@@ -162,6 +165,7 @@ pub async fn create(
             "scope": record.scopes.to_string(),
             "allow_bypass": record.allow_bypass,
             "delegates": record.delegates,
+            "require_dpop": record.require_dpop,
         }),
     );
     let mut tx = store.begin_write().await?;

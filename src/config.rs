@@ -115,6 +115,10 @@ pub struct Config {
     /// The origins the console is served under for passkeys; `None`: the issuer's, with its
     /// host replaced by the relying-party id.
     pub passkey_origins: Option<Vec<String>>,
+    /// Whether the token endpoint requires a server nonce in DPoP proofs (RFC 9449 §8).
+    pub dpop_nonce: bool,
+    /// How long a DPoP nonce stays good, seconds (10 to 3600).
+    pub dpop_nonce_secs: u64,
     /// Webhooks told of each new pending approval.
     pub webhooks: Vec<WebhookConfig>,
     /// The policy.
@@ -146,12 +150,14 @@ struct FileConfig {
     key_rotation_days: Option<u32>,
     passkey_rp_id: Option<String>,
     passkey_origins: Option<Vec<String>>,
+    dpop_nonce: Option<bool>,
+    dpop_nonce_secs: Option<u64>,
     webhooks: Option<Vec<WebhookConfig>>,
     policy: Option<PolicyFile>,
 }
 
 /// The environment variables read, with the file key each one overrides.
-pub const ENV_VARS: [(&str, &str); 21] = [
+pub const ENV_VARS: [(&str, &str); 23] = [
     ("TESSERA_LISTEN", "listen"),
     ("TESSERA_DATABASE_URL", "database_url"),
     ("TESSERA_KEYS_DIR", "keys_dir"),
@@ -173,6 +179,8 @@ pub const ENV_VARS: [(&str, &str); 21] = [
     ("TESSERA_KEY_ROTATION_DAYS", "key_rotation_days"),
     ("TESSERA_PASSKEY_RP_ID", "passkey_rp_id"),
     ("TESSERA_PASSKEY_ORIGINS", "passkey_origins"),
+    ("TESSERA_DPOP_NONCE", "dpop_nonce"),
+    ("TESSERA_DPOP_NONCE_SECS", "dpop_nonce_secs"),
 ];
 
 impl Default for Config {
@@ -199,6 +207,8 @@ impl Default for Config {
             key_rotation_days: 0,
             passkey_rp_id: "localhost".into(),
             passkey_origins: None,
+            dpop_nonce: false,
+            dpop_nonce_secs: 300,
             webhooks: Vec::new(),
             policy: Policy::default(),
         }
@@ -315,6 +325,12 @@ impl Config {
         if let Some(v) = file.passkey_origins {
             c.passkey_origins = Some(v);
         }
+        if let Some(v) = file.dpop_nonce {
+            c.dpop_nonce = v;
+        }
+        if let Some(v) = file.dpop_nonce_secs {
+            c.dpop_nonce_secs = v;
+        }
         if let Some(w) = file.webhooks {
             c.webhooks = w;
         }
@@ -365,6 +381,8 @@ impl Config {
                     self.passkey_origins =
                         Some(v.split(',').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect())
                 }
+                "TESSERA_DPOP_NONCE" => self.dpop_nonce = parse_env(name, v)?,
+                "TESSERA_DPOP_NONCE_SECS" => self.dpop_nonce_secs = parse_env(name, v)?,
                 _ => {}
             }
         }
@@ -427,6 +445,9 @@ impl Config {
         }
         if !(60..=7 * 24 * 3600).contains(&self.console_session_secs) {
             return Err(ConfigError("console_session_secs must be between 60 and 604800 (7 days)".into()));
+        }
+        if !(10..=3600).contains(&self.dpop_nonce_secs) {
+            return Err(ConfigError("dpop_nonce_secs must be between 10 and 3600".into()));
         }
         Ok(())
     }

@@ -101,6 +101,7 @@ pub struct Policy {
     /// Whether an operator who has a passkey must sign in to the console with it.
     pub console_passkey_only: bool,
     quorum: BTreeMap<String, u32>,
+    require_dpop: BTreeSet<CallerKind>,
 }
 
 /// The `[policy]` table of the configuration file. Every field is optional; what is absent
@@ -138,6 +139,8 @@ pub struct KindFile {
     pub ceiling: Option<Vec<String>>,
     /// Replaces the kind's defaults.
     pub defaults: Option<Vec<String>>,
+    /// Every client of this kind gets tokens only with a DPoP proof (design §13).
+    pub require_dpop: Option<bool>,
 }
 
 fn scope_set(list: &[&str]) -> ScopeSet {
@@ -167,6 +170,7 @@ impl Default for Policy {
             passkey_actions: BTreeSet::new(),
             console_passkey_only: false,
             quorum: BTreeMap::new(),
+            require_dpop: BTreeSet::new(),
         }
     }
 }
@@ -228,10 +232,24 @@ impl Policy {
                 if let Some(d) = &kf.defaults {
                     entry.defaults = parse_scopes(&format!("kinds.{kind}.defaults"), d)?;
                 }
+                match kf.require_dpop {
+                    Some(true) => {
+                        p.require_dpop.insert(*kind);
+                    }
+                    Some(false) => {
+                        p.require_dpop.remove(kind);
+                    }
+                    None => {}
+                }
             }
         }
         p.check()?;
         Ok(p)
+    }
+
+    /// Whether every client of `kind` needs a DPoP proof to get a token.
+    pub fn requires_dpop(&self, kind: CallerKind) -> bool {
+        self.require_dpop.contains(&kind)
     }
 
     /// Checks the rules that no configuration may break.
@@ -351,7 +369,11 @@ mod tests {
             kinds: Some(
                 [(
                     CallerKind::Agent,
-                    KindFile { ceiling: Some(vec!["approvals:decide".into()]), defaults: Some(vec![]) },
+                    KindFile {
+                        ceiling: Some(vec!["approvals:decide".into()]),
+                        defaults: Some(vec![]),
+                        require_dpop: None,
+                    },
                 )]
                 .into(),
             ),

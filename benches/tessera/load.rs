@@ -88,6 +88,31 @@ pub struct TokenTarget {
     pub auths: Vec<HeaderValue>,
     /// The form body.
     pub body: Bytes,
+    /// DPoP proofs made ahead of time, each sent once (a proof is single use); `None`: no
+    /// proofs.
+    pub proofs: Option<ProofPool>,
+}
+
+/// Proofs for the token endpoint, made before the step so that signing them does not load
+/// the generator during it.
+pub struct ProofPool {
+    proofs: Vec<HeaderValue>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl ProofPool {
+    /// `n` proofs for `POST url` by `key`, made at `now`.
+    pub fn new(key: &tessera::verify::dpop::DpopKey, url: &str, n: usize, now: i64) -> ProofPool {
+        let proofs = (0..n)
+            .filter_map(|_| key.proof("POST", url, None, None, now).ok())
+            .filter_map(|p| HeaderValue::from_str(&p).ok())
+            .collect();
+        ProofPool { proofs, next: std::sync::atomic::AtomicUsize::new(0) }
+    }
+
+    fn take(&self) -> Option<HeaderValue> {
+        self.proofs.get(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).cloned()
+    }
 }
 
 /// The `Authorization` header of HTTP Basic client authentication.
@@ -101,7 +126,7 @@ impl TokenTarget {
     /// Asks for one token; the access token.
     pub async fn one(&self) -> anyhow::Result<String> {
         let mut conn = Conn::open(self.addr).await?;
-        let (status, body) = conn.send(Method::POST, self.path, &self.headers(0), self.body.clone()).await?;
+        let (status, body) = conn.send(Method::POST, self.path, &self.request_headers(0), self.body.clone()).await?;
         if status != StatusCode::OK {
             bail!("token request: {status}: {}", String::from_utf8_lossy(&body));
         }
@@ -109,11 +134,15 @@ impl TokenTarget {
         Ok(v["access_token"].as_str().context("no access_token in the answer")?.to_owned())
     }
 
-    fn headers(&self, i: usize) -> [(http::HeaderName, HeaderValue); 2] {
-        [
+    fn request_headers(&self, i: usize) -> Vec<(http::HeaderName, HeaderValue)> {
+        let mut h = vec![
             (AUTHORIZATION, self.auths[i % self.auths.len()].clone()),
             (CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded")),
-        ]
+        ];
+        if let Some(pool) = &self.proofs {
+            h.push((http::HeaderName::from_static("dpop"), pool.take().unwrap_or(HeaderValue::from_static("spent"))));
+        }
+        h
     }
 }
 
@@ -207,13 +236,13 @@ pub async fn step(
     for (i, mut conn) in conns.into_iter().enumerate() {
         let target = target.clone();
         tasks.push(tokio::spawn(async move {
-            let headers = target.headers(i);
             let mut out = WorkerOut { latencies_us: Vec::with_capacity(4096), ok: 0, errors: 0, first_error: None };
             loop {
                 let t0 = Instant::now();
                 if t0 >= end {
                     break;
                 }
+                let headers = target.request_headers(i);
                 let result = conn.send(Method::POST, target.path, &headers, target.body.clone()).await;
                 let t1 = Instant::now();
                 if t0 < measure_from || t1 > end {

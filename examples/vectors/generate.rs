@@ -120,6 +120,23 @@ struct Case {
     binding: Option<Binding>,
 }
 
+/// One DPoP proof case (design §13), checked in order against one replay cache: the proof
+/// presented with `access_token` (absent at a token endpoint) on `method` `url` at `now`, by a
+/// token bound to `jkt`.
+#[derive(Serialize)]
+struct DpopCase {
+    name: &'static str,
+    proof: String,
+    method: &'static str,
+    url: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token: Option<&'static str>,
+    now: i64,
+    jkt: String,
+    expected: &'static str,
+    reason: &'static str,
+}
+
 #[derive(Serialize)]
 struct Vectors<'a> {
     description: &'static str,
@@ -127,7 +144,95 @@ struct Vectors<'a> {
     settings: Settings,
     digests: Vec<Digest>,
     presented: Vec<PresentedCase>,
+    dpop: Vec<DpopCase>,
     cases: &'a [Case],
+}
+
+const DPOP_SEED: &[u8; 32] = b"tessera vectors: agent DPoP key.";
+const DPOP_OTHER_SEED: &[u8; 32] = b"tessera vectors: thief DPoP key.";
+const DPOP_URL: &str = "https://core.example/workspaces/ws-1/secrets";
+const DPOP_TOKEN: &str = "eyJhbGciOiJFZERTQSJ9.eyJjbmYiOnsiamt0IjoiLi4uIn19.c2lnbmF0dXJl";
+
+/// The DPoP proof cases: one valid proof, each way a proof can fail, and the valid one again.
+fn dpop_cases() -> Result<Vec<DpopCase>, Box<dyn Error>> {
+    use serde_json::json;
+    use tessera::verify::dpop::{DpopKey, access_token_hash};
+    let key = DpopKey::from_ed25519_seed(DPOP_SEED)?;
+    let thief = DpopKey::from_ed25519_seed(DPOP_OTHER_SEED)?;
+    let ath = access_token_hash(DPOP_TOKEN);
+    let claims = |jti: &str, htm: &str, htu: &str, iat: i64, ath: &str| json!({"jti": jti, "htm": htm, "htu": htu, "iat": iat, "ath": ath});
+    let header = |alg: &str, jwk: &Value| json!({"typ": "dpop+jwt", "alg": alg, "jwk": jwk});
+    let mut private = key.public_jwk().clone();
+    private["d"] = json!(b64::encode(DPOP_SEED));
+    let none = format!(
+        "{}.{}.",
+        b64::encode(header("none", key.public_jwk()).to_string().as_bytes()),
+        b64::encode(claims("p-none", "PUT", DPOP_URL, NOW, &ath).to_string().as_bytes())
+    );
+    let valid = key.sign_claims(&claims("p-valid", "PUT", &format!("{DPOP_URL}?dry_run=1"), NOW - 5, &ath))?;
+    let case = |name, proof: String, expected, reason| DpopCase {
+        name,
+        proof,
+        method: "PUT",
+        url: DPOP_URL,
+        access_token: Some(DPOP_TOKEN),
+        now: NOW,
+        jkt: key.jkt().to_owned(),
+        expected,
+        reason,
+    };
+    Ok(vec![
+        case(
+            "dpop_valid",
+            valid.clone(),
+            "valid",
+            "a proof by the token's key for this request (the query is ignored)",
+        ),
+        case(
+            "dpop_wrong_ath",
+            key.sign_claims(&claims("p-ath", "PUT", DPOP_URL, NOW, &access_token_hash("another.token.x")))?,
+            "invalid",
+            "ath is the hash of another token",
+        ),
+        case(
+            "dpop_wrong_htu",
+            key.sign_claims(&claims("p-htu", "PUT", "https://core.example/workspaces/ws-2/secrets", NOW, &ath))?,
+            "invalid",
+            "htu names another URL",
+        ),
+        case(
+            "dpop_wrong_htm",
+            key.sign_claims(&claims("p-htm", "POST", DPOP_URL, NOW, &ath))?,
+            "invalid",
+            "htm names another method",
+        ),
+        case(
+            "dpop_stale",
+            key.sign_claims(&claims("p-stale", "PUT", DPOP_URL, NOW - 61, &ath))?,
+            "invalid",
+            "iat more than 60 s before now",
+        ),
+        case(
+            "dpop_future",
+            key.sign_claims(&claims("p-future", "PUT", DPOP_URL, NOW + 61, &ath))?,
+            "invalid",
+            "iat more than 60 s after now",
+        ),
+        case(
+            "dpop_other_key",
+            thief.sign_claims(&claims("p-thief", "PUT", DPOP_URL, NOW, &ath))?,
+            "invalid",
+            "a valid proof, but by another key than the token is bound to",
+        ),
+        case("dpop_alg_none", none, "invalid", "alg none, no signature"),
+        case(
+            "dpop_private_jwk",
+            key.sign_with_header(&header("EdDSA", &private), &claims("p-private", "PUT", DPOP_URL, NOW, &ath))?,
+            "invalid",
+            "the jwk carries the private key (d)",
+        ),
+        case("dpop_replayed", valid, "invalid", "the valid proof again: its jti was seen within the window"),
+    ])
 }
 
 /// A JSON object kept as raw member texts, in order, so that duplicates, odd value types
@@ -1001,6 +1106,7 @@ pub fn generate() -> Result<Files, Box<dyn Error>> {
     let vectors = Vectors {
         description: "Tessera token verification vectors. Each case is verified at `now` against jwks.json \
             with `settings`; a capability case with `binding` is also bound to that request and caller. \
+            `dpop` cases are proofs checked in order against one replay cache (design §13). \
             See docs/verifying.md. Regenerate with `cargo run --example vectors -- tests/vectors`.",
         jwks: "jwks.json",
         settings: Settings {
@@ -1014,6 +1120,7 @@ pub fn generate() -> Result<Files, Box<dyn Error>> {
         },
         digests: digests()?,
         presented: presented_cases()?,
+        dpop: dpop_cases()?,
         cases: &builder.cases,
     };
     let vectors = serde_json::to_string_pretty(&vectors)? + "\n";

@@ -40,6 +40,9 @@ pub(super) enum ClientsCmd {
         /// it (RFC 8693 delegation; repeatable).
         #[arg(long = "delegate", value_name = "CLIENT_ID")]
         delegates: Vec<ClientId>,
+        /// Issue tokens to this client only with a DPoP proof, bound to the proof's key.
+        #[arg(long = "require-dpop")]
+        require_dpop: bool,
     },
     /// List clients.
     List,
@@ -90,8 +93,8 @@ pub(super) async fn clients(config: &Config, cmd: ClientsCmd) -> Result<(), Fail
 
 async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<(), Failure> {
     match cmd {
-        ClientsCmd::Create { tenant, kind, name, workspace, scopes, allow_bypass, delegates } => {
-            let new = NewClient { tenant, kind, name, workspace, scopes, allow_bypass, delegates };
+        ClientsCmd::Create { tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop } => {
+            let new = NewClient { tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop };
             let (c, secret) = clients::create(store, &config.policy, new, "cli", now()).await?;
             print_json(&json!({
                 "client_id": c.client_id,
@@ -103,6 +106,7 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
                 "scope": c.scopes.to_string(),
                 "allow_bypass": c.allow_bypass,
                 "delegates": c.delegates,
+                "require_dpop": c.require_dpop,
             }))
         }
         ClientsCmd::List => {

@@ -95,7 +95,14 @@ fn bad_gateway(description: &str) -> Response {
 
 /// Builds the proxy's router around `gate` (which carries the verifier, the broker and the
 /// clock).
+///
+/// DPoP proofs (design §13) must name `config.public_url` plus the request path; a bound
+/// caller's gated request is taken to the broker by the gate's own `service` client (the
+/// verifier's feed credentials), as in the library.
 pub fn app(config: GateConfig, gate: &Gate) -> Router {
+    if !gate.set_public_url(&config.public_url) {
+        tracing::warn!("the gate's public URL was already set; DPoP proofs must name that one");
+    }
     let layers = config
         .routes
         .iter()
@@ -141,6 +148,7 @@ pub fn app(config: GateConfig, gate: &Gate) -> Router {
         "authorization_servers": [config.broker],
         "scopes_supported": scopes,
         "bearer_methods_supported": ["header"],
+        "dpop_signing_alg_values_supported": ["EdDSA", "ES256"],
     });
     let proxy = Proxy {
         layers,

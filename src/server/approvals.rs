@@ -104,9 +104,14 @@ async fn create(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    StrictJson(req): StrictJson<NewRequest>,
+    StrictJson(mut req): StrictJson<NewRequest>,
 ) -> ApiResult<Response> {
     let now = state.now();
+    // Core acting for a bound caller names it (design §13); the approval is the caller's.
+    let caller = match req.requester_token.take() {
+        Some(token) => super::auth::requester_of(&state, &caller, &token, now).await?,
+        None => caller,
+    };
     let bypass = match headers.get(BYPASS_HEADER) {
         None => None,
         Some(v) => Some(

@@ -1,15 +1,16 @@
-//! Bearer access tokens on `/v1/*`, and strict JSON bodies.
+//! Access tokens on `/v1/*` (`Bearer`, or `DPoP` with a proof for bound tokens), and strict
+//! JSON bodies.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, OriginalUri, Request};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{ApiError, AppState};
 use crate::store::clients::{self as client_rows, ClientRecord};
 use crate::token::{AccessClaims, strict_json};
-use crate::verify::VerifyError;
+use crate::verify::{VerifyError, dpop};
 
 /// The verified caller of a `/v1` route: a valid access token of this broker whose client is
 /// still registered, enabled, and of the tenant and kind the token says.
@@ -21,19 +22,6 @@ pub struct Caller {
     pub client: ClientRecord,
     /// For a delegated token, each actor's registration as it is now, nearest first.
     pub actors: Vec<ClientRecord>,
-}
-
-/// The token of `Authorization: Bearer <token>`, refusing anything else.
-pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let (Some(v), None) = (values.next(), values.next()) else {
-        return Err(ApiError::invalid_token("an access token is required: Authorization: Bearer <token>"));
-    };
-    let v = v.to_str().map_err(|_| ApiError::invalid_token("malformed Authorization header"))?;
-    match v.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
-        _ => Err(ApiError::invalid_token("an access token is required: Authorization: Bearer <token>")),
-    }
 }
 
 /// Verifies an access token with the broker's published keys, refreshing them once (rate
@@ -92,23 +80,63 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(&parts.headers)?;
+        let Some((scheme, token)) = dpop::authorization(&parts.headers) else {
+            return Err(ApiError::invalid_token(
+                "an access token is required: Authorization: Bearer <token>, or DPoP <token> with a proof",
+            ));
+        };
         let now = state.now();
         let claims = verify_access(state, token, now)
             .await
             .map_err(|e| ApiError::invalid_token(format!("access token rejected: {e}")))?;
-        let client = client_rows::get(state.store(), &claims.sub)
-            .await?
-            .filter(|c| !c.disabled && c.tenant.as_str() == claims.tenant && c.kind == claims.caller_kind)
-            .ok_or_else(|| ApiError::invalid_token("access token rejected: the client is disabled or unknown"))?;
-        if crate::store::revocations::is_revoked(state.store(), &claims.jti, &claims.sub, claims.iat).await? {
-            return Err(ApiError::invalid_token("access token rejected: revoked"));
-        }
-        let actors = live_actors(state, &claims).await?.ok_or_else(|| {
-            ApiError::invalid_token("access token rejected: a client acting in it is disabled or revoked")
-        })?;
-        Ok(Caller { claims, client, actors })
+        // A bound token only with a proof of its key for this very request (design §13).
+        let proof = dpop::proof_header(&parts.headers).map_err(super::dpop::refused)?;
+        let path = parts.extensions.get::<OriginalUri>().map_or_else(|| parts.uri.path(), |u| u.0.path());
+        let url = format!("{}{path}", state.config().issuer);
+        state
+            .dpop()
+            .verifier()
+            .check_presentation(&claims, scheme, token, proof, parts.method.as_str(), &url, now)
+            .map_err(super::dpop::refused)?;
+        caller_of(state, claims).await
     }
+}
+
+/// The caller a verified token names, if its client and every actor are still usable.
+pub(super) async fn caller_of(state: &AppState, claims: AccessClaims) -> Result<Caller, ApiError> {
+    let client = client_rows::get(state.store(), &claims.sub)
+        .await?
+        .filter(|c| !c.disabled && c.tenant.as_str() == claims.tenant && c.kind == claims.caller_kind)
+        .ok_or_else(|| ApiError::invalid_token("access token rejected: the client is disabled or unknown"))?;
+    if crate::store::revocations::is_revoked(state.store(), &claims.jti, &claims.sub, claims.iat).await? {
+        return Err(ApiError::invalid_token("access token rejected: revoked"));
+    }
+    let actors = live_actors(state, &claims).await?.ok_or_else(|| {
+        ApiError::invalid_token("access token rejected: a client acting in it is disabled or revoked")
+    })?;
+    Ok(Caller { claims, client, actors })
+}
+
+/// The requester a `service` caller names with `requester_token` (design §13): core acting
+/// for a bound caller, whose proof was good only for core's own URL. The token is verified
+/// as the caller's own would be (its proof was checked by core); it must be of the service's
+/// tenant. Anything else sending the field is refused.
+pub(super) async fn requester_of(
+    state: &AppState,
+    service: &Caller,
+    token: &str,
+    now: i64,
+) -> Result<Caller, ApiError> {
+    use crate::domain::CallerKind;
+    if service.claims.caller_kind != CallerKind::Service || service.claims.act.is_some() {
+        return Err(ApiError::forbidden("only a service client may name the requester with requester_token"));
+    }
+    let unusable = |why: &str| ApiError::invalid_request(format!("requester_token is not usable: {why}"));
+    let claims = verify_access(state, token, now).await.map_err(|e| unusable(&e.to_string()))?;
+    if claims.tenant != service.claims.tenant {
+        return Err(unusable("it belongs to another tenant"));
+    }
+    caller_of(state, claims).await.map_err(|e| unusable(e.code()))
 }
 
 /// A JSON body: `application/json`, bounded, an object with no duplicate members, then

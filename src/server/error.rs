@@ -15,11 +15,22 @@ pub struct ApiError {
     description: String,
     www_authenticate: Option<&'static str>,
     retry_after: Option<u64>,
+    dpop_nonce: Option<String>,
 }
+
+/// The challenge of a refused proof of possession (RFC 9449 §7.1).
+const DPOP_CHALLENGE: &str = "DPoP error=\"invalid_token\", algs=\"EdDSA ES256\"";
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
-        ApiError { status, code, description: description.into(), www_authenticate: None, retry_after: None }
+        ApiError {
+            status,
+            code,
+            description: description.into(),
+            www_authenticate: None,
+            retry_after: None,
+            dpop_nonce: None,
+        }
     }
 
     /// 400 `invalid_request`.
@@ -66,6 +77,26 @@ impl ApiError {
         ApiError {
             www_authenticate: Some("Bearer error=\"invalid_token\""),
             ..Self::new(StatusCode::UNAUTHORIZED, "invalid_token", d)
+        }
+    }
+    /// 401 `invalid_token` for a bound token presented without a valid proof of its key, with
+    /// `WWW-Authenticate: DPoP`.
+    pub fn invalid_token_dpop(d: impl Into<String>) -> Self {
+        ApiError { www_authenticate: Some(DPOP_CHALLENGE), ..Self::new(StatusCode::UNAUTHORIZED, "invalid_token", d) }
+    }
+    /// 400 `invalid_dpop_proof` (RFC 9449).
+    pub fn invalid_dpop_proof(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_dpop_proof", d)
+    }
+    /// 400 `use_dpop_nonce` with a fresh `DPoP-Nonce` (RFC 9449 §8).
+    pub fn use_dpop_nonce(nonce: String) -> Self {
+        ApiError {
+            dpop_nonce: Some(nonce),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "use_dpop_nonce",
+                "the proof needs the server's nonce: retry with the DPoP-Nonce given",
+            )
         }
     }
     /// 403 `forbidden`.
@@ -160,6 +191,9 @@ impl IntoResponse for ApiError {
         }
         if let Some(s) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if let Some(n) = self.dpop_nonce.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+            h.insert(crate::verify::dpop::DPOP_NONCE_HEADER, n);
         }
         res.extensions_mut().insert(ErrorCode(self.code));
         res

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod connection;
 mod console;
+pub mod dpop;
 pub mod error;
 mod health;
 pub mod metrics;
@@ -69,6 +70,7 @@ struct Inner {
     client_cache: crate::clients::AuthCache,
     clock: Clock,
     verifier: crate::verify::Policy,
+    dpop: dpop::DpopState,
     notifier: Arc<Notifier>,
     auth_failures: ratelimit::FailureLimiter,
     token_requests: Option<ratelimit::RequestLimiter>,
@@ -85,6 +87,7 @@ impl AppState {
         let audit = AuditWriter::start(store.clone(), Arc::new(crate::clients::ClientPreconditions));
         let mut verifier = crate::verify::Policy::new(config.issuer.clone(), config.audience.clone());
         verifier.leeway_secs = config.leeway_secs;
+        let dpop = dpop::DpopState::new(config.dpop_nonce, config.dpop_nonce_secs)?;
         let notifier = Arc::new(Notifier::new(config.webhooks.clone(), Duration::from_millis(500)));
         let auth_failures = ratelimit::FailureLimiter::new(config.failed_auth_per_minute);
         let token_requests = ratelimit::RequestLimiter::new(config.token_requests_per_minute);
@@ -99,6 +102,7 @@ impl AppState {
                 client_cache: crate::clients::AuthCache::default(),
                 clock,
                 verifier,
+                dpop,
                 notifier,
                 auth_failures,
                 token_requests,
@@ -140,6 +144,10 @@ impl AppState {
     /// How the broker verifies tokens presented to it.
     pub fn verifier(&self) -> &crate::verify::Policy {
         &self.inner.verifier
+    }
+    /// Proof-of-possession checks, their replay cache and nonces.
+    pub fn dpop(&self) -> &dpop::DpopState {
+        &self.inner.dpop
     }
     /// The limiter of failed client authentications (token endpoint and console sign-in).
     pub fn auth_failures(&self) -> &ratelimit::FailureLimiter {

@@ -19,7 +19,8 @@ use crate::clients::{self, ClientSecret};
 use crate::domain::ScopeSet;
 use crate::store::clients::ClientRecord;
 use crate::token::claims::Audience;
-use crate::token::{AccessClaims, b64};
+use crate::token::{AccessClaims, Confirmation, b64};
+use crate::verify::dpop::CheckedProof;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/oauth/token", post(token).fallback(|| async { ApiError::method_not_allowed() }))
@@ -251,7 +252,29 @@ fn client_claims(state: &AppState, client: &ClientRecord, scopes: &ScopeSet, now
         caller_kind: client.kind,
         workspace: client.workspace.as_ref().map(|w| w.to_string()),
         act: None,
+        cnf: None,
     })
+}
+
+/// Whether `client` gets tokens only with a proof: registered so, or its kind by policy.
+fn requires_dpop(state: &AppState, client: &ClientRecord) -> bool {
+    client.require_dpop || state.config().policy.requires_dpop(client.kind)
+}
+
+/// The binding of a `client_credentials` token: the proof's key, required where the client
+/// or its kind must prove possession.
+fn bind_client(
+    state: &AppState,
+    client: &ClientRecord,
+    proof: Option<&CheckedProof>,
+) -> ApiResult<Option<Confirmation>> {
+    match proof {
+        Some(p) => Ok(Some(Confirmation { jkt: p.jkt.clone() })),
+        None if requires_dpop(state, client) => Err(ApiError::invalid_dpop_proof(
+            "this client gets tokens only with a DPoP proof (RFC 9449): send one in the DPoP header",
+        )),
+        None => Ok(None),
+    }
 }
 
 /// Signs `claims`, audits the issue (by `actor`), and builds the token response. The audit
@@ -288,6 +311,9 @@ async fn issue_checked(
     if let (Some(f), serde_json::Value::Object(extra)) = (facts.as_object_mut(), detail) {
         f.extend(extra);
     }
+    if let Some(c) = &claims.cnf {
+        facts["cnf_jkt"] = json!(c.jkt);
+    }
     let event = AuditEvent::new("token.issued", actor, &claims.tenant, &claims.jti, facts);
     match check {
         None => state.audit().record(event, now).await.map_err(|e| ApiError::unavailable(&e))?,
@@ -300,7 +326,7 @@ async fn issue_checked(
     state.metrics().token_issued(claims.caller_kind, grant);
     let mut body = json!({
         "access_token": token,
-        "token_type": "Bearer",
+        "token_type": if claims.cnf.is_some() { "DPoP" } else { "Bearer" },
         "expires_in": claims.exp - now,
         "scope": claims.scope,
     });
@@ -310,6 +336,9 @@ async fn issue_checked(
     let mut res = axum::Json(body).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if let Some(n) = state.dpop().nonce(now).and_then(|n| HeaderValue::from_str(&n).ok()) {
+        res.headers_mut().insert(crate::verify::dpop::DPOP_NONCE_HEADER, n);
+    }
     Ok(Some(res))
 }
 
@@ -322,7 +351,13 @@ pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_tok
 /// narrow it; or, where the subject's registration names it as a delegate, another client's,
 /// to act for it). The result never has a scope the subject lacks or the client may not hold,
 /// never outlives the subject, and carries the actor chain when it is a delegation.
-async fn exchange(state: &AppState, client: &ClientRecord, form: &Form, now: i64) -> ApiResult<Response> {
+async fn exchange(
+    state: &AppState,
+    client: &ClientRecord,
+    form: &Form,
+    proof: Option<&CheckedProof>,
+    now: i64,
+) -> ApiResult<Response> {
     let Some(subject_token) = form.get("subject_token") else {
         return Err(ApiError::invalid_request("subject_token is required"));
     };
@@ -356,6 +391,16 @@ async fn exchange(state: &AppState, client: &ClientRecord, form: &Form, now: i64
     if super::auth::live_actors(state, &subject).await?.is_none() {
         return Err(unusable());
     }
+    // A bound subject stays bound, and only its key's holder may exchange it (design §13).
+    let cnf = match (subject.jkt(), proof) {
+        (Some(jkt), Some(p)) if p.jkt == jkt => subject.cnf.clone(),
+        (Some(_), _) => {
+            return Err(ApiError::invalid_dpop_proof(
+                "the subject token is bound to a key: exchange it with a DPoP proof made by that key",
+            ));
+        }
+        (None, _) => bind_client(state, client, proof)?,
+    };
     let delegation = owner.client_id != client.client_id;
     if delegation && !owner.delegates.contains(&client.client_id) {
         return Err(ApiError::unauthorized_client("the subject's registration does not let this client act for it"));
@@ -415,6 +460,7 @@ async fn exchange(state: &AppState, client: &ClientRecord, form: &Form, now: i64
         caller_kind: subject.caller_kind,
         workspace: subject.workspace.clone(),
         act,
+        cnf,
     };
     if claims.exp <= now {
         return Err(unusable());
@@ -447,10 +493,12 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
         return Err(ApiError::rate_limited(wait.as_secs_f64().ceil() as u64));
     }
     let now = state.now();
+    let proof = super::dpop::token_request_proof(&state, &headers, now)?;
     match grant_type.as_str() {
         "client_credentials" => {
             let scopes = select_scopes(&state, &client, form.get("scope"))?;
-            let claims = client_claims(&state, &client, &scopes, now)?;
+            let mut claims = client_claims(&state, &client, &scopes, now)?;
+            claims.cnf = bind_client(&state, &client, proof.as_ref())?;
             let actor = client.client_id.as_str();
             if let Some(res) = issue_checked(&state, claims, actor, "client_credentials", json!({}), now, check).await?
             {
@@ -461,10 +509,11 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
             state.client_cache().forget(&creds.client_id);
             let (client, _) = authenticate_with(&state, &creds, peer, false).await?;
             let scopes = select_scopes(&state, &client, form.get("scope"))?;
-            let claims = client_claims(&state, &client, &scopes, now)?;
+            let mut claims = client_claims(&state, &client, &scopes, now)?;
+            claims.cnf = bind_client(&state, &client, proof.as_ref())?;
             issue(&state, claims, client.client_id.as_str(), "client_credentials", json!({}), now).await
         }
-        GRANT_EXCHANGE => exchange(&state, &client, &form, now).await,
+        GRANT_EXCHANGE => exchange(&state, &client, &form, proof.as_ref(), now).await,
         _ => Err(ApiError::unsupported_grant_type(format!(
             "supported grant types: client_credentials, {GRANT_EXCHANGE}"
         ))),

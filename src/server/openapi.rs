@@ -389,7 +389,7 @@ fn schemas() -> Value {
             "resource": string(), "requested_token_type": string(),
         })),
         "TokenResponse": object(&["access_token", "token_type", "expires_in", "scope"], json!({
-            "access_token": string(), "token_type": {"const": "Bearer"}, "expires_in": {"type": "integer"},
+            "access_token": string(), "token_type": {"enum": ["Bearer", "DPoP"]}, "expires_in": {"type": "integer"},
             "scope": string(), "issued_token_type": string(),
         })),
         "TokenParameter": object(&["token"], json!({"token": string(), "token_type_hint": string()})),
@@ -399,7 +399,7 @@ fn schemas() -> Value {
             "action": string(), "resource": string(),
             "params": {"type": "object", "description": "the request parameters as presented: secret values as {\"$secret\": {length, sha256}}"},
             "params_digest": string(),
-            "summary": {"type": "object"}, "reason": string(),
+            "summary": {"type": "object"}, "reason": string(), "requester_token": string(),
         })),
         "ApprovalCreated": object(&["approval_id", "status", "expires_at"], json!({
             "approval_id": string(), "status": {"const": "pending"}, "expires_at": string(),

@@ -61,8 +61,9 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
         if !usable {
             return Ok(inactive());
         }
+        let token_type = if c.cnf.is_some() { "DPoP" } else { "Bearer" };
         let mut v = json!({
-            "active": true, "token_type": "Bearer", "scope": c.scope, "client_id": c.client_id, "sub": c.sub,
+            "active": true, "token_type": token_type, "scope": c.scope, "client_id": c.client_id, "sub": c.sub,
             "exp": c.exp, "iat": c.iat, "nbf": c.nbf, "aud": c.aud, "iss": c.iss, "jti": c.jti,
             "tenant": c.tenant, "caller_kind": c.caller_kind,
         });
@@ -71,6 +72,9 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
         }
         if let Some(a) = c.act {
             v["act"] = json!(a);
+        }
+        if let Some(cnf) = c.cnf {
+            v["cnf"] = json!(cnf);
         }
         return Ok(no_store(v));
     }
@@ -86,6 +90,7 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
             "aud": c.aud, "iss": c.iss, "jti": c.jti, "tenant": c.tenant, "caller_kind": c.caller_kind,
             "action": c.action, "resource": c.resource, "params_digest": c.params_digest,
             "approval_id": c.approval_id, "approvers": c.approvers, "bypass": c.bypass, "act": c.act,
+            "cnf": c.cnf,
         })));
     }
     Ok(inactive())

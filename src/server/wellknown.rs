@@ -49,6 +49,7 @@ async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
         "token_endpoint_auth_signing_alg_values_supported": [],
         "response_types_supported": [],
         "scopes_supported": scopes,
+        "dpop_signing_alg_values_supported": crate::verify::dpop::DPOP_ALGS,
         "tessera_revocations_feed": format!("{iss}/v1/revocations"),
         "tessera_approvals_endpoint": format!("{iss}/v1/approvals"),
         "tessera_redemption_endpoint": format!("{iss}/v1/capabilities/redeem"),

@@ -115,6 +115,8 @@ pub struct ApprovalRow {
     pub redeemed_by: Option<String>,
     /// The requester token's actor chain (`act`), JSON text, when it was delegated.
     pub act: Option<String>,
+    /// The thumbprint of the key the requester's token was bound to (DPoP), if it was.
+    pub cnf_jkt: Option<String>,
     /// Decisions so far, oldest first.
     pub decisions: Vec<Decision>,
 }
@@ -154,7 +156,7 @@ impl ApprovalRow {
 
 const COLUMNS: &str = "approval_id, tenant, action, resource, params_digest, summary, reason, requester, \
     requester_kind, status, quorum, created_at, expires_at, decided_at, bypass, cap_jti, cap_iat, cap_exp, \
-    redeemed_at, redeemed_by, params, act";
+    redeemed_at, redeemed_by, params, act, cnf_jkt";
 
 fn from_row(r: &AnyRow) -> Result<ApprovalRow, StoreError> {
     let kind: String = r.try_get("requester_kind")?;
@@ -182,6 +184,7 @@ fn from_row(r: &AnyRow) -> Result<ApprovalRow, StoreError> {
         redeemed_by: r.try_get("redeemed_by")?,
         params: r.try_get("params")?,
         act: r.try_get("act")?,
+        cnf_jkt: r.try_get("cnf_jkt")?,
         decisions: Vec::new(),
     })
 }
@@ -189,7 +192,7 @@ fn from_row(r: &AnyRow) -> Result<ApprovalRow, StoreError> {
 /// Inserts a new approval (its decisions are inserted separately).
 pub async fn insert(conn: &mut AnyConnection, a: &ApprovalRow) -> Result<(), StoreError> {
     sqlx::query(&format!(
-        "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+        "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
     ))
     .bind(&a.approval_id)
     .bind(&a.tenant)
@@ -213,6 +216,7 @@ pub async fn insert(conn: &mut AnyConnection, a: &ApprovalRow) -> Result<(), Sto
     .bind(&a.redeemed_by)
     .bind(&a.params)
     .bind(&a.act)
+    .bind(&a.cnf_jkt)
     .execute(conn)
     .await?;
     Ok(())

@@ -25,13 +25,16 @@ pub struct ClientRecord {
     pub allow_bypass: Vec<Action>,
     /// Clients that may exchange this client's tokens and act for it (RFC 8693 delegation).
     pub delegates: Vec<ClientId>,
+    /// Whether it gets tokens only with a DPoP proof (`--require-dpop`, design §13).
+    pub require_dpop: bool,
     /// Whether it is disabled.
     pub disabled: bool,
     /// Registration time, Unix seconds.
     pub created_at: i64,
 }
 
-const COLUMNS: &str = "client_id, tenant, kind, name, workspace, scopes, allow_bypass, delegates, disabled, created_at";
+const COLUMNS: &str =
+    "client_id, tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop, disabled, created_at";
 
 fn from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
     let client_id: String = row.try_get("client_id")?;
@@ -53,6 +56,7 @@ fn from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
             .map(|a| Action::parse(a).map_err(|e| StoreError::Corrupt(e.to_string())))
             .collect::<Result<_, _>>()?,
         delegates: delegates.split_ascii_whitespace().map(|d| parse_col("delegate", d)).collect::<Result<_, _>>()?,
+        require_dpop: row.try_get::<i64, _>("require_dpop")? != 0,
         disabled: row.try_get::<i64, _>("disabled")? != 0,
         created_at: row.try_get("created_at")?,
     })
@@ -63,7 +67,7 @@ pub async fn insert(conn: &mut AnyConnection, c: &ClientRecord, secret_hash: &st
     let bypass: Vec<&str> = c.allow_bypass.iter().map(Action::as_str).collect();
     sqlx::query(
         "INSERT INTO clients (client_id, tenant, kind, name, workspace, scopes, allow_bypass, secret_hash, disabled, \
-         created_at, updated_at, delegates) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)",
+         created_at, updated_at, delegates, require_dpop) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)",
     )
     .bind(c.client_id.as_str())
     .bind(c.tenant.as_str())
@@ -76,6 +80,7 @@ pub async fn insert(conn: &mut AnyConnection, c: &ClientRecord, secret_hash: &st
     .bind(i64::from(c.disabled))
     .bind(c.created_at)
     .bind(c.delegates.iter().map(ClientId::as_str).collect::<Vec<_>>().join(" "))
+    .bind(i64::from(c.require_dpop))
     .execute(conn)
     .await?;
     Ok(())

@@ -56,6 +56,13 @@ impl Actor {
     }
 }
 
+/// `cnf` (RFC 7800): the key a sender-constrained token is bound to (design §13).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The RFC 7638 thumbprint of the holder's DPoP key (RFC 9449 §6).
+    pub jkt: String,
+}
+
 /// The claims of an access token (`typ: at+jwt`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -87,9 +94,17 @@ pub struct AccessClaims {
     /// The RFC 8693 actor chain of an exchanged token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Actor>,
+    /// The key the token is bound to, on a sender-constrained token (DPoP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
 }
 
 impl AccessClaims {
+    /// The thumbprint of the key the token is bound to, if it is.
+    pub fn jkt(&self) -> Option<&str> {
+        self.cnf.as_ref().map(|c| c.jkt.as_str())
+    }
+
     /// The client ids of the actors, nearest first (`[]` when not delegated).
     pub fn actors(&self) -> Vec<&str> {
         self.act.as_ref().map(|a| a.chain().into_iter().map(|x| x.sub.as_str()).collect()).unwrap_or_default()
@@ -138,4 +153,8 @@ pub struct CapabilityClaims {
     /// capability serves only that same chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Actor>,
+    /// The requester's key, when its token was bound: the capability serves only requests
+    /// whose proof that key made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
 }

@@ -9,7 +9,7 @@ pub mod jws;
 pub mod presented;
 pub mod strict_json;
 
-pub use claims::{AccessClaims, Actor, CapabilityClaims};
+pub use claims::{AccessClaims, Actor, CapabilityClaims, Confirmation};
 pub use jws::{Header, JwsError, UnverifiedJws};
 
 /// The `typ` header of an access token (RFC 9068).

@@ -16,6 +16,16 @@
 //!   resource, parameter digest, caller and tenant (else `403 forbidden`), redeems it at the
 //!   broker (`409 conflict` if already redeemed), and only then runs the handler.
 //!
+//! Sender-constrained callers (design §13): a token bound to a key (`cnf.jkt`) is accepted only
+//! as `Authorization: DPoP <token>` with a valid proof of that key for this request (else `401
+//! invalid_token` with `WWW-Authenticate: DPoP`), and a capability of a bound requester only on
+//! a request proved by the same key. A proof is good for one URL, so the gate cannot pass a
+//! bound caller's credentials on: it creates the approval as core's own `service` client
+//! (the verifier's [`FeedCredentials`](super::revocations::FeedCredentials)) with the caller's
+//! token as `requester_token`, and redeems as that client. Without one, a bound caller's gated
+//! request is `403 forbidden`. The URL a proof must name is the gate's public URL
+//! ([`Gate::set_public_url`]) plus the request path, or `http://` and the `Host` header.
+//!
 //! The verified identity reaches the handler as the [`Identity`] request extension, the
 //! redeemed capability as [`Redeemed`]. A route may also require a scope
 //! ([`GateLayer::scope`]): a token without it is `403 forbidden`, with `WWW-Authenticate:
@@ -62,6 +72,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tower::{Layer, Service};
 
+use super::dpop::{self, DpopError};
 use super::{AccessClaims, CapabilityBinding, CapabilityClaims, Verifier, check_binding, params_digest, presented};
 use crate::token::strict_json;
 
@@ -123,6 +134,7 @@ struct GateInner {
     broker: String,
     http: reqwest::Client,
     clock: Box<Clock>,
+    public_url: std::sync::OnceLock<String>,
 }
 
 /// The shared gate: one per resource server, cloned into each route's layer.
@@ -162,7 +174,30 @@ impl Gate {
             broker: broker_url.trim_end_matches('/').to_owned(),
             http,
             clock: Box::new(clock),
+            public_url: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The URL clients reach this resource server at (scheme, host, port; no path), which DPoP
+    /// proofs name. Set once; false if it was already set.
+    pub fn set_public_url(&self, url: &str) -> bool {
+        self.0.public_url.set(url.trim_end_matches('/').to_owned()).is_ok()
+    }
+
+    /// The URL a proof for this request must name: the public URL and the path.
+    fn request_url(&self, parts: &axum::http::request::Parts) -> String {
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map(|u| u.0.path().to_owned())
+            .unwrap_or_else(|| parts.uri.path().to_owned());
+        match self.0.public_url.get() {
+            Some(base) => format!("{base}{path}"),
+            None => {
+                let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+                format!("http://{host}{path}")
+            }
+        }
     }
 
     /// A layer that only requires a valid access token.
@@ -298,11 +333,17 @@ fn insufficient_scope(scope: &str) -> Response {
     res
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let mut all = headers.get_all(header::AUTHORIZATION).iter();
-    let (Some(v), None) = (all.next(), all.next()) else { return None };
-    let (scheme, token) = v.to_str().ok()?.split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+/// 401 `invalid_token` for a refused proof of possession, with the `DPoP` challenge.
+fn dpop_unauthorized(description: impl Into<String>) -> Response {
+    let mut res = error(StatusCode::UNAUTHORIZED, "invalid_token", description);
+    if let Ok(v) = HeaderValue::from_str(&dpop::challenge("invalid_token")) {
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    res
+}
+
+fn headers_authorization(headers: &HeaderMap) -> Option<(dpop::Scheme, String)> {
+    dpop::authorization(headers).map(|(s, t)| (s, t.to_owned()))
 }
 
 async fn relay(res: reqwest::Response) -> Response {
@@ -310,6 +351,23 @@ async fn relay(res: reqwest::Response) -> Response {
     match res.json::<Value>().await {
         Ok(body) => (status, axum::Json(body)).into_response(),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the broker answered unreadably"),
+    }
+}
+
+/// Whose token the gate presents at the broker.
+enum Acting {
+    /// The caller's own bearer token (an unbound caller).
+    Caller(String),
+    /// Core's service token, naming a bound caller's token as the requester.
+    Service { token: String, requester_token: String },
+}
+
+impl Acting {
+    fn bearer(&self) -> &str {
+        match self {
+            Acting::Caller(t) => t,
+            Acting::Service { token, .. } => token,
+        }
     }
 }
 
@@ -322,20 +380,33 @@ impl Gate {
     ) -> Result<Request<Body>, Response> {
         let g = &self.0;
         let (mut parts, body) = req.into_parts();
-        let Some(token) = bearer(&parts.headers).map(str::to_owned) else {
+        let Some((scheme, token)) = headers_authorization(&parts.headers) else {
             return Err(error(StatusCode::UNAUTHORIZED, "invalid_token", "an access token is required"));
         };
+        let proof = dpop::proof_header(&parts.headers)
+            .map_err(|e: DpopError| dpop_unauthorized(format!("access token rejected: {e}")))?
+            .map(str::to_owned);
         let now = (g.clock)();
-        let caller = g
+        let url = self.request_url(&parts);
+        let (caller, _) = g
             .verifier
-            .verify_access(&token, now)
+            .verify_presented(scheme, &token, proof.as_deref(), parts.method.as_str(), &url, now)
             .await
-            .map_err(|e| error(StatusCode::UNAUTHORIZED, "invalid_token", format!("access token rejected: {e}")))?;
+            .map_err(|e| {
+                if e.is_dpop() {
+                    dpop_unauthorized(e.to_string())
+                } else {
+                    error(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string())
+                }
+            })?;
         if let Some(scope) = scope
             && !caller.has_scope(scope)
         {
             return Err(insufficient_scope(scope));
         }
+        // A bound caller's credentials are good for this request only: at the broker the gate
+        // acts as core's own service client.
+        let bound = caller.cnf.is_some();
         let Some(rule) = rule else {
             parts.extensions.insert(Identity(caller));
             return Ok(Request::from_parts(parts, body));
@@ -371,8 +442,13 @@ impl Gate {
         })?;
         let digest = params_digest(&shown).to_string();
 
+        let acting = if bound {
+            Acting::Service { token: self.service_token(now).await?, requester_token: token.clone() }
+        } else {
+            Acting::Caller(token.clone())
+        };
         let Some(capability) = parts.headers.get(CAPABILITY_HEADER) else {
-            return Err(self.request_approval(&parts, &token, &rule.action, &resource, &digest, &shown).await);
+            return Err(self.request_approval(&parts, &acting, &rule.action, &resource, &digest, &shown).await);
         };
         let capability = capability
             .to_str()
@@ -387,30 +463,50 @@ impl Gate {
         check_binding(&cap, &caller, binding).map_err(|e| {
             error(StatusCode::FORBIDDEN, "forbidden", format!("the capability does not match this request: {e}"))
         })?;
-        self.redeem(&token, &capability).await?;
+        self.redeem(acting.bearer(), &capability).await?;
         parts.extensions.insert(Identity(caller));
         parts.extensions.insert(Redeemed(cap));
         Ok(Request::from_parts(parts, Body::from(bytes)))
     }
 
+    /// Core's own service token, for acting at the broker for a bound caller.
+    async fn service_token(&self, now: i64) -> Result<String, Response> {
+        let v = &self.0.verifier;
+        if !v.has_service_client() {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this resource server has no service client of its own, so it cannot act at the broker for a \
+                 caller whose token is bound to a key",
+            ));
+        }
+        v.service_token(now).await.map_err(|e| {
+            tracing::warn!(error = %e, "core's service client cannot get a token");
+            error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the broker is unreachable")
+        })
+    }
+
     async fn request_approval(
         &self,
         parts: &axum::http::request::Parts,
-        token: &str,
+        acting: &Acting,
         action: &str,
         resource: &str,
         digest: &str,
         shown: &Value,
     ) -> Response {
         let g = &self.0;
-        let body = json!({
+        let mut body = json!({
             "action": action,
             "resource": resource,
             "params": shown,
             "params_digest": digest,
             "reason": format!("gated request {} {}", parts.method, parts.uri.path()),
         });
-        let mut req = g.http.post(format!("{}/v1/approvals", g.broker)).bearer_auth(token).json(&body);
+        if let Acting::Service { requester_token, .. } = acting {
+            body["requester_token"] = json!(requester_token);
+        }
+        let mut req = g.http.post(format!("{}/v1/approvals", g.broker)).bearer_auth(acting.bearer()).json(&body);
         if let Some(b) = parts.headers.get(BYPASS_HEADER) {
             req = req.header(BYPASS_HEADER, b.clone());
         }

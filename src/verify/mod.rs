@@ -4,6 +4,7 @@
 //! Build it alone with `default-features = false, features = ["verify"]`.
 
 mod checks;
+pub mod dpop;
 pub mod gate;
 pub mod jwks;
 pub mod revocations;
@@ -22,12 +23,13 @@ pub struct Verifier {
     policy: Policy,
     jwks: JwksClient,
     revocations: revocations::RevocationList,
+    dpop: dpop::DpopVerifier,
 }
 
 impl Verifier {
     /// Verifies tokens of `policy.issuer` with keys from `jwks`.
     pub fn new(policy: Policy, jwks: JwksClient) -> Verifier {
-        Verifier { policy, jwks, revocations: revocations::RevocationList::default() }
+        Verifier { policy, jwks, revocations: revocations::RevocationList::default(), dpop: Default::default() }
     }
 
     /// Trusts the broker at `issuer` (its JWKS at `/.well-known/jwks.json`) for `audience`,
@@ -46,6 +48,32 @@ impl Verifier {
     /// The key cache.
     pub fn jwks(&self) -> &JwksClient {
         &self.jwks
+    }
+
+    /// The DPoP proof checks and their replay cache.
+    pub fn dpop(&self) -> &dpop::DpopVerifier {
+        &self.dpop
+    }
+
+    /// Verifies an access token as presented on a request: the token itself (see
+    /// [`Verifier::verify_access`]), then, for a bound token, the DPoP proof of its key for
+    /// `method` and `url` (design §13). Returns the claims and, for a bound token, the proof.
+    #[allow(clippy::too_many_arguments)] // one request's facts, each needed
+    pub async fn verify_presented(
+        &self,
+        scheme: dpop::Scheme,
+        token: &str,
+        proof: Option<&str>,
+        method: &str,
+        url: &str,
+        now: i64,
+    ) -> Result<(AccessClaims, Option<dpop::CheckedProof>), PresentedTokenError> {
+        let claims = self.verify_access(token, now).await.map_err(PresentedTokenError::Token)?;
+        let proof = self
+            .dpop
+            .check_presentation(&claims, scheme, token, proof, method, url, now)
+            .map_err(PresentedTokenError::Presentation)?;
+        Ok((claims, proof))
     }
 
     async fn with_keys<T>(
@@ -86,6 +114,25 @@ impl Verifier {
     }
 }
 
+/// Why an access token presented on a request was refused: each is `401 invalid_token`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PresentedTokenError {
+    /// The token itself does not verify.
+    #[error("access token rejected: {0}")]
+    Token(VerifyError),
+    /// The token is fine, but not presented as it must be (DPoP).
+    #[error("access token rejected: {0}")]
+    Presentation(dpop::PresentationError),
+}
+
+impl PresentedTokenError {
+    /// Whether the refusal concerns proof of possession (its challenge is `DPoP`).
+    pub fn is_dpop(&self) -> bool {
+        matches!(self, PresentedTokenError::Presentation(_))
+    }
+}
+
 /// The deepest RFC 8693 actor chain accepted.
 pub const MAX_ACT_DEPTH: usize = 4;
 
@@ -122,6 +169,9 @@ pub enum BindingError {
     /// Another delegation chain: the capability serves only the chain that asked for it.
     #[error("capability was issued to another chain of actors")]
     Actors,
+    /// Another key: a capability of a bound requester serves only requests proved by its key.
+    #[error("capability is bound to another key")]
+    Key,
 }
 
 /// Checks that `cap` is bound to exactly this request by exactly this caller.
@@ -149,6 +199,11 @@ pub fn check_binding(
         cap.act.as_ref().map(|a| a.chain().into_iter().map(|x| x.sub.as_str()).collect()).unwrap_or_default();
     if cap_actors != caller.actors() {
         return Err(BindingError::Actors);
+    }
+    // The caller's token was presented with a proof of its key (checked before this), so the
+    // same `cnf` means the request was proved by the capability's key.
+    if cap.cnf != caller.cnf {
+        return Err(BindingError::Key);
     }
     Ok(())
 }

@@ -298,6 +298,17 @@ impl Verifier {
         self
     }
 
+    /// Whether a service client of core's own is configured ([`Verifier::with_feed_credentials`]).
+    pub fn has_service_client(&self) -> bool {
+        self.revocations.credentials.is_some()
+    }
+
+    /// An access token of core's own service client (the gate acts with it at the broker for
+    /// bound callers, design §13): cached while good at `now`.
+    pub async fn service_token(&self, now: i64) -> Result<String, FeedError> {
+        self.feed_token(now).await
+    }
+
     /// An access token for the feed: the cached one while it is good at `now`, else a new
     /// one from the broker's token endpoint.
     async fn feed_token(&self, now: i64) -> Result<String, FeedError> {

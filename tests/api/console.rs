@@ -453,6 +453,7 @@ async fn console_shows_what_will_run_apart_from_the_description_and_who_acted() 
         scopes: vec![],
         allow_bypass: vec![],
         delegates: vec![runtime.id.parse().unwrap()],
+        require_dpop: false,
     };
     let (subject, secret) =
         tessera::clients::create(o.app.state.store(), &o.app.state.config().policy, new, "test", o.app.state.now())

@@ -88,6 +88,7 @@ async fn workspace_client_without_workspace_is_refused() {
         scopes: vec![],
         allow_bypass: vec![],
         delegates: vec![],
+        require_dpop: false,
     };
     let r = tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", 0).await;
     assert!(r.is_err());
@@ -176,6 +177,7 @@ async fn only_operators_can_ever_hold_approvals_decide() {
             scopes: vec!["approvals:decide".parse().unwrap()],
             allow_bypass: vec![],
             delegates: vec![],
+            require_dpop: false,
         };
         assert!(
             tessera::clients::create(app.state.store(), &app.state.config().policy, new, "t", 0).await.is_err(),

@@ -13,7 +13,7 @@ use crate::helpers::*;
 
 #[path = "../../examples/core.rs"]
 #[allow(dead_code, unreachable_pub)]
-mod core_example;
+pub(crate) mod core_example;
 
 struct World {
     broker: TestApp,

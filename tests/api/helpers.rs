@@ -160,6 +160,7 @@ impl TestApp {
             scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(),
             allow_bypass: bypass.iter().map(|s| s.parse().unwrap()).collect(),
             delegates: vec![],
+            require_dpop: false,
         };
         let (rec, secret) =
             tessera::clients::create(self.state.store(), &self.state.config().policy, new, "test", self.state.now())

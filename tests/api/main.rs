@@ -8,6 +8,7 @@ mod attacks;
 mod checkpoints;
 mod connections;
 mod console;
+mod dpop;
 mod foundation;
 mod gate;
 mod helpers;

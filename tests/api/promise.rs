@@ -23,6 +23,7 @@ async fn register(
         scopes: vec![],
         allow_bypass: bypass.iter().map(|a| a.parse().unwrap()).collect(),
         delegates: delegates.iter().map(|d| d.id.parse().unwrap()).collect(),
+        require_dpop: false,
     };
     let (rec, secret) =
         tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", app.state.now())

@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use tessera::domain::CallerKind;
 use tessera::proxy::GateConfig;
 use tessera::verify::Verifier;
+use tessera::verify::dpop::DpopKey;
 use tessera::verify::gate::Gate;
+use tessera::verify::revocations::FeedCredentials;
 
 use crate::helpers::*;
 
@@ -181,13 +183,25 @@ scope = "workspaces:write"
 
 /// Starts `tessera gate`'s router in front of `upstream`, trusting `broker` (on its clock).
 pub(crate) async fn spawn_proxy(broker: &TestApp, upstream: &str, extra: &str) -> String {
-    let text = format!("upstream = \"{upstream}\"\nbroker = \"{}\"\n{extra}\n{CORE_ROUTES}", broker.base);
-    let config = GateConfig::parse(&text).unwrap();
-    let clock = broker.state.clock().clone();
-    let gate = Gate::with_clock(Verifier::for_issuer(&broker.base, "core"), &broker.base, move || clock.now());
-    let router = tessera::proxy::app(config, &gate);
+    spawn_proxy_as(broker, upstream, extra, None).await
+}
+
+/// As [`spawn_proxy`], with the proxy's own `service` client.
+async fn spawn_proxy_as(broker: &TestApp, upstream: &str, extra: &str, service: Option<&TestClient>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let text = format!(
+        "upstream = \"{upstream}\"\nbroker = \"{}\"\npublic_url = \"http://{addr}\"\n{extra}\n{CORE_ROUTES}",
+        broker.base
+    );
+    let config = GateConfig::parse(&text).unwrap();
+    let clock = broker.state.clock().clone();
+    let mut verifier = Verifier::for_issuer(&broker.base, "core");
+    if let Some(s) = service {
+        verifier = verifier.with_feed_credentials(FeedCredentials::new(s.id.clone(), s.secret.clone()));
+    }
+    let gate = Gate::with_clock(verifier, &broker.base, move || clock.now());
+    let router = tessera::proxy::app(config, &gate);
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     format!("http://{addr}")
 }
@@ -542,4 +556,88 @@ async fn a_configuration_error_exits_1_naming_it() {
         assert_eq!(lines.len(), 1, "{err}");
         assert!(lines[0].contains(needle), "{err}");
     }
+}
+
+/// A DPoP request through the proxy: the proof names the proxy's URL.
+async fn dpop_call(
+    key: &DpopKey,
+    token: &str,
+    method: reqwest::Method,
+    url: &str,
+    now: i64,
+    cap: Option<&str>,
+) -> reqwest::Response {
+    let proof = key.proof(method.as_str(), url, Some(token), None, now).unwrap();
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .header("Authorization", format!("DPoP {token}"))
+        .header("DPoP", proof)
+        .header("content-type", "application/json")
+        .body("{}");
+    if let Some(c) = cap {
+        req = req.header("Tessera-Capability", c);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_bound_caller_goes_through_the_proxy_with_its_key_only() {
+    let broker = spawn_app().await;
+    let (up, seen) = upstream::spawn(Duration::ZERO).await;
+    let svc = broker.create_client("org-1", CallerKind::Service, "gate").await;
+    let proxy = spawn_proxy_as(&broker, &up, "", Some(&svc)).await;
+    let agent = broker.create_client("org-1", CallerKind::Agent, "concierge").await;
+    let op = broker.create_client("org-1", CallerKind::Operator, "alice").await;
+    let key = DpopKey::generate_ed25519().unwrap();
+    let proof = key.proof("POST", &broker.url("/oauth/token"), None, None, broker.state.now()).unwrap();
+    let res = broker
+        .http
+        .post(broker.url("/oauth/token"))
+        .basic_auth(&agent.id, Some(&agent.secret))
+        .header("DPoP", proof)
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let token = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let url = format!("{proxy}/workspaces/ws-3");
+
+    // Presented as a bearer token, the bound token is refused with the DPoP challenge.
+    let res = reqwest::Client::new().get(&url).bearer_auth(&token).send().await.unwrap();
+    assert!(res.headers()["www-authenticate"].to_str().unwrap().starts_with("DPoP"));
+    assert_error(res, 401, "invalid_token").await;
+    // With its proof: a read passes, and the proof never reaches the upstream.
+    let now = broker.state.now();
+    assert_eq!(dpop_call(&key, &token, reqwest::Method::GET, &url, now, None).await.status(), 200);
+    assert!(seen.last_headers().get("dpop").is_none());
+
+    // The gated flow: the approval is the agent's though the proxy's service client created it.
+    let res = dpop_call(&key, &token, reqwest::Method::DELETE, &url, now, None).await;
+    assert_eq!(res.status(), 202);
+    let id = res.json::<Value>().await.unwrap()["approval_id"].as_str().unwrap().to_owned();
+    let ot = broker.access_token(&op).await;
+    assert_eq!(broker.decide(&ot, &id, "approve").await.status(), 200);
+    let path = format!("/v1/approvals/{id}");
+    let proof = key.proof("GET", &broker.url(&path), Some(&token), None, now).unwrap();
+    let v: Value = broker
+        .http
+        .get(broker.url(&path))
+        .header("Authorization", format!("DPoP {token}"))
+        .header("DPoP", proof)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["requester"], agent.id);
+    let cap = v["capability"].as_str().unwrap().to_owned();
+    // Another key cannot use it; the key's holder runs it once.
+    let thief = DpopKey::generate_ed25519().unwrap();
+    let res = dpop_call(&thief, &token, reqwest::Method::DELETE, &url, now, Some(&cap)).await;
+    assert_error(res, 401, "invalid_token").await;
+    assert_eq!(dpop_call(&key, &token, reqwest::Method::DELETE, &url, now, Some(&cap)).await.status(), 200);
+    assert_error(dpop_call(&key, &token, reqwest::Method::DELETE, &url, now, Some(&cap)).await, 409, "conflict").await;
+    assert_eq!(seen.effects(), vec![json!({"action": "workspace_delete", "resource": "workspaces/ws-3"})]);
+    assert_eq!(seen.last_headers()["tessera-approval-id"], id.as_str());
 }

@@ -149,6 +149,7 @@ async fn create_with_delegates(app: &TestApp, name: &str, delegates: &[&str]) ->
         scopes: vec![],
         allow_bypass: vec![],
         delegates: delegates.iter().map(|d| d.parse().unwrap()).collect(),
+        require_dpop: false,
     };
     let (rec, secret) =
         tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", app.state.now())
@@ -187,6 +188,7 @@ async fn the_actor_chain_is_depth_capped() {
         scopes: vec![],
         allow_bypass: vec![],
         delegates: vec![other.id.parse().unwrap()],
+        require_dpop: false,
     };
     assert!(tessera::clients::create(app.state.store(), &app.state.config().policy, new, "t", 0).await.is_err());
 }

@@ -40,7 +40,20 @@ struct Vectors {
     settings: Settings,
     digests: Vec<Digest>,
     presented: Vec<Presented>,
+    dpop: Vec<DpopCase>,
     cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct DpopCase {
+    name: String,
+    proof: String,
+    method: String,
+    url: String,
+    access_token: Option<String>,
+    now: i64,
+    jkt: String,
+    expected: String,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +148,7 @@ fn caller(sub: &str, tenant: &str, actors: &[String]) -> AccessClaims {
         caller_kind: CallerKind::Agent,
         workspace: None,
         act,
+        cnf: None,
     }
 }
 
@@ -200,6 +214,27 @@ fn vectors_every_case_gets_its_verdict_from_the_rust_verifier() {
     );
     let valid = vectors.cases.iter().filter(|c| c.expected == "valid").count();
     assert!(valid >= 2 && vectors.cases.len() - valid >= 50, "the vectors lost cases");
+}
+
+/// The DPoP cases, in order, against one replay cache: the library's proof checks.
+#[test]
+fn vectors_dpop_proofs_get_their_verdicts() {
+    let (_, vectors) = load();
+    let verifier = tessera::verify::dpop::DpopVerifier::default();
+    for name in ["dpop_valid", "dpop_wrong_ath", "dpop_wrong_htu", "dpop_stale", "dpop_replayed"] {
+        assert!(vectors.dpop.iter().any(|c| c.name == name), "missing DPoP case {name}");
+    }
+    for c in &vectors.dpop {
+        let check = tessera::verify::dpop::ProofCheck {
+            method: &c.method,
+            url: &c.url,
+            access_token: c.access_token.as_deref(),
+            now: c.now,
+        };
+        let got = verifier.verify_bound(&c.proof, &check, &c.jkt);
+        let verdict = if got.is_ok() { "valid" } else { "invalid" };
+        assert_eq!(verdict, c.expected, "{}: {got:?}", c.name);
+    }
 }
 
 #[test]

@@ -7,8 +7,9 @@ count, strict base64url, duplicate members, forbidden header members, exact typ,
 for the Ed25519 signature and the registered claims (exp, nbf, iat, iss, aud), then its own
 claim checks (integer NumericDates, lifetime cap, required claims and their types) and the
 capability binding, the actor chain included. It also checks the params_digest examples with
-the rfc8785 package, and computes the presented form of request parameters (design §11: secret
-fields as length and fingerprint, unsafe integers refused) for the presented cases.
+the rfc8785 package, computes the presented form of request parameters (design §11: secret
+fields as length and fingerprint, unsafe integers refused) for the presented cases, and checks
+the DPoP proof cases (design §13) in order against one replay cache.
 
 Usage: python3 tests/vectors/verify.py [FOLDER]   (default: the folder of this script)
 Needs: pip install 'pyjwt>=2.10.1' cryptography rfc8785
@@ -319,6 +320,79 @@ def presented(params_json, secret_fields):
     return out
 
 
+DPOP_ALGS = ("EdDSA", "ES256")
+DPOP_WINDOW_SECS = 60
+PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def jwk_thumbprint(jwk):
+    """RFC 7638: SHA-256 over the required members, sorted, no whitespace."""
+    required = {"OKP": ("crv", "kty", "x"), "EC": ("crv", "kty", "x", "y")}.get(jwk.get("kty"))
+    if required is None or any(not isinstance(jwk.get(m), str) for m in required):
+        raise Reject("jwk is not an OKP or EC public key")
+    canonical = json.dumps({m: jwk[m] for m in required}, sort_keys=True, separators=(",", ":"))
+    return b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+def normalized_url(url):
+    """What htu is compared on (RFC 9449 §4.3): scheme, host, port and path."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise Reject("htu is not an http(s) URL")
+    port = u.port or {"http": 80, "https": 443}[u.scheme]
+    return f"{u.scheme}://{u.hostname.lower()}:{port}{u.path or '/'}"
+
+
+def verify_dpop(case, seen):
+    """The checks of design §13 on one proof; `seen` is the replay cache of (jkt, jti)."""
+    proof = case["proof"]
+    if not TOKEN_CHARS.fullmatch(proof) or proof.count(".") != 2:
+        raise Reject("not a compact JWS")
+    h, p, _ = proof.split(".")
+    header = strict_object(b64url_decode(h, "header"), "header")
+    if header.get("typ") != "dpop+jwt":
+        raise Reject("typ is not dpop+jwt")
+    if header.get("alg") not in DPOP_ALGS:
+        raise Reject(f"alg {header.get('alg')!r} is not accepted")
+    jwk = header.get("jwk")
+    if not isinstance(jwk, dict):
+        raise Reject("jwk is required")
+    if any(m in jwk for m in PRIVATE_JWK_MEMBERS):
+        raise Reject("the jwk carries private key members")
+    jkt = jwk_thumbprint(jwk)
+    try:
+        key = jwt.PyJWK(jwk, algorithm=header["alg"])
+        claims = jwt.decode(proof, key, algorithms=[header["alg"]], options={"verify_aud": False, "verify_iat": False})
+    except jwt.PyJWTError as e:
+        raise Reject(f"PyJWT: {e}") from e
+    strict_object(b64url_decode(p, "claims"), "claims")
+    for name in ("jti", "htm", "htu"):
+        if not isinstance(claims.get(name), str) or not claims[name]:
+            raise Reject(f"{name} is required")
+    if not is_int(claims.get("iat")):
+        raise Reject("iat must be an integer")
+    if jkt != case["jkt"]:
+        raise Reject("signed by another key than the token is bound to")
+    if claims["htm"] != case["method"]:
+        raise Reject("htm names another method")
+    if normalized_url(claims["htu"]) != normalized_url(case["url"]):
+        raise Reject("htu names another URL")
+    if abs(claims["iat"] - case["now"]) > DPOP_WINDOW_SECS:
+        raise Reject("iat is outside the window")
+    token = case.get("access_token")
+    if token is not None and claims.get("ath") != b64url(hashlib.sha256(token.encode()).digest()):
+        raise Reject("ath is not the hash of the access token")
+    if (jkt, claims["jti"]) in seen:
+        raise Reject("replayed jti")
+    seen.add((jkt, claims["jti"]))
+
+
 def self_test():
     """Fails loudly if PyJWT stops reading the time through the patched clock."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -356,6 +430,18 @@ def main():
         passed, failed = passed + ok, failed + (not ok)
         print(f"{'ok  ' if ok else 'FAIL'} presented {p['name']}: " + ("refused" if got[0] else got[2])
               + ("" if ok else f" (want {want})"))
+
+    seen = set()
+    for case in vectors.get("dpop", []):
+        try:
+            verify_dpop(case, seen)
+            got, why = "valid", ""
+        except Reject as e:
+            got, why = "invalid", str(e)
+        ok = got == case["expected"]
+        passed, failed = passed + ok, failed + (not ok)
+        print(f"{'ok  ' if ok else 'FAIL'} {case['name']}: expected {case['expected']}, got {got}"
+              + (f" ({why})" if why else ""))
 
     for case in vectors["cases"]:
         try:

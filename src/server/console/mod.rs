@@ -688,6 +688,7 @@ mod tests {
             caller_kind: CallerKind::Operator,
             workspace: None,
             act: None,
+            cnf: None,
         }
     }
 
@@ -715,6 +716,7 @@ mod tests {
             redeemed_by: None,
             params: None,
             act: None,
+            cnf_jkt: None,
             decisions: Vec::new(),
         }
     }

@@ -129,6 +129,7 @@ fn operator_claims(state: &AppState, client: &ClientRecord, session: &SessionRow
         caller_kind: client.kind,
         workspace: None,
         act: None,
+        cnf: None,
     }
 }
 
