@@ -88,8 +88,11 @@ const SECRET_FIELDS: &[&str] = &["value"];
 
 /// Core's routes (design §9), each behind the gate.
 pub fn router(gate: &Gate, effects: Effects) -> Router {
+    // What the protected-resource metadata lists (RFC 9728); the gate serves it.
+    gate.set_scopes_supported(&["workspaces:read", "approvals:create"]);
     Router::new()
-        .route("/workspaces/{id}", get(read_workspace).route_layer(gate.authenticated()))
+        .merge(gate.metadata_routes())
+        .route("/workspaces/{id}", get(read_workspace).route_layer(gate.authenticated().scope("workspaces:read")))
         .route(
             "/workspaces/{id}",
             axum::routing::delete(|State(e): State<Effects>, Path(id): Path<String>| async move {
@@ -147,14 +150,9 @@ pub fn router(gate: &Gate, effects: Effects) -> Router {
         .with_state(effects)
 }
 
-async fn read_workspace(Path(id): Path<String>, Extension(who): Extension<Identity>) -> Response {
-    if !who.0.has_scope("workspaces:read") {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({ "error": "forbidden", "error_description": "the token lacks workspaces:read" })),
-        )
-            .into_response();
-    }
+/// The gate has checked the token and its `workspaces:read` scope (403 `forbidden` with
+/// `insufficient_scope` in `WWW-Authenticate` without it).
+async fn read_workspace(Path(id): Path<String>, Extension(_who): Extension<Identity>) -> Response {
     Json(json!({ "id": id })).into_response()
 }
 

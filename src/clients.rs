@@ -17,6 +17,7 @@ use crate::audit::{self, AuditEvent, Fingerprints, Precondition, PreconditionRea
 use crate::domain::{Action, CallerKind, ClientId, Scope, ScopeSet, TenantId, WorkspaceId};
 use crate::policy::Policy;
 use crate::store::clients::{self as rows, ClientRecord};
+use crate::store::federation::FederatedIdentity;
 use crate::store::{Store, StoreError};
 use crate::token::b64;
 
@@ -102,6 +103,44 @@ pub async fn create(
     actor: &str,
     now: i64,
 ) -> Result<(ClientRecord, ClientSecret), ClientError> {
+    let (record, secret) = register(store, policy, new, &[], actor, now).await?;
+    let secret =
+        secret.ok_or_else(|| ClientError::Invalid("a client with a secret was registered without one".into()))?;
+    Ok((record, secret))
+}
+
+/// Registers a client with no secret that an assertion naming one of `identities`
+/// authenticates (the `jwt-bearer` grant, design §14). An identity may name one client only.
+pub async fn create_federated(
+    store: &Store,
+    policy: &Policy,
+    new: NewClient,
+    identities: &[FederatedIdentity],
+    actor: &str,
+    now: i64,
+) -> Result<ClientRecord, ClientError> {
+    if identities.is_empty() {
+        return Err(ClientError::Invalid("a federated client needs at least one identity".into()));
+    }
+    for id in identities {
+        let printable = |v: &str| !v.is_empty() && v.len() <= 512 && !v.chars().any(char::is_control);
+        if !printable(&id.issuer) || !printable(&id.subject) {
+            return Err(ClientError::Invalid(
+                "--federated ISSUER=SUBJECT: each part must be 1 to 512 printable characters".into(),
+            ));
+        }
+    }
+    Ok(register(store, policy, new, identities, actor, now).await?.0)
+}
+
+async fn register(
+    store: &Store,
+    policy: &Policy,
+    new: NewClient,
+    identities: &[FederatedIdentity],
+    actor: &str,
+    now: i64,
+) -> Result<(ClientRecord, Option<ClientSecret>), ClientError> {
     let name = new.name.trim();
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         return Err(ClientError::Invalid("name must be 1 to 128 printable characters".into()));
@@ -141,7 +180,7 @@ pub async fn create(
     }
     let client_id = ClientId::parse(&format!("tc_{}", b64::encode(&random_bytes::<16>()?)))
         .map_err(|e| ClientError::Invalid(e.to_string()))?;
-    let secret = new_secret()?;
+    let secret = if identities.is_empty() { Some(new_secret()?) } else { None };
     let record = ClientRecord {
         client_id,
         tenant: new.tenant,
@@ -166,10 +205,19 @@ pub async fn create(
             "allow_bypass": record.allow_bypass,
             "delegates": record.delegates,
             "require_dpop": record.require_dpop,
+            "federated": identities,
         }),
     );
     let mut tx = store.begin_write().await?;
-    rows::insert(&mut tx, &record, &hash_secret(secret.expose())).await?;
+    // A federated client's stored hash is empty: no presented secret hashes to it.
+    let stored = secret.as_ref().map(|s| hash_secret(s.expose())).unwrap_or_default();
+    rows::insert(&mut tx, &record, &stored).await?;
+    if let Err(e) = crate::store::federation::insert(&mut tx, record.client_id.as_str(), identities, now).await {
+        if e.is_unique_violation() {
+            return Err(ClientError::Invalid("one of these identities already names another client".into()));
+        }
+        return Err(e.into());
+    }
     audit::append(&mut tx, store.backend(), &[event], now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok((record, secret))
@@ -183,6 +231,11 @@ pub async fn rotate_secret(
     now: i64,
 ) -> Result<(ClientRecord, ClientSecret), ClientError> {
     let record = rows::get(store, client_id).await?.ok_or_else(|| ClientError::NotFound(client_id.to_owned()))?;
+    if crate::store::federation::is_federated(store, client_id).await? {
+        return Err(ClientError::Invalid(format!(
+            "{client_id} is a federated client: it has no secret, an assertion of its identity authenticates it"
+        )));
+    }
     let secret = new_secret()?;
     let mut tx = store.begin_write().await?;
     if !rows::set_secret_hash(&mut tx, client_id, &hash_secret(secret.expose()), now).await? {

@@ -76,8 +76,13 @@ pub struct Config {
     pub keys_dir: PathBuf,
     /// Issuer URL, exactly as it appears in `iss`.
     pub issuer: String,
-    /// Audience placed in `aud`.
+    /// Audience placed in `aud` when a token request names no `resource`.
     pub audience: String,
+    /// Every audience a token request may name as `resource` (RFC 8707); empty means just
+    /// `audience`. See [`Config::audiences`].
+    pub audiences: Vec<String>,
+    /// Issuers whose JWTs the `jwt-bearer` grant accepts as assertions (design §14).
+    pub federation: Vec<FederationConfig>,
     /// Log format.
     pub log_format: LogFormat,
     /// Whole-request timeout, seconds.
@@ -134,6 +139,8 @@ struct FileConfig {
     keys_dir: Option<PathBuf>,
     issuer: Option<String>,
     audience: Option<String>,
+    audiences: Option<Vec<String>>,
+    federation: Option<Vec<FederationConfig>>,
     log_format: Option<LogFormat>,
     request_timeout_secs: Option<u64>,
     max_body_bytes: Option<usize>,
@@ -157,12 +164,13 @@ struct FileConfig {
 }
 
 /// The environment variables read, with the file key each one overrides.
-pub const ENV_VARS: [(&str, &str); 23] = [
+pub const ENV_VARS: [(&str, &str); 24] = [
     ("TESSERA_LISTEN", "listen"),
     ("TESSERA_DATABASE_URL", "database_url"),
     ("TESSERA_KEYS_DIR", "keys_dir"),
     ("TESSERA_ISSUER", "issuer"),
     ("TESSERA_AUDIENCE", "audience"),
+    ("TESSERA_AUDIENCES", "audiences"),
     ("TESSERA_LOG_FORMAT", "log_format"),
     ("TESSERA_REQUEST_TIMEOUT_SECS", "request_timeout_secs"),
     ("TESSERA_MAX_BODY_BYTES", "max_body_bytes"),
@@ -191,6 +199,8 @@ impl Default for Config {
             keys_dir: PathBuf::from("keys"),
             issuer: "http://127.0.0.1:8700".to_owned(),
             audience: "core".to_owned(),
+            audiences: Vec::new(),
+            federation: Vec::new(),
             log_format: LogFormat::Text,
             request_timeout_secs: 10,
             max_body_bytes: 16 * 1024,
@@ -219,7 +229,48 @@ fn parse_env<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigE
     value.parse().map_err(|_| ConfigError(format!("{name}: cannot parse {value:?}")))
 }
 
+/// One trusted issuer of workload identities (`[[federation]]`, design §14).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// The issuer, exactly as its tokens' `iss` says.
+    pub issuer: String,
+    /// Where its JWKS is fetched (and cached as `Cache-Control` says).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// A file holding its JWKS instead (read at start, and again when an assertion names a
+    /// key the file did not have).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// The audience its assertions must name in `aud` for this broker.
+    pub audience: String,
+}
+
+impl FederationConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let who = &self.issuer;
+        if who.is_empty() || who.len() > 512 || who.chars().any(char::is_control) {
+            return Err(ConfigError("federation: issuer must be 1 to 512 printable characters".into()));
+        }
+        match (&self.jwks_uri, &self.jwks_file) {
+            (Some(u), None) if u.starts_with("https://") || u.starts_with("http://") => {}
+            (Some(u), None) => return Err(ConfigError(format!("federation {who:?}: jwks_uri {u:?} must be http(s)"))),
+            (None, Some(_)) => {}
+            _ => return Err(ConfigError(format!("federation {who:?}: give exactly one of jwks_uri and jwks_file"))),
+        }
+        if self.audience.is_empty() || self.audience.len() > 512 {
+            return Err(ConfigError(format!("federation {who:?}: audience must be 1 to 512 characters")));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
+    /// Every audience a token may be issued for: `audiences`, or just `audience`.
+    pub fn audiences(&self) -> Vec<String> {
+        if self.audiences.is_empty() { vec![self.audience.clone()] } else { self.audiences.clone() }
+    }
+
     /// How long a new key is published before it signs: the JWKS max-age verifiers cache it
     /// for, plus the largest leeway.
     pub fn key_publish_lead_secs(&self) -> i64 {
@@ -276,6 +327,12 @@ impl Config {
         }
         if let Some(v) = file.audience {
             c.audience = v;
+        }
+        if let Some(v) = file.audiences {
+            c.audiences = v;
+        }
+        if let Some(v) = file.federation {
+            c.federation = v;
         }
         if let Some(v) = file.log_format {
             c.log_format = v;
@@ -356,6 +413,9 @@ impl Config {
                 "TESSERA_KEYS_DIR" => self.keys_dir = PathBuf::from(v),
                 "TESSERA_ISSUER" => self.issuer = v.clone(),
                 "TESSERA_AUDIENCE" => self.audience = v.clone(),
+                "TESSERA_AUDIENCES" => {
+                    self.audiences = v.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect()
+                }
                 "TESSERA_LOG_FORMAT" => {
                     self.log_format = match v.as_str() {
                         "text" => LogFormat::Text,
@@ -419,6 +479,22 @@ impl Config {
         }
         if self.audience.is_empty() {
             return Err(ConfigError("audience must not be empty".into()));
+        }
+        if !self.audiences.is_empty() && !self.audiences.contains(&self.audience) {
+            return Err(ConfigError(format!(
+                "audiences must include the default audience {:?} (or leave audiences out)",
+                self.audience
+            )));
+        }
+        if self.audiences.iter().any(|a| a.is_empty() || a.len() > 256 || a.chars().any(char::is_control)) {
+            return Err(ConfigError("audiences: each must be 1 to 256 printable characters".into()));
+        }
+        let mut issuers = std::collections::HashSet::new();
+        for f in &self.federation {
+            f.check()?;
+            if !issuers.insert(f.issuer.as_str()) {
+                return Err(ConfigError(format!("federation: issuer {:?} appears twice", f.issuer)));
+            }
         }
         if !(0..=60).contains(&self.leeway_secs) {
             return Err(ConfigError("leeway_secs must be between 0 and 60".into()));

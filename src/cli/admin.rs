@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::domain::{Action, CallerKind, ClientId, Scope, TenantId, WorkspaceId};
 use crate::store::Store;
 use crate::store::clients as client_rows;
+use crate::store::federation::FederatedIdentity;
 use crate::store::keys as key_rows;
 
 #[derive(Debug, Subcommand)]
@@ -43,6 +44,11 @@ pub(super) enum ClientsCmd {
         /// Issue tokens to this client only with a DPoP proof, bound to the proof's key.
         #[arg(long = "require-dpop")]
         require_dpop: bool,
+        /// A workload identity that authenticates this client instead of a secret: the
+        /// issuer (one of `[[federation]]`) and the subject of its tokens (repeatable). The
+        /// client then has no secret.
+        #[arg(long = "federated", value_name = "ISSUER=SUBJECT", value_parser = parse_identity)]
+        federated: Vec<FederatedIdentity>,
     },
     /// List clients.
     List,
@@ -53,6 +59,12 @@ pub(super) enum ClientsCmd {
     },
     /// Issue a new secret; the old one stops working at once.
     RotateSecret {
+        /// Client id.
+        id: String,
+    },
+    /// Issue a one-time code with which an operator enrols its first passkey in the console
+    /// (valid 30 minutes). Without it, an operator secret alone never enrols an authenticator.
+    PasskeyEnrolment {
         /// Client id.
         id: String,
     },
@@ -74,6 +86,16 @@ pub(super) enum KeysCmd {
     Rotate,
 }
 
+/// `ISSUER=SUBJECT`, split at the first `=` (an issuer URL has none).
+fn parse_identity(s: &str) -> Result<FederatedIdentity, String> {
+    match s.split_once('=') {
+        Some((issuer, subject)) if !issuer.is_empty() && !subject.is_empty() => {
+            Ok(FederatedIdentity { issuer: issuer.to_owned(), subject: subject.to_owned() })
+        }
+        _ => Err(format!("expected ISSUER=SUBJECT, got {s:?}")),
+    }
+}
+
 pub(super) fn now() -> i64 {
     crate::server::Clock::default().now()
 }
@@ -93,12 +115,36 @@ pub(super) async fn clients(config: &Config, cmd: ClientsCmd) -> Result<(), Fail
 
 async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<(), Failure> {
     match cmd {
-        ClientsCmd::Create { tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop } => {
+        ClientsCmd::Create {
+            tenant,
+            kind,
+            name,
+            workspace,
+            scopes,
+            allow_bypass,
+            delegates,
+            require_dpop,
+            federated,
+        } => {
             let new = NewClient { tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop };
-            let (c, secret) = clients::create(store, &config.policy, new, "cli", now()).await?;
+            for id in &federated {
+                if !config.federation.iter().any(|f| f.issuer == id.issuer) {
+                    return Err(Failure(format!(
+                        "--federated: {:?} is not a trusted issuer; add it as a [[federation]] entry first",
+                        id.issuer
+                    )));
+                }
+            }
+            let (c, secret) = if federated.is_empty() {
+                let (c, secret) = clients::create(store, &config.policy, new, "cli", now()).await?;
+                (c, Some(secret))
+            } else {
+                (clients::create_federated(store, &config.policy, new, &federated, "cli", now()).await?, None)
+            };
             print_json(&json!({
                 "client_id": c.client_id,
-                "client_secret": secret.expose(),
+                "client_secret": secret.as_ref().map(|s| s.expose()),
+                "federated": federated,
                 "tenant": c.tenant,
                 "kind": c.kind,
                 "name": c.name,
@@ -111,23 +157,28 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
         }
         ClientsCmd::List => {
             let list = client_rows::list(store).await?;
+            let mut identities: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+            for (client, id) in crate::store::federation::list(store).await? {
+                identities.entry(client).or_default().push(format!("{}={}", id.issuer, id.subject));
+            }
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
-                "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} SCOPE",
-                "CLIENT_ID", "TENANT", "KIND", "STATUS", "NAME", "WORKSPACE"
+                "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {:<40} FEDERATED",
+                "CLIENT_ID", "TENANT", "KIND", "STATUS", "NAME", "WORKSPACE", "SCOPE"
             )?;
             for c in list {
                 writeln!(
                     out,
-                    "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {}",
+                    "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {:<40} {}",
                     c.client_id,
                     c.tenant,
                     c.kind,
                     if c.disabled { "disabled" } else { "active" },
                     c.name,
                     c.workspace.as_ref().map_or("-", |w| w.as_str()),
-                    c.scopes
+                    c.scopes.to_string(),
+                    identities.get(c.client_id.as_str()).map_or("-".to_owned(), |ids| ids.join(","))
                 )?;
             }
             Ok(())
@@ -139,6 +190,37 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
         ClientsCmd::RotateSecret { id } => {
             let (c, secret) = clients::rotate_secret(store, &id, "cli", now()).await?;
             print_json(&json!({ "client_id": c.client_id, "client_secret": secret.expose() }))
+        }
+        ClientsCmd::PasskeyEnrolment { id } => {
+            let Some(c) =
+                crate::store::clients::get(store, &id).await?.filter(|c| c.kind == crate::domain::CallerKind::Operator)
+            else {
+                return Err(Failure(format!("no operator client {id}")));
+            };
+            let mut raw = [0u8; 15];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+                .map_err(|_| Failure("no randomness".into()))?;
+            let code = crate::token::b64::encode(&raw);
+            let t = now();
+            let row = crate::store::passkeys::ChallengeRow {
+                challenge: crate::server::console_enrolment_key(&code),
+                purpose: "enrol_code".into(),
+                client_id: Some(id.clone()),
+                expires_at: t + 1800,
+                ..Default::default()
+            };
+            crate::store::passkeys::insert_challenge(store, &row, t).await?;
+            let mut tx = store.begin_write().await?;
+            let event = crate::audit::AuditEvent::new(
+                "passkey.enrolment_issued",
+                "cli",
+                c.tenant.as_str(),
+                &id,
+                json!({ "expires_at": row.expires_at }),
+            );
+            crate::audit::append(&mut tx, store.backend(), &[event], t).await?;
+            tx.commit().await.map_err(crate::store::StoreError::from)?;
+            print_json(&json!({ "client_id": id, "enrolment_code": code, "expires_at": row.expires_at }))
         }
         ClientsCmd::RemovePasskeys { id } => {
             let Some(c) = crate::store::clients::get(store, &id).await? else {

@@ -31,7 +31,7 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::Semaphore;
 
 pub use config::GateConfig;
@@ -82,7 +82,6 @@ struct Proxy {
     unlisted: GateLayer,
     client: Upstream,
     connections: Arc<Semaphore>,
-    metadata: Value,
 }
 
 fn error(status: StatusCode, code: &str, description: &str) -> Response {
@@ -143,28 +142,18 @@ pub fn app(config: GateConfig, gate: &Gate) -> Router {
     let mut scopes: Vec<&str> = config.routes.iter().filter_map(|r| r.scope.as_deref()).collect();
     scopes.sort_unstable();
     scopes.dedup();
-    let metadata = json!({
-        "resource": config.public_url,
-        "authorization_servers": [config.broker],
-        "scopes_supported": scopes,
-        "bearer_methods_supported": ["header"],
-        "dpop_signing_alg_values_supported": ["EdDSA", "ES256"],
-    });
+    if !gate.set_scopes_supported(&scopes) {
+        tracing::warn!("the gate's scopes were already set; its metadata lists those");
+    }
     let proxy = Proxy {
         layers,
         unlisted: gate.authenticated(),
         client,
         connections: Arc::new(Semaphore::new(config.upstream_max_connections)),
-        metadata,
         config,
     };
-    Router::new()
-        .route(
-            "/.well-known/oauth-protected-resource",
-            axum::routing::get(|State(p): State<Arc<Proxy>>| async move { axum::Json(p.metadata.clone()) }),
-        )
-        .fallback(handle)
-        .with_state(Arc::new(proxy))
+    // The protected-resource metadata (RFC 9728) is the library gate's own.
+    gate.metadata_routes().fallback(handle).with_state(Arc::new(proxy))
 }
 
 /// The request path's segments, percent-decoded, or `None` when the path is not in the one

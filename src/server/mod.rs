@@ -8,6 +8,7 @@ mod console;
 pub mod dpop;
 pub mod error;
 mod health;
+pub mod jwt_bearer;
 pub mod metrics;
 pub mod oauth;
 pub mod openapi;
@@ -77,6 +78,7 @@ struct Inner {
     passkey_challenges: Option<ratelimit::RequestLimiter>,
     metrics: metrics::Metrics,
     rotation: tokio::sync::Mutex<()>,
+    federation: crate::federation::Federation,
 }
 
 impl AppState {
@@ -93,6 +95,8 @@ impl AppState {
         let token_requests = ratelimit::RequestLimiter::new(config.token_requests_per_minute);
         // Anonymous passkey sign-in challenges, per peer address: each is a stored row.
         let passkey_challenges = ratelimit::RequestLimiter::new(60);
+        let federation =
+            crate::federation::Federation::new(&config.federation, config.leeway_secs).map_err(anyhow::Error::msg)?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
@@ -109,6 +113,7 @@ impl AppState {
                 passkey_challenges,
                 metrics: metrics::Metrics::default(),
                 rotation: tokio::sync::Mutex::new(()),
+                federation,
             }),
         })
     }
@@ -132,6 +137,10 @@ impl AppState {
     /// precondition the writer checks at commit (see [`crate::clients::authenticate_cached`]).
     pub fn client_cache(&self) -> &crate::clients::AuthCache {
         &self.inner.client_cache
+    }
+    /// The trusted issuers of workload identities (design §14).
+    pub fn federation(&self) -> &crate::federation::Federation {
+        &self.inner.federation
     }
     /// The clock.
     pub fn clock(&self) -> &Clock {
@@ -170,6 +179,11 @@ impl AppState {
     pub fn notifier(&self) -> &Arc<Notifier> {
         &self.inner.notifier
     }
+}
+
+/// The stored key of a console passkey-enrolment code (for `tessera clients passkey-enrolment`).
+pub fn console_enrolment_key(code: &str) -> String {
+    console::enrolment_key(code)
 }
 
 /// The router, without a socket: tests may drive it with `oneshot`.

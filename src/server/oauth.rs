@@ -237,12 +237,18 @@ fn requested_scopes(policy: &crate::policy::Policy, raw: &str) -> ApiResult<Scop
 }
 
 /// The claims of a fresh access token for `client` with `scopes`.
-fn client_claims(state: &AppState, client: &ClientRecord, scopes: &ScopeSet, now: i64) -> ApiResult<AccessClaims> {
+pub(super) fn client_claims(
+    state: &AppState,
+    client: &ClientRecord,
+    scopes: &ScopeSet,
+    aud: String,
+    now: i64,
+) -> ApiResult<AccessClaims> {
     Ok(AccessClaims {
         iss: state.config().issuer.clone(),
         sub: client.client_id.to_string(),
         client_id: client.client_id.to_string(),
-        aud: Audience::One(state.config().audience.clone()),
+        aud: Audience::One(aud),
         iat: now,
         nbf: now,
         exp: now + state.config().policy.access_token_ttl_secs,
@@ -256,6 +262,19 @@ fn client_claims(state: &AppState, client: &ClientRecord, scopes: &ScopeSet, now
     })
 }
 
+/// The audience a token is issued for (RFC 8707): `resource` when the request names one of
+/// the configured audiences, the default audience when it names none; anything else is
+/// `invalid_target`.
+pub(super) fn target_audience(state: &AppState, form: &Form) -> ApiResult<String> {
+    match form.get("resource") {
+        None => Ok(state.config().audience.clone()),
+        Some(r) if state.config().audiences().iter().any(|a| a == r) => Ok(r.to_owned()),
+        Some(_) => Err(ApiError::invalid_target(
+            "resource is not an audience of this broker; its metadata lists them (tessera_audiences)",
+        )),
+    }
+}
+
 /// Whether `client` gets tokens only with a proof: registered so, or its kind by policy.
 fn requires_dpop(state: &AppState, client: &ClientRecord) -> bool {
     client.require_dpop || state.config().policy.requires_dpop(client.kind)
@@ -263,7 +282,7 @@ fn requires_dpop(state: &AppState, client: &ClientRecord) -> bool {
 
 /// The binding of a `client_credentials` token: the proof's key, required where the client
 /// or its kind must prove possession.
-fn bind_client(
+pub(super) fn bind_client(
     state: &AppState,
     client: &ClientRecord,
     proof: Option<&CheckedProof>,
@@ -437,15 +456,20 @@ async fn exchange(
             wanted
         }
     };
-    let mut aud = subject.aud.clone();
-    for param in ["audience", "resource"] {
-        if let Some(wanted) = form.get(param) {
-            if !subject.aud.contains(wanted) {
-                return Err(ApiError::invalid_target(format!("{param} is not one the subject token may be used for")));
-            }
-            aud = Audience::One(wanted.to_owned());
+    // `resource` (RFC 8707) or `audience` (RFC 8693) picks one of the configured audiences;
+    // without either, the token keeps the subject's.
+    let aud = match (form.get("resource"), form.get("audience")) {
+        (None, None) => subject.aud.clone(),
+        (Some(r), Some(a)) if r != a => {
+            return Err(ApiError::invalid_target("audience and resource name different audiences"));
         }
-    }
+        (Some(wanted), _) | (None, Some(wanted)) => {
+            if !state.config().audiences().iter().any(|a| a == wanted) {
+                return Err(ApiError::invalid_target("resource is not an audience of this broker"));
+            }
+            Audience::One(wanted.to_owned())
+        }
+    };
     let claims = AccessClaims {
         iss: state.config().issuer.clone(),
         sub: subject.sub.clone(),
@@ -484,6 +508,9 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
         return Err(ApiError::invalid_request("grant_type is required"));
     };
     let grant_type = grant_type.to_owned();
+    if grant_type == super::jwt_bearer::GRANT_JWT_BEARER {
+        return super::jwt_bearer::grant(&state, &headers, &form, peer).await;
+    }
     let creds = presented_credentials(&headers, &form)?;
     let client_credentials = grant_type == "client_credentials";
     let (client, check) = authenticate_with(&state, &creds, peer, client_credentials).await?;
@@ -496,8 +523,9 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
     let proof = super::dpop::token_request_proof(&state, &headers, now)?;
     match grant_type.as_str() {
         "client_credentials" => {
+            let aud = target_audience(&state, &form)?;
             let scopes = select_scopes(&state, &client, form.get("scope"))?;
-            let mut claims = client_claims(&state, &client, &scopes, now)?;
+            let mut claims = client_claims(&state, &client, &scopes, aud.clone(), now)?;
             claims.cnf = bind_client(&state, &client, proof.as_ref())?;
             let actor = client.client_id.as_str();
             if let Some(res) = issue_checked(&state, claims, actor, "client_credentials", json!({}), now, check).await?
@@ -509,13 +537,14 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
             state.client_cache().forget(&creds.client_id);
             let (client, _) = authenticate_with(&state, &creds, peer, false).await?;
             let scopes = select_scopes(&state, &client, form.get("scope"))?;
-            let mut claims = client_claims(&state, &client, &scopes, now)?;
+            let mut claims = client_claims(&state, &client, &scopes, aud, now)?;
             claims.cnf = bind_client(&state, &client, proof.as_ref())?;
             issue(&state, claims, client.client_id.as_str(), "client_credentials", json!({}), now).await
         }
         GRANT_EXCHANGE => exchange(&state, &client, &form, proof.as_ref(), now).await,
         _ => Err(ApiError::unsupported_grant_type(format!(
-            "supported grant types: client_credentials, {GRANT_EXCHANGE}"
+            "supported grant types: client_credentials, {GRANT_EXCHANGE}, {}",
+            super::jwt_bearer::GRANT_JWT_BEARER
         ))),
     }
 }

@@ -383,7 +383,8 @@ fn schemas() -> Value {
             "scopes_supported": {"type": "array", "items": string()},
         })),
         "TokenRequest": object(&["grant_type"], json!({
-            "grant_type": {"type": "string", "enum": ["client_credentials", super::oauth::GRANT_EXCHANGE]},
+            "grant_type": {"type": "string", "enum": ["client_credentials", super::oauth::GRANT_EXCHANGE, super::jwt_bearer::GRANT_JWT_BEARER]},
+            "assertion": string(),
             "scope": string(), "client_id": string(), "client_secret": string(),
             "subject_token": string(), "subject_token_type": string(), "audience": string(),
             "resource": string(), "requested_token_type": string(),

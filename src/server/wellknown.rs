@@ -36,13 +36,17 @@ async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
     let iss = &state.config().issuer;
     let scopes: Vec<String> = state.config().policy.catalogue().iter().map(|s| s.to_string()).collect();
     let auth_methods = ["client_secret_basic", "client_secret_post"];
+    let mut grants = vec!["client_credentials", super::oauth::GRANT_EXCHANGE];
+    if !state.federation().is_empty() {
+        grants.push(super::jwt_bearer::GRANT_JWT_BEARER);
+    }
     Json(json!({
         "issuer": iss,
         "token_endpoint": format!("{iss}/oauth/token"),
         "jwks_uri": format!("{iss}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{iss}/oauth/introspect"),
         "revocation_endpoint": format!("{iss}/oauth/revoke"),
-        "grant_types_supported": ["client_credentials", super::oauth::GRANT_EXCHANGE],
+        "grant_types_supported": grants,
         "token_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
@@ -50,6 +54,8 @@ async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
         "response_types_supported": [],
         "scopes_supported": scopes,
         "dpop_signing_alg_values_supported": crate::verify::dpop::DPOP_ALGS,
+        "tessera_audiences": state.config().audiences(),
+        "tessera_assertion_signing_alg_values_supported": crate::federation::ASSERTION_ALGS,
         "tessera_revocations_feed": format!("{iss}/v1/revocations"),
         "tessera_approvals_endpoint": format!("{iss}/v1/approvals"),
         "tessera_redemption_endpoint": format!("{iss}/v1/capabilities/redeem"),

@@ -4,6 +4,7 @@
 pub mod approvals;
 pub mod clients;
 pub mod console;
+pub mod federation;
 pub mod keys;
 pub mod passkeys;
 pub mod revocations;

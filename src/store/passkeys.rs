@@ -135,7 +135,8 @@ pub async fn remove(
 pub struct ChallengeRow {
     /// base64url of the challenge bytes.
     pub challenge: String,
-    /// `enrol`, `sign_in` or `decide`.
+    /// `enrol`, `sign_in`, `decide`, or `enrol_code` (an administrator's enrolment code, stored
+    /// as its SHA-256).
     pub purpose: String,
     /// The operator (enrol, decide).
     pub client_id: Option<String>,
@@ -172,6 +173,33 @@ pub async fn insert_challenge(store: &Store, c: &ChallengeRow, now: i64) -> Resu
     .execute(store.pool())
     .await?;
     Ok(())
+}
+
+/// A live challenge of `purpose`, left in place.
+pub async fn peek_challenge(
+    conn: &mut AnyConnection,
+    challenge: &str,
+    purpose: &str,
+    now: i64,
+) -> Result<Option<ChallengeRow>, StoreError> {
+    let row = sqlx::query(
+        "SELECT client_id, expires_at FROM passkey_challenges WHERE challenge = $1 AND purpose = $2 AND expires_at > $3",
+    )
+    .bind(challenge)
+    .bind(purpose)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| {
+        Ok(ChallengeRow {
+            challenge: challenge.to_owned(),
+            purpose: purpose.to_owned(),
+            client_id: r.try_get("client_id")?,
+            expires_at: r.try_get("expires_at")?,
+            ..ChallengeRow::default()
+        })
+    })
+    .transpose()
 }
 
 /// Takes a live challenge of `purpose`, once: it is deleted in the same transaction, so an

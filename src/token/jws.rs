@@ -5,7 +5,9 @@
 //! with no duplicate members and none of the members that would let a token choose its own
 //! key (`jwk`, `jku`, `x5u`, `x5c`) or demand extensions (`crit`).
 
-use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED, ED25519, Ed25519KeyPair, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -79,8 +81,61 @@ impl<'a> UnverifiedJws<'a> {
         }
         let header_bytes = b64::decode(h).map_err(|_| JwsError::Malformed("header is not canonical base64url"))?;
         let signature = b64::decode(s).map_err(|_| JwsError::Malformed("signature is not canonical base64url"))?;
-        let header = parse_header(&header_bytes)?;
+        let header = parse_header(&header_bytes, true)?;
         Ok(UnverifiedJws { header, signing_input: &token[..h.len() + 1 + p.len()], payload_b64: p, signature })
+    }
+
+    /// Parses a JWT issued by someone else (an RFC 7523 assertion): as [`UnverifiedJws::parse`],
+    /// except that `typ` may be absent (it is then the empty string). Whoever calls this decides
+    /// which `typ` values to accept.
+    pub fn parse_untyped(token: &'a str) -> Result<Self, JwsError> {
+        // The same steps as `parse`, with the header's `typ` optional.
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(JwsError::TooLarge);
+        }
+        let mut jws = Self::parse_format(token)?;
+        let h = token.split('.').next().unwrap_or("");
+        let header_bytes = b64::decode(h).map_err(|_| JwsError::Malformed("header is not canonical base64url"))?;
+        jws.header = parse_header(&header_bytes, false)?;
+        Ok(jws)
+    }
+
+    fn parse_format(token: &'a str) -> Result<Self, JwsError> {
+        if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+            return Err(JwsError::Malformed("characters outside the base64url alphabet"));
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(JwsError::Malformed("a compact JWS has exactly three segments"));
+        };
+        if h.is_empty() || p.is_empty() || s.is_empty() {
+            return Err(JwsError::Malformed("empty segment"));
+        }
+        let signature = b64::decode(s).map_err(|_| JwsError::Malformed("signature is not canonical base64url"))?;
+        let header = Header { alg: String::new(), typ: String::new(), kid: String::new() };
+        Ok(UnverifiedJws { header, signing_input: &token[..h.len() + 1 + p.len()], payload_b64: p, signature })
+    }
+
+    /// Verifies the signature with a key of algorithm `alg`: `EdDSA` (a raw 32-byte Ed25519
+    /// key), `ES256` (an uncompressed P-256 point, 65 bytes; the signature is the 64-byte
+    /// R‖S, never DER) or `RS256` (a DER `RSAPublicKey` of 2048 to 8192 bits). The header's
+    /// `alg` must be that algorithm.
+    pub fn verify_with(&self, alg: &str, public_key: &[u8]) -> Result<(), JwsError> {
+        if self.header.alg != alg {
+            return Err(JwsError::BadSignature);
+        }
+        let (algorithm, sig_len): (&'static dyn ring::signature::VerificationAlgorithm, Option<usize>) = match alg {
+            super::ALG_EDDSA => (&ED25519, Some(64)),
+            ALG_ES256 => (&ECDSA_P256_SHA256_FIXED, Some(64)),
+            ALG_RS256 => (&RSA_PKCS1_2048_8192_SHA256, None),
+            _ => return Err(JwsError::BadSignature),
+        };
+        if sig_len.is_some_and(|n| self.signature.len() != n) {
+            return Err(JwsError::BadSignature);
+        }
+        UnparsedPublicKey::new(algorithm, public_key)
+            .verify(self.signing_input.as_bytes(), &self.signature)
+            .map_err(|_| JwsError::BadSignature)
     }
 
     /// The checked header.
@@ -108,7 +163,12 @@ impl<'a> UnverifiedJws<'a> {
     }
 }
 
-fn parse_header(bytes: &[u8]) -> Result<Header, JwsError> {
+/// ECDSA with P-256 and SHA-256 (RFC 7518 §3.4).
+pub const ALG_ES256: &str = "ES256";
+/// RSASSA-PKCS1-v1_5 with SHA-256 (RFC 7518 §3.3); accepted only on federated assertions.
+pub const ALG_RS256: &str = "RS256";
+
+fn parse_header(bytes: &[u8], typ_required: bool) -> Result<Header, JwsError> {
     let map = strict_json::parse_object(bytes).map_err(JwsError::Header)?;
     if let Some(m) = FORBIDDEN_HEADER_MEMBERS.iter().find(|m| map.contains_key(**m)) {
         return Err(JwsError::Header(format!("header member {m:?} is not accepted")));
@@ -120,7 +180,11 @@ fn parse_header(bytes: &[u8]) -> Result<Header, JwsError> {
             None => Err(JwsError::Header(format!("{name:?} is required"))),
         }
     };
-    let header = Header { alg: get("alg")?, typ: get("typ")?, kid: get("kid")? };
+    let typ = match (map.get("typ"), typ_required) {
+        (None, false) => String::new(),
+        _ => get("typ")?,
+    };
+    let header = Header { alg: get("alg")?, typ, kid: get("kid")? };
     if !kid_is_plausible(&header.kid) {
         return Err(JwsError::Header("kid is not a plausible key id".to_owned()));
     }

@@ -27,9 +27,7 @@
 //! ([`Gate::set_public_url`]) plus the request path, or `http://` and the `Host` header.
 //!
 //! The verified identity reaches the handler as the [`Identity`] request extension, the
-//! redeemed capability as [`Redeemed`]. A route may also require a scope
-//! ([`GateLayer::scope`]): a token without it is `403 forbidden`, with `WWW-Authenticate:
-//! Bearer error="insufficient_scope"` naming the scope, before any approval is asked for.
+//! redeemed capability as [`Redeemed`].
 //!
 //! The same checks serve a request that no axum route matched: [`GateLayer::check`] admits a
 //! request whose path parameters the caller supplies as the [`PathParams`] extension. The gate
@@ -135,6 +133,7 @@ struct GateInner {
     http: reqwest::Client,
     clock: Box<Clock>,
     public_url: std::sync::OnceLock<String>,
+    scopes_supported: std::sync::OnceLock<Vec<String>>,
 }
 
 /// The shared gate: one per resource server, cloned into each route's layer.
@@ -175,6 +174,7 @@ impl Gate {
             http,
             clock: Box::new(clock),
             public_url: std::sync::OnceLock::new(),
+            scopes_supported: std::sync::OnceLock::new(),
         }))
     }
 
@@ -198,6 +198,47 @@ impl Gate {
                 format!("http://{host}{path}")
             }
         }
+    }
+
+    /// The scopes this resource server's routes ask for, listed in its protected-resource
+    /// metadata (RFC 9728). Set once; false if it was already set.
+    pub fn set_scopes_supported(&self, scopes: &[&str]) -> bool {
+        self.0.scopes_supported.set(scopes.iter().map(|s| (*s).to_owned()).collect()).is_ok()
+    }
+
+    /// The protected-resource metadata (RFC 9728 §2): `resource` (the public URL, see
+    /// [`Gate::set_public_url`]), `authorization_servers` (the broker's issuer),
+    /// `scopes_supported`, `bearer_methods_supported` and `dpop_signing_alg_values_supported`.
+    pub fn resource_metadata(&self) -> Value {
+        json!({
+            "resource": self.public_url(),
+            "authorization_servers": [self.0.verifier.policy().issuer],
+            "scopes_supported": self.0.scopes_supported.get().cloned().unwrap_or_default(),
+            "bearer_methods_supported": ["header"],
+            "dpop_signing_alg_values_supported": dpop::DPOP_ALGS,
+        })
+    }
+
+    /// Where the metadata is served: the public URL and [`RESOURCE_METADATA_PATH`].
+    pub fn resource_metadata_url(&self) -> String {
+        format!("{}{RESOURCE_METADATA_PATH}", self.public_url())
+    }
+
+    fn public_url(&self) -> String {
+        self.0.public_url.get().cloned().unwrap_or_else(|| "http://localhost".to_owned())
+    }
+
+    /// A router serving `GET /.well-known/oauth-protected-resource`, to merge into the
+    /// resource server's own; it needs no token.
+    pub fn metadata_routes<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        let gate = self.clone();
+        axum::Router::new().route(
+            RESOURCE_METADATA_PATH,
+            axum::routing::get(move || {
+                let body = gate.resource_metadata();
+                async move { axum::Json(body) }
+            }),
+        )
     }
 
     /// A layer that only requires a valid access token.
@@ -252,9 +293,8 @@ impl GateLayer {
         GateLayer { gate: self.gate, rule, scope: self.scope }
     }
 
-    /// Requires the access token to grant `scope`: without it the request is `403 forbidden`
-    /// (`WWW-Authenticate: Bearer error="insufficient_scope", scope="…"`), before anything else
-    /// of the route happens.
+    /// Requires `scope` of the caller's token: without it, `403 forbidden` with
+    /// `WWW-Authenticate: Bearer error="insufficient_scope", scope="…"` (RFC 6750 §3.1).
     pub fn scope(self, scope: &str) -> GateLayer {
         GateLayer { scope: Some(Arc::from(scope)), ..self }
     }
@@ -264,7 +304,10 @@ impl GateLayer {
     /// instead. Path parameters come from the [`PathParams`] extension when the request has one,
     /// else from axum's router.
     pub async fn check(&self, req: Request<Body>) -> Result<Request<Body>, Response> {
-        self.gate.admit(req, self.rule.as_deref(), self.scope.as_deref()).await
+        self.gate
+            .admit(req, self.rule.as_deref(), self.scope.as_deref())
+            .await
+            .map_err(|res| self.gate.with_resource_metadata(res))
     }
 }
 
@@ -307,9 +350,26 @@ where
         Box::pin(async move {
             match gate.admit(req, rule.as_deref(), scope.as_deref()).await {
                 Ok(req) => inner.call(req).await,
-                Err(res) => Ok(res),
+                Err(res) => Ok(gate.with_resource_metadata(res)),
             }
         })
+    }
+}
+
+/// Where a resource server's protected-resource metadata is served (RFC 9728 §3).
+pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+impl Gate {
+    /// Adds `resource_metadata` to a refusal's `WWW-Authenticate` challenge (RFC 9728 §5.1), so
+    /// a client can find from a 401 alone where to get a token.
+    fn with_resource_metadata(&self, mut res: Response) -> Response {
+        if let Some(challenge) = res.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()) {
+            let with = format!("{challenge}, resource_metadata=\"{}\"", self.resource_metadata_url());
+            if let Ok(v) = HeaderValue::from_str(&with) {
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        res
     }
 }
 
@@ -319,15 +379,6 @@ fn error(status: StatusCode, code: &str, description: impl Into<String>) -> Resp
     if status == StatusCode::UNAUTHORIZED
         && let Ok(v) = HeaderValue::from_str("Bearer error=\"invalid_token\"")
     {
-        res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    res
-}
-
-/// 403 for a token that lacks the route's scope (RFC 6750 §3.1).
-fn insufficient_scope(scope: &str) -> Response {
-    let mut res = error(StatusCode::FORBIDDEN, "forbidden", format!("the token lacks the scope {scope}"));
-    if let Ok(v) = HeaderValue::from_str(&format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")) {
         res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     res
@@ -399,14 +450,19 @@ impl Gate {
                     error(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string())
                 }
             })?;
-        if let Some(scope) = scope
-            && !caller.has_scope(scope)
-        {
-            return Err(insufficient_scope(scope));
-        }
         // A bound caller's credentials are good for this request only: at the broker the gate
         // acts as core's own service client.
         let bound = caller.cnf.is_some();
+        if let Some(needed) = scope
+            && !caller.has_scope(needed)
+        {
+            let mut res = error(StatusCode::FORBIDDEN, "forbidden", format!("the token lacks {needed}"));
+            let challenge = format!("Bearer error=\"insufficient_scope\", scope=\"{needed}\"");
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            return Err(res);
+        }
         let Some(rule) = rule else {
             parts.extensions.insert(Identity(caller));
             return Ok(Request::from_parts(parts, body));

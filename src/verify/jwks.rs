@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::checks::{KeyLookup, PublicKey};
-use crate::token::{ALG_EDDSA, b64, jws::kid_is_plausible, strict_json};
+use crate::token::jws::{ALG_ES256, ALG_RS256, kid_is_plausible};
+use crate::token::{ALG_EDDSA, b64, strict_json};
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 64 * 1024;
@@ -75,9 +76,13 @@ pub struct JwksClient {
     fetches: std::sync::atomic::AtomicU64,
 }
 
-/// Parses a JWK set: Ed25519 signing keys are kept; keys of other types or with missing
-/// members are ignored (RFC 7517 §5); a private member, a duplicate `kid`, or an
-/// `alg` other than EdDSA on an OKP key refuses the whole set.
+/// Parses a JWK set. Kept: Ed25519 keys (`OKP`/`Ed25519`, `alg` `EdDSA`), P-256 keys
+/// (`EC`/`P-256`, `alg` `ES256`, the point checked on the curve when used) and RSA keys of
+/// 2048 to 8192 bits (`RSA`, `alg` `RS256`); a key without `alg` gets its type's one
+/// algorithm. Ignored (RFC 7517 §5): keys of other types or curves, RSA keys of other
+/// algorithms, keys not for signing, keys with missing or malformed members. Refused, the
+/// whole set: a private member, a duplicate `kid`, or an `alg` other than EdDSA on an OKP
+/// key. The broker's own tokens are checked for `EdDSA` whatever the set holds.
 pub fn parse_jwks(bytes: &[u8]) -> Result<HashMap<String, Arc<PublicKey>>, JwksError> {
     let doc = strict_json::parse_object(bytes).map_err(JwksError::Document)?;
     let Some(Value::Array(keys)) = doc.get("keys") else {
@@ -86,34 +91,87 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<HashMap<String, Arc<PublicKey>>, JwksE
     let mut out = HashMap::new();
     for k in keys {
         let Value::Object(k) = k else { continue };
-        if k.contains_key("d") {
+        if ["d", "p", "q", "dp", "dq", "qi"].iter().any(|m| k.contains_key(*m)) {
             return Err(JwksError::Document("a private key member is present".into()));
         }
         let s = |name: &str| k.get(name).and_then(Value::as_str);
-        if s("kty") != Some("OKP") || s("crv") != Some("Ed25519") {
-            continue;
-        }
         if s("use").is_some_and(|u| u != "sig") || k.contains_key("key_ops") {
             continue;
         }
-        let (Some(kid), Some(x)) = (s("kid"), s("x")) else { continue };
-        let alg = s("alg").unwrap_or(ALG_EDDSA);
-        if alg != ALG_EDDSA {
-            return Err(JwksError::Document(format!("key {kid:?} has alg {alg:?}")));
-        }
+        let Some(kid) = s("kid") else { continue };
+        let parsed = match (s("kty"), s("crv")) {
+            (Some("OKP"), Some("Ed25519")) => {
+                let alg = s("alg").unwrap_or(ALG_EDDSA);
+                if alg != ALG_EDDSA {
+                    return Err(JwksError::Document(format!("key {kid:?} has alg {alg:?}")));
+                }
+                s("x").and_then(|x| b64::decode(x).ok()).filter(|raw| raw.len() == 32).map(|raw| (ALG_EDDSA, raw))
+            }
+            (Some("EC"), Some("P-256")) if s("alg").is_none_or(|a| a == ALG_ES256) => {
+                match (s("x").map(b64::decode), s("y").map(b64::decode)) {
+                    (Some(Ok(x)), Some(Ok(y))) if x.len() == 32 && y.len() == 32 => {
+                        let mut point = Vec::with_capacity(65);
+                        point.push(4u8);
+                        point.extend_from_slice(&x);
+                        point.extend_from_slice(&y);
+                        Some((ALG_ES256, point))
+                    }
+                    _ => None,
+                }
+            }
+            (Some("RSA"), _) if s("alg").is_none_or(|a| a == ALG_RS256) => {
+                match (s("n").map(b64::decode), s("e").map(b64::decode)) {
+                    (Some(Ok(n)), Some(Ok(e))) if (256..=1024).contains(&n.len()) && !e.is_empty() && e.len() <= 8 => {
+                        Some((ALG_RS256, rsa_public_key_der(&n, &e)))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some((alg, raw)) = parsed else { continue };
         if !kid_is_plausible(kid) {
             continue;
         }
-        let Ok(raw) = b64::decode(x) else { continue };
-        if raw.len() != 32 {
-            continue;
-        }
-        let key = Arc::new(PublicKey { kid: kid.to_owned(), alg: ALG_EDDSA.to_owned(), raw });
+        let key = Arc::new(PublicKey { kid: kid.to_owned(), alg: alg.to_owned(), raw });
         if out.insert(kid.to_owned(), key).is_some() {
             return Err(JwksError::Document(format!("duplicate kid {kid:?}")));
         }
     }
     Ok(out)
+}
+
+/// The DER `RSAPublicKey` (RFC 8017 A.1.1) of modulus `n` and exponent `e`, both big-endian.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn push_len(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+    }
+    fn integer(value: &[u8]) -> Vec<u8> {
+        let trimmed: &[u8] = {
+            let zeros = value.iter().take_while(|b| **b == 0).count().min(value.len().saturating_sub(1));
+            &value[zeros..]
+        };
+        let pad = trimmed.first().is_some_and(|b| b & 0x80 != 0);
+        let mut out = vec![0x02];
+        push_len(&mut out, trimmed.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(trimmed);
+        out
+    }
+    let body = [integer(n), integer(e)].concat();
+    let mut out = vec![0x30];
+    push_len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 fn max_age(headers: &reqwest::header::HeaderMap) -> Option<Duration> {

@@ -1338,8 +1338,13 @@ async fn console_browser_passkey_enrol_sign_in_and_approve() {
     assert_eq!(browser.path().await, "/console");
 
     // Enrol.
+    let out = app.cli(&["clients", "passkey-enrolment", &o.op.id]).await;
+    assert!(out.status.success());
+    let code: Value = serde_json::from_slice(&out.stdout).unwrap();
     browser.goto(&format!("{local}/console/passkeys")).await;
     let button = browser.wait_for("#passkey-enrol").await;
+    let field = browser.wait_for("#passkey-code").await;
+    field.send_keys(code["enrolment_code"].as_str().unwrap()).await.unwrap();
     browser.screenshot("passkeys", 1000, 720).await;
     browser.mark().await;
     button.click().await.unwrap();

@@ -9,6 +9,7 @@ mod checkpoints;
 mod connections;
 mod console;
 mod dpop;
+mod federation;
 mod foundation;
 mod gate;
 mod helpers;

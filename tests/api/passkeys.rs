@@ -188,8 +188,20 @@ async fn post_form(app: &TestApp, s: &Session, path: &str, form: &[(&str, &str)]
     app.http.post(app.url(path)).header("cookie", &s.cookie).form(form).send().await.unwrap()
 }
 
+/// An administrator's one-time enrolment code for `op`'s first passkey.
+async fn enrolment_code(app: &TestApp, op: &TestClient) -> String {
+    let out = app.cli(&["clients", "passkey-enrolment", &op.id]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["enrolment_code"].as_str().unwrap().to_owned()
+}
+
 async fn enrol(app: &TestApp, s: &Session, soft: &Soft) -> reqwest::Response {
-    let res = post_form(app, s, "/console/passkeys/options", &[("csrf", &s.csrf)]).await;
+    enrol_with(app, s, soft, "").await
+}
+
+async fn enrol_with(app: &TestApp, s: &Session, soft: &Soft, code: &str) -> reqwest::Response {
+    let res = post_form(app, s, "/console/passkeys/options", &[("csrf", &s.csrf), ("code", code)]).await;
     if res.status() != 200 {
         return res;
     }
@@ -198,7 +210,7 @@ async fn enrol(app: &TestApp, s: &Session, soft: &Soft) -> reqwest::Response {
     let body = json!({
         "csrf": s.csrf, "challenge": o["challenge"], "credential_id": b64::encode(&reg.credential_id),
         "client_data": b64::encode(&reg.client_data_json), "authenticator_data": b64::encode(&reg.authenticator_data),
-        "public_key": b64::encode(&reg.public_key), "alg": reg.alg, "name": "test key",
+        "public_key": b64::encode(&reg.public_key), "alg": reg.alg, "name": "test key", "code": code,
     });
     app.http.post(app.url("/console/passkeys")).header("cookie", &s.cookie).json(&body).send().await.unwrap()
 }
@@ -296,7 +308,20 @@ async fn passkey_actions_are_decided_only_with_a_passkey() {
     .await;
     assert_eq!(res.status(), 403, "no assertion, no decision");
     assert_eq!(status(&app, &ot, &id).await["status"], "pending");
-    assert_eq!(enrol(&app, &s, &soft).await.status(), 200);
+    // The first passkey needs an administrator's one-time enrolment code: an operator secret
+    // alone (in an agent's hands, say) never enrols an authenticator of its own.
+    assert_eq!(enrol(&app, &s, &soft).await.status(), 403);
+    let mallory = app.create_client("org-1", CallerKind::Operator, "mallory").await;
+    let not_mine = enrolment_code(&app, &mallory).await;
+    assert_eq!(enrol_with(&app, &s, &soft, &not_mine).await.status(), 403, "another operator's code");
+    let code = enrolment_code(&app, &op).await;
+    assert_eq!(enrol_with(&app, &s, &soft, &code).await.status(), 200);
+    // The code is used once: with the passkey removed, the same code enrols nothing.
+    assert!(app.cli(&["clients", "remove-passkeys", &op.id]).await.status.success());
+    assert_eq!(enrol_with(&app, &s, &Soft::new(&origin(&app)), &code).await.status(), 403, "a used code");
+    let code = enrolment_code(&app, &op).await;
+    soft = Soft::new(&origin(&app));
+    assert_eq!(enrol_with(&app, &s, &soft, &code).await.status(), 200);
 
     // The confirmation page asks for the passkey.
     let page = post_form(
@@ -343,7 +368,8 @@ async fn assertions_for_anything_but_this_decision_are_refused() {
     let b_id = app.pending_approval(&at, "org_token_mint", "orgs/org-1/tokens", &json!({"name": "b"})).await;
     let s = sign_in_with_secret(&app, &op).await;
     let mut soft = Soft::new(&origin(&app));
-    assert_eq!(enrol(&app, &s, &soft).await.status(), 200);
+    let code = enrolment_code(&app, &op).await;
+    assert_eq!(enrol_with(&app, &s, &soft, &code).await.status(), 200);
 
     // Another approval's challenge.
     let ch_b = decision_challenge(&app, &s, &b_id, "approve").await;
@@ -390,7 +416,8 @@ async fn operators_sign_in_with_their_passkey_and_the_policy_can_require_it() {
     let op = app.create_client("org-1", CallerKind::Operator, "alice").await;
     let s = sign_in_with_secret(&app, &op).await;
     let mut soft = Soft::new(&origin(&app));
-    assert_eq!(enrol(&app, &s, &soft).await.status(), 200);
+    let code = enrolment_code(&app, &op).await;
+    assert_eq!(enrol_with(&app, &s, &soft, &code).await.status(), 200);
     // With a passkey, the secret session may not add another.
     let second = Soft::new(&origin(&app));
     assert_eq!(enrol(&app, &s, &second).await.status(), 403);
@@ -441,7 +468,8 @@ async fn operators_sign_in_with_their_passkey_and_the_policy_can_require_it() {
     assert_eq!(v["passkeys_removed"], 2);
     assert_eq!(sign_in_with_passkey(&app, &mut soft).await.status(), 401);
     let again = sign_in_with_secret(&app, &op).await;
-    assert_eq!(enrol(&app, &again, &Soft::new(&origin(&app))).await.status(), 200);
+    let code = enrolment_code(&app, &op).await;
+    assert_eq!(enrol_with(&app, &again, &Soft::new(&origin(&app)), &code).await.status(), 200);
     assert!(app.audit_events().await.iter().any(|e| e == "passkey.removed"));
 }
 
@@ -456,7 +484,8 @@ async fn audit_verify_catches_an_edited_passkey_decision() {
     let id = app.pending_approval(&at, "secret_write", "workspaces/ws-1/secrets/K", &json!({"key": "K"})).await;
     let s = sign_in_with_secret(&app, &op).await;
     let mut soft = Soft::new(&origin(&app));
-    assert_eq!(enrol(&app, &s, &soft).await.status(), 200);
+    let code = enrolment_code(&app, &op).await;
+    assert_eq!(enrol_with(&app, &s, &soft, &code).await.status(), 200);
     let ch = decision_challenge(&app, &s, &id, "deny").await;
     assert_eq!(decide_with(&app, &s, &id, "deny", &ch, &soft.assert(&ch)).await.status(), 303);
     assert!(app.cli(&["audit", "verify"]).await.status.success());

@@ -403,6 +403,8 @@ async fn the_reference_cores_table_holds_behind_the_proxy() {
         .await
         .unwrap();
     assert_eq!(m["authorization_servers"], json!([w.broker.base]));
+    assert_eq!(m["resource"], w.proxy);
+    assert_eq!(m["scopes_supported"], json!(["workspaces:read", "workspaces:write"]));
 }
 
 #[tokio::test]
@@ -527,8 +529,13 @@ async fn an_upstream_that_is_down_is_a_502_and_nothing_runs() {
     let res = http.get(format!("{proxy}/workspaces/ws-1")).bearer_auth(&at).send().await.unwrap();
     let body = assert_error(res, 502, "bad_gateway").await;
     assert!(!body.to_string().contains(&addr.to_string()), "no internals in the body");
-    // Still the token first.
+    // Still the token first, and the 401 says where the metadata is (RFC 9728 §5.1).
     let res = http.get(format!("{proxy}/workspaces/ws-1")).send().await.unwrap();
+    let challenge = res.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.contains(&format!("resource_metadata=\"{proxy}/.well-known/oauth-protected-resource\"")),
+        "{challenge}"
+    );
     assert_error(res, 401, "invalid_token").await;
 }
 

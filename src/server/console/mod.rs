@@ -14,6 +14,8 @@
 
 mod pages;
 mod passkeys;
+
+pub use passkeys::enrolment_key;
 mod session;
 
 use std::collections::{HashMap, HashSet};

@@ -833,6 +833,12 @@ pub fn passkeys(
             } @else if needs_passkey_session {
                 p.notice { "You already have a passkey: sign in with it to add or remove passkeys." }
             } @else {
+                @if keys.is_empty() {
+                    p { "Your first passkey needs a one-time enrolment code from an administrator ("
+                        code { "tessera clients passkey-enrolment <your client id>" } "): an operator secret alone never enrols an authenticator." }
+                    label for="passkey-code" { "Enrolment code" }
+                    input #passkey-code type="text" maxlength="128" autocomplete="one-time-code" spellcheck="false";
+                }
                 label for="passkey-name" { "Name " span.muted { "(to tell your passkeys apart)" } }
                 input #passkey-name type="text" maxlength="60" value="My passkey";
                 div.buttons {

@@ -69,7 +69,9 @@
     if (unsupported()) return;
     enrol.disabled = true;
     try {
-      var o = await postForm("/console/passkeys/options", { csrf: enrol.dataset.csrf });
+      var codeField = document.getElementById("passkey-code");
+      var code = codeField ? codeField.value.trim() : "";
+      var o = await postForm("/console/passkeys/options", { csrf: enrol.dataset.csrf, code: code });
       say("Follow your authenticator's prompt…");
       var cred = await navigator.credentials.create({ publicKey: {
         challenge: unb64u(o.challenge),
@@ -90,7 +92,8 @@
         authenticator_data: b64u(r.getAuthenticatorData()),
         public_key: b64u(r.getPublicKey()),
         alg: r.getPublicKeyAlgorithm(),
-        name: document.getElementById("passkey-name").value
+        name: document.getElementById("passkey-name").value,
+        code: code
       });
       say("Enrolled.");
       window.location.assign("/console/passkeys");

@@ -82,6 +82,31 @@ fn may_manage(op: &Operator, keys: &[PasskeyRow]) -> bool {
     keys.is_empty() || op.method == "passkey"
 }
 
+/// The stored key of an enrolment code: base64url SHA-256 of the code, never the code.
+pub fn enrolment_key(code: &str) -> String {
+    b64::encode(ring::digest::digest(&ring::digest::SHA256, code.trim().as_bytes()).as_ref())
+}
+
+/// An operator's first passkey needs an enrolment code from an administrator
+/// (`tessera clients passkey-enrolment`), so that an operator secret alone, in whatever hands,
+/// can never enrol an authenticator of its own and then approve with it. `take` consumes it.
+async fn enrolment_code_ok(
+    conn: &mut sqlx::AnyConnection,
+    op: &Operator,
+    code: Option<&str>,
+    take: bool,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let Some(code) = code.map(str::trim).filter(|c| !c.is_empty() && c.len() <= 128) else { return Ok(false) };
+    let key = enrolment_key(code);
+    if take {
+        let row = rows::take_challenge(conn, &key, "enrol_code", now).await?;
+        return Ok(row.is_some_and(|r| r.client_id.as_deref() == Some(op.claims.sub.as_str())));
+    }
+    let row = rows::peek_challenge(conn, &key, "enrol_code", now).await?;
+    Ok(row.is_some_and(|r| r.client_id.as_deref() == Some(op.claims.sub.as_str())))
+}
+
 pub(super) async fn page_(State(state): State<AppState>, headers: HeaderMap) -> PageResult {
     let Some(op) = session::current(&state, &headers).await? else {
         return Ok(to_sign_in(&state, &headers, Some("/console/passkeys")));
@@ -111,6 +136,25 @@ pub(super) async fn enrol_options(State(state): State<AppState>, req: Request) -
     };
     if !may_manage(&op, &keys) {
         return refuse(StatusCode::FORBIDDEN, "forbidden", "sign in with your passkey to add another");
+    }
+    if keys.is_empty() {
+        let ok = match state.store().pool().acquire().await {
+            Ok(mut conn) => {
+                enrolment_code_ok(&mut conn, &op, form.get("code").map(String::as_str), false, state.now()).await
+            }
+            Err(e) => Err(e.into()),
+        };
+        match ok {
+            Ok(true) => {}
+            Ok(false) => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "your first passkey needs an enrolment code from an administrator (tessera clients passkey-enrolment)",
+                );
+            }
+            Err(e) => return unavailable(&e),
+        }
     }
     let Some(challenge) = random(32) else {
         return refuse(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "no randomness");
@@ -147,6 +191,8 @@ pub(super) struct EnrolAnswer {
     public_key: String,
     alg: i64,
     name: String,
+    #[serde(default)]
+    code: Option<String>,
 }
 
 /// Step two of enrolment: the browser's answer, checked and stored.
@@ -187,6 +233,9 @@ pub(super) async fn enrol(State(state): State<AppState>, req: Request) -> Respon
         let keys = rows::of_client(store, op.claims.sub.as_str()).await?;
         if !may_manage(&op, &keys) {
             return Ok(Err("sign in with your passkey to add another".to_owned()));
+        }
+        if keys.is_empty() && !enrolment_code_ok(&mut tx, &op, a.code.as_deref(), true, now).await? {
+            return Ok(Err("the enrolment code is unknown, used, expired or another operator's".to_owned()));
         }
         let reg = Registration { credential_id, client_data_json, authenticator_data, public_key, alg: a.alg };
         let challenge = b64::decode(&ch.challenge).unwrap_or_default();

@@ -1,0 +1,488 @@
+//! Workloads without a bootstrap secret (design §14): the jwt-bearer grant against a tiny
+//! issuer of our own (Ed25519 and ES256 keys, a JWKS on loopback), audiences and `resource`.
+
+use std::sync::{Arc, RwLock};
+
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use serde_json::{Value, json};
+use tessera::config::FederationConfig;
+use tessera::domain::CallerKind;
+use tessera::token::b64;
+
+use crate::helpers::{TestApp, assert_error, peek_claims, spawn_app_with};
+
+const ISSUER: &str = "https://cluster.example/issuer";
+const AUDIENCE: &str = "tessera";
+const SUBJECT: &str = "system:serviceaccount:agents:concierge";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+enum Key {
+    Ed(Ed25519KeyPair),
+    Ec(EcdsaKeyPair),
+}
+
+/// One signing key of the tiny issuer.
+struct IssuerKey {
+    kid: String,
+    key: Key,
+}
+
+impl IssuerKey {
+    fn ed25519(kid: &str) -> IssuerKey {
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        IssuerKey { kid: kid.into(), key: Key::Ed(Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap()) }
+    }
+
+    fn es256(kid: &str) -> IssuerKey {
+        let rng = SystemRandom::new();
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng).unwrap();
+        IssuerKey { kid: kid.into(), key: Key::Ec(key) }
+    }
+
+    fn alg(&self) -> &'static str {
+        match self.key {
+            Key::Ed(_) => "EdDSA",
+            Key::Ec(_) => "ES256",
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        match &self.key {
+            Key::Ed(k) => json!({
+                "kty": "OKP", "crv": "Ed25519", "x": b64::encode(k.public_key().as_ref()),
+                "kid": self.kid, "alg": "EdDSA", "use": "sig",
+            }),
+            Key::Ec(k) => {
+                let p = k.public_key().as_ref();
+                json!({
+                    "kty": "EC", "crv": "P-256", "x": b64::encode(&p[1..33]), "y": b64::encode(&p[33..65]),
+                    "kid": self.kid, "alg": "ES256", "use": "sig",
+                })
+            }
+        }
+    }
+
+    /// Signs `claims` under `header` (whose `alg` and `kid` are taken as given).
+    fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
+        let input =
+            format!("{}.{}", b64::encode(header.to_string().as_bytes()), b64::encode(claims.to_string().as_bytes()));
+        let sig = match &self.key {
+            Key::Ed(k) => k.sign(input.as_bytes()).as_ref().to_vec(),
+            Key::Ec(k) => k.sign(&SystemRandom::new(), input.as_bytes()).unwrap().as_ref().to_vec(),
+        };
+        format!("{input}.{}", b64::encode(&sig))
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        self.sign_with_header(&json!({ "alg": self.alg(), "kid": self.kid, "typ": "JWT" }), claims)
+    }
+}
+
+/// The tiny issuer: its JWKS served on loopback, replaceable to rotate keys.
+struct Issuer {
+    jwks_uri: String,
+    jwks: Arc<RwLock<Value>>,
+}
+
+impl Issuer {
+    async fn start(keys: &[&IssuerKey]) -> Issuer {
+        let jwks = Arc::new(RwLock::new(json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() })));
+        let served = jwks.clone();
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let doc = served.read().unwrap().clone();
+                async move { ([("cache-control", "max-age=60")], axum::Json(doc)) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        Issuer { jwks_uri: format!("http://{addr}/jwks.json"), jwks }
+    }
+
+    fn publish(&self, keys: &[&IssuerKey]) {
+        *self.jwks.write().unwrap() = json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() });
+    }
+}
+
+fn claims(app: &TestApp, jti: &str) -> Value {
+    let now = app.state.now();
+    json!({ "iss": ISSUER, "sub": SUBJECT, "aud": AUDIENCE, "iat": now, "exp": now + 600, "jti": jti })
+}
+
+async fn spawn_trusting(issuer: &Issuer, audiences: &[&str]) -> TestApp {
+    let uri = issuer.jwks_uri.clone();
+    let audiences: Vec<String> = audiences.iter().map(|a| (*a).to_owned()).collect();
+    spawn_app_with(move |c| {
+        c.federation = vec![FederationConfig {
+            issuer: ISSUER.into(),
+            jwks_uri: Some(uri),
+            jwks_file: None,
+            audience: AUDIENCE.into(),
+        }];
+        c.audiences = audiences;
+        c.failed_auth_per_minute = 1000;
+    })
+    .await
+}
+
+/// Registers the federated agent client of `SUBJECT`; returns its id.
+async fn register(app: &TestApp) -> String {
+    let new = tessera::clients::NewClient {
+        tenant: "acme".parse().unwrap(),
+        kind: CallerKind::Agent,
+        name: "concierge".into(),
+        workspace: Some("ws-7".parse().unwrap()),
+        scopes: vec!["workspaces:read".parse().unwrap()],
+        allow_bypass: vec![],
+        delegates: vec![],
+        require_dpop: false,
+    };
+    let identity = tessera::store::federation::FederatedIdentity { issuer: ISSUER.into(), subject: SUBJECT.into() };
+    let rec = tessera::clients::create_federated(
+        app.state.store(),
+        &app.state.config().policy,
+        new,
+        &[identity],
+        "test",
+        app.state.now(),
+    )
+    .await
+    .unwrap();
+    rec.client_id.to_string()
+}
+
+async fn bearer_grant(app: &TestApp, assertion: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+    let mut form = vec![("grant_type", JWT_BEARER), ("assertion", assertion)];
+    form.extend_from_slice(extra);
+    app.token_request(&form, None).await
+}
+
+#[tokio::test]
+async fn an_assertion_gets_the_registrations_token_with_eddsa_and_es256() {
+    let (ed, ec) = (IssuerKey::ed25519("ed-1"), IssuerKey::es256("ec-1"));
+    let issuer = Issuer::start(&[&ed, &ec]).await;
+    let app = spawn_trusting(&issuer, &[]).await;
+    let client_id = register(&app).await;
+    for (key, jti) in [(&ed, "a-1"), (&ec, "a-2")] {
+        let res = bearer_grant(&app, &key.sign(&claims(&app, jti)), &[]).await;
+        assert_eq!(res.status(), 200, "{}", key.alg());
+        let body: Value = res.json().await.unwrap();
+        let c = peek_claims(body["access_token"].as_str().unwrap());
+        assert_eq!(c["sub"], client_id);
+        assert_eq!(c["client_id"], client_id);
+        assert_eq!(c["caller_kind"], "agent");
+        assert_eq!(c["tenant"], "acme");
+        assert_eq!(c["workspace"], "ws-7");
+        assert_eq!(c["scope"], "workspaces:read");
+        assert_eq!(c["aud"], "core");
+        // The token works at the broker like any other.
+        let res = app.get_bearer("/v1/approvals/apr_x", body["access_token"].as_str().unwrap()).await;
+        assert_eq!(res.status(), 404);
+    }
+    // The client has no secret: nothing authenticates it by one.
+    for secret in ["", "tessera_sk_guess"] {
+        let res = app
+            .token_request(
+                &[("grant_type", "client_credentials"), ("client_id", &client_id), ("client_secret", secret)],
+                None,
+            )
+            .await;
+        assert_error(res, 401, "invalid_client").await;
+    }
+    let meta: Value =
+        app.http.get(app.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    assert!(meta["grant_types_supported"].as_array().unwrap().contains(&json!(JWT_BEARER)));
+    assert_eq!(meta["tessera_audiences"], json!(["core"]));
+}
+
+#[tokio::test]
+async fn every_bad_assertion_is_invalid_grant_and_changes_nothing() {
+    let (ed, ec) = (IssuerKey::ed25519("ed-1"), IssuerKey::es256("ec-1"));
+    let stranger = IssuerKey::ed25519("ed-1");
+    let issuer = Issuer::start(&[&ed, &ec]).await;
+    let app = spawn_trusting(&issuer, &[]).await;
+    register(&app).await;
+    let now = app.state.now();
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut c = claims(&app, "bad");
+        change(&mut c);
+        c
+    };
+    let none_header = |claims: &Value| {
+        format!(
+            "{}.{}.",
+            b64::encode(json!({"alg": "none", "kid": "ed-1"}).to_string().as_bytes()),
+            b64::encode(claims.to_string().as_bytes())
+        )
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("wrong iss", ed.sign(&with(&|c| c["iss"] = json!("https://other.example")))),
+        ("wrong aud", ed.sign(&with(&|c| c["aud"] = json!("someone-else")))),
+        ("unregistered sub", ed.sign(&with(&|c| c["sub"] = json!("system:serviceaccount:agents:other")))),
+        (
+            "expired",
+            ed.sign(&with(&|c| {
+                c["iat"] = json!(now - 1200);
+                c["exp"] = json!(now - 600);
+            })),
+        ),
+        ("lives longer than an hour", ed.sign(&with(&|c| c["exp"] = json!(now + 3601)))),
+        (
+            "iat in the future",
+            ed.sign(&with(&|c| {
+                c["iat"] = json!(now + 300);
+                c["exp"] = json!(now + 600);
+            })),
+        ),
+        (
+            "no iat",
+            ed.sign(&with(&|c| {
+                c.as_object_mut().unwrap().remove("iat");
+            })),
+        ),
+        (
+            "no jti",
+            ed.sign(&with(&|c| {
+                c.as_object_mut().unwrap().remove("jti");
+            })),
+        ),
+        ("exp as a string", ed.sign(&with(&|c| c["exp"] = json!((now + 600).to_string())))),
+        ("alg none", none_header(&claims(&app, "bad"))),
+        ("HS256", ed.sign_with_header(&json!({"alg": "HS256", "kid": "ed-1", "typ": "JWT"}), &claims(&app, "bad"))),
+        ("alg not the key's", ed.sign_with_header(&json!({"alg": "ES256", "kid": "ed-1"}), &claims(&app, "bad"))),
+        ("unknown kid", ed.sign_with_header(&json!({"alg": "EdDSA", "kid": "nope"}), &claims(&app, "bad"))),
+        ("another key's signature", stranger.sign(&claims(&app, "bad"))),
+        (
+            "typ of an access token",
+            ed.sign_with_header(&json!({"alg": "EdDSA", "kid": "ed-1", "typ": "at+jwt"}), &claims(&app, "bad")),
+        ),
+        ("sets caller_kind", ed.sign(&with(&|c| c["caller_kind"] = json!("operator")))),
+        ("sets tenant", ed.sign(&with(&|c| c["tenant"] = json!("other-org")))),
+        ("sets scope", ed.sign(&with(&|c| c["scope"] = json!("approvals:decide")))),
+        ("not a JWS", "not.a.jws".to_owned()),
+        ("empty", String::new()),
+    ];
+    let before = app.audit_events().await.len();
+    for (name, assertion) in &cases {
+        let res = bearer_grant(&app, assertion, &[]).await;
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{name}: {body}");
+    }
+    assert_eq!(app.audit_events().await.len(), before, "a refused assertion changes nothing");
+
+    // Other client authentication is refused with the grant.
+    let good = ed.sign(&claims(&app, "good-1"));
+    let res = app
+        .http
+        .post(app.url("/oauth/token"))
+        .basic_auth("tc_x", Some("y"))
+        .form(&[("grant_type", JWT_BEARER), ("assertion", good.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "invalid_request").await;
+    // A request refused for another reason (a scope beyond the registration's) leaves the
+    // assertion unspent; used once, it is then spent for good, on every replica.
+    assert_error(bearer_grant(&app, &good, &[("scope", "workspaces:write")]).await, 400, "invalid_scope").await;
+    assert_error(bearer_grant(&app, &good, &[("resource", "billing")]).await, 400, "invalid_target").await;
+    assert_eq!(bearer_grant(&app, &good, &[]).await.status(), 200);
+    let replay = assert_error(bearer_grant(&app, &good, &[]).await, 400, "invalid_grant").await;
+    assert!(replay["error_description"].as_str().unwrap().contains("used before"), "{replay}");
+    // The same jti signed again (another assertion) is a replay too.
+    let again = ec.sign(&claims(&app, "good-1"));
+    assert_error(bearer_grant(&app, &again, &[]).await, 400, "invalid_grant").await;
+}
+
+#[tokio::test]
+async fn a_disabled_federated_client_gets_nothing() {
+    let ed = IssuerKey::ed25519("ed-1");
+    let issuer = Issuer::start(&[&ed]).await;
+    let app = spawn_trusting(&issuer, &[]).await;
+    let client_id = register(&app).await;
+    tessera::clients::disable(app.state.store(), &client_id, "test", app.state.now()).await.unwrap();
+    assert_error(bearer_grant(&app, &ed.sign(&claims(&app, "d-1")), &[]).await, 400, "invalid_grant").await;
+    // Nor may a federated client be given a secret.
+    assert!(tessera::clients::rotate_secret(app.state.store(), &client_id, "test", app.state.now()).await.is_err());
+}
+
+#[tokio::test]
+async fn the_issuer_rotating_its_key_is_followed() {
+    let old = IssuerKey::ed25519("k-2024");
+    let issuer = Issuer::start(&[&old]).await;
+    let app = spawn_trusting(&issuer, &[]).await;
+    register(&app).await;
+    assert_eq!(bearer_grant(&app, &old.sign(&claims(&app, "r-1")), &[]).await.status(), 200);
+    // The issuer rotates: the new key replaces the old in its JWKS. The broker's cached set
+    // lacks the new kid, so it fetches the set again and follows.
+    let new = IssuerKey::es256("k-2025");
+    issuer.publish(&[&new]);
+    assert_eq!(bearer_grant(&app, &new.sign(&claims(&app, "r-2")), &[]).await.status(), 200);
+    // The old key is gone from the set the broker now holds.
+    assert_error(bearer_grant(&app, &old.sign(&claims(&app, "r-3")), &[]).await, 400, "invalid_grant").await;
+}
+
+#[tokio::test]
+async fn resource_picks_the_audience_and_an_unknown_one_is_invalid_target() {
+    let ed = IssuerKey::ed25519("ed-1");
+    let issuer = Issuer::start(&[&ed]).await;
+    let app = spawn_trusting(&issuer, &["core", "billing", "https://mcp.example/mcp"]).await;
+    register(&app).await;
+    let agent = app.create_client("acme", CallerKind::Agent, "a").await;
+    for resource in ["billing", "https://mcp.example/mcp", "core"] {
+        let res =
+            app.token_request(&[("grant_type", "client_credentials"), ("resource", resource)], Some(&agent)).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(peek_claims(body["access_token"].as_str().unwrap())["aud"], resource);
+    }
+    for resource in ["nope", "", "Billing"] {
+        let res =
+            app.token_request(&[("grant_type", "client_credentials"), ("resource", resource)], Some(&agent)).await;
+        assert_error(res, 400, "invalid_target").await;
+    }
+    // jwt-bearer takes resource too.
+    let res = bearer_grant(&app, &ed.sign(&claims(&app, "aud-1")), &[("resource", "billing")]).await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(peek_claims(body["access_token"].as_str().unwrap())["aud"], "billing");
+    // So does token exchange: a core token traded for a billing one.
+    let subject = app.access_token(&agent).await;
+    let exchange = |resource: &'static str| {
+        let form = vec![
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", subject.as_str()),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+            ("resource", resource),
+        ];
+        let app = &app;
+        let agent = &agent;
+        async move { app.token_request(&form, Some(agent)).await }
+    };
+    let res = exchange("billing").await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(peek_claims(body["access_token"].as_str().unwrap())["aud"], "billing");
+    assert_error(exchange("elsewhere").await, 400, "invalid_target").await;
+    let meta: Value =
+        app.http.get(app.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(meta["tessera_audiences"], json!(["core", "billing", "https://mcp.example/mcp"]));
+}
+
+#[tokio::test]
+async fn the_cli_registers_a_federated_client_and_lists_its_identity() {
+    let ed = IssuerKey::ed25519("ed-1");
+    let issuer = Issuer::start(&[&ed]).await;
+    let app = spawn_trusting(&issuer, &[]).await;
+    let conf = app.dir.path().join("fed.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[federation]]\nissuer = \"{ISSUER}\"\njwks_uri = \"{}\"\naudience = \"{AUDIENCE}\"\n",
+            issuer.jwks_uri
+        ),
+    )
+    .unwrap();
+    let env = [("TESSERA_CONFIG", conf.to_str().unwrap())];
+    let fed = format!("{ISSUER}={SUBJECT}");
+    let args = [
+        "clients",
+        "create",
+        "--tenant",
+        "acme",
+        "--kind",
+        "workspace",
+        "--name",
+        "pod",
+        "--workspace",
+        "ws-1",
+        "--federated",
+        fed.as_str(),
+    ];
+    let out = crate::helpers::cli_on(&app.database_url, &app.keys_dir(), &app.base, &args, &env).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["client_secret"], Value::Null);
+    assert_eq!(created["federated"], json!([{ "issuer": ISSUER, "subject": SUBJECT }]));
+    let list = crate::helpers::cli_on(&app.database_url, &app.keys_dir(), &app.base, &["clients", "list"], &env).await;
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&fed));
+    // The broker authenticates it by the assertion alone.
+    let res = bearer_grant(&app, &ed.sign(&claims(&app, "cli-1")), &[]).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(peek_claims(body["access_token"].as_str().unwrap())["sub"], created["client_id"]);
+    // An issuer that is not trusted, or the same identity twice, is refused with exit 1.
+    let other = "https://untrusted.example=x".to_owned();
+    let mut bad = args;
+    bad[11] = other.as_str();
+    let out = crate::helpers::cli_on(&app.database_url, &app.keys_dir(), &app.base, &bad, &env).await;
+    assert_eq!(out.status.code(), Some(1));
+    let out = crate::helpers::cli_on(&app.database_url, &app.keys_dir(), &app.base, &args, &env).await;
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn a_client_finds_the_broker_from_cores_401_alone() {
+    let broker = crate::helpers::spawn_app().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let core = format!("http://{}", listener.local_addr().unwrap());
+    let clock = broker.state.clock().clone();
+    let gate = tessera::verify::gate::Gate::with_clock(
+        tessera::verify::Verifier::for_issuer(&broker.base, "core"),
+        &broker.base,
+        move || clock.now(),
+    );
+    gate.set_public_url(&core);
+    let router = crate::gate::core_example::router(&gate, crate::gate::core_example::Effects::default());
+    tokio::spawn(async move { axum::serve(listener, router).await.ok() });
+    let http = reqwest::Client::new();
+    let metadata_url = format!("{core}/.well-known/oauth-protected-resource");
+
+    // 401 without a token, and with a bad one: the challenge names the metadata.
+    for token in [None, Some("not-a-token")] {
+        let mut req = http.get(format!("{core}/workspaces/ws-1"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.unwrap();
+        let challenge = res.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.starts_with("Bearer error=\"invalid_token\""), "{challenge}");
+        assert!(challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")), "{challenge}");
+        assert_error(res, 401, "invalid_token").await;
+    }
+    // From there: the metadata, then the broker's, then its token endpoint.
+    let meta: Value = http.get(&metadata_url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(meta["resource"], core);
+    assert_eq!(meta["authorization_servers"], json!([broker.base]));
+    assert_eq!(meta["bearer_methods_supported"], json!(["header"]));
+    assert_eq!(meta["dpop_signing_alg_values_supported"], json!(["EdDSA", "ES256"]));
+    assert!(meta["scopes_supported"].as_array().unwrap().contains(&json!("workspaces:read")));
+    let server = meta["authorization_servers"][0].as_str().unwrap();
+    let as_meta: Value = http
+        .get(format!("{server}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(as_meta["token_endpoint"], format!("{}/oauth/token", broker.base));
+
+    // A token without the route's scope: 403 with insufficient_scope and the scope needed.
+    let narrow = broker.create_client_with("acme", CallerKind::Agent, "narrow", None, &["approvals:create"], &[]).await;
+    let token = broker.access_token(&narrow).await;
+    let res = http.get(format!("{core}/workspaces/ws-1")).bearer_auth(&token).send().await.unwrap();
+    let challenge = res.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(challenge.contains("error=\"insufficient_scope\""), "{challenge}");
+    assert!(challenge.contains("scope=\"workspaces:read\""), "{challenge}");
+    assert!(challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")), "{challenge}");
+    assert_error(res, 403, "forbidden").await;
+    // With it, the route answers.
+    let wide = broker.create_client("acme", CallerKind::Agent, "wide").await;
+    let token = broker.access_token(&wide).await;
+    let res = http.get(format!("{core}/workspaces/ws-1")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
