@@ -12,6 +12,9 @@
 //! - the approval round trip (create, decide, fetch the capability, redeem) over HTTP;
 //! - DPoP: verifying a bound token with its proof in-process against raw verify, and minting
 //!   with a proof over HTTP against plain minting at concurrency 16, adjacent in the run;
+//! - the gate proxy: requests per second through `tessera gate` to a trivial upstream against
+//!   the upstream alone, both on core 0, and the CPU each spends per request
+//!   (`-- --proxy-only` runs this step alone);
 //! - a peer, node-oidc-provider, configured for the same grant with EdDSA JWT access tokens,
 //!   installed by `benches/peer/setup` and driven the same way on the same core;
 //! - with `TESSERA_BENCH_POSTGRES_URL` or `TESSERA_TEST_POSTGRES_URL` set (an admin URL; a
@@ -27,6 +30,8 @@
 mod load;
 #[path = "tessera/procs.rs"]
 mod procs;
+#[path = "tessera/proxy.rs"]
+mod proxy;
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -601,8 +606,13 @@ async fn http_part(opts: &Opts, pin: &Pinning) -> Value {
             }
         },
     };
+    let proxy_dir = dir.path().join("proxy");
+    std::fs::create_dir_all(&proxy_dir).unwrap();
+    let gate_proxy = proxy::proxy_step(opts, pin, &proxy_dir).await;
+
     json!({
         "fsync_4k_ms": round(fsync, 3),
+        "gate_proxy": gate_proxy,
         "tessera_sqlite": sqlite,
         "tessera_sqlite_checkpoint_1s": sqlite_cp,
         "tessera_sqlite_synchronous_normal": sqlite_normal,
@@ -640,6 +650,11 @@ fn print_steps(name: &str, v: &Value) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // The proxy step's trivial upstream is this binary, started again in this mode.
+    if let Some(i) = args.iter().position(|a| a == "--upstream-serve") {
+        proxy::serve_upstream(args.get(i + 1).map_or("127.0.0.1:0", String::as_str));
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let opts = Opts {
         quick,
@@ -650,6 +665,14 @@ fn main() {
         measure: if quick { Duration::from_secs(1) } else { Duration::from_secs(3) },
     };
     let pin = Pinning::detect();
+    if args.iter().any(|a| a == "--proxy-only") {
+        pin.pin_self(1);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let v = runtime.block_on(proxy::proxy_step(&opts, &pin, dir.path()));
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        return;
+    }
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let load_before = procs::loadavg();
     let priority = if procs::raise_priority() { "nice -20" } else { "not raised (renice refused)" };
@@ -679,6 +702,7 @@ fn main() {
     let peer_ratio = mint_http.zip(peer_peak).map(|(m, p)| m / p);
     let dpop_verify_ratio = ip.dpop_verify / ip.dpop_raw_verify;
     let dpop_mint_ratio = sqlite["dpop_mint"]["ratio"].as_f64();
+    let proxy_ratio = http["gate_proxy"]["proxy_over_upstream_cpu"].as_f64();
     let targets = [
         ("mint over HTTP / raw sign", mint_ratio, ">= 0.50", mint_ratio.map(|r| r >= 0.5)),
         ("p99 at concurrency 16 (ms)", p99_16, "< 5", p99_16.map(|p| p < 5.0)),
@@ -687,6 +711,7 @@ fn main() {
         ("tessera / peer throughput", peer_ratio, ">= 4", peer_ratio.map(|r| r >= 4.0)),
         ("verify with proof / raw verify", Some(dpop_verify_ratio), ">= 0.45", Some(dpop_verify_ratio >= 0.45)),
         ("mint with proof / plain (c=16)", dpop_mint_ratio, ">= 0.60", dpop_mint_ratio.map(|r| r >= 0.6)),
+        ("gate proxy CPU / upstream CPU", proxy_ratio, "<= 2", proxy_ratio.map(|r| r <= 2.0)),
     ];
 
     println!();

@@ -37,6 +37,8 @@ pub mod passkeys;
 #[cfg(feature = "server")]
 pub mod policy;
 #[cfg(feature = "server")]
+pub mod proxy;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;

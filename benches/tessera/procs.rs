@@ -356,3 +356,23 @@ pub fn fsync_ms(dir: &Path) -> f64 {
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }
+
+/// Starts `program args…` on core 0 as a server at `addr`, its output to `dir/<name>.log`.
+pub fn start_on_core0(
+    pin: &Pinning,
+    dir: &Path,
+    name: &str,
+    addr: SocketAddr,
+    program: &str,
+    args: &[&str],
+) -> anyhow::Result<Server> {
+    let log = dir.join(format!("{name}.log"));
+    let mut cmd = pin.command(0, program);
+    cmd.args(args)
+        .env_remove("TESSERA_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    let child = cmd.spawn().with_context(|| format!("start {name}"))?;
+    Ok(Server { name: name.to_owned(), addr, child, log })
+}

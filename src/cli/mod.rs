@@ -4,6 +4,7 @@
 mod admin;
 mod approvals;
 mod audit;
+mod gate;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -40,6 +41,10 @@ enum Command {
     Audit(audit::AuditCmd),
     /// Apply the database schema.
     Migrate,
+    /// Run the gate as a reverse proxy in front of an upstream (--config FILE names the
+    /// proxy's own TOML file; TESSERA_GATE_CLIENT_ID and TESSERA_GATE_CLIENT_SECRET name its
+    /// service client, for the revocation feed).
+    Gate,
     /// List, show, approve and deny approvals over HTTP, as an operator
     /// (TESSERA_CLIENT_ID, TESSERA_CLIENT_SECRET).
     Approvals {
@@ -90,33 +95,39 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let env: HashMap<String, String> = std::env::vars().collect();
+    if let Command::Gate = cli.command {
+        // The proxy's file is its own (design §17), not the broker's configuration.
+        init_logging(LogFormat::Text, &env, "info");
+        return gate::run(cli.config.as_deref(), &env).await;
+    }
     let config = Config::load(cli.config.as_deref(), &env)?;
     match cli.command {
         Command::Serve => {
-            init_logging(&config, &env, "info");
+            init_logging(config.log_format, &env, "info");
             let app = Application::build(config).await?;
             tracing::info!(addr = %app.local_addr()?, "tessera listening");
             app.run_until_stopped().await?;
             Ok(())
         }
         Command::Clients(cmd) => {
-            init_logging(&config, &env, "warn");
+            init_logging(config.log_format, &env, "warn");
             admin::clients(&config, cmd).await
         }
         Command::Keys(cmd) => {
-            init_logging(&config, &env, "warn");
+            init_logging(config.log_format, &env, "warn");
             admin::keys(&config, cmd).await
         }
         Command::Audit(cmd) => {
-            init_logging(&config, &env, "warn");
+            init_logging(config.log_format, &env, "warn");
             audit::run(&config, cmd).await
         }
         Command::Approvals { server, command } => {
-            init_logging(&config, &env, "warn");
+            init_logging(config.log_format, &env, "warn");
             approvals::run(server.as_deref().unwrap_or(&config.issuer), command).await
         }
+        Command::Gate => Ok(()),
         Command::Migrate => {
-            init_logging(&config, &env, "warn");
+            init_logging(config.log_format, &env, "warn");
             let store = crate::store::Store::open(&config.database_url).await?;
             store.close().await;
             println!("schema up to date");
@@ -125,12 +136,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-fn init_logging(config: &Config, env: &HashMap<String, String>, default: &str) {
+fn init_logging(format: LogFormat, env: &HashMap<String, String>, default: &str) {
     let filter = env.get("TESSERA_LOG").cloned().unwrap_or_else(|| default.to_owned());
     let filter =
         tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match config.log_format {
+    let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };

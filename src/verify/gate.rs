@@ -29,6 +29,11 @@
 //! The verified identity reaches the handler as the [`Identity`] request extension, the
 //! redeemed capability as [`Redeemed`].
 //!
+//! The same checks serve a request that no axum route matched: [`GateLayer::check`] admits a
+//! request whose path parameters the caller supplies as the [`PathParams`] extension. The gate
+//! proxy (`tessera gate`) runs every proxied request through it, so the library and the proxy
+//! are one implementation.
+//!
 //! ```no_run
 //! use axum::{Extension, Json, Router, routing::put};
 //! use tessera::verify::gate::{Gate, Identity};
@@ -83,6 +88,11 @@ pub struct Identity(pub AccessClaims);
 /// The capability redeemed for this request, as a request extension.
 #[derive(Debug, Clone)]
 pub struct Redeemed(pub CapabilityClaims);
+
+/// Path parameters matched by a router other than axum's, as a request extension; when present,
+/// the gate takes them instead of axum's own.
+#[derive(Debug, Clone, Default)]
+pub struct PathParams(pub HashMap<String, String>);
 
 /// What a route's resource function sees.
 #[derive(Debug)]
@@ -288,6 +298,17 @@ impl GateLayer {
     pub fn scope(self, scope: &str) -> GateLayer {
         GateLayer { scope: Some(Arc::from(scope)), ..self }
     }
+
+    /// Runs this route's checks on `req`: the request to pass on (with [`Identity`] and, on a
+    /// gated route, [`Redeemed`] in its extensions and the body as read), or the answer to give
+    /// instead. Path parameters come from the [`PathParams`] extension when the request has one,
+    /// else from axum's router.
+    pub async fn check(&self, req: Request<Body>) -> Result<Request<Body>, Response> {
+        self.gate
+            .admit(req, self.rule.as_deref(), self.scope.as_deref())
+            .await
+            .map_err(|res| self.gate.with_resource_metadata(res))
+    }
 }
 
 impl<S> Layer<S> for GateLayer {
@@ -460,10 +481,13 @@ impl Gate {
                 error(StatusCode::BAD_REQUEST, "invalid_request", format!("the body must be a JSON object: {e}"))
             })?)
         };
-        let path_params: HashMap<String, String> = RawPathParams::from_request_parts(&mut parts, &())
-            .await
-            .map(|p| p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
-            .unwrap_or_default();
+        let path_params: HashMap<String, String> = match parts.extensions.get::<PathParams>() {
+            Some(p) => p.0.clone(),
+            None => RawPathParams::from_request_parts(&mut parts, &())
+                .await
+                .map(|p| p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+                .unwrap_or_default(),
+        };
         let view = GateRequest { method: &parts.method, path_params: &path_params, params: &params, caller: &caller };
         let Some(resource) = (rule.resource)(&view) else {
             return Err(error(StatusCode::BAD_REQUEST, "invalid_request", "the request does not name its target"));

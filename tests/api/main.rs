@@ -16,6 +16,7 @@ mod helpers;
 mod operability;
 mod passkeys;
 mod promise;
+mod proxy;
 mod replicas;
 mod review;
 mod tokens;

@@ -1,0 +1,119 @@
+//! The gate proxy's step: requests per second through `tessera gate` to a trivial upstream,
+//! against the upstream alone, both on core 0, with the CPU each spends per request.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use serde_json::{Value, json};
+
+use crate::Opts;
+use crate::load::{self, TokenTarget, basic, round};
+use crate::procs::{self, Pinning};
+
+/// The trivial upstream: answers every request `200 ok` over HTTP/1.1 keep-alive, on a
+/// current-thread runtime. No Tessera code; this is what "the upstream's own per-request CPU"
+/// is measured on.
+pub fn serve_upstream(addr: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+const C: usize = 16;
+
+fn per_request_us(s: &load::Step) -> f64 {
+    s.server_cpu * 1e6 / s.per_sec.max(1.0)
+}
+
+/// Runs the step; the JSON has both rates, each process's CPU per request, and their ratio.
+pub async fn proxy_step(opts: &Opts, pin: &Pinning, dir: &Path) -> Value {
+    match run(opts, pin, dir).await {
+        Ok(v) => v,
+        Err(e) => json!({"error": format!("{e:#}")}),
+    }
+}
+
+async fn run(opts: &Opts, pin: &Pinning, dir: &Path) -> anyhow::Result<Value> {
+    let url = format!("sqlite://{}/tessera.db", dir.display());
+    let agent = procs::create_client(dir, &url, "agent", "proxy-agent")?;
+    let mut broker = procs::start_broker(pin, dir, &url, "broker-for-proxy", &[])?;
+    broker.wait_ready("/readyz").await?;
+    let minting = TokenTarget {
+        addr: broker.addr,
+        path: "/oauth/token",
+        auths: vec![basic(&agent.0, &agent.1)],
+        body: Bytes::from_static(b"grant_type=client_credentials"),
+        proofs: None,
+    };
+    let token = minting.one().await?;
+
+    let up_addr = procs::free_addr()?;
+    let me = std::env::current_exe()?;
+    let me = me.to_string_lossy();
+    let mut upstream =
+        procs::start_on_core0(pin, dir, "upstream", up_addr, &me, &["--upstream-serve", &up_addr.to_string()])?;
+    upstream.wait_ready("/").await?;
+
+    let gate_addr = procs::free_addr()?;
+    let config = dir.join("gate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{gate_addr}\"\nupstream = \"http://{up_addr}\"\nbroker = \"http://{}\"\n\n\
+             [[route]]\nmethod = \"POST\"\npath = \"/ping\"\nscope = \"workspaces:read\"\n",
+            broker.addr
+        ),
+    )?;
+    let config = config.to_string_lossy();
+    let mut gate =
+        procs::start_on_core0(pin, dir, "gate", gate_addr, &procs::tessera_bin(), &["gate", "--config", &config])?;
+    gate.wait_ready("/.well-known/oauth-protected-resource").await?;
+
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))?;
+    let target = |addr| {
+        Arc::new(TokenTarget { addr, path: "/ping", auths: vec![bearer.clone()], body: Bytes::new(), proofs: None })
+    };
+    let alone = load::step(&target(up_addr), C, opts.warm, opts.measure, upstream.pid()).await?;
+    let upstream_cpu0 = procs::cpu_seconds(upstream.pid());
+    let proxied = load::step(&target(gate_addr), C, opts.warm, opts.measure, gate.pid()).await?;
+    let upstream_cpu1 = procs::cpu_seconds(upstream.pid());
+    let upstream_us = per_request_us(&alone);
+    let proxy_us = per_request_us(&proxied);
+    let ratio = proxy_us / upstream_us.max(0.001);
+    eprintln!(
+        "  gate proxy c={C}: upstream alone {:.0}/s ({upstream_us:.1} µs CPU each), through the proxy {:.0}/s \
+         ({proxy_us:.1} µs of proxy CPU each, {:.2}× the upstream's), errors {}",
+        alone.per_sec, proxied.per_sec, ratio, proxied.errors
+    );
+    let total = opts.warm + opts.measure;
+    Ok(json!({
+        "concurrency": C,
+        "route": "POST /ping, not gated, scope workspaces:read",
+        "upstream_alone_per_sec": round(alone.per_sec, 0),
+        "upstream_cpu_us_per_request": round(upstream_us, 1),
+        "proxied_per_sec": round(proxied.per_sec, 0),
+        "proxy_cpu_us_per_request": round(proxy_us, 1),
+        "upstream_cpu_us_per_request_while_proxied": upstream_cpu0.zip(upstream_cpu1).map(|(a, b)| {
+            round((b - a) * 1e6 / (proxied.per_sec * total.as_secs_f64()).max(1.0), 1)
+        }),
+        "proxy_over_upstream_cpu": round(ratio, 2),
+        "errors": proxied.errors + alone.errors,
+        "first_error": proxied.first_error.or(alone.first_error),
+    }))
+}

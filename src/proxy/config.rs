@@ -1,0 +1,388 @@
+//! The gate proxy's configuration (design §17): the TOML file, checked whole at start.
+//!
+//! Every problem is one line naming what is wrong: an unknown key, an unknown action, a
+//! resource template naming a path parameter its route lacks, a malformed path or URL.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+use crate::policy::DEFAULT_GATED_ACTIONS;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<String>,
+    public_url: Option<String>,
+    upstream: String,
+    broker: String,
+    audience: Option<String>,
+    #[serde(default)]
+    pass_unlisted: bool,
+    /// The broker's gated actions, when its policy names others than the defaults.
+    actions: Option<Vec<String>>,
+    upstream_timeout_secs: Option<u64>,
+    upstream_connect_timeout_secs: Option<u64>,
+    upstream_max_connections: Option<usize>,
+    #[serde(default, rename = "route")]
+    routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    method: String,
+    path: String,
+    action: Option<String>,
+    resource: Option<String>,
+    #[serde(default)]
+    secret_fields: Vec<String>,
+    scope: Option<String>,
+}
+
+/// One segment of a route's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Matches exactly this text.
+    Literal(String),
+    /// Matches any one non-empty segment, named.
+    Param(String),
+}
+
+/// One piece of a resource template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Literal text.
+    Text(String),
+    /// A path parameter of the route.
+    Path(String),
+    /// A top-level string field of the JSON body.
+    Body(String),
+    /// The caller's tenant.
+    Tenant,
+}
+
+/// A gated route's action and how its resource is formed.
+#[derive(Debug, Clone)]
+pub struct Gated {
+    /// The gated action.
+    pub action: String,
+    /// The resource template.
+    pub resource: Vec<Piece>,
+    /// The body fields shown to operators only as length and fingerprint.
+    pub secret_fields: Vec<String>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The method, upper case.
+    pub method: http::Method,
+    /// The path as written.
+    pub path: String,
+    /// The path, segment by segment.
+    pub segments: Vec<Segment>,
+    /// Set on a gated route.
+    pub gated: Option<Gated>,
+    /// The scope the access token must grant.
+    pub scope: Option<String>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// The URL clients use (scheme, host, port), for DPoP proofs and the metadata.
+    pub public_url: String,
+    /// The upstream's base URL (`http://host:port`, no path).
+    pub upstream: http::Uri,
+    /// The broker's issuer URL.
+    pub broker: String,
+    /// The audience the access tokens must carry.
+    pub audience: String,
+    /// Whether a request matching no route is forwarded (after its access token is checked).
+    pub pass_unlisted: bool,
+    /// How long the upstream has to answer (its headers), and to accept a connection.
+    pub upstream_timeout: Duration,
+    /// How long a connection to the upstream may take.
+    pub upstream_connect_timeout: Duration,
+    /// The most connections open to the upstream at once.
+    pub upstream_max_connections: usize,
+    /// The routes, in the order matched.
+    pub routes: Vec<Route>,
+}
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl GateConfig {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<GateConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text)
+    }
+
+    /// Checks configuration text.
+    pub fn parse(text: &str) -> Result<GateConfig, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| {
+            let msg = e.message().lines().next().unwrap_or("invalid TOML").to_owned();
+            err(msg)
+        })?;
+        let listen_text = file.listen.unwrap_or_else(|| "127.0.0.1:8720".to_owned());
+        let listen: SocketAddr =
+            listen_text.parse().map_err(|_| err(format!("listen: {listen_text:?} is not HOST:PORT")))?;
+        let public_url = file.public_url.unwrap_or_else(|| format!("http://{listen}"));
+        let public_url = public_url.trim_end_matches('/').to_owned();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(err(format!("public_url: {public_url:?} is not an http(s) URL")));
+        }
+        let upstream = parse_upstream(&file.upstream)?;
+        let broker = file.broker.trim_end_matches('/').to_owned();
+        if !(broker.starts_with("http://") || broker.starts_with("https://")) {
+            return Err(err(format!("broker: {broker:?} is not an http(s) URL")));
+        }
+        let actions: HashSet<String> = match file.actions {
+            Some(a) => a.into_iter().collect(),
+            None => DEFAULT_GATED_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        let max = file.upstream_max_connections.unwrap_or(256);
+        if max == 0 {
+            return Err(err("upstream_max_connections: must be at least 1"));
+        }
+        let mut routes = Vec::with_capacity(file.routes.len());
+        for (i, r) in file.routes.into_iter().enumerate() {
+            routes.push(route(i + 1, r, &actions)?);
+        }
+        Ok(GateConfig {
+            listen,
+            public_url,
+            upstream,
+            broker,
+            audience: file.audience.unwrap_or_else(|| "core".to_owned()),
+            pass_unlisted: file.pass_unlisted,
+            upstream_timeout: Duration::from_secs(file.upstream_timeout_secs.unwrap_or(30).max(1)),
+            upstream_connect_timeout: Duration::from_secs(file.upstream_connect_timeout_secs.unwrap_or(5).max(1)),
+            upstream_max_connections: max,
+            routes,
+        })
+    }
+}
+
+fn parse_upstream(text: &str) -> Result<http::Uri, ConfigError> {
+    let bad = || err(format!("upstream: {text:?} is not an http:// URL with a host and no path"));
+    let uri: http::Uri = text.trim_end_matches('/').parse().map_err(|_| bad())?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() || !matches!(uri.path(), "" | "/") {
+        return Err(bad());
+    }
+    if uri.query().is_some() {
+        return Err(bad());
+    }
+    Ok(uri)
+}
+
+fn route(n: usize, r: RouteFile, actions: &HashSet<String>) -> Result<Route, ConfigError> {
+    let name = format!("route {n} ({} {})", r.method, r.path);
+    let method = http::Method::from_bytes(r.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| err(format!("{name}: method {:?} is not an HTTP method", r.method)))?;
+    let segments = parse_path(&r.path).map_err(|e| err(format!("{name}: path: {e}")))?;
+    let params: HashSet<&str> = segments
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Param(p) => Some(p.as_str()),
+            Segment::Literal(_) => None,
+        })
+        .collect();
+    let gated = match (r.action, r.resource) {
+        (Some(action), Some(resource)) => {
+            if !actions.contains(&action) {
+                return Err(err(format!("{name}: unknown action {action:?}")));
+            }
+            let resource = parse_template(&resource).map_err(|e| err(format!("{name}: resource: {e}")))?;
+            for piece in &resource {
+                if let Piece::Path(p) = piece
+                    && !params.contains(p.as_str())
+                {
+                    return Err(err(format!("{name}: resource names {{{p}}}, which its path lacks")));
+                }
+            }
+            Some(Gated { action, resource, secret_fields: r.secret_fields })
+        }
+        (Some(_), None) => return Err(err(format!("{name}: a gated route needs a resource"))),
+        (None, Some(_)) => return Err(err(format!("{name}: resource is set but action is not"))),
+        (None, None) => {
+            if !r.secret_fields.is_empty() {
+                return Err(err(format!("{name}: secret_fields only apply to a gated route")));
+            }
+            if r.scope.is_none() {
+                return Err(err(format!("{name}: a route that is not gated needs a scope")));
+            }
+            None
+        }
+    };
+    if let Some(scope) = &r.scope
+        && (scope.is_empty() || scope.contains(char::is_whitespace) || actions.contains(scope))
+    {
+        return Err(err(format!("{name}: scope {scope:?} is not one scope")));
+    }
+    Ok(Route { method, path: r.path, segments, gated, scope: r.scope })
+}
+
+fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
+    let Some(rest) = path.strip_prefix('/') else { return Err(format!("{path:?} does not start with /")) };
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for seg in rest.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(format!("{path:?} has an empty or dot segment"));
+        }
+        if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            if !is_name(name) {
+                return Err(format!("{{{name}}} is not a parameter name"));
+            }
+            if name == "tenant" {
+                return Err("a path parameter cannot be called tenant: {tenant} is the caller's".to_owned());
+            }
+            if !seen.insert(name.to_owned()) {
+                return Err(format!("{{{name}}} appears twice"));
+            }
+            out.push(Segment::Param(name.to_owned()));
+        } else if seg.contains(['{', '}', '%', '?', '#']) {
+            return Err(format!("segment {seg:?} is neither literal nor one {{name}}"));
+        } else {
+            out.push(Segment::Literal(seg.to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn parse_template(t: &str) -> Result<Vec<Piece>, String> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        if rest[..open].contains('}') {
+            return Err(format!("{t:?} has an unmatched }}"));
+        }
+        if open > 0 {
+            out.push(Piece::Text(rest[..open].to_owned()));
+        }
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else { return Err(format!("{t:?} has an unclosed {{")) };
+        let name = &after[..close];
+        let piece = if name == "tenant" {
+            Piece::Tenant
+        } else if let Some(field) = name.strip_prefix("body.") {
+            if !is_name(field) {
+                return Err(format!("{{{name}}} does not name a body field"));
+            }
+            Piece::Body(field.to_owned())
+        } else if is_name(name) {
+            Piece::Path(name.to_owned())
+        } else {
+            return Err(format!("{{{name}}} is not a parameter"));
+        };
+        out.push(piece);
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("{t:?} has an unmatched }}"));
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest.to_owned()));
+    }
+    if out.is_empty() {
+        return Err("empty".to_owned());
+    }
+    Ok(out)
+}
+
+impl Route {
+    /// The path parameters if `segments` (a request path, split) matches this route.
+    pub fn matches(&self, method: &http::Method, segments: &[&str]) -> Option<HashMap<String, String>> {
+        if method != self.method || segments.len() != self.segments.len() {
+            return None;
+        }
+        let mut params = HashMap::new();
+        for (want, got) in self.segments.iter().zip(segments) {
+            match want {
+                Segment::Literal(l) if l == got => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(name) => {
+                    params.insert(name.clone(), (*got).to_owned());
+                }
+            }
+        }
+        Some(params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "upstream = \"http://127.0.0.1:9000\"\nbroker = \"http://127.0.0.1:8700\"\n";
+
+    fn parse(routes: &str) -> Result<GateConfig, ConfigError> {
+        GateConfig::parse(&format!("{BASE}{routes}"))
+    }
+
+    #[test]
+    fn a_good_file_parses() {
+        let c = parse(
+            "[[route]]\nmethod = \"put\"\npath = \"/workspaces/{id}/secrets\"\naction = \"secret_write\"\n\
+             resource = \"workspaces/{id}/secrets/{body.key}\"\nsecret_fields = [\"value\"]\n",
+        )
+        .unwrap();
+        let r = &c.routes[0];
+        assert_eq!(r.method, http::Method::PUT);
+        let g = r.gated.as_ref().unwrap();
+        assert_eq!(
+            g.resource,
+            vec![
+                Piece::Text("workspaces/".into()),
+                Piece::Path("id".into()),
+                Piece::Text("/secrets/".into()),
+                Piece::Body("key".into())
+            ]
+        );
+        assert!(r.matches(&http::Method::PUT, &["workspaces", "w", "secrets"]).is_some());
+        assert!(r.matches(&http::Method::POST, &["workspaces", "w", "secrets"]).is_none());
+        assert_eq!(c.public_url, "http://127.0.0.1:8720");
+    }
+
+    #[test]
+    fn each_mistake_is_named() {
+        for (text, needle) in [
+            ("bogus = 1\n", "bogus"),
+            (
+                "[[route]]\nmethod = \"PUT\"\npath = \"/x/{id}\"\naction = \"secret_write\"\nresource = \"x/{ws}\"\n",
+                "{ws}",
+            ),
+            ("[[route]]\nmethod = \"PUT\"\npath = \"/x\"\naction = \"launch\"\nresource = \"x\"\n", "launch"),
+            ("[[route]]\nmethod = \"GET\"\npath = \"/x\"\nscope = \"a\"\ncolour = \"red\"\n", "colour"),
+            ("[[route]]\nmethod = \"GET\"\npath = \"/x\"\n", "needs a scope"),
+            ("[[route]]\nmethod = \"GET\"\npath = \"x\"\nscope = \"a\"\n", "start with /"),
+            ("[[route]]\nmethod = \"PUT\"\npath = \"/x\"\naction = \"secret_write\"\nresource = \"{body.}\"\n", "body"),
+        ] {
+            let e = parse(text).unwrap_err().0;
+            assert!(e.contains(needle), "{e:?} should name {needle:?}");
+            assert!(!e.contains('\n'), "{e:?} is one line");
+        }
+        let e = GateConfig::parse("upstream = \"https://x\"\nbroker = \"http://b\"\n").unwrap_err().0;
+        assert!(e.contains("upstream"), "{e}");
+        let e = GateConfig::parse("upstream = \"http://x/base\"\nbroker = \"http://b\"\n").unwrap_err().0;
+        assert!(e.contains("upstream"), "{e}");
+    }
+}

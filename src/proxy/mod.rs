@@ -1,0 +1,333 @@
+//! The gate as a reverse proxy (design §17): `tessera gate --config FILE` puts the verifier
+//! library's gate in front of an upstream that knows nothing of Tessera.
+//!
+//! Each request is matched against the configured routes and run through the very
+//! [`GateLayer::check`] that guards an axum route — access token first, scope, approval
+//! creation as the caller, capability verification, binding and single redemption — with the
+//! route's path parameters supplied as [`PathParams`]. A request that passes is forwarded:
+//!
+//! - a non-gated route's body streams through unread; a gated route's body has been read once
+//!   (bounded, for the digest) and is forwarded exactly as read;
+//! - `Authorization`, `Tessera-Capability`, `DPoP`, `Tessera-Gate-Bypass` and hop-by-hop headers
+//!   are removed, any caller-sent `Tessera-Subject`, `Tessera-Tenant`, `Tessera-Caller-Kind` and
+//!   `Tessera-Approval-Id` dropped, and the proxy's own values set;
+//! - the upstream's answer streams back unchanged (hop-by-hop headers aside).
+//!
+//! The upstream is reached over HTTP/1.1 keep-alive through a pool of at most
+//! `upstream_max_connections` connections; an upstream that cannot be reached, or whose answer
+//! does not begin within `upstream_timeout_secs`, is `502 bad_gateway`.
+
+pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+pub use config::GateConfig;
+
+use crate::verify::Verifier;
+use crate::verify::gate::{BYPASS_HEADER, CAPABILITY_HEADER, Gate, GateLayer, Identity, PathParams, Redeemed};
+
+/// The verified caller's client id, set by the proxy.
+pub const SUBJECT_HEADER: &str = "tessera-subject";
+/// The verified caller's tenant, set by the proxy.
+pub const TENANT_HEADER: &str = "tessera-tenant";
+/// The verified caller's kind, set by the proxy.
+pub const CALLER_KIND_HEADER: &str = "tessera-caller-kind";
+/// The approval a redeemed capability came from, set by the proxy on gated routes.
+pub const APPROVAL_ID_HEADER: &str = "tessera-approval-id";
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded either way.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Headers of the caller's that the upstream never sees.
+const CALLER_ONLY: [&str; 8] = [
+    "authorization",
+    CAPABILITY_HEADER,
+    BYPASS_HEADER,
+    "dpop",
+    SUBJECT_HEADER,
+    TENANT_HEADER,
+    CALLER_KIND_HEADER,
+    APPROVAL_ID_HEADER,
+];
+
+type Upstream = Client<HttpConnector, Body>;
+
+struct Proxy {
+    config: GateConfig,
+    /// One layer per configured route, in order.
+    layers: Vec<GateLayer>,
+    /// For requests that match no route: the access token only.
+    unlisted: GateLayer,
+    client: Upstream,
+    connections: Arc<Semaphore>,
+}
+
+fn error(status: StatusCode, code: &str, description: &str) -> Response {
+    (status, axum::Json(json!({ "error": code, "error_description": description }))).into_response()
+}
+
+fn bad_gateway(description: &str) -> Response {
+    error(StatusCode::BAD_GATEWAY, "bad_gateway", description)
+}
+
+/// Builds the proxy's router around `gate` (which carries the verifier, the broker and the
+/// clock).
+///
+/// DPoP proofs (design §13) must name `config.public_url` plus the request path; a bound
+/// caller's gated request is taken to the broker by the gate's own `service` client (the
+/// verifier's feed credentials), as in the library.
+pub fn app(config: GateConfig, gate: &Gate) -> Router {
+    if !gate.set_public_url(&config.public_url) {
+        tracing::warn!("the gate's public URL was already set; DPoP proofs must name that one");
+    }
+    let layers = config
+        .routes
+        .iter()
+        .map(|r| {
+            let layer = match &r.gated {
+                Some(g) => {
+                    let template = g.resource.clone();
+                    let fields: Vec<&str> = g.secret_fields.iter().map(String::as_str).collect();
+                    gate.gated(&g.action, move |req| {
+                        let mut out = String::new();
+                        for piece in &template {
+                            match piece {
+                                config::Piece::Text(t) => out.push_str(t),
+                                config::Piece::Path(p) => out.push_str(req.path(p)?),
+                                config::Piece::Body(b) => out.push_str(req.body_str(b)?),
+                                config::Piece::Tenant => out.push_str(&req.caller.tenant),
+                            }
+                        }
+                        Some(out)
+                    })
+                    .secret_fields(&fields)
+                }
+                None => gate.authenticated(),
+            };
+            match &r.scope {
+                Some(s) => layer.scope(s),
+                None => layer,
+            }
+        })
+        .collect();
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.upstream_connect_timeout));
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .pool_max_idle_per_host(config.upstream_max_connections)
+        .build(connector);
+    let mut scopes: Vec<&str> = config.routes.iter().filter_map(|r| r.scope.as_deref()).collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    if !gate.set_scopes_supported(&scopes) {
+        tracing::warn!("the gate's scopes were already set; its metadata lists those");
+    }
+    let proxy = Proxy {
+        layers,
+        unlisted: gate.authenticated(),
+        client,
+        connections: Arc::new(Semaphore::new(config.upstream_max_connections)),
+        config,
+    };
+    // The protected-resource metadata (RFC 9728) is the library gate's own.
+    gate.metadata_routes().fallback(handle).with_state(Arc::new(proxy))
+}
+
+/// The request path's segments, percent-decoded, or `None` when the path is not in the one
+/// form the proxy and every upstream read alike: no empty, `.` or `..` segment (a trailing
+/// `/` aside) and no encoded `/`.
+fn segments(path: &str) -> Option<Vec<String>> {
+    let rest = path.strip_prefix('/')?;
+    let rest = match rest.strip_suffix('/') {
+        Some("") => return None,
+        Some(r) => r,
+        None => rest,
+    };
+    if rest.is_empty() {
+        return Some(Vec::new());
+    }
+    rest.split('/')
+        .map(|raw| {
+            let seg = percent_encoding::percent_decode_str(raw).decode_utf8().ok()?;
+            (!seg.is_empty() && seg != "." && seg != ".." && !seg.contains(['/', '\\'])).then(|| seg.into_owned())
+        })
+        .collect()
+}
+
+async fn handle(State(p): State<Arc<Proxy>>, mut req: Request<Body>) -> Response {
+    let found = segments(req.uri().path()).map(|segs| {
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        p.config.routes.iter().enumerate().find_map(|(i, r)| r.matches(req.method(), &segs).map(|params| (i, params)))
+    });
+    let layer = match &found {
+        Some(Some((i, params))) => {
+            req.extensions_mut().insert(PathParams(params.clone()));
+            p.layers.get(*i).unwrap_or(&p.unlisted)
+        }
+        _ => &p.unlisted,
+    };
+    // The access token first: 401 before anything about the path.
+    let req = match layer.check(req).await {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
+    match found {
+        None => error(StatusCode::BAD_REQUEST, "invalid_request", "the request path is not in canonical form"),
+        Some(None) if !p.config.pass_unlisted => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        _ => forward(&p, req).await,
+    }
+}
+
+fn strip(headers: &mut HeaderMap, extra: &[&str]) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP.iter().chain(extra) {
+        headers.remove(*n);
+    }
+}
+
+async fn forward(p: &Proxy, req: Request<Body>) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let mut uri = p.config.upstream.clone().into_parts();
+    uri.path_and_query = path_and_query.parse().ok();
+    let Ok(uri) = Uri::from_parts(uri) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", "the request target cannot be forwarded");
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    strip(&mut parts.headers, &CALLER_ONLY);
+    parts.headers.remove(header::HOST);
+    let Some(Identity(caller)) = parts.extensions.remove::<Identity>() else {
+        return error(StatusCode::UNAUTHORIZED, "invalid_token", "an access token is required");
+    };
+    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(&mut parts.headers, SUBJECT_HEADER, &caller.sub);
+    set(&mut parts.headers, TENANT_HEADER, &caller.tenant);
+    set(&mut parts.headers, CALLER_KIND_HEADER, caller.caller_kind.as_str());
+    if let Some(Redeemed(cap)) = parts.extensions.remove::<Redeemed>() {
+        set(&mut parts.headers, APPROVAL_ID_HEADER, &cap.approval_id);
+    }
+    let deadline = p.config.upstream_timeout;
+    let Ok(Ok(permit)) = tokio::time::timeout(deadline, p.connections.clone().acquire_owned()).await else {
+        return bad_gateway("the upstream has no free connection");
+    };
+    let upstream = Request::from_parts(parts, body);
+    let res = match tokio::time::timeout(deadline, p.client.request(upstream)).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "upstream unreachable");
+            return bad_gateway("the upstream cannot be reached");
+        }
+        Err(_) => {
+            tracing::warn!("upstream did not answer in time");
+            return bad_gateway("the upstream did not answer in time");
+        }
+    };
+    let (mut rp, incoming) = res.into_parts();
+    strip(&mut rp.headers, &[]);
+    // The connection stays counted until the answer has streamed through.
+    let body = incoming.map_frame(move |frame| {
+        let _held = &permit;
+        frame
+    });
+    Response::from_parts(rp, Body::new(body))
+}
+
+/// The gate proxy, bound and ready to serve.
+#[derive(Debug)]
+pub struct GateProxy {
+    listener: tokio::net::TcpListener,
+    router: Router,
+}
+
+impl GateProxy {
+    /// Binds `config.listen` and builds the proxy around `gate`.
+    pub async fn build(config: GateConfig, gate: &Gate) -> std::io::Result<GateProxy> {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        Ok(GateProxy { listener, router: app(config, gate) })
+    }
+
+    /// Binds and builds with a gate of its own: the broker's JWKS, and when `feed` names a
+    /// `service` client, the revocation feed polled every 15 seconds.
+    pub async fn from_config(
+        config: GateConfig,
+        feed: Option<crate::verify::revocations::FeedCredentials>,
+    ) -> std::io::Result<GateProxy> {
+        let mut verifier = Verifier::for_issuer(&config.broker, &config.audience);
+        let polls = feed.is_some();
+        if let Some(f) = feed {
+            verifier = verifier.with_feed_credentials(f);
+        }
+        let verifier = Arc::new(verifier);
+        if polls {
+            crate::verify::revocations::spawn_poller(verifier.clone(), std::time::Duration::from_secs(15));
+        }
+        let gate = Gate::new(verifier, &config.broker);
+        Self::build(config, &gate).await
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_have_one_reading() {
+        assert_eq!(segments("/a/b").unwrap(), vec!["a", "b"]);
+        assert_eq!(segments("/a/b/").unwrap(), vec!["a", "b"]);
+        assert_eq!(segments("/work%73paces").unwrap(), vec!["workspaces"]);
+        assert_eq!(segments("/").unwrap(), Vec::<String>::new());
+        for bad in ["/a//b", "/a/./b", "/a/../b", "/a/%2e%2e/b", "/a%2fb", "/a%5cb", "//", "/%ff"] {
+            assert!(segments(bad).is_none(), "{bad}");
+        }
+    }
+}
