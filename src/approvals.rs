@@ -652,7 +652,9 @@ pub async fn redeem(
     if caller.tenant != cap.tenant {
         return Err(ApprovalError::Forbidden("the capability belongs to another tenant".into()));
     }
-    if caller.caller_kind != CallerKind::Service {
+    // A service redeems any capability of its tenant; that standing is not lent to an actor of
+    // another kind acting for it.
+    if !caller.every_party_is(&[CallerKind::Service]) {
         let cap_actors: Vec<&str> =
             cap.act.as_ref().map(|a| a.chain().into_iter().map(|x| x.sub.as_str()).collect()).unwrap_or_default();
         if caller.sub != cap.sub || caller.actors() != cap_actors {

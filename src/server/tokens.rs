@@ -230,8 +230,10 @@ const MAX_FEED_NONCE: usize = 64;
 /// the same numbers (a database restored from a backup), says so, and the verifier refuses
 /// to move.
 async fn feed(State(state): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult<Response> {
-    if caller.claims.caller_kind != CallerKind::Service {
-        return Err(ApiError::forbidden("only service clients may read the revocation feed"));
+    if !caller.claims.every_party_is(&[CallerKind::Service]) {
+        return Err(ApiError::forbidden(
+            "only service clients (every party of a delegated token) may read the revocation feed",
+        ));
     }
     let q: FeedQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::invalid_request(format!("query: {e}")))?;

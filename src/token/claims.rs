@@ -110,6 +110,13 @@ impl AccessClaims {
         self.act.as_ref().map(|a| a.chain().into_iter().map(|x| x.sub.as_str()).collect()).unwrap_or_default()
     }
 
+    /// Whether the subject and every actor of the token are of one of `kinds` (design §12: a
+    /// standing that belongs to a kind is not lent to an actor of another).
+    pub fn every_party_is(&self, kinds: &[CallerKind]) -> bool {
+        kinds.contains(&self.caller_kind)
+            && self.act.as_ref().is_none_or(|a| a.chain().iter().all(|x| kinds.contains(&x.caller_kind)))
+    }
+
     /// Whether the token grants `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scope.split(' ').any(|s| s == scope)

@@ -345,3 +345,31 @@ async fn disabling_or_revoking_any_party_stops_a_delegated_token_at_once() {
         .await;
     assert_eq!(res.status(), 400);
 }
+
+/// A service's standing (reading the revocation feed and audit checkpoints, redeeming any
+/// capability of its tenant) is not lent to an agent acting for it.
+#[tokio::test]
+async fn an_agent_acting_for_a_service_gets_none_of_the_services_standing() {
+    let app = spawn_app().await;
+    let agent = register(&app, CallerKind::Agent, "borrower", None, &[], &[]).await;
+    let service = register(&app, CallerKind::Service, "core", None, &[], &[&agent]).await;
+    let requester = register(&app, CallerKind::Agent, "concierge", None, &[], &[]).await;
+    let op = app.create_client("org-1", CallerKind::Operator, "alice").await;
+
+    // Another requester's approved capability, which the agent has somehow seen.
+    let rt = app.access_token(&requester).await;
+    let id = app.pending_approval(&rt, "workspace_delete", "workspaces/ws-3", &json!({})).await;
+    assert_eq!(app.decide(&app.access_token(&op).await, &id, "approve").await.status(), 200);
+    let cap = app.capability(&rt, &id).await.unwrap();
+
+    let service_token = app.access_token(&service).await;
+    let delegated = act_for(&app, &agent, &service_token).await;
+    assert_eq!(peek_claims(&delegated)["caller_kind"], "service");
+    assert_error(app.get_bearer("/v1/revocations?since=0", &delegated).await, 403, "forbidden").await;
+    assert_error(app.get_bearer("/v1/audit/checkpoint", &delegated).await, 403, "forbidden").await;
+    assert_error(app.redeem(&delegated, &cap).await, 403, "forbidden").await;
+    // The capability is intact: its holder redeems it, once.
+    assert_eq!(app.redeem(&rt, &cap).await.status(), 200);
+    // And the service itself keeps its standing.
+    assert_eq!(app.get_bearer("/v1/revocations?since=0", &service_token).await.status(), 200);
+}
