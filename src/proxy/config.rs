@@ -28,6 +28,10 @@ struct File {
     upstream_timeout_secs: Option<u64>,
     upstream_connect_timeout_secs: Option<u64>,
     upstream_max_connections: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     #[serde(default, rename = "route")]
     routes: Vec<RouteFile>,
 }
@@ -113,6 +117,9 @@ pub struct GateConfig {
     pub upstream_connect_timeout: Duration,
     /// The most connections open to the upstream at once.
     pub upstream_max_connections: usize,
+    /// The limits of the proxy's own listener, as the broker's: first-request, header and idle
+    /// deadlines, connections at once, and from one address.
+    pub limits: crate::server::connection::ServeLimits,
     /// The routes, in the order matched.
     pub routes: Vec<Route>,
 }
@@ -169,8 +176,33 @@ impl GateConfig {
             upstream_timeout: Duration::from_secs(file.upstream_timeout_secs.unwrap_or(30).max(1)),
             upstream_connect_timeout: Duration::from_secs(file.upstream_connect_timeout_secs.unwrap_or(5).max(1)),
             upstream_max_connections: max,
+            limits: crate::server::connection::ServeLimits {
+                deadlines: crate::server::connection::Deadlines {
+                    header: Duration::from_secs(positive(
+                        "header_read_timeout_secs",
+                        file.header_read_timeout_secs,
+                        10,
+                    )?),
+                    idle: Duration::from_secs(positive("idle_timeout_secs", file.idle_timeout_secs, 75)?),
+                },
+                max_connections: positive("max_connections", file.max_connections.map(|n| n as u64), 1024)? as usize,
+                max_connections_per_address: positive(
+                    "max_connections_per_address",
+                    file.max_connections_per_address.map(|n| n as u64),
+                    64,
+                )? as usize,
+            },
             routes,
         })
+    }
+}
+
+/// `value`, or `default` when absent; zero is refused, naming the key.
+fn positive(key: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(err(format!("{key} must be positive"))),
+        Some(v) => Ok(v),
     }
 }
 

@@ -274,13 +274,15 @@ async fn forward(p: &Proxy, req: Request<Body>) -> Response {
 pub struct GateProxy {
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: crate::server::connection::ServeLimits,
 }
 
 impl GateProxy {
     /// Binds `config.listen` and builds the proxy around `gate`.
     pub async fn build(config: GateConfig, gate: &Gate) -> std::io::Result<GateProxy> {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        Ok(GateProxy { listener, router: app(config, gate) })
+        let limits = config.limits;
+        Ok(GateProxy { listener, router: app(config, gate), limits })
     }
 
     /// Binds and builds with a gate of its own: the broker's JWKS, and when `feed` names a
@@ -307,12 +309,15 @@ impl GateProxy {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes, with the broker's connection limits (see
+    /// [`crate::server::connection::serve`]): no connection is held open by a silent client.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        let metrics = Arc::new(crate::server::metrics::Metrics::default());
+        crate::server::connection::serve(self.listener, self.router, self.limits, metrics, shutdown).await;
+        Ok(())
     }
 }
 

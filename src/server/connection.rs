@@ -356,6 +356,119 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// How often a server pings an HTTP/2 client, to find connections whose peer is gone.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// How long an HTTP/2 client has to answer a ping before its connection is closed.
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The limits of a served listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// The first-request, header and idle deadlines of each connection.
+    pub deadlines: Deadlines,
+    /// Connections open at once; beyond it, new ones are closed on arrival.
+    pub max_connections: usize,
+    /// Connections open at once from one address (see [`address_key`]).
+    pub max_connections_per_address: usize,
+}
+
+/// Serves `router` on `listener` until `stop` completes, then lets in-flight requests finish
+/// (at most 10 s). The accept loop is hyper's own rather than `axum::serve`, for the limits a
+/// security service needs, on the broker and on the gate proxy alike: a connection's first
+/// request must arrive within the header deadline of the accept, a later one's headers within
+/// it of their first byte, and a connection idle past the idle deadline is closed; headers are
+/// capped in number and size; beyond `max_connections`, or `max_connections_per_address` from
+/// one address, new connections are closed on arrival; and a connection hyper closes is
+/// closed lingering, so a client still sending a refused body reads its answer.
+pub async fn serve<M: AsRef<Metrics> + Clone + Send + Sync + 'static>(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: ServeLimits,
+    metrics: M,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use tower::ServiceExt;
+
+    let deadlines = limits.deadlines;
+    let mut builder = Builder::new(TokioExecutor::new());
+    // hyper's own header timer is off: it would also run between keep-alive requests, where the
+    // idle deadline applies. The watchdog of each connection keeps both.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_headers(64).max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(32 * 1024)
+        .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_address = PerAddress::new(limits.max_connections_per_address);
+    let refusals = Arc::new(Refusals::default());
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let Some(address_slot) = per_address.try_take(peer.ip()) else {
+            refusals.refused(ConnectionClose::PerAddressLimit, peer.ip(), metrics.as_ref());
+            drop(stream);
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refusals.refused(ConnectionClose::ConnectionLimit, peer.ip(), metrics.as_ref());
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
+        let io = TokioIo::new(Watched::new(stream, activity.clone()));
+        let service = {
+            let (router, activity) = (router.clone(), activity.clone());
+            hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                // Marks the request in progress until its answer is written (or it is
+                // abandoned): the guard lives in this future, then in the answer's body.
+                let guard = activity.begin(req.version() == axum::http::Version::HTTP_2);
+                let answer = router.clone().oneshot(req);
+                async move {
+                    let res = answer.await?;
+                    Ok::<_, std::convert::Infallible>(res.map(move |body| {
+                        body.map_frame(move |frame| {
+                            let _in_progress = &guard;
+                            frame
+                        })
+                    }))
+                }
+            })
+        };
+        let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+        let conn = graceful.watch(conn);
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            watch(conn, &activity, deadlines, metrics.as_ref()).await;
+            drop(slot);
+            drop(address_slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after 10 s; closing them");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,12 @@ struct Inner {
     federation: crate::federation::Federation,
 }
 
+impl AsRef<metrics::Metrics> for AppState {
+    fn as_ref(&self) -> &metrics::Metrics {
+        self.metrics()
+    }
+}
+
 impl AppState {
     /// Opens storage and keys for `config`.
     pub async fn open(config: Config, clock: Clock) -> anyhow::Result<AppState> {
@@ -313,93 +319,19 @@ impl Application {
     /// from one address, new connections are closed on arrival; and a connection hyper closes
     /// is closed lingering, so a client still sending a refused body reads its answer.
     pub async fn run_until(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        use http_body_util::BodyExt;
-        use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-        use hyper_util::server::conn::auto::Builder;
-        use hyper_util::server::graceful::GracefulShutdown;
-        use tower::ServiceExt;
-
         let config = self.state.config().clone();
         let router = app(self.state.clone());
         let background = tokio::spawn(background(self.state.clone()));
         let checkpoints = tokio::spawn(audit::checkpoints(self.state.clone()));
-        let limits = connection::Deadlines {
-            header: Duration::from_secs(config.header_read_timeout_secs),
-            idle: Duration::from_secs(config.idle_timeout_secs),
+        let limits = connection::ServeLimits {
+            deadlines: connection::Deadlines {
+                header: Duration::from_secs(config.header_read_timeout_secs),
+                idle: Duration::from_secs(config.idle_timeout_secs),
+            },
+            max_connections: config.max_connections,
+            max_connections_per_address: config.max_connections_per_address,
         };
-        let mut builder = Builder::new(TokioExecutor::new());
-        // hyper's own header timer is off: it would also run between keep-alive requests,
-        // where the idle deadline applies. The watchdog of each connection keeps both.
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_headers(64).max_buf_size(64 * 1024);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(32 * 1024)
-            .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
-            .keep_alive_timeout(HTTP2_PING_TIMEOUT);
-        let graceful = GracefulShutdown::new();
-        let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
-        let per_address = connection::PerAddress::new(config.max_connections_per_address);
-        let refusals = Arc::new(connection::Refusals::default());
-        tokio::pin!(stop);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut stop => break,
-            };
-            let Some(address_slot) = per_address.try_take(peer.ip()) else {
-                refusals.refused(metrics::ConnectionClose::PerAddressLimit, peer.ip(), self.state.metrics());
-                drop(stream);
-                continue;
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                refusals.refused(metrics::ConnectionClose::ConnectionLimit, peer.ip(), self.state.metrics());
-                drop(stream);
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let activity = connection::Activity::new();
-            let io = TokioIo::new(connection::Watched::new(stream, activity.clone()));
-            let service = {
-                let (router, activity) = (router.clone(), activity.clone());
-                hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                    // Marks the request in progress until its answer is written (or it is
-                    // abandoned): the guard lives in this future, then in the answer's body.
-                    let guard = activity.begin(req.version() == axum::http::Version::HTTP_2);
-                    let answer = router.clone().oneshot(req);
-                    async move {
-                        let res = answer.await?;
-                        Ok::<_, std::convert::Infallible>(res.map(move |body| {
-                            body.map_frame(move |frame| {
-                                let _in_progress = &guard;
-                                frame
-                            })
-                        }))
-                    }
-                })
-            };
-            let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
-            let conn = graceful.watch(conn);
-            let state = self.state.clone();
-            tokio::spawn(async move {
-                connection::watch(conn, &activity, limits, state.metrics()).await;
-                drop(slot);
-                drop(address_slot);
-            });
-        }
-        drop(self.listener);
-        if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
-            tracing::warn!("connections still open after 10 s; closing them");
-        }
+        connection::serve(self.listener, router, limits, self.state.clone(), stop).await;
         background.abort();
         checkpoints.abort();
         // A checkpoint on shutdown, once every answered request's record is committed.
@@ -410,11 +342,6 @@ impl Application {
         Ok(())
     }
 }
-
-/// How often the broker pings an HTTP/2 client, to find connections whose peer is gone.
-const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(20);
-/// How long an HTTP/2 client has to answer a ping before its connection is closed.
-const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Background upkeep. Every 5 seconds: follow key rotations (switch to a rotated-in key once
 /// its activation time comes, re-read every replica's published keys) and rotate on schedule.

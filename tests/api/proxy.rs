@@ -648,3 +648,66 @@ async fn a_bound_caller_goes_through_the_proxy_with_its_key_only() {
     assert_eq!(seen.effects(), vec![json!({"action": "workspace_delete", "resource": "workspaces/ws-3"})]);
     assert_eq!(seen.last_headers()["tessera-approval-id"], id.as_str());
 }
+
+/// The proxy's own listener has the broker's connection limits: a connection that sends
+/// nothing is closed at the first-request deadline, and one beyond the per-address cap is
+/// closed on arrival, while a real request is served.
+#[tokio::test]
+async fn the_proxy_closes_a_silent_connection_at_its_first_request_deadline() {
+    use tokio::io::AsyncReadExt;
+    let broker = spawn_app().await;
+    let (up, _seen) = upstream::spawn(Duration::ZERO).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gate.toml");
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\nupstream = \"{up}\"\nbroker = \"{}\"\nheader_read_timeout_secs = 1\n\
+         max_connections_per_address = 3\n{CORE_ROUTES}",
+        broker.base
+    );
+    std::fs::write(&path, config).unwrap();
+    let mut proxy = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["gate", "--config"])
+        .arg(&path)
+        .env_remove("TESSERA_CONFIG")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut up_now = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("{base}/.well-known/oauth-protected-resource"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            up_now = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up_now, "the proxy started");
+
+    let started = std::time::Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    // A fourth from the same address is closed on arrival.
+    let mut extra = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await.expect("closed on arrival");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    // The silent ones are closed at the deadline (1 s), not left open.
+    for s in &mut silent {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed by the proxy");
+        assert!(matches!(n, Ok(0) | Err(_)));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900), "not before the deadline");
+    // And the proxy serves again.
+    let res = http.get(format!("{base}/.well-known/oauth-protected-resource")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    proxy.kill().await.unwrap();
+}
