@@ -1,4 +1,5 @@
-//! Tessera's benchmark: `cargo bench --bench tessera [-- --quick] [-- --json PATH] [-- --no-peer]`.
+//! Tessera's benchmark: `cargo bench --bench tessera [-- --quick] [-- --json PATH] [-- --no-peer]`
+//! (`-- --in-process-only`: the raw limits and the library's verify figures alone).
 //!
 //! One run measures, and reports as a table and as JSON:
 //!
@@ -682,6 +683,20 @@ fn main() {
     pin.pin_self(0);
     let ip = in_process(opts.budget);
     eprintln!("in-process: raw sign {:.0}/s, raw verify {:.0}/s", ip.raw_sign, ip.raw_verify);
+    if args.iter().any(|a| a == "--in-process-only") {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "raw_sign_per_sec": ip.raw_sign, "mint_per_sec": ip.mint,
+                "raw_verify_per_sec": ip.raw_verify, "verify_per_sec": ip.verify,
+                "verify_ratio": ip.verify / ip.raw_verify,
+                "dpop_raw_verify_per_sec": ip.dpop_raw_verify, "dpop_verify_per_sec": ip.dpop_verify,
+                "dpop_verify_ratio": ip.dpop_verify / ip.dpop_raw_verify,
+            }))
+            .unwrap_or_default()
+        );
+        return;
+    }
 
     // Everything after this, the load generator included, on the other core.
     pin.pin_self(1);
