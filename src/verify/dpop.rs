@@ -222,6 +222,17 @@ fn parse_jwk(alg: &str, jwk: &Value) -> Result<(ProofKey, String), DpopError> {
     }
 }
 
+/// The claims of a proof that are read; the rest are skipped.
+#[derive(serde::Deserialize)]
+struct ProofClaims {
+    jti: Option<String>,
+    htm: Option<String>,
+    htu: Option<String>,
+    iat: Option<i64>,
+    ath: Option<String>,
+    nonce: Option<String>,
+}
+
 /// Checks a proof's format, signature and claims against `check`, everything but replay (see
 /// [`DpopVerifier`], which adds the replay cache).
 pub fn check_proof(proof: &str, check: &ProofCheck<'_>) -> Result<CheckedProof, DpopError> {
@@ -270,24 +281,18 @@ pub fn check_proof(proof: &str, check: &ProofCheck<'_>) -> Result<CheckedProof, 
         return Err(DpopError::BadSignature);
     }
     let payload = b64::decode(p).map_err(|_| malformed("payload is not canonical base64url"))?;
-    let claims = strict_json::parse_object(&payload).map_err(|e| DpopError::Malformed(format!("claims: {e}")))?;
-    let text = |name: &'static str| -> Result<Option<&str>, DpopError> {
-        match claims.get(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(DpopError::Malformed(format!("{name} must be a string"))),
-        }
-    };
-    let jti = text("jti")?.ok_or_else(|| malformed("jti is required"))?;
+    // The claims read into a fixed shape: a repeated member of it is refused (serde's
+    // duplicate-field error), a claim of the wrong JSON type too, and other members are
+    // skipped unread (nesting bounded by the parser's recursion limit).
+    let claims: ProofClaims =
+        serde_json::from_slice(&payload).map_err(|e| DpopError::Malformed(format!("claims: {e}")))?;
+    let jti = claims.jti.as_deref().ok_or_else(|| malformed("jti is required"))?;
     if jti.is_empty() || jti.len() > MAX_JTI_LEN {
         return Err(malformed("jti must be 1 to 128 characters"));
     }
-    let htm = text("htm")?.ok_or_else(|| malformed("htm is required"))?;
-    let htu = text("htu")?.ok_or_else(|| malformed("htu is required"))?;
-    let iat = match claims.get("iat") {
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| malformed("iat must be an integer"))?,
-        _ => return Err(malformed("iat is required, as an integer")),
-    };
+    let htm = claims.htm.as_deref().ok_or_else(|| malformed("htm is required"))?;
+    let htu = claims.htu.as_deref().ok_or_else(|| malformed("htu is required"))?;
+    let iat = claims.iat.ok_or_else(|| malformed("iat is required, as an integer"))?;
     if htm != check.method {
         return Err(DpopError::Method);
     }
@@ -297,13 +302,12 @@ pub fn check_proof(proof: &str, check: &ProofCheck<'_>) -> Result<CheckedProof, 
     if iat.saturating_sub(check.now).abs() > DPOP_WINDOW_SECS {
         return Err(DpopError::Stale);
     }
-    match (check.access_token, text("ath")?) {
+    match (check.access_token, claims.ath.as_deref()) {
         (Some(token), Some(ath)) if ath == access_token_hash(token) => {}
         (Some(_), _) => return Err(DpopError::AccessTokenHash),
         (None, _) => {}
     }
-    let nonce = text("nonce")?.map(str::to_owned);
-    Ok(CheckedProof { jkt, jti: jti.to_owned(), iat, nonce })
+    Ok(CheckedProof { jkt, jti: jti.to_owned(), iat, nonce: claims.nonce })
 }
 
 /// Remembers proof ids until their `iat` could no longer be accepted. Bounded: when it is full
@@ -684,6 +688,38 @@ mod tests {
         // Query and fragment are ignored; the default port is the same URL.
         let p = key.proof("PUT", "https://CORE.example:443/workspaces/ws-1?a=b#c", Some("tok"), None, NOW).unwrap();
         assert!(v.verify(&p, &check(Some("tok"))).is_ok());
+    }
+
+    /// Two values for one claim can never mean two things to two readers: a repeated claim is
+    /// refused, as is a claim of the wrong JSON type.
+    #[test]
+    fn refuses_repeated_and_mistyped_claims() {
+        let key = DpopKey::generate_ed25519().unwrap();
+        let header = json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": key.public_jwk()}).to_string();
+        let ath = access_token_hash("tok");
+        let sign = |payload: &str| {
+            let mut out = b64::encode(header.as_bytes());
+            out.push('.');
+            out.push_str(&b64::encode(payload.as_bytes()));
+            let sig = match &key.key {
+                SigningKey::Ed25519(pair) => pair.sign(out.as_bytes()).as_ref().to_vec(),
+                SigningKey::P256(_) => unreachable!("an Ed25519 key"),
+            };
+            format!("{out}.{}", b64::encode(&sig))
+        };
+        let good = format!(r#"{{"jti":"j1","htm":"PUT","htu":"{URL}","iat":{NOW},"ath":"{ath}","x":{{"y":[1,2]}}}}"#);
+        assert!(check_proof(&sign(&good), &check(Some("tok"))).is_ok(), "other members are skipped");
+        for bad in [
+            format!(
+                r#"{{"jti":"j1","htm":"PUT","htu":"https://evil.example/","htu":"{URL}","iat":{NOW},"ath":"{ath}"}}"#
+            ),
+            format!(r#"{{"jti":"j1","htm":"PUT","htu":"{URL}","iat":{NOW}.0,"ath":"{ath}"}}"#),
+            format!(r#"{{"jti":"j1","htm":"PUT","htu":"{URL}","iat":"{NOW}","ath":"{ath}"}}"#),
+            format!(r#"{{"jti":7,"htm":"PUT","htu":"{URL}","iat":{NOW},"ath":"{ath}"}}"#),
+            format!(r#"{{"htm":"PUT","htu":"{URL}","iat":{NOW},"ath":"{ath}"}}"#),
+        ] {
+            assert!(matches!(check_proof(&sign(&bad), &check(Some("tok"))), Err(DpopError::Malformed(_))), "{bad}");
+        }
     }
 
     #[test]
