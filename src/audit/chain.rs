@@ -229,7 +229,9 @@ pub async fn read_range(
     rows.into_iter().map(|r| record_from_row(&r)).collect()
 }
 
-fn record_from_row(r: &sqlx::any::AnyRow) -> Result<AuditRecord, StoreError> {
+/// A record from a row selecting `seq, at, event, actor, tenant, subject, detail, prev_hash,
+/// hash`.
+pub(crate) fn record_from_row(r: &sqlx::any::AnyRow) -> Result<AuditRecord, StoreError> {
     Ok(AuditRecord {
         seq: r.try_get("seq")?,
         at: r.try_get("at")?,
@@ -253,21 +255,7 @@ pub async fn read_page(store: &Store, after_seq: i64, limit: i64) -> Result<Vec<
     .bind(limit)
     .fetch_all(store.pool())
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(AuditRecord {
-                seq: r.try_get("seq")?,
-                at: r.try_get("at")?,
-                event: r.try_get("event")?,
-                actor: r.try_get("actor")?,
-                tenant: r.try_get("tenant")?,
-                subject: r.try_get("subject")?,
-                detail: r.try_get("detail")?,
-                prev_hash: r.try_get("prev_hash")?,
-                hash: r.try_get("hash")?,
-            })
-        })
-        .collect()
+    rows.iter().map(record_from_row).collect()
 }
 
 #[cfg(test)]

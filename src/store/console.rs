@@ -127,21 +127,7 @@ pub async fn audit_trail(
     .bind(limit)
     .fetch_all(store.pool())
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(AuditRecord {
-                seq: r.try_get("seq")?,
-                at: r.try_get("at")?,
-                event: r.try_get("event")?,
-                actor: r.try_get("actor")?,
-                tenant: r.try_get("tenant")?,
-                subject: r.try_get("subject")?,
-                detail: r.try_get("detail")?,
-                prev_hash: r.try_get("prev_hash")?,
-                hash: r.try_get("hash")?,
-            })
-        })
-        .collect()
+    rows.iter().map(crate::audit::record_from_row).collect()
 }
 
 /// What the console's history page filters on. Empty means any.
