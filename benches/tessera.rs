@@ -653,7 +653,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // The proxy step's trivial upstream is this binary, started again in this mode.
     if let Some(i) = args.iter().position(|a| a == "--upstream-serve") {
-        proxy::serve_upstream(args.get(i + 1).map_or("127.0.0.1:0", String::as_str));
+        let socket = args.iter().position(|a| a == "--upstream-socket").and_then(|j| args.get(j + 1));
+        proxy::serve_upstream(args.get(i + 1).map_or("127.0.0.1:0", String::as_str), socket.map(String::as_str));
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");

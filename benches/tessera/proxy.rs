@@ -14,25 +14,36 @@ use crate::load::{self, TokenTarget, basic, round};
 use crate::procs::{self, Pinning};
 
 /// The trivial upstream: answers every request `200 ok` over HTTP/1.1 keep-alive, on a
-/// current-thread runtime. No Tessera code; this is what "the upstream's own per-request CPU"
-/// is measured on.
-pub fn serve_upstream(addr: &str) {
+/// current-thread runtime, at `addr` and, when given, on the Unix socket `socket` too. No
+/// Tessera code; this is what "the upstream's own per-request CPU" is measured on.
+pub fn serve_upstream(addr: &str, socket: Option<&str>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
+        if let Some(path) = socket {
+            let _ = std::fs::remove_file(path);
+            let unix = tokio::net::UnixListener::bind(path).unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = unix.accept().await else { continue };
+                    tokio::spawn(serve_ok(stream));
+                }
+            });
+        }
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+            tokio::spawn(serve_ok(stream));
         }
     });
+}
+
+async fn serve_ok<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S) {
+    let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok"))))
+    });
+    let _ =
+        hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
 }
 
 const C: usize = 16;

@@ -103,8 +103,11 @@ pub struct GateConfig {
     pub listen: SocketAddr,
     /// The URL clients use (scheme, host, port), for DPoP proofs and the metadata.
     pub public_url: String,
-    /// The upstream's base URL (`http://host:port`, no path).
+    /// The upstream's base URL (`http://host:port`, no path); `http://localhost` for an
+    /// upstream on a Unix socket.
     pub upstream: http::Uri,
+    /// The upstream's Unix socket, when `upstream = "unix:/path/to.sock"`.
+    pub upstream_socket: Option<std::path::PathBuf>,
     /// The broker's issuer URL.
     pub broker: String,
     /// The audience the access tokens must carry.
@@ -149,7 +152,7 @@ impl GateConfig {
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             return Err(err(format!("public_url: {public_url:?} is not an http(s) URL")));
         }
-        let upstream = parse_upstream(&file.upstream)?;
+        let (upstream, upstream_socket) = parse_upstream(&file.upstream)?;
         let broker = file.broker.trim_end_matches('/').to_owned();
         if !(broker.starts_with("http://") || broker.starts_with("https://")) {
             return Err(err(format!("broker: {broker:?} is not an http(s) URL")));
@@ -170,6 +173,7 @@ impl GateConfig {
             listen,
             public_url,
             upstream,
+            upstream_socket,
             broker,
             audience: file.audience.unwrap_or_else(|| "core".to_owned()),
             pass_unlisted: file.pass_unlisted,
@@ -206,8 +210,15 @@ fn positive(key: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigEr
     }
 }
 
-fn parse_upstream(text: &str) -> Result<http::Uri, ConfigError> {
-    let bad = || err(format!("upstream: {text:?} is not an http:// URL with a host and no path"));
+/// `http://host:port`, or `unix:/absolute/path.sock` (then the URL is `http://localhost`).
+fn parse_upstream(text: &str) -> Result<(http::Uri, Option<std::path::PathBuf>), ConfigError> {
+    if let Some(path) = text.strip_prefix("unix:") {
+        if !path.starts_with('/') || path.len() < 2 || path.contains('\0') {
+            return Err(err(format!("upstream: {text:?} is not unix: followed by an absolute socket path")));
+        }
+        return Ok((http::Uri::from_static("http://localhost"), Some(path.into())));
+    }
+    let bad = || err(format!("upstream: {text:?} is not an http:// URL with a host and no path, nor unix:/path"));
     let uri: http::Uri = text.trim_end_matches('/').parse().map_err(|_| bad())?;
     if uri.scheme_str() != Some("http") || uri.authority().is_none() || !matches!(uri.path(), "" | "/") {
         return Err(bad());
@@ -215,7 +226,7 @@ fn parse_upstream(text: &str) -> Result<http::Uri, ConfigError> {
     if uri.query().is_some() {
         return Err(bad());
     }
-    Ok(uri)
+    Ok((uri, None))
 }
 
 fn route(n: usize, r: RouteFile, actions: &HashSet<String>) -> Result<Route, ConfigError> {
@@ -416,5 +427,17 @@ mod tests {
         assert!(e.contains("upstream"), "{e}");
         let e = GateConfig::parse("upstream = \"http://x/base\"\nbroker = \"http://b\"\n").unwrap_err().0;
         assert!(e.contains("upstream"), "{e}");
+        for relative in ["unix:core.sock", "unix:", "unix:/"] {
+            let e = GateConfig::parse(&format!("upstream = \"{relative}\"\nbroker = \"http://b\"\n")).unwrap_err().0;
+            assert!(e.contains("absolute socket path"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_upstream_may_be_a_unix_socket() {
+        let c = GateConfig::parse("upstream = \"unix:/run/core/core.sock\"\nbroker = \"http://b\"\n").unwrap();
+        assert_eq!(c.upstream_socket.as_deref(), Some(Path::new("/run/core/core.sock")));
+        assert_eq!(c.upstream, "http://localhost/");
+        assert!(parse("").unwrap().upstream_socket.is_none());
     }
 }

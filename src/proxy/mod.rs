@@ -13,11 +13,13 @@
 //!   `Tessera-Approval-Id` dropped, and the proxy's own values set;
 //! - the upstream's answer streams back unchanged (hop-by-hop headers aside).
 //!
-//! The upstream is reached over HTTP/1.1 keep-alive through a pool of at most
+//! The upstream is reached over HTTP/1.1 keep-alive, on TCP or a Unix socket
+//! (`upstream = "unix:/path"`), through a pool of at most
 //! `upstream_max_connections` connections; an upstream that cannot be reached, or whose answer
 //! does not begin within `upstream_timeout_secs`, is `502 bad_gateway`.
 
 pub mod config;
+mod unix;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,7 +74,20 @@ const CALLER_ONLY: [&str; 8] = [
     APPROVAL_ID_HEADER,
 ];
 
-type Upstream = Client<HttpConnector, Body>;
+/// The pooled HTTP/1.1 client to the upstream, over TCP or a Unix socket.
+enum Upstream {
+    Tcp(Client<HttpConnector, Body>),
+    Unix(Client<unix::UnixConnector, Body>),
+}
+
+impl Upstream {
+    fn request(&self, req: Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Upstream::Tcp(c) => c.request(req),
+            Upstream::Unix(c) => c.request(req),
+        }
+    }
+}
 
 struct Proxy {
     config: GateConfig,
@@ -132,13 +147,21 @@ pub fn app(config: GateConfig, gate: &Gate) -> Router {
             }
         })
         .collect();
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.upstream_connect_timeout));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(std::time::Duration::from_secs(30))
-        .pool_max_idle_per_host(config.upstream_max_connections)
-        .build(connector);
+        .pool_max_idle_per_host(config.upstream_max_connections);
+    let client = match &config.upstream_socket {
+        Some(path) => {
+            Upstream::Unix(builder.build(unix::UnixConnector::new(path.clone(), config.upstream_connect_timeout)))
+        }
+        None => {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(config.upstream_connect_timeout));
+            connector.set_nodelay(true);
+            Upstream::Tcp(builder.build(connector))
+        }
+    };
     let mut scopes: Vec<&str> = config.routes.iter().filter_map(|r| r.scope.as_deref()).collect();
     scopes.sort_unstable();
     scopes.dedup();

@@ -112,8 +112,19 @@ impl Policy {
 
     /// Verifies an access token at time `now` (Unix seconds).
     pub fn verify_access(&self, keys: &dyn KeyLookup, token: &str, now: i64) -> Result<AccessClaims, VerifyError> {
-        let claims: AccessClaims = self.verify_common(keys, token, &[TYP_ACCESS, "application/at+jwt"], TYP_ACCESS)?;
-        self.check_registered(&claims.iss, &claims.aud, claims.iat, claims.nbf, claims.exp, now)?;
+        self.verify_access_keyed(keys, token, now).map(|(claims, _)| claims)
+    }
+
+    /// As [`Policy::verify_access`], with the key that verified the signature.
+    pub(crate) fn verify_access_keyed(
+        &self,
+        keys: &dyn KeyLookup,
+        token: &str,
+        now: i64,
+    ) -> Result<(AccessClaims, Arc<PublicKey>), VerifyError> {
+        let (claims, key): (AccessClaims, _) =
+            self.verify_common(keys, token, &[TYP_ACCESS, "application/at+jwt"], TYP_ACCESS)?;
+        self.check_access_time(&claims, now)?;
         if claims.sub.is_empty() || claims.client_id != claims.sub {
             return Err(VerifyError::Claim("client_id"));
         }
@@ -128,7 +139,14 @@ impl Policy {
                 return Err(VerifyError::Claim("act"));
             }
         }
-        Ok(claims)
+        Ok((claims, key))
+    }
+
+    /// The checks of an access token's registered claims that depend on `now` (and on this
+    /// policy): issuer, audience, not-before, lifetime, expiry. A cached verification passes
+    /// them again on every use.
+    pub(crate) fn check_access_time(&self, claims: &AccessClaims, now: i64) -> Result<(), VerifyError> {
+        self.check_registered(&claims.iss, &claims.aud, claims.iat, claims.nbf, claims.exp, now)
     }
 
     /// Verifies a capability token at time `now` (Unix seconds). Binding it to a request is
@@ -139,7 +157,7 @@ impl Policy {
         token: &str,
         now: i64,
     ) -> Result<CapabilityClaims, VerifyError> {
-        let claims: CapabilityClaims = self.verify_common(keys, token, &[TYP_CAPABILITY], TYP_CAPABILITY)?;
+        let (claims, _): (CapabilityClaims, _) = self.verify_common(keys, token, &[TYP_CAPABILITY], TYP_CAPABILITY)?;
         self.check_registered(&claims.iss, &claims.aud, claims.iat, claims.nbf, claims.exp, now)?;
         if claims.sub.is_empty() {
             return Err(VerifyError::Claim("sub"));
@@ -159,7 +177,7 @@ impl Policy {
         token: &str,
         allowed_typ: &[&str],
         expected: &'static str,
-    ) -> Result<T, VerifyError> {
+    ) -> Result<(T, Arc<PublicKey>), VerifyError> {
         let jws = UnverifiedJws::parse(token)?;
         let header = jws.header();
         if !allowed_typ.contains(&header.typ.as_str()) {
@@ -173,7 +191,7 @@ impl Policy {
             return Err(VerifyError::Algorithm(header.alg.chars().take(16).collect()));
         }
         jws.verify_ed25519(&key.raw)?;
-        Ok(jws.claims()?)
+        Ok((jws.claims()?, key))
     }
 
     fn check_registered(

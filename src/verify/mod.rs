@@ -3,6 +3,7 @@
 //!
 //! Build it alone with `default-features = false, features = ["verify"]`.
 
+mod cache;
 mod checks;
 pub mod dpop;
 pub mod gate;
@@ -24,12 +25,33 @@ pub struct Verifier {
     jwks: JwksClient,
     revocations: revocations::RevocationList,
     dpop: dpop::DpopVerifier,
+    verified: cache::VerifiedTokens,
 }
 
 impl Verifier {
     /// Verifies tokens of `policy.issuer` with keys from `jwks`.
     pub fn new(policy: Policy, jwks: JwksClient) -> Verifier {
-        Verifier { policy, jwks, revocations: revocations::RevocationList::default(), dpop: Default::default() }
+        Verifier {
+            policy,
+            jwks,
+            revocations: revocations::RevocationList::default(),
+            dpop: Default::default(),
+            verified: cache::VerifiedTokens::new(cache::DEFAULT_CAPACITY),
+        }
+    }
+
+    /// Holds at most `capacity` verified access tokens (10,000 by default; 0 turns the cache
+    /// off). A token presented again costs a hash and a lookup instead of a signature
+    /// verification; its key, times and revocation are still checked on every use, so a
+    /// cached token fails exactly when a fresh verification would.
+    pub fn with_token_cache(mut self, capacity: usize) -> Verifier {
+        self.verified = cache::VerifiedTokens::new(capacity);
+        self
+    }
+
+    /// How many access-token checks were served by the cache of verified tokens.
+    pub fn token_cache_hits(&self) -> u64 {
+        self.verified.hits()
     }
 
     /// Trusts the broker at `issuer` (its JWKS at `/.well-known/jwks.json`) for `audience`,
@@ -97,15 +119,33 @@ impl Verifier {
 
     /// Verifies an access token at `now` (Unix seconds), and that the revocation list (see
     /// [`Verifier::poll_revocations`]) does not name it.
+    ///
+    /// A token that verified before is taken from the cache of verified tokens while the key
+    /// that verified it is still published unchanged; its times and revocation are checked
+    /// again on every use.
     pub async fn verify_access(&self, token: &str, now: i64) -> Result<AccessClaims, VerifyError> {
-        let claims = self.with_keys(token, |keys| self.policy.verify_access(keys, token, now)).await?;
+        let digest = cache::digest(token);
+        self.jwks.ensure_fresh().await;
+        let cached = self.verified.get(&digest, &*self.jwks.snapshot());
+        if let Some(claims) = cached {
+            self.policy.check_access_time(&claims, now)?;
+            self.check_chain_revoked(&claims)?;
+            return Ok(claims);
+        }
+        let (claims, key) = self.with_keys(token, |keys| self.policy.verify_access_keyed(keys, token, now)).await?;
+        self.check_chain_revoked(&claims)?;
+        self.verified.insert(digest, &claims, key, now);
+        Ok(claims)
+    }
+
+    fn check_chain_revoked(&self, claims: &AccessClaims) -> Result<(), VerifyError> {
         self.check_revoked(&claims.jti, &claims.sub, claims.iat)?;
         // Revoking (or disabling) any client of a delegation chain revokes the token too
         // (design §12): each actor is checked as a subject would be.
         for actor in claims.actors() {
             self.check_revoked(&claims.jti, actor, claims.iat)?;
         }
-        Ok(claims)
+        Ok(())
     }
 
     /// Verifies a capability token at `now` (Unix seconds).

@@ -345,3 +345,94 @@ async fn the_jwks_cache_keeps_the_last_good_set_then_fails_closed() {
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(verifier.verify_access(&at, now).await.is_err());
 }
+
+/// Serves a JWKS document that the test can replace, at `/jwks.json`.
+async fn replaceable_jwks(doc: Value) -> (String, Arc<std::sync::RwLock<Value>>) {
+    let doc = Arc::new(std::sync::RwLock::new(doc));
+    let served = doc.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let doc = served.read().unwrap().clone();
+            async move { ([("cache-control", "max-age=0")], axum::Json(doc)) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    (format!("http://{addr}/jwks.json"), doc)
+}
+
+#[tokio::test]
+async fn a_cached_verification_ends_with_its_key_its_expiry_and_its_revocation() {
+    let broker = spawn_app().await;
+    let agent = broker.create_client("org-1", CallerKind::Agent, "a").await;
+    let svc = broker.create_client("org-1", CallerKind::Service, "core").await;
+    let at = broker.access_token(&agent).await;
+    let other = broker.access_token(&agent).await;
+    let published: Value = reqwest::get(broker.url("/.well-known/jwks.json")).await.unwrap().json().await.unwrap();
+    let (uri, doc) = replaceable_jwks(published.clone()).await;
+    let short = JwksOptions {
+        default_max_age: Duration::from_millis(100),
+        min_max_age: Duration::from_millis(100),
+        max_max_age: Duration::from_millis(100),
+        ..JwksOptions::default()
+    };
+    let verifier = Verifier::new(Policy::new(broker.base.clone(), "core"), JwksClient::new(uri, short))
+        .with_feed_credentials(tessera::verify::revocations::FeedCredentials::new(&svc.id, &svc.secret));
+    let now = broker.state.now();
+
+    // The first check verifies; the next ones are served by the cache.
+    verifier.verify_access(&at, now).await.unwrap();
+    assert_eq!(verifier.token_cache_hits(), 0);
+    for _ in 0..3 {
+        assert_eq!(verifier.verify_access(&at, now).await.unwrap().sub, agent.id);
+    }
+    assert_eq!(verifier.token_cache_hits(), 3);
+    // Another spelling of the same token is verified in full (and here refused).
+    let tampered = format!("{at}A");
+    assert!(verifier.verify_access(&tampered, now).await.is_err());
+    assert_eq!(verifier.token_cache_hits(), 3);
+
+    // Expiry is checked on every hit.
+    let exp = peek_claims(&at)["exp"].as_i64().unwrap();
+    assert_eq!(verifier.verify_access(&at, exp + 60).await.unwrap_err(), tessera::verify::VerifyError::Expired);
+
+    // Revocation is checked on every hit.
+    verifier.verify_access(&other, now).await.unwrap();
+    let revoked = broker
+        .http
+        .post(broker.url("/oauth/revoke"))
+        .basic_auth(&agent.id, Some(&agent.secret))
+        .form(&[("token", &other)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    verifier.poll_revocations(now).await.unwrap();
+    assert_eq!(verifier.verify_access(&other, now).await.unwrap_err(), tessera::verify::VerifyError::Revoked);
+    verifier.verify_access(&at, now).await.unwrap();
+
+    // The key that verified it is unpublished: the cached token fails as a fresh one would.
+    *doc.write().unwrap() = json!({ "keys": [] });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hits = verifier.token_cache_hits();
+    assert_eq!(verifier.verify_access(&at, now).await.unwrap_err(), tessera::verify::VerifyError::UnknownKey);
+    assert_eq!(verifier.token_cache_hits(), hits);
+    // Published again, under the same kid but another public key: still refused.
+    let mut swapped = published.clone();
+    let x = swapped["keys"][0]["x"].as_str().unwrap().to_owned();
+    let flipped = match x.strip_prefix('A') {
+        Some(rest) => format!("B{rest}"),
+        None => format!("A{}", &x[1..]),
+    };
+    swapped["keys"][0]["x"] = json!(flipped);
+    *doc.write().unwrap() = swapped;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(verifier.verify_access(&at, now).await.is_err());
+    assert_eq!(verifier.token_cache_hits(), hits);
+    // And the genuine key again: served.
+    *doc.write().unwrap() = published;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    verifier.verify_access(&at, now).await.unwrap();
+}

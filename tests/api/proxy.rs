@@ -50,8 +50,24 @@ mod upstream {
         h.get("tessera-tenant").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
     }
 
-    /// The §9 routes; `delay` holds every gated answer back (a slow upstream).
+    /// The §9 routes on loopback TCP; `delay` holds every gated answer back (a slow upstream).
     pub async fn spawn(delay: Duration) -> (String, Seen) {
+        let (app, seen) = router(delay);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), seen)
+    }
+
+    /// The same routes on a Unix socket at `path`: the proxy's `upstream` is `unix:{path}`.
+    pub async fn spawn_unix(path: &std::path::Path) -> (String, Seen) {
+        let (app, seen) = router(Duration::ZERO);
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("unix:{}", path.display()), seen)
+    }
+
+    fn router(delay: Duration) -> (Router, Seen) {
         let seen = Seen::default();
         let app = Router::new()
             .route(
@@ -123,10 +139,7 @@ mod upstream {
             .route("/x/{id}", delete(|| async { "ok" }))
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(seen.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (format!("http://{addr}"), seen)
+        (app, seen)
     }
 }
 
@@ -226,6 +239,40 @@ async fn world_with(delay: Duration, extra: &str) -> World {
 
 async fn world() -> World {
     world_with(Duration::ZERO, "").await
+}
+
+#[tokio::test]
+async fn an_upstream_on_a_unix_socket_gets_the_same_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn_app().await;
+    let (up, seen) = upstream::spawn_unix(&dir.path().join("core.sock")).await;
+    let proxy = spawn_proxy(&broker, &up, "").await;
+    let agent = broker.create_client("org-1", CallerKind::Agent, "concierge").await;
+    let op = broker.create_client("org-1", CallerKind::Operator, "alice").await;
+    let w = World { broker, proxy, seen, http: reqwest::Client::new(), agent, op };
+    let at = w.broker.access_token(&w.agent).await;
+
+    let res = w.call("GET", "/workspaces/w1", &at, None, None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"id": "w1"}));
+    assert_eq!(w.seen.last_headers()["tessera-subject"], w.agent.id.as_str());
+    // A gated verb: held for approval, then run once with the capability.
+    let body = json!({"key": "db", "value": "s3cret"});
+    let (cap, id) = w.approved_capability(&at, "PUT", "/workspaces/w1/secrets", body.clone()).await;
+    assert!(w.seen.effects().is_empty());
+    let res = w.call("PUT", "/workspaces/w1/secrets", &at, Some(body.clone()), Some(&cap)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(w.seen.last_headers()["tessera-approval-id"], id.as_str());
+    assert_error(w.call("PUT", "/workspaces/w1/secrets", &at, Some(body), Some(&cap)).await, 409, "conflict").await;
+    assert_eq!(w.seen.effects().len(), 1);
+    // No token: refused before the socket is touched.
+    let res = w.http.get(format!("{}/workspaces/w1", w.proxy)).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    // No socket at the path: 502, as for a TCP upstream that is down.
+    let missing = format!("unix:{}", dir.path().join("missing.sock").display());
+    let proxy = spawn_proxy(&w.broker, &missing, "").await;
+    let res = w.http.get(format!("{proxy}/workspaces/w2")).bearer_auth(&at).send().await.unwrap();
+    assert_error(res, 502, "bad_gateway").await;
 }
 
 impl World {
