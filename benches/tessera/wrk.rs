@@ -14,12 +14,7 @@ use crate::procs::{self, Pinning};
 
 /// Whether `wrk` can be run.
 pub fn available() -> bool {
-    std::process::Command::new("wrk")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
+    std::process::Command::new("wrk").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
 
 /// One fixed request, the first client's: wrk sends it as formatted once, with no Lua run per
@@ -57,7 +52,15 @@ struct Parsed {
 }
 
 fn parse(out: &str) -> anyhow::Result<Parsed> {
-    let mut p = Parsed { requests: 0, secs: 0.0, non_2xx: 0, socket_errors: 0, p50_ms: f64::NAN, p99_ms: f64::NAN, max_ms: f64::NAN };
+    let mut p = Parsed {
+        requests: 0,
+        secs: 0.0,
+        non_2xx: 0,
+        socket_errors: 0,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        max_ms: f64::NAN,
+    };
     for line in out.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
