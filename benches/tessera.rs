@@ -798,6 +798,8 @@ fn main() {
     let dpop_verify_ratio = ip.dpop_verify / ip.dpop_raw_verify;
     let dpop_mint_ratio = sqlite["dpop_mint"]["ratio"].as_f64();
     let proxy_ratio = http["gate_proxy"]["proxy_over_upstream_cpu"].as_f64();
+    let proxy_ratio_of = |kind: &str| http["gate_proxy"][kind]["unix"]["proxy_over_upstream_alone_cpu"].as_f64();
+    let (proxy_node, proxy_python) = (proxy_ratio_of("node"), proxy_ratio_of("python"));
     eprintln!("the HTTP targets are judged on the figures of {generator}");
     let targets = [
         ("mint over HTTP / raw sign", mint_ratio, ">= 0.50", mint_ratio.map(|r| r >= 0.5)),
@@ -807,7 +809,9 @@ fn main() {
         ("tessera / peer throughput", peer_ratio, ">= 4", peer_ratio.map(|r| r >= 4.0)),
         ("verify with proof / raw verify", Some(dpop_verify_ratio), ">= 0.45", Some(dpop_verify_ratio >= 0.45)),
         ("mint with proof / plain (c=16)", dpop_mint_ratio, ">= 0.60", dpop_mint_ratio.map(|r| r >= 0.6)),
-        ("gate proxy CPU / upstream CPU", proxy_ratio, "<= 2", proxy_ratio.map(|r| r <= 2.0)),
+        ("gate proxy CPU / hyper upstream", proxy_ratio, "<= 2", proxy_ratio.map(|r| r <= 2.0)),
+        ("gate proxy CPU / Node upstream", proxy_node, "<= 2", proxy_node.map(|r| r <= 2.0)),
+        ("gate proxy CPU / Python upstream", proxy_python, "<= 2", proxy_python.map(|r| r <= 2.0)),
     ];
 
     println!();

@@ -1,6 +1,7 @@
 //! The gate proxy's step: requests per second through `tessera gate` to a trivial upstream,
 //! against the upstream alone, all on core 0, with the CPU each spends per request; the
-//! upstream reached over loopback TCP, and over a Unix socket.
+//! upstream reached over loopback TCP, and over a Unix socket. Three trivial upstreams, none
+//! with Tessera code: hyper (Rust), Node.js's `http` and Python's `http.server`.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -61,6 +62,49 @@ pub async fn proxy_step(opts: &Opts, pin: &Pinning, dir: &Path) -> Value {
     }
 }
 
+/// A trivial upstream in Node.js (`node:http`): what an MCP server in TypeScript sits on.
+const NODE_UPSTREAM: &str = r#"
+const http = require('http'), fs = require('fs');
+const [port, sock] = process.argv.slice(-2);
+const ok = (req, res) => { req.resume(); req.on('end', () => res.end('ok')); };
+http.createServer({ keepAliveTimeout: 120000 }, ok).listen(Number(port), '127.0.0.1');
+try { fs.unlinkSync(sock); } catch (e) {}
+http.createServer({ keepAliveTimeout: 120000 }, ok).listen(sock);
+"#;
+
+/// A trivial upstream in Python's standard library (`http.server`, a thread per connection).
+const PYTHON_UPSTREAM: &str = r#"
+import http.server, os, socketserver, sys
+class Ok(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    do_POST = do_GET
+    def address_string(self):
+        return "-"
+    def log_message(self, *args):
+        pass
+class OkTcp(Ok):
+    # TCP_NODELAY: without it, a keep-alive answer written in two pieces waits for the
+    # client's delayed acknowledgement (some 40 ms).
+    disable_nagle_algorithm = True
+class Tcp(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+class Unix(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+port, sock = int(sys.argv[-2]), sys.argv[-1]
+if os.path.exists(sock):
+    os.unlink(sock)
+import threading
+unix = Unix(sock, Ok)
+threading.Thread(target=unix.serve_forever, daemon=True).start()
+Tcp(("127.0.0.1", port), OkTcp).serve_forever()
+"#;
+
 async fn run(opts: &Opts, pin: &Pinning, dir: &Path) -> anyhow::Result<Value> {
     let url = format!("sqlite://{}/tessera.db", dir.display());
     let agent = procs::create_client(dir, &url, "agent", "proxy-agent")?;
@@ -74,27 +118,70 @@ async fn run(opts: &Opts, pin: &Pinning, dir: &Path) -> anyhow::Result<Value> {
         proofs: None,
     };
     let token = minting.one().await?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))?;
+    let me = std::env::current_exe()?.to_string_lossy().into_owned();
+    let node_js = dir.join("upstream.js");
+    std::fs::write(&node_js, NODE_UPSTREAM)?;
+    let node_js = node_js.to_string_lossy().into_owned();
+    let python_py = dir.join("upstream.py");
+    std::fs::write(&python_py, PYTHON_UPSTREAM)?;
+    let python_py = python_py.to_string_lossy().into_owned();
 
-    let up_addr = procs::free_addr()?;
-    let socket = dir.join("upstream.sock");
-    let socket_text = socket.to_string_lossy().into_owned();
-    let me = std::env::current_exe()?;
-    let me = me.to_string_lossy();
-    let mut upstream = procs::start_on_core0(
-        pin,
-        dir,
-        "upstream",
-        up_addr,
-        &me,
-        &["--upstream-serve", &up_addr.to_string(), "--upstream-socket", &socket_text],
-    )?;
+    let mut out = json!({
+        "concurrency": C,
+        "route": "POST /ping, not gated, scope workspaces:read",
+    });
+    // hyper first: the leanest upstream there is, the hardest baseline for the proxy.
+    for kind in ["hyper", "node", "python"] {
+        let up_addr = procs::free_addr()?;
+        let socket = dir.join(format!("upstream-{kind}.sock"));
+        let socket_text = socket.to_string_lossy().into_owned();
+        let port = up_addr.port().to_string();
+        let up_text = up_addr.to_string();
+        let (program, args): (&str, Vec<&str>) = match kind {
+            "hyper" => (&me, vec!["--upstream-serve", &up_text, "--upstream-socket", &socket_text]),
+            "node" => ("node", vec![&node_js, &port, &socket_text]),
+            _ => ("python3", vec![&python_py, &port, &socket_text]),
+        };
+        let v = match measure_upstream(opts, pin, dir, &broker, &bearer, kind, up_addr, &socket_text, program, &args)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("  gate proxy ({kind} upstream): {e:#}");
+                json!({"error": format!("{e:#}")})
+            }
+        };
+        out[kind] = v;
+    }
+    // The figure judged against the target: the recommended deployment (a Unix socket),
+    // against the hyper upstream's own CPU per request when it serves the load generator
+    // alone — the strictest of the three baselines.
+    out["proxy_over_upstream_cpu"] = out["hyper"]["unix"]["proxy_over_upstream_alone_cpu"].clone();
+    Ok(out)
+}
+
+/// One upstream: alone, then through a proxy reaching it over loopback TCP and one reaching
+/// it over its Unix socket.
+#[allow(clippy::too_many_arguments)]
+async fn measure_upstream(
+    opts: &Opts,
+    pin: &Pinning,
+    dir: &Path,
+    broker: &procs::Server,
+    bearer: &HeaderValue,
+    kind: &str,
+    up_addr: std::net::SocketAddr,
+    socket: &str,
+    program: &str,
+    args: &[&str],
+) -> anyhow::Result<Value> {
+    let mut upstream = procs::start_on_core0(pin, dir, &format!("upstream-{kind}"), up_addr, program, args)?;
     upstream.wait_ready("/").await?;
-
-    // One proxy per way of reaching the upstream: loopback TCP, and its Unix socket.
     let mut gates = Vec::new();
-    for (name, upstream_url) in [("tcp", format!("http://{up_addr}")), ("unix", format!("unix:{socket_text}"))] {
+    for (how, upstream_url) in [("tcp", format!("http://{up_addr}")), ("unix", format!("unix:{socket}"))] {
         let gate_addr = procs::free_addr()?;
-        let config = dir.join(format!("gate-{name}.toml"));
+        let config = dir.join(format!("gate-{kind}-{how}.toml"));
         std::fs::write(
             &config,
             format!(
@@ -107,16 +194,14 @@ async fn run(opts: &Opts, pin: &Pinning, dir: &Path) -> anyhow::Result<Value> {
         let mut gate = procs::start_on_core0(
             pin,
             dir,
-            &format!("gate-{name}"),
+            &format!("gate-{kind}-{how}"),
             gate_addr,
             &procs::tessera_bin(),
             &["gate", "--config", &config],
         )?;
         gate.wait_ready("/.well-known/oauth-protected-resource").await?;
-        gates.push((name, gate_addr, gate));
+        gates.push((how, gate_addr, gate));
     }
-
-    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))?;
     let target = |addr| {
         Arc::new(TokenTarget { addr, path: "/ping", auths: vec![bearer.clone()], body: Bytes::new(), proofs: None })
     };
@@ -124,14 +209,12 @@ async fn run(opts: &Opts, pin: &Pinning, dir: &Path) -> anyhow::Result<Value> {
     let upstream_us = per_request_us(&alone);
     let total = opts.warm + opts.measure;
     let mut out = json!({
-        "concurrency": C,
-        "route": "POST /ping, not gated, scope workspaces:read",
         "upstream_alone_per_sec": round(alone.per_sec, 0),
         "upstream_cpu_us_per_request": round(upstream_us, 1),
         "errors": alone.errors,
         "first_error": alone.first_error,
     });
-    for (name, gate_addr, gate) in &gates {
+    for (how, gate_addr, gate) in &gates {
         let upstream_cpu0 = procs::cpu_seconds(upstream.pid());
         let proxied = load::step(&target(*gate_addr), C, opts.warm, opts.measure, gate.pid()).await?;
         let upstream_cpu1 = procs::cpu_seconds(upstream.pid());
@@ -144,16 +227,16 @@ async fn run(opts: &Opts, pin: &Pinning, dir: &Path) -> anyhow::Result<Value> {
         let ratio = proxy_us / upstream_us.max(0.001);
         let ratio_while = upstream_while.map(|u| proxy_us / u.max(0.001));
         eprintln!(
-            "  gate proxy ({name} upstream) c={C}: upstream alone {:.0}/s ({upstream_us:.1} µs CPU each), through the proxy \
-             {:.0}/s ({proxy_us:.1} µs of proxy CPU each: {ratio:.2}× the upstream's alone, {}× the upstream's while \
-             proxied at {} µs), errors {}",
+            "  gate proxy ({kind} upstream, {how}) c={C}: upstream alone {:.0}/s ({upstream_us:.1} µs CPU each), \
+             through the proxy {:.0}/s ({proxy_us:.1} µs of proxy CPU each: {ratio:.2}× the upstream's alone, {}× the \
+             upstream's while proxied at {} µs), errors {}",
             alone.per_sec,
             proxied.per_sec,
-            upstream_while.map_or("-".into(), |_| format!("{:.2}", ratio_while.unwrap_or(f64::NAN))),
+            ratio_while.map_or("-".into(), |r| format!("{r:.2}")),
             upstream_while.map_or("-".into(), |u| format!("{u:.1}")),
             proxied.errors
         );
-        out[*name] = json!({
+        out[*how] = json!({
             "proxied_per_sec": round(proxied.per_sec, 0),
             "proxy_cpu_us_per_request": round(proxy_us, 1),
             "upstream_cpu_us_per_request_while_proxied": upstream_while.map(|u| round(u, 1)),
@@ -163,8 +246,5 @@ async fn run(opts: &Opts, pin: &Pinning, dir: &Path) -> anyhow::Result<Value> {
             "first_error": proxied.first_error,
         });
     }
-    // The figure judged against the target: the recommended deployment (a Unix socket),
-    // against the upstream's own CPU per request when it serves the load generator alone.
-    out["proxy_over_upstream_cpu"] = out["unix"]["proxy_over_upstream_alone_cpu"].clone();
     Ok(out)
 }
