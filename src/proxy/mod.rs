@@ -39,7 +39,7 @@ use tokio::sync::Semaphore;
 pub use config::GateConfig;
 
 use crate::verify::Verifier;
-use crate::verify::gate::{BYPASS_HEADER, CAPABILITY_HEADER, Gate, GateLayer, Identity, PathParams, Redeemed};
+use crate::verify::gate::{Gate, GateLayer, Identity, PathParams, Redeemed};
 
 /// The verified caller's client id, set by the proxy.
 pub const SUBJECT_HEADER: &str = "tessera-subject";
@@ -51,27 +51,34 @@ pub const CALLER_KIND_HEADER: &str = "tessera-caller-kind";
 pub const APPROVAL_ID_HEADER: &str = "tessera-approval-id";
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded either way.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
+/// (Names made once: removing by a `&str` would parse the name on every request.)
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
 
-/// Headers of the caller's that the upstream never sees.
-const CALLER_ONLY: [&str; 8] = [
-    "authorization",
-    CAPABILITY_HEADER,
-    BYPASS_HEADER,
-    "dpop",
-    SUBJECT_HEADER,
-    TENANT_HEADER,
-    CALLER_KIND_HEADER,
-    APPROVAL_ID_HEADER,
+const SUBJECT: HeaderName = HeaderName::from_static(SUBJECT_HEADER);
+const TENANT: HeaderName = HeaderName::from_static(TENANT_HEADER);
+const CALLER_KIND: HeaderName = HeaderName::from_static(CALLER_KIND_HEADER);
+const APPROVAL_ID: HeaderName = HeaderName::from_static(APPROVAL_ID_HEADER);
+
+/// Headers of the caller's that the upstream never sees: its credentials, and the identity
+/// headers only the proxy may set.
+const CALLER_ONLY: [HeaderName; 8] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("tessera-capability"),
+    HeaderName::from_static("tessera-gate-bypass"),
+    HeaderName::from_static("dpop"),
+    SUBJECT,
+    TENANT,
+    CALLER_KIND,
+    APPROVAL_ID,
 ];
 
 /// The pooled HTTP/1.1 client to the upstream, over TCP or a Unix socket.
@@ -182,7 +189,7 @@ pub fn app(config: GateConfig, gate: &Gate) -> Router {
 /// The request path's segments, percent-decoded, or `None` when the path is not in the one
 /// form the proxy and every upstream read alike: no empty, `.` or `..` segment (a trailing
 /// `/` aside) and no encoded `/`.
-fn segments(path: &str) -> Option<Vec<String>> {
+fn segments(path: &str) -> Option<Vec<std::borrow::Cow<'_, str>>> {
     let rest = path.strip_prefix('/')?;
     let rest = match rest.strip_suffix('/') {
         Some("") => return None,
@@ -195,19 +202,19 @@ fn segments(path: &str) -> Option<Vec<String>> {
     rest.split('/')
         .map(|raw| {
             let seg = percent_encoding::percent_decode_str(raw).decode_utf8().ok()?;
-            (!seg.is_empty() && seg != "." && seg != ".." && !seg.contains(['/', '\\'])).then(|| seg.into_owned())
+            (!seg.is_empty() && seg != "." && seg != ".." && !seg.contains(['/', '\\'])).then_some(seg)
         })
         .collect()
 }
 
 async fn handle(State(p): State<Arc<Proxy>>, mut req: Request<Body>) -> Response {
-    let found = segments(req.uri().path()).map(|segs| {
-        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let mut found = segments(req.uri().path()).map(|segs| {
+        let segs: Vec<&str> = segs.iter().map(|s| s.as_ref()).collect();
         p.config.routes.iter().enumerate().find_map(|(i, r)| r.matches(req.method(), &segs).map(|params| (i, params)))
     });
-    let layer = match &found {
+    let layer = match &mut found {
         Some(Some((i, params))) => {
-            req.extensions_mut().insert(PathParams(params.clone()));
+            req.extensions_mut().insert(PathParams(std::mem::take(params)));
             p.layers.get(*i).unwrap_or(&p.unlisted)
         }
         _ => &p.unlisted,
@@ -224,7 +231,7 @@ async fn handle(State(p): State<Arc<Proxy>>, mut req: Request<Body>) -> Response
     }
 }
 
-fn strip(headers: &mut HeaderMap, extra: &[&str]) {
+fn strip(headers: &mut HeaderMap, extra: &[HeaderName]) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -236,7 +243,7 @@ fn strip(headers: &mut HeaderMap, extra: &[&str]) {
         headers.remove(n);
     }
     for n in HOP_BY_HOP.iter().chain(extra) {
-        headers.remove(*n);
+        headers.remove(n);
     }
 }
 
@@ -255,20 +262,25 @@ async fn forward(p: &Proxy, req: Request<Body>) -> Response {
     let Some(Identity(caller)) = parts.extensions.remove::<Identity>() else {
         return error(StatusCode::UNAUTHORIZED, "invalid_token", "an access token is required");
     };
-    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
+    let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
         }
     };
-    set(&mut parts.headers, SUBJECT_HEADER, &caller.sub);
-    set(&mut parts.headers, TENANT_HEADER, &caller.tenant);
-    set(&mut parts.headers, CALLER_KIND_HEADER, caller.caller_kind.as_str());
+    set(&mut parts.headers, SUBJECT, &caller.sub);
+    set(&mut parts.headers, TENANT, &caller.tenant);
+    parts.headers.insert(CALLER_KIND, HeaderValue::from_static(caller.caller_kind.as_str()));
     if let Some(Redeemed(cap)) = parts.extensions.remove::<Redeemed>() {
-        set(&mut parts.headers, APPROVAL_ID_HEADER, &cap.approval_id);
+        set(&mut parts.headers, APPROVAL_ID, &cap.approval_id);
     }
     let deadline = p.config.upstream_timeout;
-    let Ok(Ok(permit)) = tokio::time::timeout(deadline, p.connections.clone().acquire_owned()).await else {
-        return bad_gateway("the upstream has no free connection");
+    // A free connection slot at once, most of the time; else wait for one, within the deadline.
+    let permit = match p.connections.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => match tokio::time::timeout(deadline, p.connections.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return bad_gateway("the upstream has no free connection"),
+        },
     };
     let upstream = Request::from_parts(parts, body);
     let res = match tokio::time::timeout(deadline, p.client.request(upstream)).await {
@@ -347,6 +359,18 @@ impl GateProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::gate::{BYPASS_HEADER, CAPABILITY_HEADER};
+
+    #[test]
+    fn the_stripped_names_are_the_gates_own() {
+        for name in [CAPABILITY_HEADER, BYPASS_HEADER, "DPoP", "Authorization"] {
+            let parsed = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(CALLER_ONLY.contains(&parsed), "{name}");
+        }
+        for name in [SUBJECT_HEADER, TENANT_HEADER, CALLER_KIND_HEADER, APPROVAL_ID_HEADER] {
+            assert!(CALLER_ONLY.contains(&HeaderName::from_bytes(name.as_bytes()).unwrap()), "{name}");
+        }
+    }
 
     #[test]
     fn paths_have_one_reading() {
