@@ -23,7 +23,10 @@ pub(super) async fn run(path: Option<&Path>, env: &HashMap<String, String>) -> R
             None
         }
     };
-    let upstream = config.upstream.to_string();
+    let upstream = match &config.upstream_socket {
+        Some(path) => format!("unix:{}", path.display()),
+        None => config.upstream.to_string(),
+    };
     let proxy = GateProxy::from_config(config, feed).await.map_err(|e| Failure(format!("cannot listen: {e}")))?;
     let addr = proxy.local_addr()?;
     tracing::info!(%addr, %upstream, "tessera gate listening");
