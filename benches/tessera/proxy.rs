@@ -179,13 +179,16 @@ async fn measure_upstream(
     let mut upstream = procs::start_on_core0(pin, dir, &format!("upstream-{kind}"), up_addr, program, args)?;
     upstream.wait_ready("/").await?;
     let mut gates = Vec::new();
-    for (how, upstream_url) in [("tcp", format!("http://{up_addr}")), ("unix", format!("unix:{socket}"))] {
+    for (how, upstream) in [
+        ("tcp", format!("upstream = \"http://{up_addr}\"")),
+        ("unix", format!("upstream = \"http://{up_addr}\"\nupstream_socket = \"{socket}\"")),
+    ] {
         let gate_addr = procs::free_addr()?;
         let config = dir.join(format!("gate-{kind}-{how}.toml"));
         std::fs::write(
             &config,
             format!(
-                "listen = \"{gate_addr}\"\nupstream = \"{upstream_url}\"\nbroker = \"http://{}\"\n\n\
+                "listen = \"{gate_addr}\"\n{upstream}\nbroker = \"http://{}\"\n\n\
                  [[route]]\nmethod = \"POST\"\npath = \"/ping\"\nscope = \"workspaces:read\"\n",
                 broker.addr
             ),

@@ -24,7 +24,7 @@ pub(super) async fn run(path: Option<&Path>, env: &HashMap<String, String>) -> R
         }
     };
     let upstream = match &config.upstream_socket {
-        Some(path) => format!("unix:{}", path.display()),
+        Some(path) => format!("{} on {}", config.upstream, path.display()),
         None => config.upstream.to_string(),
     };
     let proxy = GateProxy::from_config(config, feed).await.map_err(|e| Failure(format!("cannot listen: {e}")))?;

@@ -19,6 +19,7 @@ struct File {
     listen: Option<String>,
     public_url: Option<String>,
     upstream: String,
+    upstream_socket: Option<String>,
     broker: String,
     audience: Option<String>,
     #[serde(default)]
@@ -103,10 +104,11 @@ pub struct GateConfig {
     pub listen: SocketAddr,
     /// The URL clients use (scheme, host, port), for DPoP proofs and the metadata.
     pub public_url: String,
-    /// The upstream's base URL (`http://host:port`, no path); `http://localhost` for an
-    /// upstream on a Unix socket.
+    /// The upstream's base URL (`http://host:port`, no path). With `upstream_socket`, its
+    /// authority is only the `Host` the upstream sees.
     pub upstream: http::Uri,
-    /// The upstream's Unix socket, when `upstream = "unix:/path/to.sock"`.
+    /// The upstream's Unix socket (`upstream_socket`, an absolute path): connections go there
+    /// instead of to the URL's host.
     pub upstream_socket: Option<std::path::PathBuf>,
     /// The broker's issuer URL.
     pub broker: String,
@@ -152,7 +154,12 @@ impl GateConfig {
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             return Err(err(format!("public_url: {public_url:?} is not an http(s) URL")));
         }
-        let (upstream, upstream_socket) = parse_upstream(&file.upstream)?;
+        let upstream = parse_upstream(&file.upstream)?;
+        let upstream_socket = match file.upstream_socket {
+            None => None,
+            Some(p) if p.starts_with('/') && p.len() > 1 && !p.contains('\0') => Some(std::path::PathBuf::from(p)),
+            Some(p) => return Err(err(format!("upstream_socket: {p:?} is not an absolute path"))),
+        };
         let broker = file.broker.trim_end_matches('/').to_owned();
         if !(broker.starts_with("http://") || broker.starts_with("https://")) {
             return Err(err(format!("broker: {broker:?} is not an http(s) URL")));
@@ -210,15 +217,8 @@ fn positive(key: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigEr
     }
 }
 
-/// `http://host:port`, or `unix:/absolute/path.sock` (then the URL is `http://localhost`).
-fn parse_upstream(text: &str) -> Result<(http::Uri, Option<std::path::PathBuf>), ConfigError> {
-    if let Some(path) = text.strip_prefix("unix:") {
-        if !path.starts_with('/') || path.len() < 2 || path.contains('\0') {
-            return Err(err(format!("upstream: {text:?} is not unix: followed by an absolute socket path")));
-        }
-        return Ok((http::Uri::from_static("http://localhost"), Some(path.into())));
-    }
-    let bad = || err(format!("upstream: {text:?} is not an http:// URL with a host and no path, nor unix:/path"));
+fn parse_upstream(text: &str) -> Result<http::Uri, ConfigError> {
+    let bad = || err(format!("upstream: {text:?} is not an http:// URL with a host and no path"));
     let uri: http::Uri = text.trim_end_matches('/').parse().map_err(|_| bad())?;
     if uri.scheme_str() != Some("http") || uri.authority().is_none() || !matches!(uri.path(), "" | "/") {
         return Err(bad());
@@ -226,7 +226,7 @@ fn parse_upstream(text: &str) -> Result<(http::Uri, Option<std::path::PathBuf>),
     if uri.query().is_some() {
         return Err(bad());
     }
-    Ok((uri, None))
+    Ok(uri)
 }
 
 fn route(n: usize, r: RouteFile, actions: &HashSet<String>) -> Result<Route, ConfigError> {
@@ -427,17 +427,24 @@ mod tests {
         assert!(e.contains("upstream"), "{e}");
         let e = GateConfig::parse("upstream = \"http://x/base\"\nbroker = \"http://b\"\n").unwrap_err().0;
         assert!(e.contains("upstream"), "{e}");
-        for relative in ["unix:core.sock", "unix:", "unix:/"] {
-            let e = GateConfig::parse(&format!("upstream = \"{relative}\"\nbroker = \"http://b\"\n")).unwrap_err().0;
-            assert!(e.contains("absolute socket path"), "{e}");
+        for relative in ["core.sock", "", "/"] {
+            let text = format!("upstream = \"http://core\"\nupstream_socket = \"{relative}\"\nbroker = \"http://b\"\n");
+            let e = GateConfig::parse(&text).unwrap_err().0;
+            assert!(e.contains("upstream_socket") && e.contains("absolute path"), "{e}");
         }
+        // The pinned form of `upstream` stays an http:// URL, socket or not.
+        let e = GateConfig::parse("upstream = \"unix:/run/core.sock\"\nbroker = \"http://b\"\n").unwrap_err().0;
+        assert!(e.contains("upstream"), "{e}");
     }
 
     #[test]
     fn an_upstream_may_be_a_unix_socket() {
-        let c = GateConfig::parse("upstream = \"unix:/run/core/core.sock\"\nbroker = \"http://b\"\n").unwrap();
+        let c = GateConfig::parse(
+            "upstream = \"http://core.internal\"\nupstream_socket = \"/run/core/core.sock\"\nbroker = \"http://b\"\n",
+        )
+        .unwrap();
         assert_eq!(c.upstream_socket.as_deref(), Some(Path::new("/run/core/core.sock")));
-        assert_eq!(c.upstream, "http://localhost/");
+        assert_eq!(c.upstream, "http://core.internal/");
         assert!(parse("").unwrap().upstream_socket.is_none());
     }
 }

@@ -14,7 +14,7 @@
 //! - the upstream's answer streams back unchanged (hop-by-hop headers aside).
 //!
 //! The upstream is reached over HTTP/1.1 keep-alive, on TCP or a Unix socket
-//! (`upstream = "unix:/path"`), through a pool of at most
+//! (`upstream_socket`), through a pool of at most
 //! `upstream_max_connections` connections; an upstream that cannot be reached, or whose answer
 //! does not begin within `upstream_timeout_secs`, is `502 bad_gateway`.
 

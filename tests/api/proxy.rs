@@ -59,12 +59,12 @@ mod upstream {
         (format!("http://{addr}"), seen)
     }
 
-    /// The same routes on a Unix socket at `path`: the proxy's `upstream` is `unix:{path}`.
-    pub async fn spawn_unix(path: &std::path::Path) -> (String, Seen) {
+    /// The same routes on a Unix socket at `path` (the proxy's `upstream_socket`).
+    pub async fn spawn_unix(path: &std::path::Path) -> Seen {
         let (app, seen) = router(Duration::ZERO);
         let listener = tokio::net::UnixListener::bind(path).unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (format!("unix:{}", path.display()), seen)
+        seen
     }
 
     fn router(delay: Duration) -> (Router, Seen) {
@@ -245,8 +245,11 @@ async fn world() -> World {
 async fn an_upstream_on_a_unix_socket_gets_the_same_gate() {
     let dir = tempfile::tempdir().unwrap();
     let broker = spawn_app().await;
-    let (up, seen) = upstream::spawn_unix(&dir.path().join("core.sock")).await;
-    let proxy = spawn_proxy(&broker, &up, "").await;
+    let socket = dir.path().join("core.sock");
+    let seen = upstream::spawn_unix(&socket).await;
+    let proxy =
+        spawn_proxy(&broker, "http://core.internal", &format!("upstream_socket = {:?}", socket.display().to_string()))
+            .await;
     let agent = broker.create_client("org-1", CallerKind::Agent, "concierge").await;
     let op = broker.create_client("org-1", CallerKind::Operator, "alice").await;
     let w = World { broker, proxy, seen, http: reqwest::Client::new(), agent, op };
@@ -256,6 +259,8 @@ async fn an_upstream_on_a_unix_socket_gets_the_same_gate() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap(), json!({"id": "w1"}));
     assert_eq!(w.seen.last_headers()["tessera-subject"], w.agent.id.as_str());
+    // The upstream sees the configured URL's host, whatever the caller named.
+    assert_eq!(w.seen.last_headers()["host"], "core.internal");
     // A gated verb: held for approval, then run once with the capability.
     let body = json!({"key": "db", "value": "s3cret"});
     let (cap, id) = w.approved_capability(&at, "PUT", "/workspaces/w1/secrets", body.clone()).await;
@@ -269,8 +274,8 @@ async fn an_upstream_on_a_unix_socket_gets_the_same_gate() {
     let res = w.http.get(format!("{}/workspaces/w1", w.proxy)).send().await.unwrap();
     assert_eq!(res.status(), 401);
     // No socket at the path: 502, as for a TCP upstream that is down.
-    let missing = format!("unix:{}", dir.path().join("missing.sock").display());
-    let proxy = spawn_proxy(&w.broker, &missing, "").await;
+    let missing = format!("upstream_socket = {:?}", dir.path().join("missing.sock").display().to_string());
+    let proxy = spawn_proxy(&w.broker, "http://core.internal", &missing).await;
     let res = w.http.get(format!("{proxy}/workspaces/w2")).bearer_auth(&at).send().await.unwrap();
     assert_error(res, 502, "bad_gateway").await;
 }
