@@ -153,14 +153,13 @@ async fn authenticate_with(
     peer: Option<std::net::IpAddr>,
     cached: bool,
 ) -> ApiResult<(ClientRecord, Option<Precondition>)> {
-    let keys = super::ratelimit::auth_keys(&creds.client_id, peer);
-    let keys = [keys[0].as_str(), keys[1].as_str()];
-    if let Some(wait) = state.auth_failures().blocked(&keys) {
+    let keys = || super::ratelimit::auth_keys(&creds.client_id, peer);
+    if let Some(wait) = state.auth_failures().blocked_by(|| keys().into()) {
         return Err(ApiError::rate_limited(wait.as_secs().max(1)));
     }
     let result = check_credentials(state, creds, cached).await;
     if matches!(&result, Err(e) if e.code() == "invalid_client") {
-        state.auth_failures().record_failure(&keys);
+        state.auth_failures().record_failure(&keys().each_ref().map(String::as_str));
     }
     result
 }
@@ -371,15 +370,13 @@ async fn issue_checked(
         },
     }
     state.metrics().token_issued(claims.caller_kind, grant);
-    let mut body = json!({
-        "access_token": token,
-        "token_type": if claims.cnf.is_some() { "DPoP" } else { "Bearer" },
-        "expires_in": claims.exp - now,
-        "scope": claims.scope,
-    });
-    if grant == GRANT_EXCHANGE {
-        body["issued_token_type"] = json!(TOKEN_TYPE_ACCESS);
-    }
+    let body = TokenResponse {
+        access_token: &token,
+        token_type: if claims.cnf.is_some() { "DPoP" } else { "Bearer" },
+        expires_in: claims.exp - now,
+        scope: &claims.scope,
+        issued_token_type: (grant == GRANT_EXCHANGE).then_some(TOKEN_TYPE_ACCESS),
+    };
     let mut res = axum::Json(body).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -387,6 +384,17 @@ async fn issue_checked(
         res.headers_mut().insert(crate::verify::dpop::DPOP_NONCE_HEADER, n);
     }
     Ok(Some(res))
+}
+
+/// A successful token response (RFC 6749 §5.1; RFC 8693 §2.2.1 adds `issued_token_type`).
+#[derive(serde::Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: i64,
+    scope: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issued_token_type: Option<&'static str>,
 }
 
 /// The token-exchange grant type (RFC 8693).

@@ -54,13 +54,31 @@ impl FailureLimiter {
 
     /// If any of `keys` is limited now, how long until it is not.
     pub fn blocked(&self, keys: &[&str]) -> Option<Duration> {
-        let now = Instant::now();
-        let blocked = match self.blocked.lock() {
+        self.blocked_by(|| keys.iter().map(|k| (*k).to_owned()).collect())
+    }
+
+    /// As [`FailureLimiter::blocked`], with the keys made only when some key is limited at
+    /// all (so the common case, nothing limited, costs one lock and no formatting).
+    /// A key whose limit has run out is forgotten here, so the map empties again.
+    pub fn blocked_by(&self, keys: impl FnOnce() -> Vec<String>) -> Option<Duration> {
+        let mut blocked = match self.blocked.lock() {
             Ok(b) => b,
             Err(p) => p.into_inner(),
         };
-        let wait =
-            keys.iter().filter_map(|k| blocked.get(*k)).filter(|until| **until > now).map(|until| *until - now).max();
+        if blocked.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut wait = None;
+        for k in keys() {
+            match blocked.get(k.as_str()) {
+                Some(until) if *until > now => wait = wait.max(Some(*until - now)),
+                Some(_) => {
+                    blocked.remove(k.as_str());
+                }
+                None => {}
+            }
+        }
         if wait.is_some() {
             self.refusals.fetch_add(1, Ordering::Relaxed);
         }
@@ -165,6 +183,22 @@ mod tests {
         let wait = l.blocked(&["client:a", "client:b"]).unwrap();
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(60));
         assert!(l.blocked(&["client:b"]).is_none());
+    }
+
+    #[test]
+    fn a_limit_that_ran_out_is_forgotten_when_next_checked() {
+        // 600 a minute: one more failure than the burst waits a tenth of a second, and a
+        // limit lasts at least a second.
+        let l = FailureLimiter::new(600);
+        for _ in 0..601 {
+            l.record_failure(&["client:a"]);
+        }
+        assert!(l.blocked(&["client:a"]).is_some());
+        assert!(l.blocked(&["client:b"]).is_none());
+        assert_eq!(l.blocked.lock().unwrap().len(), 1);
+        std::thread::sleep(Duration::from_millis(1_100));
+        assert!(l.blocked(&["client:a"]).is_none());
+        assert!(l.blocked.lock().unwrap().is_empty(), "the limit that ran out is forgotten");
     }
 
     #[test]
