@@ -359,7 +359,7 @@ pub async fn authenticate_cached(
         }
     }
     // The same steps as `authenticate`: one lookup, one constant-time compare.
-    let found = rows::get_for_auth(store, client_id).await?;
+    let found = Box::pin(rows::get_for_auth(store, client_id)).await?;
     let (record, stored, updated_at) = match found {
         Some((r, h, at)) => (Some(r), h, at),
         None => (None, UNKNOWN_CLIENT_HASH.to_owned(), 0),

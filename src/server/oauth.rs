@@ -545,7 +545,7 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
     };
     let grant_type = grant_type.to_owned();
     if grant_type == super::jwt_bearer::GRANT_JWT_BEARER {
-        return super::jwt_bearer::grant(&state, &headers, &form, peer).await;
+        return Box::pin(super::jwt_bearer::grant(&state, &headers, &form, peer)).await;
     }
     let creds = presented_credentials(&headers, &form)?;
     let client_credentials = grant_type == "client_credentials";
@@ -571,13 +571,13 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
             // The client changed since it was cached (disabled, secret rotated): answer as
             // the database says now.
             state.client_cache().forget(&creds.client_id);
-            let (client, _) = authenticate_with(&state, &creds, peer, false).await?;
+            let (client, _) = Box::pin(authenticate_with(&state, &creds, peer, false)).await?;
             let scopes = select_scopes(&state, &client, form.get("scope"))?;
             let mut claims = client_claims(&state, &client, &scopes, aud, now)?;
             claims.cnf = bind_client(&state, &client, proof.as_ref())?;
-            issue(&state, claims, client.client_id.as_str(), "client_credentials", json!({}), now).await
+            Box::pin(issue(&state, claims, client.client_id.as_str(), "client_credentials", json!({}), now)).await
         }
-        GRANT_EXCHANGE => exchange(&state, &client, &form, proof.as_ref(), now).await,
+        GRANT_EXCHANGE => Box::pin(exchange(&state, &client, &form, proof.as_ref(), now)).await,
         _ => Err(ApiError::unsupported_grant_type(format!(
             "supported grant types: client_credentials, {GRANT_EXCHANGE}, {}",
             super::jwt_bearer::GRANT_JWT_BEARER
