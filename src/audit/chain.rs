@@ -111,7 +111,7 @@ pub(super) fn chain(last: Option<(i64, String)>, items: &[(&AuditEvent, i64)]) -
             actor: e.actor.clone(),
             tenant: e.tenant.clone(),
             subject: e.subject.clone(),
-            detail: jcs::canonicalize(&e.detail),
+            detail: e.detail.clone(),
             prev_hash: prev,
             hash: String::new(),
         };

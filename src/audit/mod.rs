@@ -40,13 +40,21 @@ pub struct AuditEvent {
     pub tenant: String,
     /// What it happened to: a client id, a key id, an approval id, a jti.
     pub subject: String,
-    /// Further facts, as a JSON object.
-    pub detail: Value,
+    /// Further facts: a JSON object, as its RFC 8785 canonical text (what the record stores
+    /// and its hash covers).
+    pub detail: String,
 }
 
 impl AuditEvent {
-    /// Builds an event.
+    /// Builds an event; `detail` is a JSON object.
     pub fn new(event: &str, actor: &str, tenant: &str, subject: &str, detail: Value) -> Self {
+        Self::with_canonical_detail(event, actor, tenant, subject, crate::token::jcs::canonicalize(&detail))
+    }
+
+    /// As [`AuditEvent::new`], with the detail already in canonical form: for the token
+    /// endpoint, which writes its fixed facts directly instead of building a JSON tree per
+    /// token (a test holds the two forms equal).
+    pub(crate) fn with_canonical_detail(event: &str, actor: &str, tenant: &str, subject: &str, detail: String) -> Self {
         AuditEvent {
             event: event.to_owned(),
             actor: actor.to_owned(),

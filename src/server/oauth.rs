@@ -351,16 +351,28 @@ async fn issue_checked(
     check: Option<Precondition>,
 ) -> ApiResult<Option<Response>> {
     let token = state.keys().signer().sign_access(&claims).map_err(|e| ApiError::internal(&e))?;
-    let mut facts = json!({
-        "grant": grant, "sub": claims.sub, "kind": claims.caller_kind, "scope": claims.scope, "exp": claims.exp,
-    });
-    if let (Some(f), serde_json::Value::Object(extra)) = (facts.as_object_mut(), detail) {
-        f.extend(extra);
-    }
-    if let Some(c) = &claims.cnf {
-        facts["cnf_jkt"] = json!(c.jkt);
-    }
-    let event = AuditEvent::new("token.issued", actor, &claims.tenant, &claims.jti, facts);
+    let jkt = claims.cnf.as_ref().map(|c| c.jkt.as_str());
+    let event = match detail {
+        serde_json::Value::Object(extra) if extra.is_empty() => AuditEvent::with_canonical_detail(
+            "token.issued",
+            actor,
+            &claims.tenant,
+            &claims.jti,
+            issued_facts(grant, &claims, jkt),
+        ),
+        extra => {
+            let mut facts = json!({
+                "grant": grant, "sub": claims.sub, "kind": claims.caller_kind, "scope": claims.scope, "exp": claims.exp,
+            });
+            if let (Some(f), serde_json::Value::Object(extra)) = (facts.as_object_mut(), extra) {
+                f.extend(extra);
+            }
+            if let Some(jkt) = jkt {
+                facts["cnf_jkt"] = json!(jkt);
+            }
+            AuditEvent::new("token.issued", actor, &claims.tenant, &claims.jti, facts)
+        }
+    };
     match check {
         None => state.audit().record(event, now).await.map_err(|e| ApiError::unavailable(&e))?,
         Some(check) => match state.audit().record_checked(event, now, check).await {
@@ -384,6 +396,33 @@ async fn issue_checked(
         res.headers_mut().insert(crate::verify::dpop::DPOP_NONCE_HEADER, n);
     }
     Ok(Some(res))
+}
+
+/// The canonical (RFC 8785) text of a `token.issued` record's facts when the grant adds none:
+/// the same as canonicalizing `{"grant", "sub", "kind", "scope", "exp"[, "cnf_jkt"]}`, written
+/// directly (members in the order of their names).
+fn issued_facts(grant: &str, claims: &AccessClaims, jkt: Option<&str>) -> String {
+    use std::fmt::Write as _;
+
+    use crate::token::jcs::write_string;
+    let mut out = String::with_capacity(96 + grant.len() + claims.sub.len() + claims.scope.len());
+    out.push('{');
+    if let Some(jkt) = jkt {
+        out.push_str("\"cnf_jkt\":");
+        write_string(&mut out, jkt);
+        out.push(',');
+    }
+    // A time in seconds: far inside the integers JSON numbers hold exactly.
+    let _ = write!(out, "\"exp\":{},\"grant\":", claims.exp);
+    write_string(&mut out, grant);
+    out.push_str(",\"kind\":");
+    write_string(&mut out, claims.caller_kind.as_str());
+    out.push_str(",\"scope\":");
+    write_string(&mut out, &claims.scope);
+    out.push_str(",\"sub\":");
+    write_string(&mut out, &claims.sub);
+    out.push('}');
+    out
 }
 
 /// A successful token response (RFC 6749 §5.1; RFC 8693 §2.2.1 adds `issued_token_type`).
@@ -588,6 +627,46 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::CallerKind;
+
+    #[test]
+    fn issued_facts_are_the_canonical_form_of_the_facts_object() {
+        let mut claims = AccessClaims {
+            iss: "http://127.0.0.1:8700".into(),
+            sub: "tc_AAAAAAAAAAAAAAAAAAAAAA".into(),
+            client_id: "tc_AAAAAAAAAAAAAAAAAAAAAA".into(),
+            aud: Audience::One("core".into()),
+            iat: 1_800_000_000,
+            nbf: 1_800_000_000,
+            exp: 1_800_000_300,
+            jti: "BBBBBBBBBBBBBBBBBBBBBB".into(),
+            scope: "approvals:create workspaces:read".into(),
+            tenant: "org-1".into(),
+            caller_kind: CallerKind::Agent,
+            workspace: None,
+            act: None,
+            cnf: None,
+        };
+        let cases: [(&str, &str, &str, Option<&str>); 4] = [
+            ("client_credentials", "tc_AAAAAAAAAAAAAAAAAAAAAA", "approvals:create workspaces:read", None),
+            ("client_credentials", "tc_x", "", Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")),
+            (GRANT_EXCHANGE, "quote\" back\\ nl\n tab\t ctl\u{1} é ✓ 😀", "a b", Some("k")),
+            ("urn:ietf:params:oauth:grant-type:jwt-bearer", "tc_y", "tokens:introspect", None),
+        ];
+        for (i, (grant, sub, scope, jkt)) in cases.into_iter().enumerate() {
+            claims.sub = sub.into();
+            claims.scope = scope.into();
+            claims.caller_kind = CallerKind::ALL[i % CallerKind::ALL.len()];
+            claims.exp += 1_000_000 * i as i64;
+            let mut facts = json!({
+                "grant": grant, "sub": claims.sub, "kind": claims.caller_kind, "scope": claims.scope, "exp": claims.exp,
+            });
+            if let Some(jkt) = jkt {
+                facts["cnf_jkt"] = json!(jkt);
+            }
+            assert_eq!(issued_facts(grant, &claims, jkt), crate::token::jcs::canonicalize(&facts), "case {i}");
+        }
+    }
 
     #[test]
     fn jtis_lead_with_the_time_and_end_random() {
