@@ -311,7 +311,7 @@ pub struct AuthCache {
 /// A cached successful authentication.
 #[derive(Debug)]
 struct CachedClient {
-    record: ClientRecord,
+    record: Arc<ClientRecord>,
     secret_hash: String,
     check: Precondition,
 }
@@ -350,12 +350,12 @@ pub async fn authenticate_cached(
     cache: &AuthCache,
     client_id: &str,
     secret: &ClientSecret,
-) -> Result<Option<(ClientRecord, Option<Precondition>)>, StoreError> {
+) -> Result<Option<(Arc<ClientRecord>, Option<Precondition>)>, StoreError> {
     let presented = hash_secret(secret.expose());
     if let Some(hit) = cache.get(client_id) {
         let equal: bool = presented.as_bytes().ct_eq(hit.secret_hash.as_bytes()).into();
         if equal && !hit.record.disabled {
-            return Ok(Some((hit.record.clone(), Some(hit.check.clone()))));
+            return Ok(Some((Arc::clone(&hit.record), Some(hit.check.clone()))));
         }
     }
     // The same steps as `authenticate`: one lookup, one constant-time compare.
@@ -368,7 +368,8 @@ pub async fn authenticate_cached(
     match record {
         Some(r) if equal && !r.disabled => {
             let check = Precondition { key: client_id.to_owned(), fingerprint: fingerprint(&stored, updated_at) };
-            cache.put(CachedClient { record: r.clone(), secret_hash: stored, check });
+            let r = Arc::new(r);
+            cache.put(CachedClient { record: Arc::clone(&r), secret_hash: stored, check });
             Ok(Some((r, None)))
         }
         _ => {

@@ -1,12 +1,13 @@
 //! `POST /oauth/token` (RFC 6749 §4.4 client credentials).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::to_bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -141,7 +142,7 @@ pub(super) async fn authenticate(
     creds: &PresentedCredentials,
     peer: Option<std::net::IpAddr>,
 ) -> ApiResult<ClientRecord> {
-    Ok(authenticate_with(state, creds, peer, false).await?.0)
+    Ok(Arc::unwrap_or_clone(authenticate_with(state, creds, peer, false).await?.0))
 }
 
 /// As [`authenticate`]; with `cached`, a client that authenticated before with the same
@@ -152,7 +153,7 @@ async fn authenticate_with(
     creds: &PresentedCredentials,
     peer: Option<std::net::IpAddr>,
     cached: bool,
-) -> ApiResult<(ClientRecord, Option<Precondition>)> {
+) -> ApiResult<(Arc<ClientRecord>, Option<Precondition>)> {
     let keys = || super::ratelimit::auth_keys(&creds.client_id, peer);
     if let Some(wait) = state.auth_failures().blocked_by(|| keys().into()) {
         return Err(ApiError::rate_limited(wait.as_secs().max(1)));
@@ -168,7 +169,7 @@ async fn check_credentials(
     state: &AppState,
     creds: &PresentedCredentials,
     cached: bool,
-) -> ApiResult<(ClientRecord, Option<Precondition>)> {
+) -> ApiResult<(Arc<ClientRecord>, Option<Precondition>)> {
     let failed = || ApiError::invalid_client("client authentication failed");
     if creds.client_id.is_empty()
         || creds.client_id.len() > MAX_CREDENTIAL_LEN
@@ -180,7 +181,7 @@ async fn check_credentials(
         let cache = state.client_cache();
         clients::authenticate_cached(state.store(), cache, &creds.client_id, &creds.secret).await?
     } else {
-        clients::authenticate(state.store(), &creds.client_id, &creds.secret).await?.map(|c| (c, None))
+        clients::authenticate(state.store(), &creds.client_id, &creds.secret).await?.map(|c| (Arc::new(c), None))
     };
     match found {
         Some(c) => Ok(c),
@@ -389,7 +390,11 @@ async fn issue_checked(
         scope: &claims.scope,
         issued_token_type: (grant == GRANT_EXCHANGE).then_some(TOKEN_TYPE_ACCESS),
     };
-    let mut res = axum::Json(body).into_response();
+    // Sized for the whole answer at once (a growing buffer would copy it three times).
+    let mut json = Vec::with_capacity(token.len() + claims.scope.len() + 160);
+    serde_json::to_writer(&mut json, &body).map_err(|e| ApiError::internal(&e))?;
+    let mut res = Response::new(axum::body::Body::from(json));
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     if let Some(n) = state.dpop().nonce(now).and_then(|n| HeaderValue::from_str(&n).ok()) {
