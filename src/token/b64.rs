@@ -9,6 +9,11 @@ pub fn encode(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Encodes without padding onto the end of `out`.
+pub fn encode_onto(bytes: &[u8], out: &mut String) {
+    URL_SAFE_NO_PAD.encode_string(bytes, out);
+}
+
 /// Decodes canonical unpadded base64url, refusing anything else.
 pub fn decode(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     // The engine refuses padding, foreign characters and non-zero trailing bits.
@@ -22,6 +27,9 @@ mod tests {
     #[test]
     fn round_trips_and_refuses_non_canonical() {
         assert_eq!(decode(&encode(b"hi")).unwrap(), b"hi");
+        let mut out = String::from("x.");
+        encode_onto(b"hi", &mut out);
+        assert_eq!(out, format!("x.{}", encode(b"hi")));
         assert!(decode("aGk=").is_err(), "padding");
         assert!(decode("aGl").is_err(), "non-zero trailing bits");
         assert!(decode("a+k").is_err(), "standard alphabet");
