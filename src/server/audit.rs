@@ -46,7 +46,7 @@ pub(super) async fn checkpoints(state: AppState) {
     loop {
         tick.tick().await;
         if let Err(e) = sign_checkpoint(&state).await {
-            tracing::warn!(error = %e, "signing an audit checkpoint failed");
+            request_log!(WARN, error = %e, "signing an audit checkpoint failed");
         }
     }
 }

@@ -150,7 +150,7 @@ pub async fn watch<F: Future>(conn: F, activity: &Activity, limits: Deadlines, m
         let wake = match activity.check(limits, Instant::now()) {
             Ok(reason) => {
                 metrics.connection_closed(reason);
-                tracing::debug!(reason = reason.as_str(), "closing a connection past its deadline");
+                request_log!(DEBUG, reason = reason.as_str(), "closing a connection past its deadline");
                 return;
             }
             Err(wake) => wake,
@@ -248,7 +248,7 @@ impl Refusals {
         *last = Some(now);
         let per_address = self.per_address.swap(0, Ordering::Relaxed);
         let limit = self.limit.swap(0, Ordering::Relaxed);
-        tracing::warn!(
+        request_log!(WARN,
             per_address_limit = per_address,
             connection_limit = limit,
             latest_peer = %address_key(peer),
@@ -415,7 +415,7 @@ pub async fn serve<M: AsRef<Metrics> + Clone + Send + Sync + 'static>(
                 Ok(x) => x,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    request_log!(WARN, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -465,7 +465,7 @@ pub async fn serve<M: AsRef<Metrics> + Clone + Send + Sync + 'static>(
     }
     drop(listener);
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after 10 s; closing them");
+        request_log!(WARN, "connections still open after 10 s; closing them");
     }
 }
 

@@ -151,7 +151,7 @@ impl ApiError {
     }
     /// 503 `temporarily_unavailable`, after logging the cause.
     pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(%cause, "request failed: dependency unavailable");
+        request_log!(ERROR, %cause, "request failed: dependency unavailable");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily_unavailable",
@@ -160,7 +160,7 @@ impl ApiError {
     }
     /// 500 `server_error`, after logging the cause.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(%cause, "request failed: internal error");
+        request_log!(ERROR, %cause, "request failed: internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error")
     }
 

@@ -46,7 +46,7 @@ pub(super) async fn grant(
     let now = state.now();
     let refused = |why: String| {
         state.auth_failures().record_failure(&keys);
-        tracing::info!(reason = %why, "jwt-bearer assertion refused");
+        request_log!(INFO, reason = %why, "jwt-bearer assertion refused");
         ApiError::invalid_grant(why)
     };
     let verified = state.federation().verify(assertion, now).await.map_err(|e| refused(e.0))?;

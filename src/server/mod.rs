@@ -1,5 +1,17 @@
 //! The HTTP server: `app(state)` builds the router; [`Application`] binds and serves it.
 
+/// Logs a `tracing` event (`request_log!(INFO, field = value, "message")`, any level) in
+/// the span of the request being answered, made only when the event is enabled (see
+/// [`request_id`]). Every event under `src/server` goes through it; a test holds it so.
+macro_rules! request_log {
+    ($level:ident, $($arg:tt)+) => {
+        if ::tracing::enabled!(::tracing::Level::$level) {
+            let _entered = $crate::server::request_id::span().entered();
+            ::tracing::event!(::tracing::Level::$level, $($arg)+);
+        }
+    };
+}
+
 mod approvals;
 pub mod audit;
 pub mod auth;
@@ -28,7 +40,6 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
-use tracing::Instrument;
 
 use crate::audit::AuditWriter;
 use crate::config::Config;
@@ -215,26 +226,20 @@ pub fn app(state: AppState) -> Router {
 /// the answers the framework makes itself.
 async fn edge(State((state, limit)): State<(AppState, Duration)>, mut req: Request, next: Next) -> Response {
     let id = request_id::take_or_make(req.headers_mut());
-    // Spans carry the method, the path and the request id only: never the query, never
-    // another header.
-    let span = tracing::info_span!(
-        "request",
-        method = %req.method(),
-        path = %req.uri().path(),
-        request_id = %id.to_str().unwrap_or_default(),
-    );
+    // The request span carries the method, the path and the request id only: never the
+    // query, never another header.
+    let context = request_id::RequestContext::new(req.method(), req.uri(), &id);
     let route = metrics::route_index(req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str()));
     let started = std::time::Instant::now();
-    let mut res = async {
+    let mut res = request_id::scope(context, async {
         let res = match tokio::time::timeout(limit, next.run(req)).await {
             Ok(res) => error_shape(res),
             Err(_) => ApiError::unavailable(&"request timed out").into_response(),
         };
         let elapsed = started.elapsed();
-        tracing::debug!(status = res.status().as_u16(), latency_us = elapsed.as_micros() as u64, "answered");
+        request_log!(DEBUG, status = res.status().as_u16(), latency_us = elapsed.as_micros() as u64, "answered");
         res
-    }
-    .instrument(span)
+    })
     .await;
     let code = res.extensions().get::<error::ErrorCode>().map(|c| c.0);
     state.metrics().observe(route, res.status().as_u16(), started.elapsed().as_secs_f64(), code);
@@ -336,7 +341,7 @@ impl Application {
         checkpoints.abort();
         // A checkpoint on shutdown, once every answered request's record is committed.
         if let Err(e) = audit::sign_checkpoint(&self.state).await {
-            tracing::warn!(error = %e, "signing the shutdown audit checkpoint failed");
+            request_log!(WARN, error = %e, "signing the shutdown audit checkpoint failed");
         }
         self.state.store().close().await;
         Ok(())
@@ -355,15 +360,15 @@ async fn background(state: AppState) {
         n += 1;
         let now = state.now();
         if let Err(e) = rotate_on_schedule(&state, now).await {
-            tracing::warn!(error = %e, "scheduled key rotation failed");
+            request_log!(WARN, error = %e, "scheduled key rotation failed");
         }
         if let Err(e) = state.keys().tick(now).await {
-            tracing::warn!(error = %e, "following key rotation failed");
+            request_log!(WARN, error = %e, "following key rotation failed");
         }
         if n % 6 == 0
             && let Err(e) = crate::approvals::sweep_expired(state.store(), now).await
         {
-            tracing::warn!(error = %e, "approval expiry sweep failed");
+            request_log!(WARN, error = %e, "approval expiry sweep failed");
         }
     }
 }
@@ -392,7 +397,7 @@ pub async fn rotate_on_schedule(state: &AppState, now: i64) -> anyhow::Result<()
             "schedule",
         )
         .await?;
-        tracing::info!(kid = %r.kid, activates_at = r.activates_at, "rotated the signing key on schedule");
+        request_log!(INFO, kid = %r.kid, activates_at = r.activates_at, "rotated the signing key on schedule");
     }
     Ok(())
 }
@@ -413,5 +418,5 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down");
+    request_log!(INFO, "shutting down");
 }

@@ -186,7 +186,7 @@ async fn check_credentials(
     match found {
         Some(c) => Ok(c),
         None => {
-            tracing::info!(client_id = %creds.client_id.chars().take(64).collect::<String>(), "client authentication failed");
+            request_log!(INFO, client_id = %creds.client_id.chars().take(64).collect::<String>(), "client authentication failed");
             Err(failed())
         }
     }

@@ -19,7 +19,7 @@ async fn jwks(State(state): State<AppState>) -> Response {
     // Every replica lists every replica's live keys: re-read them (cheap, and fetched rarely
     // thanks to the max-age). If the database is unreachable, the last set read is served.
     if let Err(e) = state.keys().refresh(state.now()).await {
-        tracing::warn!(error = %e, "serving the cached JWKS: cannot re-read keys");
+        request_log!(WARN, error = %e, "serving the cached JWKS: cannot re-read keys");
     }
     let body = state.keys().jwks();
     let max_age = state.config().jwks_max_age_secs;

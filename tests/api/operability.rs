@@ -307,10 +307,21 @@ async fn json_logs_carry_the_request_span_with_its_id_and_no_query() {
     let res =
         http.get(format!("{base}/healthz?q=query-text-never-logged")).header("x-request-id", "log-id-7").send().await;
     assert_eq!(res.unwrap().status(), 200);
+    // An event logged inside a request at the default level (a refused client) carries the
+    // request's span too.
+    let res = http
+        .post(format!("{base}/oauth/token"))
+        .header("x-request-id", "log-id-8")
+        .basic_auth("tc_nobody", Some("wrong-secret-never-logged"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await;
+    assert_eq!(res.unwrap().status(), 401);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let _ = broker.kill().await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("query-text-never-logged"), "{text}");
+    assert!(!text.contains("wrong-secret-never-logged"), "{text}");
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
     let tagged: Vec<&Value> = lines.iter().filter(|l| l["span"]["request_id"] == "log-id-7").collect();
     assert!(!tagged.is_empty(), "no line carries the request id: {text}");
@@ -320,4 +331,16 @@ async fn json_logs_carry_the_request_span_with_its_id_and_no_query() {
         assert_eq!(l["span"]["path"], "/healthz");
         assert_eq!(l["span"]["method"], "GET");
     }
+    let refused: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "client authentication failed" && l["level"] == "INFO")
+        .collect();
+    assert_eq!(refused.len(), 1, "{text}");
+    assert_eq!(refused[0]["span"]["request_id"], "log-id-8", "{text}");
+    assert_eq!(refused[0]["span"]["path"], "/oauth/token");
+    assert_eq!(refused[0]["span"]["method"], "POST");
+    // Logged outside any request: no request span.
+    let listening: Vec<&Value> = lines.iter().filter(|l| l["fields"]["message"] == "tessera listening").collect();
+    assert_eq!(listening.len(), 1, "{text}");
+    assert!(listening[0].get("span").is_none(), "{text}");
 }

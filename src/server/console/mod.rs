@@ -174,7 +174,7 @@ impl IntoResponse for Failure {
                 (status, title, text)
             }
             Failure::Unavailable(cause) => {
-                tracing::error!(%cause, "console request failed: dependency unavailable");
+                request_log!(ERROR, %cause, "console request failed: dependency unavailable");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "The broker is unavailable",
@@ -183,7 +183,7 @@ impl IntoResponse for Failure {
                 )
             }
             Failure::Internal => {
-                tracing::error!("console request failed: internal error");
+                request_log!(ERROR, "console request failed: internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", "Nothing was changed.".to_owned())
             }
         };
@@ -379,14 +379,14 @@ async fn sign_in(State(state): State<AppState>, req: Request) -> PageResult {
     // exactly the answer a wrong secret gets, and counts as a failure.
     let Some(client) = found.filter(|c| c.kind == CallerKind::Operator) else {
         state.auth_failures().record_failure(&keys);
-        tracing::info!(client_id = %client_id.chars().take(64).collect::<String>(), "console sign-in refused");
+        request_log!(INFO, client_id = %client_id.chars().take(64).collect::<String>(), "console sign-in refused");
         return Ok(sign_in_refused(next));
     };
     let now = state.now();
     if state.config().policy.console_passkey_only
         && !crate::store::passkeys::of_client(state.store(), client.client_id.as_str()).await?.is_empty()
     {
-        tracing::info!(client_id = %client.client_id, "console sign-in with a secret refused: this operator signs in with a passkey");
+        request_log!(INFO, client_id = %client.client_id, "console sign-in with a secret refused: this operator signs in with a passkey");
         return Ok(page(StatusCode::UNAUTHORIZED, pages::sign_in(SignInNote::PasskeyOnly, next, None)));
     }
     let cookie = session::start(&state, &client, &clients::hash_secret(secret.expose()), "secret", now).await?;
@@ -474,7 +474,7 @@ async fn decision(State(state): State<AppState>, Path(id): Path<String>, req: Re
         return Ok(to_sign_in(&state, &headers, Some(&format!("/console/approvals/{id}"))));
     };
     if cross_site(&headers) || !op.csrf_matches(form.get("csrf").map(String::as_str)) {
-        tracing::warn!(client_id = %op.claims.sub, "console form refused: CSRF token missing or wrong");
+        request_log!(WARN, client_id = %op.claims.sub, "console form refused: CSRF token missing or wrong");
         return Err(Failure::Forged);
     }
     let verdict = match form.get("decision").map(String::as_str) {
@@ -503,7 +503,7 @@ async fn decision(State(state): State<AppState>, Path(id): Path<String>, req: Re
         match passkeys::check_decision(&state, &op, &current, word, &form, now).await? {
             Ok(e) => Some(e),
             Err(why) => {
-                tracing::info!(client_id = %op.claims.sub, approval_id = %current.approval_id, %why, "passkey decision refused");
+                request_log!(INFO, client_id = %op.claims.sub, approval_id = %current.approval_id, %why, "passkey decision refused");
                 return Err(Failure::Approval(ApprovalError::PasskeyRequired(why)));
             }
         }

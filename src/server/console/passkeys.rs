@@ -35,7 +35,7 @@ fn refuse(status: StatusCode, code: &str, description: impl Into<String>) -> Res
 }
 
 fn unavailable(e: &StoreError) -> Response {
-    tracing::error!(error = %e, "passkey ceremony: database unavailable");
+    request_log!(ERROR, error = %e, "passkey ceremony: database unavailable");
     refuse(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the service is temporarily unavailable")
 }
 
@@ -284,7 +284,7 @@ pub(super) async fn enrol(State(state): State<AppState>, req: Request) -> Respon
     match result {
         Ok(Ok(row)) => Json(json!({ "enrolled": row.credential_id })).into_response(),
         Ok(Err(why)) => {
-            tracing::info!(client_id = %op.claims.sub, %why, "passkey enrolment refused");
+            request_log!(INFO, client_id = %op.claims.sub, %why, "passkey enrolment refused");
             refuse(StatusCode::BAD_REQUEST, "invalid_request", why)
         }
         Err(e) => unavailable(&e),
@@ -407,7 +407,7 @@ pub(super) async fn sign_in(State(state): State<AppState>, req: Request) -> Resp
         Ok(Ok(c)) => c,
         Ok(Err(why)) => {
             state.auth_failures().record_failure(&keys);
-            tracing::info!(%why, "console passkey sign-in refused");
+            request_log!(INFO, %why, "console passkey sign-in refused");
             return refuse(StatusCode::UNAUTHORIZED, "invalid_client", "the passkey did not sign you in");
         }
         Err(e) => return unavailable(&e),

@@ -149,14 +149,14 @@ pub async fn current(state: &AppState, headers: &HeaderMap) -> Result<Option<Ope
     let found = client_rows::get_with_hash(state.store(), &row.client_id).await?;
     let Some((client, secret_hash)) = found.filter(|(c, _)| !c.disabled && c.kind == CallerKind::Operator) else {
         let ended = sessions::end_sessions_of(state.store(), &row.client_id).await?;
-        tracing::info!(client_id = %row.client_id, ended, "console sessions of a disabled client ended");
+        request_log!(INFO, client_id = %row.client_id, ended, "console sessions of a disabled client ended");
         return Ok(None);
     };
     // The session lives only as long as the credential it was opened with.
     let stamp = credential_stamp(&secret_hash);
     if !bool::from(stamp.as_bytes().ct_eq(row.credential.as_bytes())) {
         let ended = sessions::end_sessions_not_of(state.store(), &row.client_id, &stamp).await?;
-        tracing::info!(client_id = %row.client_id, ended, "console sessions of a rotated secret ended");
+        request_log!(INFO, client_id = %row.client_id, ended, "console sessions of a rotated secret ended");
         return Ok(None);
     }
     // A revocation of the client's tokens covers the sessions opened up to its time.
@@ -164,7 +164,7 @@ pub async fn current(state: &AppState, headers: &HeaderMap) -> Result<Option<Ope
     if crate::store::revocations::is_revoked(state.store(), &claims.jti, &row.client_id, row.created_at).await? {
         let mut conn = state.store().pool().acquire().await?;
         sessions::delete(&mut conn, &hash).await?;
-        tracing::info!(client_id = %row.client_id, "a console session of a revoked client ended");
+        request_log!(INFO, client_id = %row.client_id, "a console session of a revoked client ended");
         return Ok(None);
     }
     Ok(Some(Operator { claims, client, csrf: csrf_token(id), session_hash: hash, method: row.method }))
