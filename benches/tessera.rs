@@ -780,6 +780,7 @@ fn main() {
                 "generator": generator,
                 "steps": run["steps"],
                 "wrk_steps": run["wrk_steps"],
+                "audit_verify": {"ok": run["audit_verify"]["ok"], "output": run["audit_verify"]["output"]},
             }))
             .unwrap_or_default()
         );
