@@ -742,3 +742,40 @@ async fn keys_rotate_on_schedule() {
     assert!(rotated, "the rotated-in key signs once its time has come");
     assert!(app.audit_events().await.iter().any(|e| e == "key.rotated"));
 }
+
+/// A token whose audit record cannot be committed within the request's time limit is never
+/// issued: the answer is 503 once the limit passes, without a token; once the database is free
+/// again, tokens are issued.
+#[tokio::test]
+async fn a_token_whose_record_cannot_commit_in_time_is_not_issued() {
+    use sqlx::Connection as _;
+    let app = spawn_app_with(|c| c.request_timeout_secs = 1).await;
+    let client = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let form = [("grant_type", "client_credentials")];
+    // Once with the database free, so that the next request's client comes from memory.
+    assert_eq!(app.token_request(&form, Some(&client)).await.status(), 200);
+
+    // Another connection holds the audit log's table: the writer's next insert waits for it.
+    let mut blocker = sqlx::AnyConnection::connect(&app.database_url).await.unwrap();
+    if on_postgres() {
+        sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+        sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE").execute(&mut blocker).await.unwrap();
+    } else {
+        sqlx::query("BEGIN EXCLUSIVE").execute(&mut blocker).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let res = tokio::time::timeout(std::time::Duration::from_secs(5), app.token_request(&form, Some(&client)))
+        .await
+        .expect("the request's time limit bounds the wait for the audit record");
+    let waited = started.elapsed();
+    let body = assert_error(res, 503, "temporarily_unavailable").await;
+    assert!(body.get("access_token").is_none(), "{body}");
+    assert!(waited >= std::time::Duration::from_millis(900), "answered before the limit: {waited:?}");
+
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    blocker.close().await.unwrap();
+    let res = app.token_request(&form, Some(&client)).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["access_token"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+}
