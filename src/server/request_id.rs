@@ -14,11 +14,22 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// What the request span says of the request this task is answering.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RequestContext {
     method: Method,
     uri: Uri,
     id: HeaderValue,
+}
+
+/// The method, the path and the id, as the span shows them: never the query.
+impl std::fmt::Debug for RequestContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestContext")
+            .field("method", &self.method)
+            .field("path", &self.uri.path())
+            .field("id", &self.id)
+            .finish()
+    }
 }
 
 impl RequestContext {
@@ -127,6 +138,15 @@ mod tests {
             }
         }
         assert!(direct.is_empty(), "log through request_log! instead:\n{}", direct.join("\n"));
+    }
+
+    #[test]
+    fn the_context_never_shows_the_query() {
+        let uri: Uri = "/oauth/token?client_secret=never-shown".parse().unwrap();
+        let c = RequestContext::new(&Method::POST, &uri, &HeaderValue::from_static("id-1"));
+        let shown = format!("{c:?}");
+        assert!(shown.contains("/oauth/token") && shown.contains("id-1"), "{shown}");
+        assert!(!shown.contains("never-shown"), "{shown}");
     }
 
     #[test]
