@@ -29,12 +29,36 @@ struct File {
     upstream_timeout_secs: Option<u64>,
     upstream_connect_timeout_secs: Option<u64>,
     upstream_max_connections: Option<usize>,
+    request_timeout_secs: Option<u64>,
     header_read_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_address: Option<usize>,
     #[serde(default, rename = "route")]
     routes: Vec<RouteFile>,
+    #[serde(default)]
+    mcp: Vec<McpFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpFile {
+    path: String,
+    scope: Option<String>,
+    unlisted_tools: Option<String>,
+    #[serde(default, rename = "tool")]
+    tools: Vec<ToolFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolFile {
+    name: String,
+    action: Option<String>,
+    resource: Option<String>,
+    #[serde(default)]
+    secret_fields: Vec<String>,
+    scope: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +91,8 @@ pub enum Piece {
     Path(String),
     /// A top-level string field of the JSON body.
     Body(String),
+    /// A top-level string member of an MCP tool call's `arguments`.
+    Arg(String),
     /// The caller's tenant.
     Tenant,
 }
@@ -97,6 +123,39 @@ pub struct Route {
     pub scope: Option<String>,
 }
 
+/// One tool of an `[[mcp]]` endpoint (`[[mcp.tool]]`).
+#[derive(Debug, Clone)]
+pub struct Tool {
+    /// The tool's name, as `tools/call` names it.
+    pub name: String,
+    /// Set on a gated tool: its action and how its resource is formed from the arguments.
+    pub gated: Option<Gated>,
+    /// The scope a call of this tool needs, beyond the endpoint's.
+    pub scope: Option<String>,
+}
+
+/// One `[[mcp]]` endpoint: a streamable-HTTP MCP server's path (design §18).
+#[derive(Debug, Clone)]
+pub struct Mcp {
+    /// The endpoint's path, as written.
+    pub path: String,
+    /// The path, segment by segment.
+    pub segments: Vec<String>,
+    /// The scope every request to the endpoint needs.
+    pub scope: Option<String>,
+    /// Whether a tool with no `[[mcp.tool]]` may be called (`unlisted_tools = "allow"`).
+    pub allow_unlisted: bool,
+    /// The listed tools.
+    pub tools: Vec<Tool>,
+}
+
+impl Mcp {
+    /// The listed tool called `name`.
+    pub fn tool(&self, name: &str) -> Option<&Tool> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct GateConfig {
@@ -125,8 +184,12 @@ pub struct GateConfig {
     /// The limits of the proxy's own listener, as the broker's: first-request, header and idle
     /// deadlines, connections at once, and from one address.
     pub limits: crate::server::connection::ServeLimits,
+    /// How long a gated request's body may take to arrive (`request_timeout_secs`).
+    pub request_timeout: Duration,
     /// The routes, in the order matched.
     pub routes: Vec<Route>,
+    /// The MCP endpoints, matched before the routes.
+    pub mcp: Vec<Mcp>,
 }
 
 fn err(msg: impl Into<String>) -> ConfigError {
@@ -176,13 +239,32 @@ impl GateConfig {
         for (i, r) in file.routes.into_iter().enumerate() {
             routes.push(route(i + 1, r, &actions)?);
         }
+        let mut mcp: Vec<Mcp> = Vec::with_capacity(file.mcp.len());
+        for (i, m) in file.mcp.into_iter().enumerate() {
+            let m = endpoint(i + 1, m, &actions)?;
+            if mcp.iter().any(|o| o.segments == m.segments) {
+                return Err(err(format!("mcp {} ({}): the path appears twice", i + 1, m.path)));
+            }
+            mcp.push(m);
+        }
+        // The protected-resource metadata's `resource` is the audience (design §18), so it is
+        // the URL a client reaches: the gate's, or one of its MCP endpoints'.
+        let audience = file.audience.unwrap_or_else(|| public_url.clone());
+        let resources: Vec<String> =
+            std::iter::once(public_url.clone()).chain(mcp.iter().map(|m| format!("{public_url}{}", m.path))).collect();
+        if !resources.contains(&audience) {
+            return Err(err(format!(
+                "audience: {audience:?} must be the URL clients reach: public_url ({public_url:?}) or public_url and an \
+                 [[mcp]] path"
+            )));
+        }
         Ok(GateConfig {
             listen,
             public_url,
             upstream,
             upstream_socket,
             broker,
-            audience: file.audience.unwrap_or_else(|| "core".to_owned()),
+            audience,
             pass_unlisted: file.pass_unlisted,
             upstream_timeout: Duration::from_secs(file.upstream_timeout_secs.unwrap_or(30).max(1)),
             upstream_connect_timeout: Duration::from_secs(file.upstream_connect_timeout_secs.unwrap_or(5).max(1)),
@@ -203,7 +285,9 @@ impl GateConfig {
                     64,
                 )? as usize,
             },
+            request_timeout: Duration::from_secs(positive("request_timeout_secs", file.request_timeout_secs, 10)?),
             routes,
+            mcp,
         })
     }
 }
@@ -248,10 +332,14 @@ fn route(n: usize, r: RouteFile, actions: &HashSet<String>) -> Result<Route, Con
             }
             let resource = parse_template(&resource).map_err(|e| err(format!("{name}: resource: {e}")))?;
             for piece in &resource {
-                if let Piece::Path(p) = piece
-                    && !params.contains(p.as_str())
-                {
-                    return Err(err(format!("{name}: resource names {{{p}}}, which its path lacks")));
+                match piece {
+                    Piece::Path(p) if !params.contains(p.as_str()) => {
+                        return Err(err(format!("{name}: resource names {{{p}}}, which its path lacks")));
+                    }
+                    Piece::Arg(a) => {
+                        return Err(err(format!("{name}: resource names {{args.{a}}}, which only an MCP tool has")));
+                    }
+                    _ => {}
                 }
             }
             Some(Gated { action, resource, secret_fields: r.secret_fields })
@@ -274,6 +362,74 @@ fn route(n: usize, r: RouteFile, actions: &HashSet<String>) -> Result<Route, Con
         return Err(err(format!("{name}: scope {scope:?} is not one scope")));
     }
     Ok(Route { method, path: r.path, segments, gated, scope: r.scope })
+}
+
+fn one_scope(name: &str, scope: &Option<String>, actions: &HashSet<String>) -> Result<(), ConfigError> {
+    if let Some(scope) = scope
+        && (scope.is_empty() || scope.contains(char::is_whitespace) || actions.contains(scope))
+    {
+        return Err(err(format!("{name}: scope {scope:?} is not one scope")));
+    }
+    Ok(())
+}
+
+fn endpoint(n: usize, m: McpFile, actions: &HashSet<String>) -> Result<Mcp, ConfigError> {
+    let name = format!("mcp {n} ({})", m.path);
+    let segments = parse_path(&m.path).map_err(|e| err(format!("{name}: path: {e}")))?;
+    let segments = segments
+        .into_iter()
+        .map(|s| match s {
+            Segment::Literal(l) => Ok(l),
+            Segment::Param(p) => Err(err(format!("{name}: path: an MCP endpoint's path is literal, not {{{p}}}"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    one_scope(&name, &m.scope, actions)?;
+    let allow_unlisted = match m.unlisted_tools.as_deref() {
+        None | Some("deny") => false,
+        Some("allow") => true,
+        Some(other) => return Err(err(format!("{name}: unlisted_tools is \"deny\" or \"allow\", not {other:?}"))),
+    };
+    let mut tools: Vec<Tool> = Vec::with_capacity(m.tools.len());
+    for t in m.tools {
+        let who = format!("{name}: tool {:?}", t.name);
+        if t.name.is_empty() || t.name.len() > 128 || t.name.chars().any(char::is_control) {
+            return Err(err(format!("{who}: not a tool name")));
+        }
+        if tools.iter().any(|o| o.name == t.name) {
+            return Err(err(format!("{who}: listed twice")));
+        }
+        one_scope(&who, &t.scope, actions)?;
+        let gated = match (t.action, t.resource) {
+            (Some(action), Some(resource)) => {
+                if !actions.contains(&action) {
+                    return Err(err(format!("{who}: unknown action {action:?}")));
+                }
+                let resource = parse_template(&resource).map_err(|e| err(format!("{who}: resource: {e}")))?;
+                for piece in &resource {
+                    match piece {
+                        Piece::Path(p) => {
+                            return Err(err(format!("{who}: resource names {{{p}}}; a tool's are {{args.NAME}}")));
+                        }
+                        Piece::Body(b) => {
+                            return Err(err(format!("{who}: resource names {{body.{b}}}; a tool's are {{args.NAME}}")));
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Gated { action, resource, secret_fields: t.secret_fields })
+            }
+            (Some(_), None) => return Err(err(format!("{who}: a gated tool needs a resource"))),
+            (None, Some(_)) => return Err(err(format!("{who}: resource is set but action is not"))),
+            (None, None) => {
+                if !t.secret_fields.is_empty() {
+                    return Err(err(format!("{who}: secret_fields only apply to a gated tool")));
+                }
+                None
+            }
+        };
+        tools.push(Tool { name: t.name, gated, scope: t.scope });
+    }
+    Ok(Mcp { path: m.path, segments, scope: m.scope, allow_unlisted, tools })
 }
 
 fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
@@ -331,6 +487,11 @@ fn parse_template(t: &str) -> Result<Vec<Piece>, String> {
                 return Err(format!("{{{name}}} does not name a body field"));
             }
             Piece::Body(field.to_owned())
+        } else if let Some(arg) = name.strip_prefix("args.") {
+            if !is_name(arg) {
+                return Err(format!("{{{name}}} does not name an argument"));
+            }
+            Piece::Arg(arg.to_owned())
         } else if is_name(name) {
             Piece::Path(name.to_owned())
         } else {

@@ -19,6 +19,7 @@
 //! does not begin within `upstream_timeout_secs`, is `502 bad_gateway`.
 
 pub mod config;
+mod mcp;
 mod unix;
 
 use std::net::SocketAddr;
@@ -98,15 +99,20 @@ impl Upstream {
 
 struct Proxy {
     config: GateConfig,
+    gate: Gate,
     /// One layer per configured route, in order.
     layers: Vec<GateLayer>,
+    /// One layer per MCP endpoint: the access token and the endpoint's scope.
+    mcp_layers: Vec<GateLayer>,
+    /// The gated MCP calls waiting on an approval.
+    pending: mcp::Pending,
     /// For requests that match no route: the access token only.
     unlisted: GateLayer,
     client: Upstream,
     connections: Arc<Semaphore>,
 }
 
-fn error(status: StatusCode, code: &str, description: &str) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, description: &str) -> Response {
     (status, axum::Json(json!({ "error": code, "error_description": description }))).into_response()
 }
 
@@ -121,6 +127,7 @@ fn bad_gateway(description: &str) -> Response {
 /// caller's gated request is taken to the broker by the gate's own `service` client (the
 /// verifier's feed credentials), as in the library.
 pub fn app(config: GateConfig, gate: &Gate) -> Router {
+    gate.set_body_timeout(config.request_timeout);
     if !gate.set_public_url(&config.public_url) {
         tracing::warn!("the gate's public URL was already set; DPoP proofs must name that one");
     }
@@ -140,6 +147,8 @@ pub fn app(config: GateConfig, gate: &Gate) -> Router {
                                 config::Piece::Path(p) => out.push_str(req.path(p)?),
                                 config::Piece::Body(b) => out.push_str(req.body_str(b)?),
                                 config::Piece::Tenant => out.push_str(&req.caller.tenant),
+                                // Refused in a route's template at start.
+                                config::Piece::Arg(_) => return None,
                             }
                         }
                         Some(out)
@@ -169,21 +178,57 @@ pub fn app(config: GateConfig, gate: &Gate) -> Router {
             Upstream::Tcp(builder.build(connector))
         }
     };
-    let mut scopes: Vec<&str> = config.routes.iter().filter_map(|r| r.scope.as_deref()).collect();
+    let mcp_layers = config
+        .mcp
+        .iter()
+        .map(|m| match &m.scope {
+            Some(s) => gate.authenticated().scope(s),
+            None => gate.authenticated(),
+        })
+        .collect();
+    // The proxy is its own service client at the broker (design §18), when it has one.
+    gate.act_as_service();
+    let mut scopes: Vec<&str> = config
+        .routes
+        .iter()
+        .filter_map(|r| r.scope.as_deref())
+        .chain(
+            config
+                .mcp
+                .iter()
+                .flat_map(|m| m.scope.iter().chain(m.tools.iter().filter_map(|t| t.scope.as_ref())))
+                .map(String::as_str),
+        )
+        .collect();
     scopes.sort_unstable();
     scopes.dedup();
     if !gate.set_scopes_supported(&scopes) {
         tracing::warn!("the gate's scopes were already set; its metadata lists those");
     }
+    let mut metadata = gate.metadata_routes();
+    // Also at the path-suffixed URL of each MCP endpoint (RFC 9728 §3.1), where MCP clients look.
+    for m in &config.mcp {
+        let g = gate.clone();
+        metadata = metadata.route(
+            &format!("{}{}", crate::verify::gate::RESOURCE_METADATA_PATH, m.path),
+            axum::routing::get(move || {
+                let body = g.resource_metadata();
+                async move { axum::Json(body) }
+            }),
+        );
+    }
     let proxy = Proxy {
+        gate: gate.clone(),
         layers,
+        mcp_layers,
+        pending: mcp::Pending::default(),
         unlisted: gate.authenticated(),
         client,
         connections: Arc::new(Semaphore::new(config.upstream_max_connections)),
         config,
     };
     // The protected-resource metadata (RFC 9728) is the library gate's own.
-    gate.metadata_routes().fallback(handle).with_state(Arc::new(proxy))
+    metadata.fallback(handle).with_state(Arc::new(proxy))
 }
 
 /// The request path's segments, percent-decoded, or `None` when the path is not in the one
@@ -208,7 +253,13 @@ fn segments(path: &str) -> Option<Vec<std::borrow::Cow<'_, str>>> {
 }
 
 async fn handle(State(p): State<Arc<Proxy>>, mut req: Request<Body>) -> Response {
-    let mut found = segments(req.uri().path()).map(|segs| {
+    let segs = segments(req.uri().path());
+    if let Some(segs) = &segs
+        && let Some(ep) = p.config.mcp.iter().position(|m| m.segments.iter().eq(segs.iter()))
+    {
+        return mcp::handle(&p, ep, req).await;
+    }
+    let mut found = segs.map(|segs| {
         let segs: Vec<&str> = segs.iter().map(|s| s.as_ref()).collect();
         p.config.routes.iter().enumerate().find_map(|(i, r)| r.matches(req.method(), &segs).map(|params| (i, params)))
     });
@@ -228,6 +279,36 @@ async fn handle(State(p): State<Arc<Proxy>>, mut req: Request<Body>) -> Response
         None => error(StatusCode::BAD_REQUEST, "invalid_request", "the request path is not in canonical form"),
         Some(None) if !p.config.pass_unlisted => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
         _ => forward(&p, req).await,
+    }
+}
+
+/// Headers that make some frameworks run another method than the request's (Rails, Laravel,
+/// Symfony, Express's method-override, ASP.NET): never forwarded, so the method the gate
+/// checked is the one that runs (design §18).
+const METHOD_OVERRIDE: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// Removes every header that an upstream could read as one of `names` or as a method
+/// override: the names themselves, and any spelling of them with `_` for `-` (CGI and WSGI
+/// servers map both to `HTTP_TESSERA_CALLER_KIND` and join the values). Header names arrive in
+/// lower case.
+fn drop_lookalikes(headers: &mut HeaderMap, names: &[HeaderName]) {
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.contains('_') && {
+                let dashed = k.replace('_', "-");
+                names.iter().chain(&METHOD_OVERRIDE).any(|n| n.as_str() == dashed)
+            }
+        })
+        .cloned()
+        .collect();
+    for n in lookalikes.iter().chain(names).chain(&METHOD_OVERRIDE) {
+        headers.remove(n);
     }
 }
 
@@ -257,7 +338,8 @@ async fn forward(p: &Proxy, req: Request<Body>) -> Response {
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
-    strip(&mut parts.headers, &CALLER_ONLY);
+    strip(&mut parts.headers, &[]);
+    drop_lookalikes(&mut parts.headers, &CALLER_ONLY);
     parts.headers.remove(header::HOST);
     let Some(Identity(caller)) = parts.extensions.remove::<Identity>() else {
         return error(StatusCode::UNAUTHORIZED, "invalid_token", "an access token is required");
@@ -370,6 +452,28 @@ mod tests {
         for name in [SUBJECT_HEADER, TENANT_HEADER, CALLER_KIND_HEADER, APPROVAL_ID_HEADER] {
             assert!(CALLER_ONLY.contains(&HeaderName::from_bytes(name.as_bytes()).unwrap()), "{name}");
         }
+    }
+
+    #[test]
+    fn lookalikes_and_method_overrides_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("tessera_caller_kind", "operator"),
+            ("Tessera_Subject", "tc_op"),
+            ("tessera-tenant", "org-2"),
+            ("x-http-method-override", "DELETE"),
+            ("x_http_method", "DELETE"),
+            ("X-Method-Override", "DELETE"),
+            ("authorization", "Bearer t"),
+            ("tessera_capability", "c"),
+            ("x-request-id", "keep"),
+            ("tessera_other", "keep"),
+        ] {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v));
+        }
+        drop_lookalikes(&mut h, &CALLER_ONLY);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-request-id", "tessera_other"]);
     }
 
     #[test]

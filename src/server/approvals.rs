@@ -189,8 +189,24 @@ async fn list(State(state): State<AppState>, caller: Caller, RawQuery(q): RawQue
     Ok(Json(json!({ "approvals": items, "next": next })))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+/// The header with which a `service` client reads an approval as the requester whose token it
+/// holds (design §18: the gate proxy fetching the capability it then redeems itself).
+pub const REQUESTER_TOKEN_HEADER: &str = "Tessera-Requester-Token";
+
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let now = state.now();
+    let caller = match headers.get(REQUESTER_TOKEN_HEADER) {
+        None => caller,
+        Some(v) => {
+            let token = v.to_str().map_err(|_| ApiError::invalid_request("Tessera-Requester-Token must be a token"))?;
+            super::auth::requester_of(&state, &caller, token.trim(), now).await?
+        }
+    };
     let row = approvals::read(state.store(), &caller.claims, &id, now).await?;
     let capability = if row.requester == caller.claims.sub { capability_for(&state, &row, now)? } else { None };
     Ok(Json(approval_json(&row, now, capability)))

@@ -36,6 +36,33 @@ pub(super) async fn verify_access(state: &AppState, token: &str, now: i64) -> Re
     }
 }
 
+/// As [`verify_access`], accepting a token issued for any of the broker's configured
+/// `audiences` (design §18): where the broker is asked about a token meant for a resource
+/// server — `requester_token`, introspection, revocation — rather than presented one to itself.
+pub(super) async fn verify_access_any_audience(
+    state: &AppState,
+    token: &str,
+    now: i64,
+) -> Result<AccessClaims, VerifyError> {
+    match verify_access(state, token, now).await {
+        Err(VerifyError::Audience) => {
+            let main = state.verifier();
+            for audience in state.config().audiences() {
+                if audience == main.audience {
+                    continue;
+                }
+                let mut policy = main.clone();
+                policy.audience = audience;
+                if let Ok(claims) = policy.verify_access(state.keys(), token, now) {
+                    return Ok(claims);
+                }
+            }
+            Err(VerifyError::Audience)
+        }
+        r => r,
+    }
+}
+
 /// Verifies a capability the same way, refreshing unknown keys once.
 pub(super) async fn verify_capability(
     state: &AppState,
@@ -132,7 +159,7 @@ pub(super) async fn requester_of(
         return Err(ApiError::forbidden("only a service client may name the requester with requester_token"));
     }
     let unusable = |why: &str| ApiError::invalid_request(format!("requester_token is not usable: {why}"));
-    let claims = verify_access(state, token, now).await.map_err(|e| unusable(&e.to_string()))?;
+    let claims = verify_access_any_audience(state, token, now).await.map_err(|e| unusable(&e.to_string()))?;
     if claims.tenant != service.claims.tenant {
         return Err(unusable("it belongs to another tenant"));
     }

@@ -10,7 +10,7 @@ use axum::routing::post;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::{Caller, StrictJson, verify_access, verify_capability};
+use super::auth::{Caller, StrictJson, verify_access_any_audience, verify_capability};
 use super::oauth::{authenticate, peer_of, presented_credentials, read_form};
 use super::{ApiError, ApiResult, AppState};
 use crate::audit::{self, AuditEvent};
@@ -51,7 +51,7 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
     };
     let now = state.now();
     let inactive = || no_store(json!({ "active": false }));
-    if let Ok(c) = verify_access(&state, token, now).await {
+    if let Ok(c) = verify_access_any_audience(&state, token, now).await {
         let owner = crate::store::clients::get(state.store(), &c.sub).await?;
         let usable = c.tenant == client.tenant.as_str()
             && owner.is_some_and(|o| !o.disabled)
@@ -126,7 +126,7 @@ async fn revoke(State(state): State<AppState>, req: Request) -> ApiResult<Respon
         return Err(ApiError::invalid_request("token is required"));
     };
     let now = state.now();
-    let Ok(c) = verify_access(&state, token, now).await else {
+    let Ok(c) = verify_access_any_audience(&state, token, now).await else {
         if verify_capability(&state, token, now).await.is_ok() {
             return Err(ApiError::new_unsupported_token_type());
         }

@@ -13,6 +13,24 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/oauth/authorize", get(authorize).post(authorize))
+}
+
+/// The authorization endpoint RFC 8414 clients require to be named: this broker has no
+/// interactive grant (no user, no redirect), so every request is answered, never redirected,
+/// with the RFC 6749 §4.1.2.1 error `unsupported_response_type` (docs/api.md).
+async fn authorize() -> Response {
+    let mut res = (
+        axum::http::StatusCode::BAD_REQUEST,
+        Json(json!({
+            "error": "unsupported_response_type",
+            "error_description": "this broker has no interactive authorization: clients get tokens at /oauth/token \
+                                  (client_credentials, token exchange, jwt-bearer)",
+        })),
+    )
+        .into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 async fn jwks(State(state): State<AppState>) -> Response {
@@ -42,6 +60,7 @@ async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
     }
     Json(json!({
         "issuer": iss,
+        "authorization_endpoint": format!("{iss}/oauth/authorize"),
         "token_endpoint": format!("{iss}/oauth/token"),
         "jwks_uri": format!("{iss}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{iss}/oauth/introspect"),

@@ -22,6 +22,35 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     }
 }
 
+/// The first pair of member names, in any object of `value` at any depth, that are equal once
+/// case-folded (`key`/`KEY`, `k`/U+212A KELVIN SIGN, `ss`/`ß`): parsers that match member names
+/// case-insensitively (Go's `encoding/json`, last one wins) read such a body differently from
+/// one that does not, so a gated body must not have any (design §18).
+pub fn case_collision(value: &Value) -> Option<(String, String)> {
+    match value {
+        Value::Object(map) => {
+            let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::with_capacity(map.len());
+            for (k, v) in map {
+                if let Some(first) = seen.insert(fold(k), k) {
+                    return Some((first.to_owned(), k.clone()));
+                }
+                if let Some(c) = case_collision(v) {
+                    return Some(c);
+                }
+            }
+            None
+        }
+        Value::Array(items) => items.iter().find_map(case_collision),
+        _ => None,
+    }
+}
+
+/// A case folding that maps every spelling a case-insensitive matcher might take as equal to
+/// one form: upper case first (`ß` → `SS`, `ſ` → `S`), then lower (KELVIN SIGN → `k`).
+fn fold(s: &str) -> String {
+    if s.is_ascii() { s.to_ascii_lowercase() } else { s.to_uppercase().to_lowercase() }
+}
+
 struct Seed {
     depth: usize,
 }
@@ -108,6 +137,23 @@ mod tests {
         assert!(parse_object(br#"{"a":{"b":1,"b":1}}"#).is_err());
         assert!(parse_object(br#"{"a":[{"b":1,"b":1}]}"#).is_err());
         assert!(parse_object(br#"{"a":1,"b":2}"#).is_ok());
+    }
+
+    #[test]
+    fn finds_case_folded_collisions_at_any_depth() {
+        let v = |t: &str| Value::Object(parse_object(t.as_bytes()).unwrap());
+        for bad in [
+            r#"{"key":"a","KEY":"b"}"#,
+            r#"{"k":1,"\u212a":2}"#,
+            r#"{"Straße":1,"STRASSE":2}"#,
+            r#"{"a":{"x":1,"X":2}}"#,
+            r#"{"a":[1,{"song":1,"\u017fong":2}]}"#,
+        ] {
+            assert!(case_collision(&v(bad)).is_some(), "{bad}");
+        }
+        for good in [r#"{"key":"a","keys":"b"}"#, r#"{"a":{"x":1},"b":{"x":2}}"#, r#"{"é":1,"e":2}"#] {
+            assert_eq!(case_collision(&v(good)), None, "{good}");
+        }
     }
 
     #[test]

@@ -134,6 +134,9 @@ struct GateInner {
     clock: Box<Clock>,
     public_url: std::sync::OnceLock<String>,
     scopes_supported: std::sync::OnceLock<Vec<String>>,
+    body_timeout: std::sync::OnceLock<std::time::Duration>,
+    /// Act at the broker as the verifier's own service client for every caller (the proxy).
+    act_as_service: std::sync::atomic::AtomicBool,
 }
 
 /// The shared gate: one per resource server, cloned into each route's layer.
@@ -175,6 +178,8 @@ impl Gate {
             clock: Box::new(clock),
             public_url: std::sync::OnceLock::new(),
             scopes_supported: std::sync::OnceLock::new(),
+            body_timeout: std::sync::OnceLock::new(),
+            act_as_service: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -182,6 +187,20 @@ impl Gate {
     /// proofs name. Set once; false if it was already set.
     pub fn set_public_url(&self, url: &str) -> bool {
         self.0.public_url.set(url.trim_end_matches('/').to_owned()).is_ok()
+    }
+
+    /// How long a gated request's body may take to arrive (default 10 s); later, `408` and the
+    /// connection closed, nothing run. Set once; false if it was already set.
+    pub fn set_body_timeout(&self, limit: std::time::Duration) -> bool {
+        self.0.body_timeout.set(limit).is_ok()
+    }
+
+    /// Creates approvals and redeems capabilities as the verifier's own `service` client for
+    /// every caller, bound or not, naming the caller with `requester_token` (design §18): the
+    /// callers' tokens then need only this resource server's audience. Without a service client
+    /// configured, unbound callers are still acted for with their own token.
+    pub fn act_as_service(&self) {
+        self.0.act_as_service.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The URL a proof for this request must name: the public URL and the path.
@@ -262,6 +281,11 @@ impl Gate {
             })),
             scope: None,
         }
+    }
+
+    /// Now, on the gate's clock (Unix seconds).
+    pub(crate) fn now(&self) -> i64 {
+        (self.0.clock)()
     }
 
     /// The verifier.
@@ -384,6 +408,43 @@ fn error(status: StatusCode, code: &str, description: impl Into<String>) -> Resp
     res
 }
 
+/// How long a gated request's body may take to arrive, unless set.
+const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn is_json(ct: &HeaderValue) -> bool {
+    let mime = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
+    mime.eq_ignore_ascii_case("application/json")
+}
+
+fn not_json() -> Response {
+    error(StatusCode::BAD_REQUEST, "invalid_request", "a gated request's body must be Content-Type: application/json")
+}
+
+/// A gated body as the digest reads it, and as every upstream reads it alike (design §11, §18):
+/// one JSON object, no duplicate member at any depth, no two member names equal once
+/// case-folded, numbers exactly representable.
+pub(crate) fn parse_gated_body(bytes: &[u8]) -> Result<Value, Response> {
+    crate::token::jcs::check_numbers(bytes).map_err(|e| {
+        error(StatusCode::BAD_REQUEST, "invalid_request", format!("the body cannot be digested safely: {e}"))
+    })?;
+    let value = Value::Object(strict_json::parse_object(bytes).map_err(|e| {
+        error(StatusCode::BAD_REQUEST, "invalid_request", format!("the body must be a JSON object: {e}"))
+    })?);
+    if let Some((a, b)) = strict_json::case_collision(&value) {
+        let short = |s: &str| s.chars().take(32).collect::<String>();
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "the body has members {:?} and {:?}, which some parsers read as one: name each once",
+                short(&a),
+                short(&b)
+            ),
+        ));
+    }
+    Ok(value)
+}
+
 /// 401 `invalid_token` for a refused proof of possession, with the `DPoP` challenge.
 fn dpop_unauthorized(description: impl Into<String>) -> Response {
     let mut res = error(StatusCode::UNAUTHORIZED, "invalid_token", description);
@@ -405,8 +466,35 @@ async fn relay(res: reqwest::Response) -> Response {
     }
 }
 
+/// What the broker answered to a new approval.
+pub(crate) enum Created {
+    /// Waiting for operators.
+    Pending { approval_id: String, expires_at: String },
+    /// An allowed install client's audited bypass: approved at once.
+    Approved { capability: String },
+}
+
+fn unavailable(description: &str) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description)
+}
+
+/// The broker's refusal of something the gate asked, as the caller sees it. A 401 there is
+/// about the credentials the gate presented — the gate's own service client, or a caller token
+/// the gate has just verified but the broker no longer accepts (its client disabled) — never
+/// the caller's `invalid_token`, which would send a client to fetch a new token in a loop.
+async fn broker_refusal(res: reqwest::Response) -> Response {
+    match res.status().as_u16() {
+        401 => {
+            tracing::warn!("the broker refused the gate's credentials");
+            error(StatusCode::FORBIDDEN, "forbidden", "the broker refused this request's credentials")
+        }
+        s if s >= 500 => unavailable("the broker could not take the request"),
+        _ => relay(res).await,
+    }
+}
+
 /// Whose token the gate presents at the broker.
-enum Acting {
+pub(crate) enum Acting {
     /// The caller's own bearer token (an unbound caller).
     Caller(String),
     /// Core's service token, naming a bound caller's token as the requester.
@@ -468,19 +556,17 @@ impl Gate {
             return Ok(Request::from_parts(parts, body));
         };
 
-        let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-            .await
-            .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "request body too large"))?;
-        crate::token::jcs::check_numbers(&bytes).map_err(|e| {
-            error(StatusCode::BAD_REQUEST, "invalid_request", format!("the body cannot be digested safely: {e}"))
-        })?;
-        let params = if bytes.is_empty() {
-            json!({})
-        } else {
-            Value::Object(strict_json::parse_object(&bytes).map_err(|e| {
-                error(StatusCode::BAD_REQUEST, "invalid_request", format!("the body must be a JSON object: {e}"))
-            })?)
-        };
+        // Everything that runs is what was approved (design §18): the query is no part of the
+        // presented parameters, so a gated request has none.
+        if parts.uri.query().is_some() {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "a gated request carries no query string: only its path and JSON body are approved",
+            ));
+        }
+        let bytes = self.read_body(&parts.headers, body).await?;
+        let params = if bytes.is_empty() { json!({}) } else { parse_gated_body(&bytes)? };
         let path_params: HashMap<String, String> = match parts.extensions.get::<PathParams>() {
             Some(p) => p.0.clone(),
             None => RawPathParams::from_request_parts(&mut parts, &())
@@ -498,11 +584,7 @@ impl Gate {
         })?;
         let digest = params_digest(&shown).to_string();
 
-        let acting = if bound {
-            Acting::Service { token: self.service_token(now).await?, requester_token: token.clone() }
-        } else {
-            Acting::Caller(token.clone())
-        };
+        let acting = self.acting(bound, &token, now).await?;
         let Some(capability) = parts.headers.get(CAPABILITY_HEADER) else {
             return Err(self.request_approval(&parts, &acting, &rule.action, &resource, &digest, &shown).await);
         };
@@ -523,6 +605,120 @@ impl Gate {
         parts.extensions.insert(Identity(caller));
         parts.extensions.insert(Redeemed(cap));
         Ok(Request::from_parts(parts, Body::from(bytes)))
+    }
+
+    /// Reads a gated request's body: JSON only (an empty body aside), at most
+    /// [`MAX_BODY_BYTES`], within the gate's body deadline ([`Gate::set_body_timeout`]).
+    pub(crate) async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, Response> {
+        let declared = headers.get(header::CONTENT_TYPE);
+        if let Some(ct) = declared
+            && !is_json(ct)
+        {
+            return Err(not_json());
+        }
+        let deadline = self.0.body_timeout.get().copied().unwrap_or(DEFAULT_BODY_TIMEOUT);
+        let bytes = match tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "request body too large"));
+            }
+            Err(_) => {
+                let mut res = error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request",
+                    "the request body did not arrive in time; nothing was forwarded",
+                );
+                res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Err(res);
+            }
+        };
+        if declared.is_none() && !bytes.is_empty() {
+            return Err(not_json());
+        }
+        Ok(bytes)
+    }
+
+    /// How the gate acts at the broker for a caller holding `token`.
+    pub(crate) async fn acting(&self, bound: bool, token: &str, now: i64) -> Result<Acting, Response> {
+        let service = bound
+            || (self.0.act_as_service.load(std::sync::atomic::Ordering::Relaxed)
+                && self.0.verifier.has_service_client());
+        Ok(if service {
+            Acting::Service { token: self.service_token(now).await?, requester_token: token.to_owned() }
+        } else {
+            Acting::Caller(token.to_owned())
+        })
+    }
+
+    /// Creates an approval at the broker for the acting caller.
+    pub(crate) async fn create_approval(
+        &self,
+        acting: &Acting,
+        body: Value,
+        bypass: Option<&HeaderValue>,
+    ) -> Result<Created, Response> {
+        let g = &self.0;
+        let mut body = body;
+        if let Acting::Service { requester_token, .. } = acting {
+            body["requester_token"] = json!(requester_token);
+        }
+        let mut req = g.http.post(format!("{}/v1/approvals", g.broker)).bearer_auth(acting.bearer()).json(&body);
+        if let Some(b) = bypass {
+            req = req.header(BYPASS_HEADER, b.clone());
+        }
+        let res = req.send().await.map_err(|e| {
+            tracing::warn!(error = %e, "broker unreachable while creating an approval");
+            unavailable("the broker is unreachable")
+        })?;
+        let status = res.status().as_u16();
+        if !matches!(status, 201 | 202) {
+            return Err(broker_refusal(res).await);
+        }
+        let v: Value = res.json().await.map_err(|_| unavailable("the broker answered unreadably"))?;
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        Ok(match v["capability"].as_str() {
+            Some(c) if status == 201 => Created::Approved { capability: c.to_owned() },
+            _ => Created::Pending { approval_id: text("approval_id"), expires_at: text("expires_at") },
+        })
+    }
+
+    /// Reads an approval at the broker as the acting caller: for a service, as the requester
+    /// whose token it holds, so the capability is in the answer once approved.
+    pub(crate) async fn read_approval(&self, acting: &Acting, id: &str) -> Result<Value, Response> {
+        let g = &self.0;
+        let mut req = g.http.get(format!("{}/v1/approvals/{id}", g.broker)).bearer_auth(acting.bearer());
+        if let Acting::Service { requester_token, .. } = acting {
+            req = req.header("Tessera-Requester-Token", requester_token);
+        }
+        let res = req.send().await.map_err(|e| {
+            tracing::warn!(error = %e, "broker unreachable while reading an approval");
+            unavailable("the broker is unreachable")
+        })?;
+        if res.status().as_u16() != 200 {
+            return Err(broker_refusal(res).await);
+        }
+        res.json().await.map_err(|_| unavailable("the broker answered unreadably"))
+    }
+
+    /// Verifies `capability` offline, checks it is bound to exactly this request and caller,
+    /// and redeems it at the broker: after `Ok`, the request may run, once.
+    pub(crate) async fn spend_capability(
+        &self,
+        acting: &Acting,
+        caller: &AccessClaims,
+        capability: &str,
+        binding: CapabilityBinding<'_>,
+        now: i64,
+    ) -> Result<CapabilityClaims, Response> {
+        let cap =
+            self.0.verifier.verify_capability(capability, now).await.map_err(|e| {
+                error(StatusCode::FORBIDDEN, "forbidden", format!("the capability does not verify: {e}"))
+            })?;
+        check_binding(&cap, caller, binding).map_err(|e| {
+            error(StatusCode::FORBIDDEN, "forbidden", format!("the capability does not match this request: {e}"))
+        })?;
+        self.redeem(acting.bearer(), capability).await?;
+        Ok(cap)
     }
 
     /// Core's own service token, for acting at the broker for a bound caller.
@@ -584,16 +780,9 @@ impl Gate {
                 }
             };
         }
-        if res.status().is_server_error() {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the broker could not take the request",
-            );
-        }
         // A refusal (403 self_target_forbidden, …) or an install bypass (201 with the
-        // capability): the caller sees the broker's own answer.
-        relay(res).await
+        // capability): the caller sees the broker's own answer; never its 401 or 5xx.
+        broker_refusal(res).await
     }
 
     async fn redeem(&self, token: &str, capability: &str) -> Result<(), Response> {
@@ -612,7 +801,7 @@ impl Gate {
         match res.status().as_u16() {
             200 => Ok(()),
             409 => Err(error(StatusCode::CONFLICT, "conflict", "the capability was already redeemed")),
-            401 => Err(error(StatusCode::UNAUTHORIZED, "invalid_token", "the broker refused the access token")),
+            401 => Err(error(StatusCode::FORBIDDEN, "forbidden", "the broker refused this request's credentials")),
             s if s >= 500 => {
                 Err(error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the broker could not redeem"))
             }

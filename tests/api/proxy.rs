@@ -199,17 +199,40 @@ pub(crate) async fn spawn_proxy(broker: &TestApp, upstream: &str, extra: &str) -
     spawn_proxy_as(broker, upstream, extra, None).await
 }
 
-/// As [`spawn_proxy`], with the proxy's own `service` client.
+/// A broker for a gate: its default audience is the URL the gate will be reached at (design
+/// §18: the gate's audience is its public URL), a loopback port set aside for it.
+pub(crate) async fn spawn_gated_app() -> TestApp {
+    spawn_gated_app_with(|_| {}).await
+}
+
+/// As [`spawn_gated_app`], with more configuration.
+pub(crate) async fn spawn_gated_app_with(tweak: impl FnOnce(&mut tessera::config::Config)) -> TestApp {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    spawn_app_with(|c| {
+        c.audience = format!("http://127.0.0.1:{port}");
+        tweak(c)
+    })
+    .await
+}
+
+/// As [`spawn_proxy`], with the proxy's own `service` client. The proxy's public URL (and so its
+/// audience) is the broker's default audience; it listens there when that port is free (else on
+/// another, as a second proxy behind the same name would).
 async fn spawn_proxy_as(broker: &TestApp, upstream: &str, extra: &str, service: Option<&TestClient>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = broker.state.config().audience.clone();
+    let wanted = public.trim_start_matches("http://").to_owned();
+    let listener = match tokio::net::TcpListener::bind(&wanted).await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
     let addr = listener.local_addr().unwrap();
     let text = format!(
-        "upstream = \"{upstream}\"\nbroker = \"{}\"\npublic_url = \"http://{addr}\"\n{extra}\n{CORE_ROUTES}",
+        "upstream = \"{upstream}\"\nbroker = \"{}\"\npublic_url = \"{public}\"\n{extra}\n{CORE_ROUTES}",
         broker.base
     );
     let config = GateConfig::parse(&text).unwrap();
     let clock = broker.state.clock().clone();
-    let mut verifier = Verifier::for_issuer(&broker.base, "core");
+    let mut verifier = Verifier::for_issuer(&broker.base, &public);
     if let Some(s) = service {
         verifier = verifier.with_feed_credentials(FeedCredentials::new(s.id.clone(), s.secret.clone()));
     }
@@ -229,7 +252,7 @@ struct World {
 }
 
 async fn world_with(delay: Duration, extra: &str) -> World {
-    let broker = spawn_app().await;
+    let broker = spawn_gated_app().await;
     let (up, seen) = upstream::spawn(delay).await;
     let proxy = spawn_proxy(&broker, &up, extra).await;
     let agent = broker.create_client("org-1", CallerKind::Agent, "concierge").await;
@@ -244,7 +267,7 @@ async fn world() -> World {
 #[tokio::test]
 async fn an_upstream_on_a_unix_socket_gets_the_same_gate() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = spawn_app().await;
+    let broker = spawn_gated_app().await;
     let socket = dir.path().join("core.sock");
     let seen = upstream::spawn_unix(&socket).await;
     let proxy =
@@ -569,7 +592,7 @@ async fn a_slow_upstream_is_a_502_and_nothing_runs_twice() {
 
 #[tokio::test]
 async fn an_upstream_that_is_down_is_a_502_and_nothing_runs() {
-    let broker = spawn_app().await;
+    let broker = spawn_gated_app().await;
     // A port with nothing listening on it.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = closed.local_addr().unwrap();
@@ -641,7 +664,7 @@ async fn dpop_call(
 
 #[tokio::test]
 async fn a_bound_caller_goes_through_the_proxy_with_its_key_only() {
-    let broker = spawn_app().await;
+    let broker = spawn_gated_app().await;
     let (up, seen) = upstream::spawn(Duration::ZERO).await;
     let svc = broker.create_client("org-1", CallerKind::Service, "gate").await;
     let proxy = spawn_proxy_as(&broker, &up, "", Some(&svc)).await;
@@ -707,7 +730,7 @@ async fn a_bound_caller_goes_through_the_proxy_with_its_key_only() {
 #[tokio::test]
 async fn the_proxy_closes_a_silent_connection_at_its_first_request_deadline() {
     use tokio::io::AsyncReadExt;
-    let broker = spawn_app().await;
+    let broker = spawn_gated_app().await;
     let (up, _seen) = upstream::spawn(Duration::ZERO).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
