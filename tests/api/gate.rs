@@ -436,3 +436,39 @@ async fn a_cached_verification_ends_with_its_key_its_expiry_and_its_revocation()
     tokio::time::sleep(Duration::from_millis(300)).await;
     verifier.verify_access(&at, now).await.unwrap();
 }
+
+/// Design §18: the library gate refuses the bodies the proxy refuses, so a Rust core and the
+/// proxy decide alike: a query, a body that is not JSON, case-folded key collisions.
+#[tokio::test]
+async fn the_library_gate_refuses_what_the_proxy_refuses() {
+    let w = world().await;
+    let at = w.broker.access_token(&w.agent).await;
+    let url = format!("{}/workspaces/ws-1/secrets", w.core);
+    let good = json!({"key": "OPENAI_KEY", "value": "sk-1"});
+    let res = w.http.put(format!("{url}?key=EVIL")).bearer_auth(&at).json(&good).send().await.unwrap();
+    assert_error(res, 400, "invalid_request").await;
+    let res = w
+        .http
+        .put(&url)
+        .bearer_auth(&at)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(good.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "invalid_request").await;
+    let res = w
+        .http
+        .put(&url)
+        .bearer_auth(&at)
+        .header("content-type", "application/json")
+        .body(r#"{"key":"PUBLIC_NOTE","value":"v","KEY":"OPENAI_KEY"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "invalid_request").await;
+    assert!(w.pending().await.is_empty());
+    assert!(w.effects().await.is_empty());
+    // A gated verb with no body at all still asks.
+    assert_eq!(w.call("DELETE", "/workspaces/ws-1", &at, None, None).await.status(), 202);
+}

@@ -786,3 +786,146 @@ async fn the_proxy_closes_a_silent_connection_at_its_first_request_deadline() {
     assert_eq!(res.status(), 200);
     proxy.kill().await.unwrap();
 }
+
+/// Design §18: on a gated route, what is forwarded is only what the digest covers. Each way a
+/// request could carry more than the operator saw is refused, before any approval exists, and
+/// the upstream sees nothing.
+#[tokio::test]
+async fn a_gated_request_carries_nothing_the_approval_did_not_cover() {
+    let w = world().await;
+    let at = w.broker.access_token(&w.agent).await;
+    let url = format!("{}/workspaces/ws-1/secrets", w.proxy);
+    let good = json!({"key": "OPENAI_KEY", "value": "sk-1"});
+
+    // A query string: upstreams that merge it into the parameters would read another key.
+    let res = w.http.put(format!("{url}?key=EVIL&overwrite=all")).bearer_auth(&at).json(&good).send().await.unwrap();
+    let body = assert_error(res, 400, "invalid_request").await;
+    assert!(body["error_description"].as_str().unwrap().contains("query"), "{body}");
+    // The same body as a form, or with no Content-Type at all.
+    for ct in [Some("application/x-www-form-urlencoded"), Some("text/plain"), None] {
+        let mut req = w.http.put(&url).bearer_auth(&at).body(good.to_string());
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        assert_error(req.send().await.unwrap(), 400, "invalid_request").await;
+    }
+    // Keys that collide once case-folded (Go's encoding/json matches them, last wins), at the
+    // top and deeper, with the KELVIN SIGN too.
+    for collide in [
+        r#"{"key":"PUBLIC_NOTE","value":"v","KEY":"OPENAI_KEY"}"#,
+        "{\"key\":\"PUBLIC_NOTE\",\"value\":\"v\",\"\u{212a}ey\":\"OPENAI_KEY\"}",
+        r#"{"key":"K","value":"v","meta":{"a":1,"A":2}}"#,
+    ] {
+        let res = w
+            .http
+            .put(&url)
+            .bearer_auth(&at)
+            .header("content-type", "application/json")
+            .body(collide.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let body = assert_error(res, 400, "invalid_request").await;
+        assert!(body["error_description"].as_str().unwrap().contains("read as one"), "{collide}: {body}");
+    }
+    assert!(w.pending().await.is_empty(), "no approval was created for any of them");
+    assert!(w.seen.effects().is_empty());
+
+    // The plain request still asks for approval, and runs once approved.
+    let (cap, _) = w.approved_capability(&at, "PUT", "/workspaces/ws-1/secrets", good.clone()).await;
+    // The capability does not carry a query along either.
+    let res = w
+        .http
+        .put(format!("{url}?key=EVIL"))
+        .bearer_auth(&at)
+        .header("Tessera-Capability", &cap)
+        .json(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "invalid_request").await;
+    assert!(w.seen.effects().is_empty());
+    assert_eq!(w.call("PUT", "/workspaces/ws-1/secrets", &at, Some(good), Some(&cap)).await.status(), 200);
+    assert_eq!(
+        w.seen.effects(),
+        vec![json!({"action": "secret_write", "resource": "workspaces/ws-1/secrets/OPENAI_KEY"})]
+    );
+}
+
+/// Design §18: a gated body dripped byte by byte does not hold its connection past
+/// `request_timeout_secs`; it is answered 408 and nothing is forwarded.
+#[tokio::test]
+async fn a_dripped_gated_body_is_cut_off_at_the_request_time_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world_with(Duration::ZERO, "request_timeout_secs = 1").await;
+    let at = w.broker.access_token(&w.agent).await;
+    let addr = w.proxy.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /workspaces/ws-1/secrets HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {at}\r\n\
+         content-type: application/json\r\ncontent-length: 400\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    // Drip one byte every 100 ms, for at most 5 s; the proxy must answer well before.
+    for _ in 0..50 {
+        if s.write_all(b" ").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?} after {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!(w.seen.effects().is_empty());
+    assert!(w.pending().await.is_empty());
+}
+
+/// Design §18: identity headers spelled with `_` (which CGI and WSGI servers read as the real
+/// ones, joined with them) and method overrides never reach the upstream, on any route.
+#[tokio::test]
+async fn lookalike_identity_headers_and_method_overrides_are_dropped() {
+    let w = world().await;
+    let at = w.broker.access_token(&w.agent).await;
+    let res = w
+        .http
+        .get(format!("{}/workspaces/ws-1", w.proxy))
+        .bearer_auth(&at)
+        .header("Tessera_Subject", "tc_OPERATOR")
+        .header("Tessera_Caller_Kind", "operator")
+        .header("tessera_tenant", "org-2")
+        .header("Tessera_Approval_Id", "ap_x")
+        .header("X-HTTP-Method-Override", "DELETE")
+        .header("X-HTTP-Method", "DELETE")
+        .header("X_Method_Override", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let h = w.seen.last_headers();
+    for (name, _) in &h {
+        let dashed = name.as_str().replace('_', "-");
+        assert!(
+            !dashed.starts_with("tessera-")
+                || ["tessera-subject", "tessera-tenant", "tessera-caller-kind"].contains(&dashed.as_str())
+                    && !name.as_str().contains('_'),
+            "{name} reached the upstream"
+        );
+        assert!(!dashed.contains("method"), "{name} reached the upstream");
+    }
+    assert_eq!(h.get_all("tessera-caller-kind").iter().count(), 1);
+    assert_eq!(h["tessera-caller-kind"], "agent");
+    assert_eq!(h["tessera-subject"], w.agent.id.as_str());
+    assert_eq!(h["tessera-tenant"], "org-1");
+    assert!(h.get("tessera-approval-id").is_none());
+}
