@@ -128,6 +128,7 @@ fn bad_gateway(description: &str) -> Response {
 /// verifier's feed credentials), as in the library.
 pub fn app(config: GateConfig, gate: &Gate) -> Router {
     gate.set_body_timeout(config.request_timeout);
+    gate.set_resource(&config.audience);
     if !gate.set_public_url(&config.public_url) {
         tracing::warn!("the gate's public URL was already set; DPoP proofs must name that one");
     }

@@ -93,11 +93,26 @@ pub(crate) fn approval_json(row: &ApprovalRow, now: i64, capability: Option<Stri
     v
 }
 
-fn capability_for(state: &AppState, row: &ApprovalRow, now: i64) -> ApiResult<Option<String>> {
+/// The capability of an approved request, for `audience` when given (one of the configured
+/// audiences), else the broker's default one.
+fn capability_for_audience(
+    state: &AppState,
+    row: &ApprovalRow,
+    now: i64,
+    audience: Option<&str>,
+) -> ApiResult<Option<String>> {
     let signer = state.keys().signer();
     let cfg = state.config();
-    let issuing = Issuing { signer: &signer, issuer: &cfg.issuer, audience: &cfg.audience };
+    let issuing = Issuing { signer: &signer, issuer: &cfg.issuer, audience: audience.unwrap_or(&cfg.audience) };
     Ok(approvals::capability_token(row, issuing, now)?)
+}
+
+/// The audience of a token a `service` client named with `requester_token`: the resource
+/// server the requester meant, so its capability is for that same one (design §18).
+fn requester_audience(state: &AppState, requester: &Caller) -> Option<String> {
+    let configured = state.config().audiences();
+    let aud = &requester.claims.aud;
+    configured.into_iter().find(|a| aud.contains(a))
 }
 
 async fn create(
@@ -108,9 +123,13 @@ async fn create(
 ) -> ApiResult<Response> {
     let now = state.now();
     // Core acting for a bound caller names it (design §13); the approval is the caller's.
-    let caller = match req.requester_token.take() {
-        Some(token) => super::auth::requester_of(&state, &caller, &token, now).await?,
-        None => caller,
+    let (caller, audience) = match req.requester_token.take() {
+        Some(token) => {
+            let requester = super::auth::requester_of(&state, &caller, &token, now).await?;
+            let audience = requester_audience(&state, &requester);
+            (requester, audience)
+        }
+        None => (caller, None),
     };
     let bypass = match headers.get(BYPASS_HEADER) {
         None => None,
@@ -132,7 +151,7 @@ async fn create(
     .await?;
     state.metrics().approval(row.status);
     if row.bypass {
-        let capability = capability_for(&state, &row, now)?;
+        let capability = capability_for_audience(&state, &row, now, audience.as_deref())?;
         let mut body = approval_json(&row, now, capability);
         body["status"] = json!("approved");
         return Ok((StatusCode::CREATED, Json(body)).into_response());
@@ -200,15 +219,21 @@ async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let now = state.now();
-    let caller = match headers.get(REQUESTER_TOKEN_HEADER) {
-        None => caller,
+    let (caller, audience) = match headers.get(REQUESTER_TOKEN_HEADER) {
+        None => (caller, None),
         Some(v) => {
             let token = v.to_str().map_err(|_| ApiError::invalid_request("Tessera-Requester-Token must be a token"))?;
-            super::auth::requester_of(&state, &caller, token.trim(), now).await?
+            let requester = super::auth::requester_of(&state, &caller, token.trim(), now).await?;
+            let audience = requester_audience(&state, &requester);
+            (requester, audience)
         }
     };
     let row = approvals::read(state.store(), &caller.claims, &id, now).await?;
-    let capability = if row.requester == caller.claims.sub { capability_for(&state, &row, now)? } else { None };
+    let capability = if row.requester == caller.claims.sub {
+        capability_for_audience(&state, &row, now, audience.as_deref())?
+    } else {
+        None
+    };
     Ok(Json(approval_json(&row, now, capability)))
 }
 
@@ -261,8 +286,9 @@ async fn redeem(
     StrictJson(body): StrictJson<RedeemBody>,
 ) -> ApiResult<Json<Value>> {
     let now = state.now();
-    let cap =
-        super::auth::verify_capability(&state, &body.capability, now).await.map_err(approvals::refuse_capability)?;
+    let cap = super::auth::verify_capability_any_audience(&state, &body.capability, now)
+        .await
+        .map_err(approvals::refuse_capability)?;
     let cap = approvals::redeem(state.store(), &caller.claims, cap, now).await?;
     state.metrics().approval(crate::store::approvals::Status::Redeemed);
     Ok(Json(json!({

@@ -63,6 +63,32 @@ pub(super) async fn verify_access_any_audience(
     }
 }
 
+/// As [`verify_capability`], for a capability issued for any configured audience: redemption
+/// and introspection serve every resource server of this broker (design §18).
+pub(super) async fn verify_capability_any_audience(
+    state: &AppState,
+    token: &str,
+    now: i64,
+) -> Result<crate::token::CapabilityClaims, VerifyError> {
+    match verify_capability(state, token, now).await {
+        Err(VerifyError::Audience) => {
+            let main = state.verifier();
+            for audience in state.config().audiences() {
+                if audience == main.audience {
+                    continue;
+                }
+                let mut policy = main.clone();
+                policy.audience = audience;
+                if let Ok(claims) = policy.verify_capability(state.keys(), token, now) {
+                    return Ok(claims);
+                }
+            }
+            Err(VerifyError::Audience)
+        }
+        r => r,
+    }
+}
+
 /// Verifies a capability the same way, refreshing unknown keys once.
 pub(super) async fn verify_capability(
     state: &AppState,

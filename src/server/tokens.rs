@@ -10,7 +10,7 @@ use axum::routing::post;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::{Caller, StrictJson, verify_access_any_audience, verify_capability};
+use super::auth::{Caller, StrictJson, verify_access_any_audience, verify_capability, verify_capability_any_audience};
 use super::oauth::{authenticate, peer_of, presented_credentials, read_form};
 use super::{ApiError, ApiResult, AppState};
 use crate::audit::{self, AuditEvent};
@@ -78,7 +78,7 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
         }
         return Ok(no_store(v));
     }
-    if let Ok(c) = verify_capability(&state, token, now).await {
+    if let Ok(c) = verify_capability_any_audience(&state, token, now).await {
         let live = approval_rows::get(state.store(), &c.approval_id).await?.is_some_and(|a| {
             a.effective_status(now) == Status::Approved && a.cap_jti.as_deref() == Some(c.jti.as_str())
         });

@@ -60,17 +60,28 @@ pub fn fingerprint(secret: &str) -> Value {
 
 /// Checks parameters that claim to be presented already (as the broker receives them): a JSON
 /// object whose numbers obey §11, in which every `$secret` member is a well-formed fingerprint
-/// standing alone as a top-level member's value.
+/// standing alone as a top-level member's value — or, in an MCP tool call's parameters
+/// (`{"name": NAME, "arguments": {…}}`, design §18), as a top-level argument's value.
 pub fn check_presented(params: &Value) -> Result<(), PresentedError> {
     let Value::Object(map) = params else {
         return Err(PresentedError("params must be a JSON object".into()));
     };
     check_value_numbers(params).map_err(PresentedError)?;
+    let tool_call = map.len() == 2
+        && map.get("name").is_some_and(Value::is_string)
+        && map.get("arguments").is_some_and(Value::is_object);
+    if tool_call && let Some(Value::Object(args)) = map.get("arguments") {
+        return check_members(args, "arguments.");
+    }
+    check_members(map, "")
+}
+
+fn check_members(map: &Map<String, Value>, prefix: &str) -> Result<(), PresentedError> {
     for (name, value) in map {
         let inner = match value {
             Value::Object(m) if m.contains_key(SECRET_MARK) => m,
             other => {
-                if let Some(path) = find_mark(other, name) {
+                if let Some(path) = find_mark(other, &format!("{prefix}{name}")) {
                     return Err(PresentedError(format!(
                         "{SECRET_MARK} may only stand for a top-level member's value ({path})"
                     )));
@@ -89,7 +100,7 @@ pub fn check_presented(params: &Value) -> Result<(), PresentedError> {
             });
         if !well_formed {
             return Err(PresentedError(format!(
-                "{name}: a secret must be {{\"{SECRET_MARK}\": {{\"length\": N, \"sha256\": \"sha256:…\"}}}}"
+                "{prefix}{name}: a secret must be {{\"{SECRET_MARK}\": {{\"length\": N, \"sha256\": \"sha256:…\"}}}}"
             )));
         }
     }

@@ -135,6 +135,7 @@ struct GateInner {
     public_url: std::sync::OnceLock<String>,
     scopes_supported: std::sync::OnceLock<Vec<String>>,
     body_timeout: std::sync::OnceLock<std::time::Duration>,
+    resource: std::sync::OnceLock<String>,
     /// Act at the broker as the verifier's own service client for every caller (the proxy).
     act_as_service: std::sync::atomic::AtomicBool,
 }
@@ -179,6 +180,7 @@ impl Gate {
             public_url: std::sync::OnceLock::new(),
             scopes_supported: std::sync::OnceLock::new(),
             body_timeout: std::sync::OnceLock::new(),
+            resource: std::sync::OnceLock::new(),
             act_as_service: std::sync::atomic::AtomicBool::new(false),
         }))
     }
@@ -225,12 +227,19 @@ impl Gate {
         self.0.scopes_supported.set(scopes.iter().map(|s| (*s).to_owned()).collect()).is_ok()
     }
 
-    /// The protected-resource metadata (RFC 9728 §2): `resource` (the public URL, see
-    /// [`Gate::set_public_url`]), `authorization_servers` (the broker's issuer),
+    /// The resource identifier the metadata names (RFC 9728 §2), when it is not the public URL:
+    /// the audience the tokens carry, such as an MCP endpoint's URL. Set once; false if it was
+    /// already set.
+    pub fn set_resource(&self, resource: &str) -> bool {
+        self.0.resource.set(resource.to_owned()).is_ok()
+    }
+
+    /// The protected-resource metadata (RFC 9728 §2): `resource` (see [`Gate::set_resource`];
+    /// by default the public URL, see [`Gate::set_public_url`]), `authorization_servers` (the broker's issuer),
     /// `scopes_supported`, `bearer_methods_supported` and `dpop_signing_alg_values_supported`.
     pub fn resource_metadata(&self) -> Value {
         json!({
-            "resource": self.public_url(),
+            "resource": self.0.resource.get().cloned().unwrap_or_else(|| self.public_url()),
             "authorization_servers": [self.0.verifier.policy().issuer],
             "scopes_supported": self.0.scopes_supported.get().cloned().unwrap_or_default(),
             "bearer_methods_supported": ["header"],

@@ -13,6 +13,7 @@ mod federation;
 mod foundation;
 mod gate;
 mod helpers;
+mod mcp;
 mod operability;
 mod passkeys;
 mod promise;
