@@ -118,6 +118,7 @@ fn approval_result(id: &Value, tool: &str, status: &str, approval_id: &str, expi
     )
 }
 
+#[allow(clippy::result_large_err)] // a refusal is the answer itself
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Response> {
     match headers.get(name) {
         None => Ok(None),
@@ -150,7 +151,7 @@ pub(super) async fn handle(p: &Proxy, ep: usize, req: Request<Body>) -> Response
         Ok(Pass::Forward(redeemed)) => {
             let mut req = Request::from_parts(parts, Body::from(bytes));
             if let Some(cap) = redeemed {
-                req.extensions_mut().insert(Redeemed(cap));
+                req.extensions_mut().insert(Redeemed(*cap));
             }
             forward(p, req).await
         }
@@ -160,7 +161,7 @@ pub(super) async fn handle(p: &Proxy, ep: usize, req: Request<Body>) -> Response
 
 enum Pass {
     /// Forward the request (with the capability redeemed for it, on a gated call).
-    Forward(Option<crate::verify::CapabilityClaims>),
+    Forward(Option<Box<crate::verify::CapabilityClaims>>),
     /// Answer it here.
     Answer(Response),
 }
@@ -296,7 +297,7 @@ async fn gated_call(
         let cap =
             cap.to_str().map_err(|_| error(StatusCode::FORBIDDEN, "forbidden", "the capability does not verify"))?;
         let claims = p.gate.spend_capability(&acting, caller, cap.trim(), binding, now).await?;
-        return Ok(Pass::Forward(Some(claims)));
+        return Ok(Pass::Forward(Some(Box::new(claims))));
     }
 
     let key = CallKey {
@@ -336,7 +337,7 @@ async fn gated_call(
                     ));
                 };
                 let claims = p.gate.spend_capability(&acting, caller, cap, binding, now).await?;
-                return Ok(Pass::Forward(Some(claims)));
+                return Ok(Pass::Forward(Some(Box::new(claims))));
             }
             Some("denied") => {
                 p.pending.forget(&key);
@@ -363,7 +364,7 @@ async fn gated_call(
     match p.gate.create_approval(&acting, body, parts.headers.get(crate::verify::gate::BYPASS_HEADER)).await? {
         Created::Approved { capability } => {
             let claims = p.gate.spend_capability(&acting, caller, &capability, binding, now).await?;
-            Ok(Pass::Forward(Some(claims)))
+            Ok(Pass::Forward(Some(Box::new(claims))))
         }
         Created::Pending { approval_id, expires_at } => {
             let expires_unix = time::OffsetDateTime::parse(&expires_at, &time::format_description::well_known::Rfc3339)

@@ -432,6 +432,7 @@ fn not_json() -> Response {
 /// A gated body as the digest reads it, and as every upstream reads it alike (design §11, §18):
 /// one JSON object, no duplicate member at any depth, no two member names equal once
 /// case-folded, numbers exactly representable.
+#[allow(clippy::result_large_err)] // a refusal is the answer itself, built once per request
 pub(crate) fn parse_gated_body(bytes: &[u8]) -> Result<Value, Response> {
     crate::token::jcs::check_numbers(bytes).map_err(|e| {
         error(StatusCode::BAD_REQUEST, "invalid_request", format!("the body cannot be digested safely: {e}"))

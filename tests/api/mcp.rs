@@ -14,16 +14,19 @@ use tessera::verify::revocations::FeedCredentials;
 
 use crate::helpers::*;
 
+/// One tool call the upstream ran: its params, and the approval header it saw.
+type Call = (Value, Option<String>);
+
 /// A streamable-HTTP MCP server stand-in with no Tessera code: it answers the JSON-RPC methods
 /// an MCP client uses and records every tool call it executes, with the headers it saw.
 #[derive(Clone, Default)]
 struct Upstream {
-    calls: Arc<Mutex<Vec<(Value, Option<String>)>>>,
+    calls: Arc<Mutex<Vec<Call>>>,
     methods: Arc<Mutex<Vec<String>>>,
 }
 
 impl Upstream {
-    fn calls(&self) -> Vec<(Value, Option<String>)> {
+    fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
     }
     fn ran(&self, tool: &str) -> usize {
