@@ -378,7 +378,7 @@ fn schemas() -> Value {
                    "alg": {"const": "EdDSA"}, "use": {"const": "sig"}}),
         )}})),
         "ServerMetadata": object(&["issuer", "token_endpoint", "jwks_uri"], json!({
-            "issuer": string(), "token_endpoint": string(), "jwks_uri": string(),
+            "issuer": string(), "token_endpoint": string(), "authorization_endpoint": string(), "jwks_uri": string(),
             "grant_types_supported": {"type": "array", "items": string()},
             "scopes_supported": {"type": "array", "items": string()},
         })),
