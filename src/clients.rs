@@ -21,6 +21,8 @@ use crate::store::federation::FederatedIdentity;
 use crate::store::{Store, StoreError};
 use crate::token::b64;
 
+pub mod key;
+
 /// The prefix of every bootstrap secret.
 pub const SECRET_PREFIX: &str = "tessera_sk_";
 
@@ -103,7 +105,7 @@ pub async fn create(
     actor: &str,
     now: i64,
 ) -> Result<(ClientRecord, ClientSecret), ClientError> {
-    let (record, secret) = register(store, policy, new, &[], actor, now).await?;
+    let (record, secret) = register(store, policy, new, Authn::Secret, actor, now).await?;
     let secret =
         secret.ok_or_else(|| ClientError::Invalid("a client with a secret was registered without one".into()))?;
     Ok((record, secret))
@@ -130,17 +132,46 @@ pub async fn create_federated(
             ));
         }
     }
-    Ok(register(store, policy, new, identities, actor, now).await?.0)
+    Ok(register(store, policy, new, Authn::Federated(identities), actor, now).await?.0)
+}
+
+/// Registers a client with no secret that authenticates with an assertion signed by the
+/// private half of `jwk`, a public JWK (`private_key_jwt`, RFC 7523 §2.2; design §18).
+pub async fn create_with_key(
+    store: &Store,
+    policy: &Policy,
+    new: NewClient,
+    jwk: &str,
+    actor: &str,
+    now: i64,
+) -> Result<ClientRecord, ClientError> {
+    let key = key::parse_public_jwk(jwk).map_err(|e| ClientError::Invalid(format!("--jwk: {e}")))?;
+    Ok(register(store, policy, new, Authn::Key(&key), actor, now).await?.0)
+}
+
+/// How a new client will authenticate.
+enum Authn<'a> {
+    Secret,
+    Federated(&'a [FederatedIdentity]),
+    Key(&'a crate::store::client_keys::ClientKey),
 }
 
 async fn register(
     store: &Store,
     policy: &Policy,
     new: NewClient,
-    identities: &[FederatedIdentity],
+    authn: Authn<'_>,
     actor: &str,
     now: i64,
 ) -> Result<(ClientRecord, Option<ClientSecret>), ClientError> {
+    let identities = match authn {
+        Authn::Federated(ids) => ids,
+        _ => &[],
+    };
+    let key = match authn {
+        Authn::Key(k) => Some(k),
+        _ => None,
+    };
     let name = new.name.trim();
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         return Err(ClientError::Invalid("name must be 1 to 128 printable characters".into()));
@@ -180,7 +211,7 @@ async fn register(
     }
     let client_id = ClientId::parse(&format!("tc_{}", b64::encode(&random_bytes::<16>()?)))
         .map_err(|e| ClientError::Invalid(e.to_string()))?;
-    let secret = if identities.is_empty() { Some(new_secret()?) } else { None };
+    let secret = if matches!(authn, Authn::Secret) { Some(new_secret()?) } else { None };
     let record = ClientRecord {
         client_id,
         tenant: new.tenant,
@@ -194,22 +225,20 @@ async fn register(
         disabled: false,
         created_at: now,
     };
-    let event = AuditEvent::new(
-        "client.created",
-        actor,
-        record.tenant.as_str(),
-        record.client_id.as_str(),
-        json!({
+    let mut detail = json!({
             "kind": record.kind, "name": record.name, "workspace": record.workspace,
             "scope": record.scopes.to_string(),
             "allow_bypass": record.allow_bypass,
             "delegates": record.delegates,
             "require_dpop": record.require_dpop,
             "federated": identities,
-        }),
-    );
+    });
+    if let Some(k) = key {
+        detail["key"] = json!({"kid": k.kid, "alg": k.alg});
+    }
+    let event = AuditEvent::new("client.created", actor, record.tenant.as_str(), record.client_id.as_str(), detail);
     let mut tx = store.begin_write().await?;
-    // A federated client's stored hash is empty: no presented secret hashes to it.
+    // A federated or key client's stored hash is empty: no presented secret hashes to it.
     let stored = secret.as_ref().map(|s| hash_secret(s.expose())).unwrap_or_default();
     rows::insert(&mut tx, &record, &stored).await?;
     if let Err(e) = crate::store::federation::insert(&mut tx, record.client_id.as_str(), identities, now).await {
@@ -217,6 +246,9 @@ async fn register(
             return Err(ClientError::Invalid("one of these identities already names another client".into()));
         }
         return Err(e.into());
+    }
+    if let Some(k) = key {
+        crate::store::client_keys::insert(&mut tx, record.client_id.as_str(), k, now).await?;
     }
     audit::append(&mut tx, store.backend(), &[event], now).await?;
     tx.commit().await.map_err(StoreError::from)?;
@@ -234,6 +266,11 @@ pub async fn rotate_secret(
     if crate::store::federation::is_federated(store, client_id).await? {
         return Err(ClientError::Invalid(format!(
             "{client_id} is a federated client: it has no secret, an assertion of its identity authenticates it"
+        )));
+    }
+    if crate::store::client_keys::get(store, client_id).await?.is_some() {
+        return Err(ClientError::Invalid(format!(
+            "{client_id} authenticates by key (private_key_jwt): it has no secret; register a new client to change its key"
         )));
     }
     let secret = new_secret()?;

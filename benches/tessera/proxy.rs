@@ -50,6 +50,9 @@ async fn serve_ok<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(strea
 
 const C: usize = 16;
 
+/// The URL the bench's gates say clients reach them at, and so the audience of their tokens.
+const GATE_PUBLIC_URL: &str = "http://gate.bench.test";
+
 fn per_request_us(s: &load::Step) -> f64 {
     s.server_cpu * 1e6 / s.per_sec.max(1.0)
 }
@@ -108,7 +111,9 @@ Tcp(("127.0.0.1", port), OkTcp).serve_forever()
 async fn run(opts: &Opts, pin: &Pinning, dir: &Path) -> anyhow::Result<Value> {
     let url = format!("sqlite://{}/tessera.db", dir.display());
     let agent = procs::create_client(dir, &url, "agent", "proxy-agent")?;
-    let mut broker = procs::start_broker(pin, dir, &url, "broker-for-proxy", &[])?;
+    // Every gate below is reached, as far as its tokens say, at one public URL: the broker's
+    // default audience, so the agent's tokens are for the gates (design §18).
+    let mut broker = procs::start_broker(pin, dir, &url, "broker-for-proxy", &[("TESSERA_AUDIENCE", GATE_PUBLIC_URL)])?;
     broker.wait_ready("/readyz").await?;
     let minting = TokenTarget {
         addr: broker.addr,
@@ -188,7 +193,7 @@ async fn measure_upstream(
         std::fs::write(
             &config,
             format!(
-                "listen = \"{gate_addr}\"\n{upstream}\nbroker = \"http://{}\"\n\n\
+                "listen = \"{gate_addr}\"\npublic_url = \"{GATE_PUBLIC_URL}\"\n{upstream}\nbroker = \"http://{}\"\n\n\
                  [[route]]\nmethod = \"POST\"\npath = \"/ping\"\nscope = \"workspaces:read\"\n",
                 broker.addr
             ),

@@ -49,6 +49,10 @@ pub(super) enum ClientsCmd {
         /// client then has no secret.
         #[arg(long = "federated", value_name = "ISSUER=SUBJECT", value_parser = parse_identity)]
         federated: Vec<FederatedIdentity>,
+        /// A file holding a public JWK (Ed25519 or P-256): the client then has no secret and
+        /// authenticates with assertions signed by the private half (`private_key_jwt`).
+        #[arg(long = "jwk", value_name = "FILE", conflicts_with = "federated")]
+        jwk: Option<std::path::PathBuf>,
     },
     /// List clients.
     List,
@@ -96,6 +100,18 @@ fn parse_identity(s: &str) -> Result<FederatedIdentity, String> {
     }
 }
 
+/// The public JWK of `--jwk`: a small file, read whole.
+fn read_jwk_file(path: &std::path::Path) -> Result<String, Failure> {
+    let meta = std::fs::metadata(path).map_err(|e| Failure(format!("--jwk {}: {e}", path.display())))?;
+    if meta.len() > 16 * 1024 {
+        return Err(Failure(format!(
+            "--jwk {}: larger than 16 KiB; a public JWK is a few hundred bytes",
+            path.display()
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| Failure(format!("--jwk {}: {e}", path.display())))
+}
+
 pub(super) fn now() -> i64 {
     crate::server::Clock::default().now()
 }
@@ -125,6 +141,7 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
             delegates,
             require_dpop,
             federated,
+            jwk,
         } => {
             let new = NewClient { tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop };
             for id in &federated {
@@ -135,16 +152,22 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
                     )));
                 }
             }
-            let (c, secret) = if federated.is_empty() {
+            let (c, secret, key) = if let Some(path) = &jwk {
+                let text = read_jwk_file(path)?;
+                let c = clients::create_with_key(store, &config.policy, new, &text, "cli", now()).await?;
+                let key = crate::store::client_keys::get(store, c.client_id.as_str()).await?;
+                (c, None, key.map(|k| json!({"kid": k.kid, "alg": k.alg})))
+            } else if federated.is_empty() {
                 let (c, secret) = clients::create(store, &config.policy, new, "cli", now()).await?;
-                (c, Some(secret))
+                (c, Some(secret), None)
             } else {
-                (clients::create_federated(store, &config.policy, new, &federated, "cli", now()).await?, None)
+                (clients::create_federated(store, &config.policy, new, &federated, "cli", now()).await?, None, None)
             };
             print_json(&json!({
                 "client_id": c.client_id,
                 "client_secret": secret.as_ref().map(|s| s.expose()),
                 "federated": federated,
+                "key": key,
                 "tenant": c.tenant,
                 "kind": c.kind,
                 "name": c.name,
@@ -159,12 +182,15 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
             let list = client_rows::list(store).await?;
             let mut identities: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
             for (client, id) in crate::store::federation::list(store).await? {
-                identities.entry(client).or_default().push(format!("{}={}", id.issuer, id.subject));
+                identities.entry(client).or_default().push(format!("federated:{}={}", id.issuer, id.subject));
+            }
+            for (client, kid) in crate::store::client_keys::list(store).await? {
+                identities.entry(client).or_default().push(format!("key:{kid}"));
             }
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
-                "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {:<40} FEDERATED",
+                "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {:<40} AUTHENTICATES_BY",
                 "CLIENT_ID", "TENANT", "KIND", "STATUS", "NAME", "WORKSPACE", "SCOPE"
             )?;
             for c in list {
@@ -178,7 +204,7 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
                     c.name,
                     c.workspace.as_ref().map_or("-", |w| w.as_str()),
                     c.scopes.to_string(),
-                    identities.get(c.client_id.as_str()).map_or("-".to_owned(), |ids| ids.join(","))
+                    identities.get(c.client_id.as_str()).map_or("secret".to_owned(), |ids| ids.join(","))
                 )?;
             }
             Ok(())

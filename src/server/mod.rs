@@ -15,6 +15,7 @@ macro_rules! request_log {
 mod approvals;
 pub mod audit;
 pub mod auth;
+mod client_assertion;
 pub mod connection;
 mod console;
 pub mod dpop;

@@ -145,6 +145,21 @@ pub(super) async fn authenticate(
     Ok(Arc::unwrap_or_clone(authenticate_with(state, creds, peer, false).await?.0))
 }
 
+/// Authenticates the client of a form-encoded request by whichever one method it used: a
+/// secret (HTTP Basic or `client_secret_post`) or an assertion (`private_key_jwt`).
+pub(super) async fn authenticate_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &Form,
+    peer: Option<std::net::IpAddr>,
+) -> ApiResult<ClientRecord> {
+    if super::client_assertion::presented(form) {
+        return Box::pin(super::client_assertion::authenticate(state, headers, form, peer)).await;
+    }
+    let creds = presented_credentials(headers, form)?;
+    authenticate(state, &creds, peer).await
+}
+
 /// As [`authenticate`]; with `cached`, a client that authenticated before with the same
 /// secret is answered from memory, with the [`Precondition`] its token's audit record must
 /// pass at commit.
@@ -591,9 +606,17 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
     if grant_type == super::jwt_bearer::GRANT_JWT_BEARER {
         return Box::pin(super::jwt_bearer::grant(&state, &headers, &form, peer)).await;
     }
-    let creds = presented_credentials(&headers, &form)?;
     let client_credentials = grant_type == "client_credentials";
-    let (client, check) = authenticate_with(&state, &creds, peer, client_credentials).await?;
+    // A client authenticated by key is read from the database each time (its assertion is
+    // single use anyway); a secret may be answered from memory with a check at commit.
+    let (creds, (client, check)) = if super::client_assertion::presented(&form) {
+        let client = Box::pin(super::client_assertion::authenticate(&state, &headers, &form, peer)).await?;
+        (None, (Arc::new(client), None))
+    } else {
+        let creds = presented_credentials(&headers, &form)?;
+        let authenticated = authenticate_with(&state, &creds, peer, client_credentials).await?;
+        (Some(creds), authenticated)
+    };
     if let Some(limiter) = state.token_requests()
         && let Err(wait) = limiter.check(client.client_id.as_str())
     {
@@ -614,6 +637,9 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
             }
             // The client changed since it was cached (disabled, secret rotated): answer as
             // the database says now.
+            let Some(creds) = creds else {
+                return Err(ApiError::internal(&"a client check without a cached client"));
+            };
             state.client_cache().forget(&creds.client_id);
             let (client, _) = Box::pin(authenticate_with(&state, &creds, peer, false)).await?;
             let scopes = select_scopes(&state, &client, form.get("scope"))?;

@@ -17,7 +17,7 @@ use super::AppState;
 pub enum Auth {
     /// Nothing.
     None,
-    /// Client authentication (HTTP Basic or `client_secret_post`).
+    /// Client authentication (HTTP Basic, `client_secret_post` or `private_key_jwt`).
     Client,
     /// `Authorization: Bearer <access token>`.
     Bearer,
@@ -386,6 +386,7 @@ fn schemas() -> Value {
             "grant_type": {"type": "string", "enum": ["client_credentials", super::oauth::GRANT_EXCHANGE, super::jwt_bearer::GRANT_JWT_BEARER]},
             "assertion": string(),
             "scope": string(), "client_id": string(), "client_secret": string(),
+            "client_assertion_type": {"const": crate::clients::key::ASSERTION_TYPE}, "client_assertion": string(),
             "subject_token": string(), "subject_token_type": string(), "audience": string(),
             "resource": string(), "requested_token_type": string(),
         })),

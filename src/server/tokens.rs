@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{Caller, StrictJson, verify_access_any_audience, verify_capability, verify_capability_any_audience};
-use super::oauth::{authenticate, peer_of, presented_credentials, read_form};
+use super::oauth::{authenticate_request, peer_of, read_form};
 use super::{ApiError, ApiResult, AppState};
 use crate::audit::{self, AuditEvent};
 use crate::domain::CallerKind;
@@ -41,8 +41,7 @@ fn no_store(v: Value) -> Response {
 async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
     let peer = peer_of(&req);
     let (headers, form) = read_form(&state, req).await?;
-    let creds = presented_credentials(&headers, &form)?;
-    let client = authenticate(&state, &creds, peer).await?;
+    let client = authenticate_request(&state, &headers, &form, peer).await?;
     if !matches!(client.kind, CallerKind::Service | CallerKind::Operator) {
         return Err(ApiError::unauthorized_client("only service and operator clients may introspect"));
     }
@@ -120,8 +119,7 @@ async fn record(state: &AppState, r: Revocation, by: &str, now: i64) -> Result<(
 async fn revoke(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
     let peer = peer_of(&req);
     let (headers, form) = read_form(&state, req).await?;
-    let creds = presented_credentials(&headers, &form)?;
-    let client = authenticate(&state, &creds, peer).await?;
+    let client = authenticate_request(&state, &headers, &form, peer).await?;
     let Some(token) = form.get("token") else {
         return Err(ApiError::invalid_request("token is required"));
     };

@@ -53,7 +53,7 @@ async fn jwks(State(state): State<AppState>) -> Response {
 async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
     let iss = &state.config().issuer;
     let scopes: Vec<String> = state.config().policy.catalogue().iter().map(|s| s.to_string()).collect();
-    let auth_methods = ["client_secret_basic", "client_secret_post"];
+    let auth_methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"];
     let mut grants = vec!["client_credentials", super::oauth::GRANT_EXCHANGE];
     if !state.federation().is_empty() {
         grants.push(super::jwt_bearer::GRANT_JWT_BEARER);
@@ -69,7 +69,9 @@ async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
         "token_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
-        "token_endpoint_auth_signing_alg_values_supported": [],
+        "token_endpoint_auth_signing_alg_values_supported": crate::clients::key::KEY_ALGS,
+        "introspection_endpoint_auth_signing_alg_values_supported": crate::clients::key::KEY_ALGS,
+        "revocation_endpoint_auth_signing_alg_values_supported": crate::clients::key::KEY_ALGS,
         "response_types_supported": [],
         "scopes_supported": scopes,
         "dpop_signing_alg_values_supported": crate::verify::dpop::DPOP_ALGS,

@@ -2,6 +2,7 @@
 //! queries: `$n` placeholders, integer times and flags, text columns.
 
 pub mod approvals;
+pub mod client_keys;
 pub mod clients;
 pub mod console;
 pub mod federation;

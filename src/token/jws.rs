@@ -81,7 +81,7 @@ impl<'a> UnverifiedJws<'a> {
         }
         let header_bytes = b64::decode(h).map_err(|_| JwsError::Malformed("header is not canonical base64url"))?;
         let signature = b64::decode(s).map_err(|_| JwsError::Malformed("signature is not canonical base64url"))?;
-        let header = parse_header(&header_bytes, true)?;
+        let header = parse_header(&header_bytes, true, true)?;
         Ok(UnverifiedJws { header, signing_input: &token[..h.len() + 1 + p.len()], payload_b64: p, signature })
     }
 
@@ -96,7 +96,21 @@ impl<'a> UnverifiedJws<'a> {
         let mut jws = Self::parse_format(token)?;
         let h = token.split('.').next().unwrap_or("");
         let header_bytes = b64::decode(h).map_err(|_| JwsError::Malformed("header is not canonical base64url"))?;
-        jws.header = parse_header(&header_bytes, false)?;
+        jws.header = parse_header(&header_bytes, false, true)?;
+        Ok(jws)
+    }
+
+    /// Parses a client's own assertion (RFC 7523 §2.2): as [`UnverifiedJws::parse_untyped`],
+    /// except that `kid` may be absent too (a client has one registered key; `kid` is then
+    /// the empty string).
+    pub fn parse_client_assertion(token: &'a str) -> Result<Self, JwsError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(JwsError::TooLarge);
+        }
+        let mut jws = Self::parse_format(token)?;
+        let h = token.split('.').next().unwrap_or("");
+        let header_bytes = b64::decode(h).map_err(|_| JwsError::Malformed("header is not canonical base64url"))?;
+        jws.header = parse_header(&header_bytes, false, false)?;
         Ok(jws)
     }
 
@@ -168,7 +182,7 @@ pub const ALG_ES256: &str = "ES256";
 /// RSASSA-PKCS1-v1_5 with SHA-256 (RFC 7518 §3.3); accepted only on federated assertions.
 pub const ALG_RS256: &str = "RS256";
 
-fn parse_header(bytes: &[u8], typ_required: bool) -> Result<Header, JwsError> {
+fn parse_header(bytes: &[u8], typ_required: bool, kid_required: bool) -> Result<Header, JwsError> {
     let map = strict_json::parse_object(bytes).map_err(JwsError::Header)?;
     if let Some(m) = FORBIDDEN_HEADER_MEMBERS.iter().find(|m| map.contains_key(**m)) {
         return Err(JwsError::Header(format!("header member {m:?} is not accepted")));
@@ -184,8 +198,12 @@ fn parse_header(bytes: &[u8], typ_required: bool) -> Result<Header, JwsError> {
         (None, false) => String::new(),
         _ => get("typ")?,
     };
-    let header = Header { alg: get("alg")?, typ, kid: get("kid")? };
-    if !kid_is_plausible(&header.kid) {
+    let kid = match (map.get("kid"), kid_required) {
+        (None, false) => String::new(),
+        _ => get("kid")?,
+    };
+    let header = Header { alg: get("alg")?, typ, kid };
+    if !(header.kid.is_empty() && !kid_required) && !kid_is_plausible(&header.kid) {
         return Err(JwsError::Header("kid is not a plausible key id".to_owned()));
     }
     Ok(header)

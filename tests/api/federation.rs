@@ -508,3 +508,218 @@ async fn a_client_finds_the_broker_from_cores_401_alone() {
     let res = http.get(format!("{core}/workspaces/ws-1")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(res.status(), 200);
 }
+
+// Client authentication by key (RFC 7523 §2.2, private_key_jwt; design §18).
+
+const CLIENT_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Registers an agent client of tenant acme that authenticates with `key`, through the real
+/// command line with `--jwk FILE`; returns its id.
+async fn register_key_client(app: &TestApp, key: &IssuerKey, kind: &str) -> String {
+    let mut jwk = key.jwk();
+    jwk.as_object_mut().unwrap().remove("kid");
+    let path = app.dir.path().join(format!("{}.jwk", key.kid));
+    std::fs::write(&path, jwk.to_string()).unwrap();
+    let out = app
+        .cli(&[
+            "clients",
+            "create",
+            "--tenant",
+            "acme",
+            "--kind",
+            kind,
+            "--name",
+            "keyed",
+            "--jwk",
+            path.to_str().unwrap(),
+        ])
+        .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["client_secret"], Value::Null, "a key client has no secret");
+    assert_eq!(made["key"]["alg"], key.alg());
+    made["client_id"].as_str().unwrap().to_owned()
+}
+
+fn client_claims(app: &TestApp, client_id: &str, aud: &str, jti: &str) -> Value {
+    let now = app.state.now();
+    json!({ "iss": client_id, "sub": client_id, "aud": aud, "iat": now, "exp": now + 300, "jti": jti })
+}
+
+async fn keyed_request(app: &TestApp, assertion: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+    let mut form = vec![
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", CLIENT_ASSERTION),
+        ("client_assertion", assertion),
+    ];
+    form.extend_from_slice(extra);
+    app.token_request(&form, None).await
+}
+
+#[tokio::test]
+async fn a_client_registered_with_a_jwk_gets_tokens_by_key_with_eddsa_and_es256() {
+    let app = spawn_app_with(|_| {}).await;
+    let token_endpoint = app.url("/oauth/token");
+    for (key, n) in [(IssuerKey::ed25519("ed-client"), 0), (IssuerKey::es256("ec-client"), 1)] {
+        let id = register_key_client(&app, &key, "agent").await;
+        // aud: the issuer, or the token endpoint; no kid in the header (PyJWT sends none).
+        for (i, aud) in [app.base.clone(), token_endpoint.clone()].iter().enumerate() {
+            let header = json!({ "alg": key.alg(), "typ": "JWT" });
+            let a = key.sign_with_header(&header, &client_claims(&app, &id, aud, &format!("j-{n}-{i}")));
+            let res = keyed_request(&app, &a, &[("client_id", &id)]).await;
+            assert_eq!(res.status(), 200, "{} aud {aud}", key.alg());
+            let body: Value = res.json().await.unwrap();
+            let c = peek_claims(body["access_token"].as_str().unwrap());
+            assert_eq!((c["sub"].as_str(), c["caller_kind"].as_str()), (Some(id.as_str()), Some("agent")));
+        }
+        // A secret never authenticates it, not even the empty one its stored hash is not.
+        let res = app
+            .token_request(&[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", "")], None)
+            .await;
+        assert_error(res, 401, "invalid_client").await;
+        let out = app.cli(&["clients", "rotate-secret", &id]).await;
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("authenticates by key"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = app.cli(&["clients", "list"]).await;
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains("AUTHENTICATES_BY") && list.contains("key:"), "{list}");
+}
+
+#[tokio::test]
+async fn a_service_client_introspects_by_key() {
+    let app = spawn_app_with(|_| {}).await;
+    let key = IssuerKey::ed25519("svc");
+    let id = register_key_client(&app, &key, "service").await;
+    let agent = app.create_client("acme", CallerKind::Agent, "a").await;
+    let token = app.access_token(&agent).await;
+    let a = key.sign_with_header(&json!({"alg": "EdDSA"}), &client_claims(&app, &id, &app.base, "intro-1"));
+    let res = app
+        .http
+        .post(app.url("/oauth/introspect"))
+        .form(&[("token", token.as_str()), ("client_assertion_type", CLIENT_ASSERTION), ("client_assertion", &a)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["active"], true);
+}
+
+#[tokio::test]
+async fn a_client_assertion_that_is_replayed_forged_or_mixed_is_refused_and_issues_nothing() {
+    let app = spawn_app_with(|_| {}).await;
+    let key = IssuerKey::ed25519("mine");
+    let id = register_key_client(&app, &key, "agent").await;
+    let base = app.base.clone();
+    let header = json!({"alg": "EdDSA"});
+    let sign = |claims: &Value| key.sign_with_header(&header, claims);
+
+    let once = sign(&client_claims(&app, &id, &base, "once"));
+    assert_eq!(keyed_request(&app, &once, &[]).await.status(), 200);
+    let issued = count_issued(&app).await;
+
+    let refused_401 = [
+        ("a replay", once.clone()),
+        (
+            "another key's signature",
+            IssuerKey::ed25519("mine").sign_with_header(&header, &client_claims(&app, &id, &base, "forged")),
+        ),
+        (
+            "a kid not the registered key's",
+            key.sign_with_header(&json!({"alg": "EdDSA", "kid": "other"}), &client_claims(&app, &id, &base, "k")),
+        ),
+        ("aud another server", sign(&client_claims(&app, &id, "https://elsewhere.example", "aud"))),
+        (
+            "exp ten minutes ahead",
+            sign(&{
+                let mut c = client_claims(&app, &id, &base, "far");
+                c["exp"] = json!(app.state.now() + 600);
+                c
+            }),
+        ),
+        (
+            "expired",
+            sign(&{
+                let mut c = client_claims(&app, &id, &base, "old");
+                c["exp"] = json!(app.state.now() - 120);
+                c
+            }),
+        ),
+        (
+            "sub not the client",
+            sign(&{
+                let mut c = client_claims(&app, &id, &base, "sub");
+                c["sub"] = json!("tc_someone");
+                c
+            }),
+        ),
+        (
+            "no jti",
+            sign(&{
+                let mut c = client_claims(&app, &id, &base, "");
+                c.as_object_mut().unwrap().remove("jti");
+                c
+            }),
+        ),
+        ("not a JWS", "e30.e30".to_owned()),
+    ];
+    for (what, a) in &refused_401 {
+        let res = keyed_request(&app, a, &[]).await;
+        assert_eq!(res.status(), 401, "{what}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_client", "{what}");
+        assert!(!body.to_string().contains(a.as_str()), "{what}: the assertion is never echoed");
+    }
+    // A client with a secret, an unknown id, and a disabled key client: one answer.
+    let secret_client = app.create_client("acme", CallerKind::Agent, "s").await;
+    for (who, jti) in [(secret_client.id.as_str(), "s1"), ("tc_AAAAAAAAAAAAAAAAAAAAAA", "u1")] {
+        let a = sign(&client_claims(&app, who, &base, jti));
+        assert_error(keyed_request(&app, &a, &[]).await, 401, "invalid_client").await;
+    }
+    // Mixed methods and wrong shapes are 400 invalid_request.
+    let fresh = sign(&client_claims(&app, &id, &base, "fresh"));
+    let res = app
+        .token_request(
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", CLIENT_ASSERTION),
+                ("client_assertion", &fresh),
+            ],
+            Some(&secret_client),
+        )
+        .await;
+    assert_error(res, 400, "invalid_request").await;
+    assert_error(keyed_request(&app, &fresh, &[("client_secret", "x")]).await, 400, "invalid_request").await;
+    let res = app
+        .token_request(
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", "urn:other"),
+                ("client_assertion", &fresh),
+            ],
+            None,
+        )
+        .await;
+    assert_error(res, 400, "invalid_request").await;
+    let res = app
+        .token_request(&[("grant_type", "client_credentials"), ("client_assertion_type", CLIENT_ASSERTION)], None)
+        .await;
+    assert_error(res, 400, "invalid_request").await;
+    assert_error(keyed_request(&app, &fresh, &[("client_id", &secret_client.id)]).await, 401, "invalid_client").await;
+    assert_eq!(count_issued(&app).await, issued, "no refused assertion issued a token");
+
+    // Disabled: the next fresh assertion fails at once.
+    let out = app.cli(&["clients", "disable", &id]).await;
+    assert!(out.status.success());
+    let a = sign(&client_claims(&app, &id, &base, "after-disable"));
+    assert_error(keyed_request(&app, &a, &[]).await, 401, "invalid_client").await;
+}
+
+async fn count_issued(app: &TestApp) -> usize {
+    app.audit_events().await.iter().filter(|e| *e == "token.issued").count()
+}

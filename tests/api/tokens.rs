@@ -612,7 +612,14 @@ async fn metadata_lists_every_endpoint_grant_and_method() {
         "introspection_endpoint_auth_methods_supported",
         "revocation_endpoint_auth_methods_supported",
     ] {
-        assert_eq!(m[k], json!(["client_secret_basic", "client_secret_post"]), "{k}");
+        assert_eq!(m[k], json!(["client_secret_basic", "client_secret_post", "private_key_jwt"]), "{k}");
+    }
+    for k in [
+        "token_endpoint_auth_signing_alg_values_supported",
+        "introspection_endpoint_auth_signing_alg_values_supported",
+        "revocation_endpoint_auth_signing_alg_values_supported",
+    ] {
+        assert_eq!(m[k], json!(["EdDSA", "ES256"]), "{k}");
     }
 }
 
