@@ -120,6 +120,9 @@ fn bad_gateway(description: &str) -> Response {
     error(StatusCode::BAD_GATEWAY, "bad_gateway", description)
 }
 
+/// The scope the broker requires of a requester's token to create an approval.
+const APPROVALS_CREATE: &str = "approvals:create";
+
 /// Builds the proxy's router around `gate` (which carries the verifier, the broker and the
 /// clock).
 ///
@@ -201,6 +204,14 @@ pub fn app(config: GateConfig, gate: &Gate) -> Router {
                 .map(String::as_str),
         )
         .collect();
+    // A gated route or tool creates approvals in its caller's name, which the broker grants
+    // only to a token with approvals:create: a client that asks for the metadata's scopes
+    // (the MCP SDKs do) gets what it needs to be gated.
+    let gates_anything = config.routes.iter().any(|r| r.gated.is_some())
+        || config.mcp.iter().any(|m| m.tools.iter().any(|t| t.gated.is_some()));
+    if gates_anything {
+        scopes.push(APPROVALS_CREATE);
+    }
     scopes.sort_unstable();
     scopes.dedup();
     if !gate.set_scopes_supported(&scopes) {

@@ -370,7 +370,8 @@ async fn the_endpoint_is_discoverable_and_the_broker_reads_its_tokens() {
         let m: Value = w.http.get(format!("{base}{path}")).send().await.unwrap().json().await.unwrap();
         assert_eq!(m["resource"], w.mcp.as_str(), "{path}");
         assert_eq!(m["authorization_servers"], json!([w.broker.base]));
-        assert!(m["scopes_supported"].as_array().unwrap().contains(&json!("mcp:use")));
+        // approvals:create too: a client asking for the listed scopes can then be gated.
+        assert_eq!(m["scopes_supported"], json!(["approvals:create", "mcp:use"]), "{path}");
     }
     let meta: Value =
         w.http.get(w.broker.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();

@@ -479,7 +479,7 @@ async fn the_reference_cores_table_holds_behind_the_proxy() {
         .unwrap();
     assert_eq!(m["authorization_servers"], json!([w.broker.base]));
     assert_eq!(m["resource"], w.proxy);
-    assert_eq!(m["scopes_supported"], json!(["workspaces:read", "workspaces:write"]));
+    assert_eq!(m["scopes_supported"], json!(["approvals:create", "workspaces:read", "workspaces:write"]));
 }
 
 #[tokio::test]
