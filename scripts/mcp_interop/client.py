@@ -3,7 +3,11 @@
 private_key_jwt), discovers the broker from the gate's 401 and metadata, and checks that a
 gated tool runs only once approved, exactly once, with the arguments approved.
 
-Usage: client.py secret|key MCP_URL BROKER_URL CLIENT_ID SECRET_FILE|KEY_PEM OPERATOR_TOKEN_FILE UPSTREAM_LOG
+Usage: client.py secret|key|bearer MCP_URL BROKER_URL CLIENT_ID SECRET_FILE|KEY_PEM|TOKEN_FILE OPERATOR_TOKEN_FILE UPSTREAM_LOG
+
+`bearer` gives the SDK a ready access token in an `Authorization` header (no OAuth provider),
+and then also checks a denial, and sends what the gate must refuse as the SDK never would:
+a batch, a duplicated member, a mismatched `Mcp-Name`, a token without `mcp:use`.
 """
 
 import asyncio
@@ -22,6 +26,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 mode, mcp_url, broker, client_id, credential_file, operator_token_file, upstream_log = sys.argv[1:8]
+# bearer mode: a client id and secret that may mint tokens without mcp:use (the same agent).
+client_id_for_scope_check, secret_for_scope_check = (sys.argv[8:10] + ["", ""])[:2]
 
 
 class Memory(TokenStorage):
@@ -58,6 +64,8 @@ def check(cond, what):
 
 def auth():
     secret_or_key = open(credential_file, encoding="utf-8").read().strip()
+    if mode == "bearer":
+        return None
     if mode == "secret":
         return ClientCredentialsOAuthProvider(
             server_url=mcp_url, storage=Memory(), client_id=client_id, client_secret=secret_or_key, issuer=broker
@@ -91,7 +99,12 @@ async def main():
     operator = open(operator_token_file, encoding="utf-8").read().strip()
     async with httpx2.AsyncClient(timeout=20) as plain:
         before = {a["approval_id"] for a in await pending(plain, operator)}
-        async with httpx2.AsyncClient(auth=auth(), timeout=20, event_hooks={"response": [show_refusal]}) as http:
+        headers = {}
+        if mode == "bearer":
+            headers["authorization"] = "Bearer " + open(credential_file, encoding="utf-8").read().strip()
+        async with httpx2.AsyncClient(
+            auth=auth(), headers=headers, timeout=20, event_hooks={"response": [show_refusal]}
+        ) as http:
             async with streamable_http_client(mcp_url, http_client=http) as (read, write):
                 async with ClientSession(read, write) as s:
                     await s.initialize()
@@ -139,13 +152,62 @@ async def main():
                     check(len([c for c in ran("write_secret") if c["key"] == args["key"]]) == 1, "and did not run again")
                     check(all(c["key"] != "SOMETHING_ELSE" for c in ran("write_secret")), "the unapproved call never ran")
 
+                    if mode == "bearer":
+                        await denial(s, plain, operator)
                     try:
                         r = await s.call_tool("drop_database", {})
                         refused = r.is_error
                     except MCPError:
                         refused = True
                     check(refused, "an unlisted tool is refused")
+        if mode == "bearer":
+            await refusals(plain, headers["authorization"])
+    check(all(c.get("key") != "DENIED" for c in ran("write_secret")), "the denied call never ran")
+    check(ran("drop_database") == [], "the unlisted tool was never forwarded")
     print(f"mcp interop ({mode}): passed")
+
+
+async def denial(s, plain, operator):
+    args = {"workspace": "ws-2", "key": "DENIED", "value": "v"}
+    r = await s.call_tool("write_secret", args)
+    approval = (r.structured_content or {}).get("approval_id")
+    check(r.is_error and approval, "a second gated call is held")
+    d = await plain.post(f"{broker}/v1/approvals/{approval}/decision",
+                         headers={"authorization": f"Bearer {operator}"}, json={"decision": "deny"})
+    check(d.status_code == 200, "an operator denies it")
+    r = await s.call_tool("write_secret", args)
+    sc = r.structured_content or {}
+    check(r.is_error and sc.get("status") == "denied" and sc.get("approval_id") == approval,
+          "the next identical call is told it was denied")
+    r = await s.call_tool("write_secret", args)
+    sc = r.structured_content or {}
+    check(r.is_error and sc.get("status") == "pending" and sc.get("approval_id") != approval,
+          "and the one after asks anew")
+
+
+async def refusals(plain, authorization):
+    """What no SDK sends but an attacker can: each refused before anything is forwarded."""
+    h = {"authorization": authorization, "content-type": "application/json",
+         "accept": "application/json, text/event-stream"}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "read_workspace", "arguments": {"workspace": "ws-9"}}}
+    before = len(ran("read_workspace"))
+    r = await plain.post(mcp_url, headers=h, json=[call])
+    check(r.status_code == 400 and r.json().get("error") == "invalid_request", f"a batch is 400 ({r.status_code})")
+    dup = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_workspace","name":"write_secret","arguments":{"workspace":"ws-9"}}}'
+    r = await plain.post(mcp_url, headers=h, content=dup)
+    check(r.status_code == 400, f"a duplicated name is 400 ({r.status_code})")
+    r = await plain.post(mcp_url, headers=dict(h, **{"mcp-name": "write_secret"}), json=call)
+    check(r.status_code == 400, f"an Mcp-Name that disagrees with the body is 400 ({r.status_code})")
+    check(len(ran("read_workspace")) == before, "none of them reached the upstream")
+    t = await plain.post(f"{broker}/oauth/token", auth=(client_id_for_scope_check, secret_for_scope_check),
+                         data={"grant_type": "client_credentials", "scope": "workspaces:read", "resource": mcp_url})
+    check(t.status_code == 200, "a token without mcp:use is issued for the endpoint")
+    r = await plain.post(mcp_url, headers=dict(h, authorization="Bearer " + t.json()["access_token"]), json=call)
+    challenge = r.headers.get("www-authenticate", "")
+    check(r.status_code == 403 and 'error="insufficient_scope"' in challenge and 'scope="mcp:use"' in challenge,
+          f"a token lacking mcp:use is 403 insufficient_scope ({r.status_code} {challenge})")
+    check(len(ran("read_workspace")) == before, "and did not reach the upstream")
 
 
 def explain(e):
