@@ -203,7 +203,8 @@ fn parse_header(bytes: &[u8], typ_required: bool, kid_required: bool) -> Result<
         _ => get("kid")?,
     };
     let header = Header { alg: get("alg")?, typ, kid };
-    if !(header.kid.is_empty() && !kid_required) && !kid_is_plausible(&header.kid) {
+    let absent = header.kid.is_empty() && !kid_required;
+    if !absent && !kid_is_plausible(&header.kid) {
         return Err(JwsError::Header("kid is not a plausible key id".to_owned()));
     }
     Ok(header)
