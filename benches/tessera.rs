@@ -335,6 +335,7 @@ async fn dpop_mint(opts: &Opts, plain: &Arc<TokenTarget>, pid: u32, label: &str)
         auths: plain.auths.clone(),
         body: plain.body.clone(),
         proofs: Some(load::ProofPool::new(&key, &url, n, now)),
+        headers: vec![],
     });
     let base = load::step(plain, C, opts.warm, opts.measure, pid).await;
     let bound = load::step(&with_proofs, C, opts.warm, opts.measure, pid).await;
@@ -368,6 +369,7 @@ async fn approval_round_trips(
         auths: vec![basic(&c.0, &c.1)],
         body: Bytes::from_static(b"grant_type=client_credentials"),
         proofs: None,
+        headers: vec![],
     };
     let at = token_of(agent).one().await?;
     let ot = token_of(operator).one().await?;
@@ -468,6 +470,7 @@ async fn run_tessera(
         auths: clients.iter().map(|(id, secret)| basic(id, secret)).collect(),
         body: Bytes::from_static(b"grant_type=client_credentials"),
         proofs: None,
+        headers: vec![],
     });
     let checked = match target.one().await {
         Ok(t) => check_token(server.addr, &t).await.map_err(|e| format!("{e:#}")),
@@ -556,6 +559,7 @@ async fn run_peer(opts: &Opts, pin: &Pinning, dir: &Path) -> Value {
             b"grant_type=client_credentials&scope=approvals%3Acreate+workspaces%3Aread+workspaces%3Awrite",
         ),
         proofs: None,
+        headers: vec![],
     });
     let sample = match target.one().await {
         Ok(t) => t,

@@ -91,6 +91,8 @@ pub struct TokenTarget {
     /// DPoP proofs made ahead of time, each sent once (a proof is single use); `None`: no
     /// proofs.
     pub proofs: Option<ProofPool>,
+    /// More headers, sent after (and so replacing) the form's `Content-Type`.
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 /// Proofs for the token endpoint, made before the step so that signing them does not load
@@ -142,6 +144,7 @@ impl TokenTarget {
         if let Some(pool) = &self.proofs {
             h.push((http::HeaderName::from_static("dpop"), pool.take().unwrap_or(HeaderValue::from_static("spent"))));
         }
+        h.extend(self.headers.iter().cloned());
         h
     }
 }

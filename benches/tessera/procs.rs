@@ -160,6 +160,24 @@ impl Server {
     }
 
     /// Waits until `GET path` answers 200.
+    /// Waits until the server accepts connections (for servers with no plain `GET` that
+    /// answers 2xx, like a streamable-HTTP MCP server).
+    pub async fn wait_listening(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited ({status}) before it was ready:\n{}", self.name, self.log_tail());
+            }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not start listening:\n{}", self.name, self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn wait_ready(&mut self, path: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

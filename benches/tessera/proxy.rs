@@ -121,6 +121,7 @@ async fn run(opts: &Opts, pin: &Pinning, dir: &Path) -> anyhow::Result<Value> {
         auths: vec![basic(&agent.0, &agent.1)],
         body: Bytes::from_static(b"grant_type=client_credentials"),
         proofs: None,
+        headers: vec![],
     };
     let token = minting.one().await?;
     let bearer = HeaderValue::from_str(&format!("Bearer {token}"))?;
@@ -159,6 +160,13 @@ async fn run(opts: &Opts, pin: &Pinning, dir: &Path) -> anyhow::Result<Value> {
         };
         out[kind] = v;
     }
+    out["mcp"] = match measure_mcp(opts, pin, dir, &broker, &bearer).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("  gate proxy (MCP): {e:#}");
+            json!({"error": format!("{e:#}")})
+        }
+    };
     // The figure judged against the target: the recommended deployment (a Unix socket),
     // against the hyper upstream's own CPU per request when it serves the load generator
     // alone — the strictest of the three baselines.
@@ -211,7 +219,14 @@ async fn measure_upstream(
         gates.push((how, gate_addr, gate));
     }
     let target = |addr| {
-        Arc::new(TokenTarget { addr, path: "/ping", auths: vec![bearer.clone()], body: Bytes::new(), proofs: None })
+        Arc::new(TokenTarget {
+            addr,
+            path: "/ping",
+            auths: vec![bearer.clone()],
+            body: Bytes::new(),
+            proofs: None,
+            headers: vec![],
+        })
     };
     let alone = load::step(&target(up_addr), C, opts.warm, opts.measure, upstream.pid()).await?;
     let upstream_us = per_request_us(&alone);
@@ -255,4 +270,114 @@ async fn measure_upstream(
         });
     }
     Ok(out)
+}
+
+/// The MCP SDK the MCP step's upstream is written with (as scripts/mcp-interop pins it).
+const MCP_SDK: &str = "mcp==2.3.0";
+
+/// A venv with the official MCP Python SDK, made once under `target/` and reused.
+fn mcp_python() -> anyhow::Result<String> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-mcp-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join(format!(".{MCP_SDK}"));
+    if !ready.exists() {
+        let run = |program: &std::path::Path, args: &[&str]| -> anyhow::Result<()> {
+            let out = std::process::Command::new(program).args(args).output()?;
+            anyhow::ensure!(out.status.success(), "{}: {}", program.display(), String::from_utf8_lossy(&out.stderr));
+            Ok(())
+        };
+        run(std::path::Path::new("python3"), &["-m", "venv", &venv.to_string_lossy()])?;
+        run(&python, &["-m", "pip", "install", "-q", "--disable-pip-version-check", MCP_SDK])?;
+        std::fs::write(&ready, b"")?;
+    }
+    Ok(python.to_string_lossy().into_owned())
+}
+
+/// An MCP `tools/call` of an ungated tool: to a streamable-HTTP server written with the
+/// official MCP Python SDK (stateless, JSON answers), alone and through `tessera gate` with an
+/// `[[mcp]]` endpoint listing the tool, over loopback TCP (the SDK's server listens on TCP
+/// only). The ratio is the proxy's CPU per call over the server's own.
+async fn measure_mcp(
+    opts: &Opts,
+    pin: &Pinning,
+    dir: &Path,
+    broker: &procs::Server,
+    bearer: &HeaderValue,
+) -> anyhow::Result<Value> {
+    let python = mcp_python()?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mcp_interop/upstream.py");
+    let up_addr = procs::free_addr()?;
+    let port = up_addr.port().to_string();
+    let script = script.to_string_lossy().into_owned();
+    let mut upstream = procs::start_on_core0(pin, dir, "upstream-mcp", up_addr, &python, &[&script, &port, "-"])?;
+    upstream.wait_listening().await?;
+    let gate_addr = procs::free_addr()?;
+    let config = dir.join("gate-mcp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{gate_addr}\"\npublic_url = \"{GATE_PUBLIC_URL}\"\nupstream = \"http://{up_addr}\"\n\
+             broker = \"http://{}\"\n\n[[mcp]]\npath = \"/mcp\"\nscope = \"workspaces:read\"\n\n\
+             [[mcp.tool]]\nname = \"read_workspace\"\n",
+            broker.addr
+        ),
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let mut gate =
+        procs::start_on_core0(pin, dir, "gate-mcp", gate_addr, &procs::tessera_bin(), &["gate", "--config", &config])?;
+    gate.wait_ready("/.well-known/oauth-protected-resource").await?;
+    let call = Bytes::from_static(
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_workspace","arguments":{"workspace":"ws-1"}}}"#,
+    );
+    let target = |addr| {
+        Arc::new(TokenTarget {
+            addr,
+            path: "/mcp",
+            auths: vec![bearer.clone()],
+            body: call.clone(),
+            proofs: None,
+            headers: vec![
+                (http::header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (http::header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream")),
+            ],
+        })
+    };
+    // One call each way first: an answer that is not the tool's result fails the step.
+    for (what, addr) in [("upstream", up_addr), ("proxy", gate_addr)] {
+        let t = target(addr);
+        let mut conn = load::Conn::open(addr).await?;
+        let headers: Vec<_> =
+            std::iter::once((http::header::AUTHORIZATION, bearer.clone())).chain(t.headers.iter().cloned()).collect();
+        let (status, body) = conn.send(http::Method::POST, "/mcp", &headers, call.clone()).await?;
+        let text = String::from_utf8_lossy(&body);
+        anyhow::ensure!(status.is_success() && text.contains("workspace ws-1"), "{what}: {status}: {text}");
+    }
+    let total = opts.warm + opts.measure;
+    let alone = load::step(&target(up_addr), C, opts.warm, opts.measure, upstream.pid()).await?;
+    let upstream_us = per_request_us(&alone);
+    let upstream_cpu0 = procs::cpu_seconds(upstream.pid());
+    let proxied = load::step(&target(gate_addr), C, opts.warm, opts.measure, gate.pid()).await?;
+    let upstream_cpu1 = procs::cpu_seconds(upstream.pid());
+    let proxy_us = per_request_us(&proxied);
+    let upstream_while =
+        upstream_cpu0.zip(upstream_cpu1).map(|(a, b)| (b - a) * 1e6 / (proxied.per_sec * total.as_secs_f64()).max(1.0));
+    let ratio = proxy_us / upstream_us.max(0.001);
+    eprintln!(
+        "  gate proxy (MCP tools/call, Python SDK server) c={C}: server alone {:.0}/s ({upstream_us:.1} µs CPU each), \
+         through the proxy {:.0}/s ({proxy_us:.1} µs of proxy CPU each: {ratio:.3}× the server's alone; target ≤ 1.5), \
+         errors {} / {}",
+        alone.per_sec, proxied.per_sec, alone.errors, proxied.errors
+    );
+    Ok(json!({
+        "call": "tools/call read_workspace (ungated), stateless streamable HTTP, JSON answers",
+        "server": format!("official MCP Python SDK ({MCP_SDK})"),
+        "server_alone_per_sec": round(alone.per_sec, 0),
+        "server_cpu_us_per_call": round(upstream_us, 1),
+        "proxied_per_sec": round(proxied.per_sec, 0),
+        "proxy_cpu_us_per_call": round(proxy_us, 1),
+        "server_cpu_us_per_call_while_proxied": upstream_while.map(|u| round(u, 1)),
+        "proxy_over_server_cpu": round(ratio, 3),
+        "errors": alone.errors + proxied.errors,
+        "first_error": alone.first_error.or(proxied.first_error),
+    }))
 }

@@ -1,7 +1,7 @@
 """An MCP server written with the official MCP Python SDK and nothing of Tessera: two tools,
 and a log (one JSON line per call it executed) for the interop client to check what ran.
 
-Usage: upstream.py PORT LOG_FILE
+Usage: upstream.py PORT LOG_FILE   (LOG_FILE "-": record nothing, as the benchmark runs it)
 """
 
 import json
@@ -15,6 +15,8 @@ app = MCPServer("interop-upstream")
 
 
 def record(name: str, arguments: dict) -> None:
+    if log == "-":
+        return
     with open(log, "a", encoding="utf-8") as f:
         f.write(json.dumps({"name": name, "arguments": arguments}) + "\n")
 
