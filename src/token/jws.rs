@@ -89,28 +89,26 @@ impl<'a> UnverifiedJws<'a> {
     /// except that `typ` may be absent (it is then the empty string). Whoever calls this decides
     /// which `typ` values to accept.
     pub fn parse_untyped(token: &'a str) -> Result<Self, JwsError> {
-        // The same steps as `parse`, with the header's `typ` optional.
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(JwsError::TooLarge);
-        }
-        let mut jws = Self::parse_format(token)?;
-        let h = token.split('.').next().unwrap_or("");
-        let header_bytes = b64::decode(h).map_err(|_| JwsError::Malformed("header is not canonical base64url"))?;
-        jws.header = parse_header(&header_bytes, false, true)?;
-        Ok(jws)
+        Self::parse_foreign(token, true)
     }
 
     /// Parses a client's own assertion (RFC 7523 §2.2): as [`UnverifiedJws::parse_untyped`],
     /// except that `kid` may be absent too (a client has one registered key; `kid` is then
     /// the empty string).
     pub fn parse_client_assertion(token: &'a str) -> Result<Self, JwsError> {
+        Self::parse_foreign(token, false)
+    }
+
+    /// The same steps as `parse`, with the header's `typ` optional, and `kid` too unless
+    /// `kid_required`.
+    fn parse_foreign(token: &'a str, kid_required: bool) -> Result<Self, JwsError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(JwsError::TooLarge);
         }
         let mut jws = Self::parse_format(token)?;
         let h = token.split('.').next().unwrap_or("");
         let header_bytes = b64::decode(h).map_err(|_| JwsError::Malformed("header is not canonical base64url"))?;
-        jws.header = parse_header(&header_bytes, false, false)?;
+        jws.header = parse_header(&header_bytes, false, kid_required)?;
         Ok(jws)
     }
 
