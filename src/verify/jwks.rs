@@ -248,9 +248,19 @@ impl JwksClient {
             let age = max_age(res.headers())
                 .unwrap_or(self.options.default_max_age)
                 .clamp(self.options.min_max_age, self.options.max_max_age);
-            let bytes = res.bytes().await.map_err(|e| JwksError::Fetch(e.to_string()))?;
-            if bytes.len() > MAX_JWKS_BYTES {
-                return Err(JwksError::Document("document too large".into()));
+            // Read no further than the limit: a server that sends more (or never stops) costs
+            // at most MAX_JWKS_BYTES of memory, and its connection is dropped there.
+            let too_large = || JwksError::Document("document too large".into());
+            if res.content_length().is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
+                return Err(too_large());
+            }
+            let mut res = res;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = res.chunk().await.map_err(|e| JwksError::Fetch(e.to_string()))? {
+                if bytes.len() + chunk.len() > MAX_JWKS_BYTES {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(&chunk);
             }
             Ok((parse_jwks(&bytes)?, age))
         }

@@ -472,3 +472,54 @@ async fn the_library_gate_refuses_what_the_proxy_refuses() {
     // A gated verb with no body at all still asks.
     assert_eq!(w.call("DELETE", "/workspaces/ws-1", &at, None, None).await.status(), 202);
 }
+
+/// A key set's server that never stops sending: each connection gets a chunked body of up to
+/// `limit` bytes; the bytes it managed to write are counted.
+async fn endless_jwks(limit: usize, chunked: bool) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = written.clone();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else { return };
+        let mut req = [0u8; 4096];
+        let _ = s.read(&mut req).await;
+        let head = if chunked {
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+        } else {
+            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {limit}\r\n\r\n")
+        };
+        if s.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let block = vec![b' '; 16 * 1024];
+        let chunk = [format!("{:x}\r\n", block.len()).into_bytes(), block.clone(), b"\r\n".to_vec()].concat();
+        while count.load(std::sync::atomic::Ordering::Relaxed) < limit {
+            let piece = if chunked { &chunk } else { &block };
+            if s.write_all(piece).await.is_err() {
+                return;
+            }
+            count.fetch_add(block.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    (url, written)
+}
+
+/// A key set larger than the limit is refused having read no more than the limit (plus what
+/// the kernel buffered), whether its size is announced or it just keeps coming.
+#[tokio::test]
+async fn an_oversized_key_set_is_refused_without_being_read_whole() {
+    const SENT_AT_MOST: usize = 64 * 1024 * 1024;
+    for chunked in [true, false] {
+        let (url, written) = endless_jwks(SENT_AT_MOST, chunked).await;
+        let jwks = JwksClient::new(url, JwksOptions::default());
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(20), jwks.refresh()).await.expect("bounded").unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = written.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(sent < 16 * 1024 * 1024, "chunked {chunked}: the server wrote {sent} bytes before the client stopped");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
