@@ -7,9 +7,9 @@
 //! exactly; `aud` names that issuer's configured audience; `sub` and `jti` are non-empty
 //! strings; `exp` and `iat` are integers, `iat` not in the future, `exp` not past, and
 //! `exp - iat` at most one hour; `nbf`, if present, an integer not in the future; and it
-//! carries none of the claims that would speak for the registration (`caller_kind`, `tenant`,
-//! `workspace`, `scope`, `client_id`, `act`, `cnf`). Single use of `jti` is the caller's next
-//! step, in the database, after these checks.
+//! carries no `cnf` or `act`. Claims that would speak for the registration (`caller_kind`,
+//! `tenant`, `workspace`, `scope`, `client_id`) are ignored: the registration decides. Single
+//! use of `jti` is the caller's next step, in the database, after these checks.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,8 +30,11 @@ use crate::verify::{JwksClient, JwksOptions, KeyLookup, PublicKey};
 pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 3600;
 /// The signature algorithms accepted on assertions.
 pub const ASSERTION_ALGS: [&str; 3] = [crate::token::ALG_EDDSA, ALG_ES256, ALG_RS256];
-/// Claims an assertion must not carry: what they would say comes from the registration.
-const REGISTRATION_CLAIMS: [&str; 7] = ["caller_kind", "tenant", "workspace", "scope", "client_id", "act", "cnf"];
+/// Claims an assertion must not carry: they would change the answer if read (a key binding, an
+/// actor chain). Claims that name what the registration decides (`scope`, `tenant`,
+/// `caller_kind`, `workspace`, `client_id`: real IdPs' access tokens carry some of them) are
+/// ignored, never read.
+const REFUSED_CLAIMS: [&str; 2] = ["act", "cnf"];
 /// Least time between two re-reads of a JWKS file for an unknown `kid`.
 const FILE_RELOAD_COOLDOWN: Duration = Duration::from_secs(10);
 
@@ -140,9 +143,9 @@ impl Federation {
         }
         jws.verify_with(&key.alg, &key.raw).map_err(|_| refuse("the assertion's signature does not verify"))?;
 
-        if let Some(c) = REGISTRATION_CLAIMS.iter().find(|c| unverified.contains_key(**c)) {
+        if let Some(c) = REFUSED_CLAIMS.iter().find(|c| unverified.contains_key(**c)) {
             return Err(refuse(format!(
-                "the assertion carries {c}; kind, tenant, scopes and workspace come from the registration"
+                "the assertion carries {c}; a key binding or an actor chain is never taken from an assertion"
             )));
         }
         let claims: AssertionClaims = serde_json::from_value(Value::Object(unverified))

@@ -282,9 +282,8 @@ async fn every_bad_assertion_is_invalid_grant_and_changes_nothing() {
             "typ of an access token",
             ed.sign_with_header(&json!({"alg": "EdDSA", "kid": "ed-1", "typ": "at+jwt"}), &claims(&app, "bad")),
         ),
-        ("sets caller_kind", ed.sign(&with(&|c| c["caller_kind"] = json!("operator")))),
-        ("sets tenant", ed.sign(&with(&|c| c["tenant"] = json!("other-org")))),
-        ("sets scope", ed.sign(&with(&|c| c["scope"] = json!("approvals:decide")))),
+        ("carries cnf", ed.sign(&with(&|c| c["cnf"] = json!({"jkt": "someone-elses-key"})))),
+        ("carries act", ed.sign(&with(&|c| c["act"] = json!({"sub": "tc_other", "caller_kind": "operator"})))),
         ("not a JWS", "not.a.jws".to_owned()),
         ("empty", String::new()),
     ];
@@ -722,4 +721,39 @@ async fn a_client_assertion_that_is_replayed_forged_or_mixed_is_refused_and_issu
 
 async fn count_issued(app: &TestApp) -> usize {
     app.audit_events().await.iter().filter(|e| *e == "token.issued").count()
+}
+
+/// An access token from a real IdP, shaped as Keycloak issues them: `scope`, `azp`, a `typ`
+/// claim, realm roles, a `tenant` some IdPs add. None of it speaks for the registration: the
+/// token gets the registered kind, tenant and scopes, and those claims are ignored, not refused.
+#[tokio::test]
+async fn an_idp_access_token_with_scope_and_tenant_claims_gets_the_registrations_token() {
+    let ed = IssuerKey::ed25519("kc-1");
+    let issuer = Issuer::start(&[&ed]).await;
+    let app = spawn_trusting(&issuer, &[]).await;
+    let client_id = register(&app).await;
+    let mut c = claims(&app, "kc-jti-1");
+    for (k, v) in [
+        ("scope", json!("openid profile email approvals:decide")),
+        ("azp", json!("concierge")),
+        ("typ", json!("Bearer")),
+        ("realm_access", json!({"roles": ["offline_access", "admin"]})),
+        ("preferred_username", json!("service-account-concierge")),
+        ("tenant", json!("other-org")),
+        ("caller_kind", json!("operator")),
+        ("client_id", json!("someone-else")),
+        ("workspace", json!("ws-999")),
+    ] {
+        c[k] = v;
+    }
+    let res = bearer_grant(&app, &ed.sign(&c), &[]).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    let t = peek_claims(body["access_token"].as_str().unwrap());
+    assert_eq!(t["sub"], client_id);
+    assert_eq!(t["client_id"], client_id);
+    assert_eq!(t["caller_kind"], "agent");
+    assert_eq!(t["tenant"], "acme");
+    assert_eq!(t["workspace"], "ws-7");
+    assert_eq!(t["scope"], "workspaces:read");
 }
