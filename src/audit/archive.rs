@@ -73,7 +73,7 @@ pub async fn archive(
             if deleted > 0 { format!("; deleted {deleted} left behind") } else { String::new() }
         )));
     }
-    let records = write_file(store, &cp, from, out, batch).await?;
+    let records = write_file(store, &cp, anchor.as_ref(), out, batch).await?;
     // Check the file as `audit verify --archive` would, continuing from the anchor.
     let follows = anchor.as_ref().map(|a| (a.claims.seq, a.claims.hash.clone()));
     let file = std::io::BufReader::new(std::fs::File::open(out)?);
@@ -103,19 +103,26 @@ pub async fn archive(
     })
 }
 
+/// Writes the records after `anchor` (or from the genesis) up to `cp`: the anchor's
+/// checkpoint on the first line, then the records, then `cp` on the last line.
 async fn write_file(
     store: &Store,
     cp: &StoredCheckpoint,
-    from: i64,
+    anchor: Option<&StoredCheckpoint>,
     out: &Path,
     batch: i64,
 ) -> Result<i64, ArchiveError> {
+    let from = anchor.map_or(0, |a| a.claims.seq);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(out)
         .map_err(|e| ArchiveError::Refused(format!("cannot create {}: {e}", out.display())))?;
     let mut w = std::io::BufWriter::new(file);
+    if let Some(a) = anchor {
+        serde_json::to_writer(&mut w, &super::verify::opening_line(&a.token)).map_err(std::io::Error::other)?;
+        w.write_all(b"\n")?;
+    }
     let mut after = from;
     let mut records = 0;
     loop {

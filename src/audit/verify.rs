@@ -42,6 +42,8 @@ pub enum Origin {
     Archive,
     /// The anchor an archive left the chain with.
     Anchor,
+    /// The first line of an archive file: the checkpoint its records follow.
+    Opening,
 }
 
 impl std::fmt::Display for Origin {
@@ -51,6 +53,7 @@ impl std::fmt::Display for Origin {
             Origin::Witness => "witness checkpoint",
             Origin::Archive => "archive's checkpoint",
             Origin::Anchor => "anchor checkpoint",
+            Origin::Opening => "archive's opening checkpoint",
         })
     }
 }
@@ -95,8 +98,7 @@ pub trait Check: Send {
 /// hash its content's.
 #[derive(Debug)]
 pub struct ChainCheck {
-    /// The seq and hash the next record must follow; `None` to take the first record's
-    /// `prev_hash` as given (an archive file on its own).
+    /// The seq and hash the next record must follow.
     prev: Option<(i64, String)>,
 }
 
@@ -104,10 +106,6 @@ impl ChainCheck {
     /// A chain continuing from `seq` and `hash` (0 and [`GENESIS`] for a whole chain).
     pub fn from(seq: i64, hash: &str) -> Self {
         ChainCheck { prev: Some((seq, hash.to_owned())) }
-    }
-    /// A chain continuing from wherever its first record says.
-    pub fn from_first() -> Self {
-        ChainCheck { prev: None }
     }
 }
 
@@ -203,6 +201,9 @@ pub enum ChainReport {
         last: i64,
         /// Checkpoints checked (stored, witnesses, an archive's, the anchor).
         checkpoints: i64,
+        /// What the first record rests on, when it is not the chain's genesis: the checkpoint
+        /// that proves the anchor, or the one an archive names on its first line.
+        rests_on: Option<String>,
     },
     /// The first problem found.
     Broken {
@@ -222,6 +223,7 @@ impl From<Problem> for ChainReport {
 /// Feeds the checks and counts.
 struct Run {
     checks: Vec<Box<dyn Check>>,
+    rests_on: Option<String>,
     records: i64,
     first: i64,
     last: i64,
@@ -230,7 +232,7 @@ struct Run {
 
 impl Run {
     fn new(checks: Vec<Box<dyn Check>>) -> Self {
-        Run { checks, records: 0, first: 0, last: 0, checkpoints: 0 }
+        Run { checks, rests_on: None, records: 0, first: 0, last: 0, checkpoints: 0 }
     }
     fn record(&mut self, r: &AuditRecord) -> Result<(), Problem> {
         for c in &mut self.checks {
@@ -256,7 +258,13 @@ impl Run {
                 return p.into();
             }
         }
-        ChainReport::Intact { records: self.records, first: self.first, last: self.last, checkpoints: self.checkpoints }
+        ChainReport::Intact {
+            records: self.records,
+            first: self.first,
+            last: self.last,
+            checkpoints: self.checkpoints,
+            rests_on: self.rests_on,
+        }
     }
 }
 
@@ -288,12 +296,75 @@ pub fn witnesses(tokens: &[String], keys: &dyn CheckpointKeys) -> Result<Vec<Che
     Ok(out)
 }
 
+/// What proves the anchor `cp`, or why nothing does. A witness proves it when at or above it:
+/// the chain then continues from the anchor's hash to the record the witness signed (the
+/// run checks that link); archives prove it when they end at it.
+fn anchor_proof(cp: &Checkpoint, witnesses: &[Checkpoint], archives: Option<&ArchiveSpan>) -> Result<String, Problem> {
+    let a = &cp.claims;
+    let covered_from = archives.map_or(i64::MAX, |s| s.first);
+    if let Some(w) = witnesses.iter().find(|w| w.claims.seq < a.seq && w.claims.seq < covered_from) {
+        let hold = if archives.is_some() { "the archives given start later" } else { "no archive was given" };
+        return Err(Problem::at(
+            w.claims.seq,
+            format!(
+                "{} is below the chain's start, {}, and {hold}: records up to {} are gone from the database; \
+                 give the archive files that hold them (--archive FILE, in order)",
+                w.name(),
+                cp.name(),
+                a.seq
+            ),
+        ));
+    }
+    if let Some(s) = archives {
+        if s.last == a.seq && s.hash == a.hash {
+            return Ok(format!("{}, proven by {}, which ends at it", cp.name(), s.name));
+        }
+        return Err(Problem::at(
+            a.seq,
+            format!("{} ends at record {}, not at the chain's start, {}", s.name, s.last, cp.name()),
+        ));
+    }
+    match witnesses.iter().find(|w| w.claims.seq >= a.seq) {
+        Some(w) => Ok(format!("{}, proven by {}", cp.name(), w.name())),
+        None => Err(Problem::at(
+            a.seq,
+            format!(
+                "the chain starts at {}, and nothing given proves it: records up to {} were archived, or \
+                 deleted; give the archive that ends at it (--archive FILE) or a witness checkpoint at or \
+                 above it (--checkpoint TOKEN)",
+                cp.name(),
+                a.seq
+            ),
+        )),
+    }
+}
+
+/// What archive files given beside the database hold: the records `first..=last`, the last
+/// with `hash`, having verified on their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveSpan {
+    /// The first record's seq.
+    pub first: i64,
+    /// The last record's seq.
+    pub last: i64,
+    /// The last record's hash.
+    pub hash: String,
+    /// The files, to name them.
+    pub name: String,
+}
+
 /// Verifies the chain in the database from its start (or its anchor), every stored
 /// checkpoint and the `witnesses` against it, then the `extra` checks.
+///
+/// A chain that starts at an anchor (records archived) verifies only when the anchor is
+/// proven: by `archives` ending at it, or by a witness checkpoint at or above it. Anyone who
+/// can write the database can make any stored checkpoint the anchor and delete the records
+/// below it; a witness below the anchor that no archive covers is then named with the anchor.
 pub async fn verify_store(
     store: &Store,
     keys: &dyn CheckpointKeys,
     witnesses: Vec<Checkpoint>,
+    archives: Option<ArchiveSpan>,
     extra: Vec<Box<dyn Check>>,
 ) -> Result<ChainReport, StoreError> {
     let anchor = checkpoint::anchor(store).await?;
@@ -306,13 +377,16 @@ pub async fn verify_store(
     checks.extend(extra);
     let mut run = Run::new(checks);
     if let Some(a) = &anchor {
-        match stored(a, keys, Origin::Anchor) {
-            Ok(cp) => {
-                if let Err(p) = run.checkpoint(&cp) {
-                    return Ok(p.into());
-                }
-            }
+        let cp = match stored(a, keys, Origin::Anchor) {
+            Ok(cp) => cp,
             Err(p) => return Ok(p.into()),
+        };
+        match anchor_proof(&cp, &witnesses, archives.as_ref()) {
+            Ok(proof) => run.rests_on = Some(proof),
+            Err(p) => return Ok(p.into()),
+        }
+        if let Err(p) = run.checkpoint(&cp) {
+            return Ok(p.into());
         }
     }
     let mut witnesses = witnesses.into_iter().peekable();
@@ -374,17 +448,32 @@ pub async fn verify_store(
     Ok(run.finish())
 }
 
-/// One line of an archive file that is not a record: the closing checkpoint.
+/// The last line of an archive file: the checkpoint of its last record.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClosingLine {
     checkpoint: String,
 }
 
+/// The first line of an archive file that does not start at the chain's genesis: the
+/// checkpoint its first record follows (the anchor the chain had when it was written).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpeningLine {
+    after_checkpoint: String,
+}
+
+/// The opening line `audit archive` writes before records that follow `token`.
+pub fn opening_line(token: &str) -> serde_json::Value {
+    serde_json::json!({ "after_checkpoint": token })
+}
+
 /// Verifies an archive file on its own (design §16): JSON lines of records, then
 /// `{"checkpoint": TOKEN}`, whose signature must verify and which must name the last record.
-/// The first record's `prev_hash` is taken as given; `follows` (seq, hash), when known, is
-/// the record it must continue from. `witnesses` falling within the file are checked too.
+/// The file starts at the chain's genesis (record 1), or names on its first line the
+/// checkpoint its first record follows, `{"after_checkpoint": TOKEN}`: a file whose first
+/// records were cut is detected. `follows` (seq, hash), when known (the end of the file
+/// before it), is where it must start. `witnesses` falling within the file are checked too.
 pub fn verify_archive(
     reader: impl BufRead,
     keys: &dyn CheckpointKeys,
@@ -392,18 +481,52 @@ pub fn verify_archive(
     witnesses: Vec<Checkpoint>,
     extra: Vec<Box<dyn Check>>,
 ) -> std::io::Result<ChainReport> {
-    let mut checks: Vec<Box<dyn Check>> = vec![
-        Box::new(match &follows {
-            Some((s, h)) => ChainCheck::from(*s, h),
-            None => ChainCheck::from_first(),
-        }),
-        Box::new(CheckpointCheck::new(follows.clone())),
-    ];
+    let mut lines = reader.lines().enumerate().peekable();
+    // Where the records start: an opening checkpoint, the file before, or the genesis.
+    let mut opening: Option<Checkpoint> = None;
+    if let Some((_, Ok(first))) = lines.peek()
+        && let Ok(o) = serde_json::from_str::<OpeningLine>(first)
+    {
+        let claims = match checkpoint::verify_token(&o.after_checkpoint, keys) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(
+                    Problem::at(0, format!("line 1: the archive's opening checkpoint does not verify: {e}")).into()
+                );
+            }
+        };
+        if let Some((seq, hash)) = &follows
+            && (claims.seq != *seq || claims.hash != *hash)
+        {
+            return Ok(Problem::at(
+                seq + 1,
+                format!("line 1: the archive follows the checkpoint of seq {}, not record {seq} where the file before it ends", claims.seq),
+            )
+            .into());
+        }
+        opening = Some(Checkpoint { claims, origin: Origin::Opening });
+        lines.next();
+    }
+    let start = match (&opening, follows) {
+        (Some(o), _) => (o.claims.seq, o.claims.hash.clone()),
+        (None, Some(f)) => f,
+        (None, None) => (0, GENESIS.to_owned()),
+    };
+    let from_genesis = start.0 == 0;
+    let mut checks: Vec<Box<dyn Check>> =
+        vec![Box::new(ChainCheck::from(start.0, &start.1)), Box::new(CheckpointCheck::new(Some(start.clone())))];
     checks.extend(extra);
     let mut run = Run::new(checks);
-    let mut witnesses = witnesses.into_iter().peekable();
+    if let Some(o) = &opening {
+        run.rests_on = Some(o.name());
+        if let Err(p) = run.checkpoint(o) {
+            return Ok(p.into());
+        }
+    }
+    // Below the file's start, a witness belongs to an earlier file.
+    let mut witnesses = witnesses.into_iter().filter(|w| w.claims.seq >= start.0).peekable();
     let mut closing: Option<Checkpoint> = None;
-    for (n, line) in reader.lines().enumerate() {
+    for (n, line) in lines {
         let line = line?;
         let at = |reason: String| Problem::at(run.last + 1, format!("line {}: {reason}", n + 1));
         if closing.is_some() {
@@ -420,11 +543,20 @@ pub fn verify_archive(
             Ok(r) => r,
             Err(e) => return Ok(at(format!("not a record: {e}")).into()),
         };
+        if run.records == 0 && from_genesis && (r.seq != 1 || r.prev_hash != GENESIS) {
+            return Ok(Problem::at(
+                1,
+                format!(
+                    "line {}: the archive starts at record {}, neither at the chain's genesis nor after a \
+                     checkpoint named on its first line: its first records were cut",
+                    n + 1,
+                    r.seq
+                ),
+            )
+            .into());
+        }
         while let Some(w) = witnesses.next_if(|w| w.claims.seq < r.seq) {
-            // Below the file's first record, a witness belongs to an earlier file.
-            if run.records > 0
-                && let Err(p) = run.checkpoint(&w)
-            {
+            if let Err(p) = run.checkpoint(&w) {
                 return Ok(p.into());
             }
         }

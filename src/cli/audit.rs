@@ -23,14 +23,15 @@ pub(super) enum AuditCmd {
         /// (repeatable).
         #[arg(long = "checkpoint", value_name = "TOKEN")]
         checkpoints: Vec<String>,
-        /// Check archive files instead of the database, each on its own unless several are
-        /// given in order, which must then continue one another (repeatable).
+        /// Check archive files, each on its own unless several are given in order, which must
+        /// then continue one another; when the last ends at the chain's anchor, the database
+        /// is checked on from it (repeatable).
         #[arg(long = "archive", value_name = "FILE")]
         archives: Vec<PathBuf>,
-        /// Public keys to check checkpoints with (a saved JWKS document); default: every key
-        /// registered in the database.
-        #[arg(long, value_name = "FILE")]
-        jwks: Option<PathBuf>,
+        /// Public keys to check checkpoints with: a saved JWKS document or its URL
+        /// (repeatable); default: the public halves of the keys folder's keys.
+        #[arg(long, value_name = "FILE|URL")]
+        jwks: Vec<String>,
     },
     /// Write the records as JSON lines on stdout.
     Export {
@@ -56,6 +57,10 @@ pub(super) enum AuditCmd {
         /// Records per transaction when reading and deleting.
         #[arg(long, value_name = "N", default_value_t = archive::DEFAULT_BATCH)]
         batch: i64,
+        /// Public keys to check checkpoints with: a saved JWKS document or its URL
+        /// (repeatable); default: the public halves of the keys folder's keys.
+        #[arg(long, value_name = "FILE|URL")]
+        jwks: Vec<String>,
     },
 }
 
@@ -69,42 +74,58 @@ pub(super) async fn run(config: &Config, cmd: AuditCmd) -> Result<(), Failure> {
 async fn run_on(config: &Config, store: &Store, cmd: AuditCmd) -> Result<(), Failure> {
     match cmd {
         AuditCmd::Verify { checkpoints, archives, jwks } => {
-            let keys = match jwks {
-                Some(path) => keys_from_jwks(&path)?,
-                None => keys_from_store(store).await?,
-            };
+            let (keys, source) = checkpoint_keys(config, &jwks).await?;
+            println!("checkpoint keys: {source}");
             let witnesses = verify::witnesses(&checkpoints, &keys).map_err(|p| Failure(p.reason))?;
-            if archives.is_empty() {
-                let report = verify::verify_store(store, &keys, witnesses, Vec::new()).await?;
-                report_chain("audit chain", report)?;
-                // Every passkey decision, checked again against its stored key (design §15).
-                let passkeys = crate::passkeys::verify_decisions(store, &config.passkey_rp_id)
-                    .await
-                    .map_err(|e| Failure(format!("passkey decisions: {e}")))?;
-                println!("passkey decisions verified: {passkeys}");
-                Ok(())
-            } else {
-                verify_archives(&archives, &keys, witnesses)
+            let span = if archives.is_empty() { None } else { Some(verify_archives(&archives, &keys, &witnesses)?) };
+            let anchor = checkpoint::anchor(store).await?;
+            if let Some(span) = &span {
+                // The archives alone, unless they end where the database's chain starts.
+                let joins = anchor.as_ref().is_some_and(|a| a.claims.seq == span.last && a.claims.hash == span.hash);
+                if !joins {
+                    println!(
+                        "database not checked: the archives end at record {}, {}",
+                        span.last,
+                        match &anchor {
+                            Some(a) => format!("and the database's chain starts after record {}", a.claims.seq),
+                            None => "and the database's chain starts at its genesis".into(),
+                        }
+                    );
+                    return Ok(());
+                }
             }
+            let report = verify::verify_store(store, &keys, witnesses, span, Vec::new()).await?;
+            report_chain("audit chain", report)?;
+            // Every passkey decision, checked again against its stored key (design §15).
+            let passkeys = crate::passkeys::verify_decisions(store, &config.passkey_rp_id)
+                .await
+                .map_err(|e| Failure(format!("passkey decisions: {e}")))?;
+            println!("passkey decisions verified: {passkeys}");
+            Ok(())
         }
         AuditCmd::Export { after, follow, poll_ms } => export(store, after, follow, poll_ms).await,
-        AuditCmd::Archive { before, out, batch } => {
-            let keys = keys_from_store(store).await?;
+        AuditCmd::Archive { before, out, batch, jwks } => {
+            let (keys, source) = checkpoint_keys(config, &jwks).await?;
             let done =
                 archive::archive(store, &keys, before, &out, batch, Duration::from_millis(20), super::admin::now())
                     .await?;
-            print_json(&serde_json::to_value(&done)?)
+            let mut out = serde_json::to_value(&done)?;
+            out["checkpoint_keys"] = source.into();
+            print_json(&out)
         }
     }
 }
 
 fn report_chain(what: &str, report: ChainReport) -> Result<(), Failure> {
     match report {
-        ChainReport::Intact { records, first, last, checkpoints } => {
+        ChainReport::Intact { records, first, last, checkpoints, rests_on } => {
             if records == 0 {
                 println!("{what} intact: 0 records, {checkpoints} checkpoints");
             } else {
                 println!("{what} intact: {records} records ({first} to {last}), {checkpoints} checkpoints");
+            }
+            if let Some(r) = rests_on {
+                println!("{what} starts after {r}");
             }
             Ok(())
         }
@@ -112,29 +133,35 @@ fn report_chain(what: &str, report: ChainReport) -> Result<(), Failure> {
     }
 }
 
+/// Verifies archive files in order, each continuing the one before; what they hold.
 fn verify_archives(
     files: &[PathBuf],
     keys: &HashMap<String, Vec<u8>>,
-    witnesses: Vec<Checkpoint>,
-) -> Result<(), Failure> {
-    // Several files in order must continue one another: each from the one before's end.
+    witnesses: &[Checkpoint],
+) -> Result<verify::ArchiveSpan, Failure> {
     let mut follows: Option<(i64, String)> = None;
+    let mut first = None;
     for path in files {
         let file = std::fs::File::open(path).map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))?;
         let report = verify::verify_archive(
             std::io::BufReader::new(file),
             keys,
             follows.clone(),
-            witnesses.clone(),
+            witnesses.to_vec(),
             Vec::new(),
         )?;
-        if let ChainReport::Intact { last, .. } = &report {
-            let closing = last_record_hash(path)?;
-            follows = Some((*last, closing));
+        if let ChainReport::Intact { first: f, last, .. } = &report {
+            first.get_or_insert(*f);
+            follows = Some((*last, last_record_hash(path)?));
         }
         report_chain(&format!("archive {}", path.display()), report)?;
     }
-    Ok(())
+    let (Some(first), Some((last, hash))) = (first, follows) else {
+        return Err(Failure("no archive given".into()));
+    };
+    let name = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
+    let name = if files.len() == 1 { format!("the archive {name}") } else { format!("the archives {name}") };
+    Ok(verify::ArchiveSpan { first, last, hash, name })
 }
 
 /// The hash of an archive's last record (the line before its checkpoint).
@@ -151,35 +178,56 @@ fn last_record_hash(path: &std::path::Path) -> Result<String, Failure> {
     last.ok_or_else(|| Failure(format!("{} holds no record", path.display())))
 }
 
-/// Every key registered in the database, published or not: checkpoints outlive the JWKS.
-async fn keys_from_store(store: &Store) -> Result<HashMap<String, Vec<u8>>, Failure> {
+/// The public keys checkpoints are checked with, never from the database under test (which
+/// whoever rewrote it could have given a key of their own): the `--jwks` documents, files or
+/// URLs, or else the public halves of the keys folder's keys; and which, to say so.
+async fn checkpoint_keys(config: &Config, jwks: &[String]) -> Result<(HashMap<String, Vec<u8>>, String), Failure> {
     let mut keys = HashMap::new();
-    for k in crate::store::keys::list(store).await? {
-        if let Ok(raw) = crate::token::b64::decode(&k.public_key) {
-            keys.insert(k.kid, raw);
+    if jwks.is_empty() {
+        let dir = &config.keys_dir;
+        for s in crate::keys::load_dir(dir).map_err(|e| Failure(e.to_string()))? {
+            keys.insert(s.kid().to_owned(), s.public_key().to_vec());
         }
+        if keys.is_empty() {
+            return Err(Failure(format!(
+                "the keys folder {} holds no key to check checkpoints with; give the broker's JWKS (--jwks FILE|URL)",
+                dir.display()
+            )));
+        }
+        let source = format!("the keys folder {} ({} keys)", dir.display(), keys.len());
+        return Ok((keys, source));
     }
-    Ok(keys)
+    for source in jwks {
+        let found = if source.starts_with("http://") || source.starts_with("https://") {
+            keys_from_url(source).await?
+        } else {
+            keys_from_jwks_file(std::path::Path::new(source))?
+        };
+        if found.is_empty() {
+            return Err(Failure(format!("{source} holds no Ed25519 key")));
+        }
+        keys.extend(found);
+    }
+    let source = format!("the JWKS {} ({} keys)", jwks.join(", "), keys.len());
+    Ok((keys, source))
 }
 
-/// The Ed25519 keys of a JWKS document.
-fn keys_from_jwks(path: &std::path::Path) -> Result<HashMap<String, Vec<u8>>, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))?;
-    let doc: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Failure(format!("{} is not JSON: {e}", path.display())))?;
-    let mut keys = HashMap::new();
-    for k in doc["keys"].as_array().into_iter().flatten() {
-        if let (Some("OKP"), Some("Ed25519"), Some(kid), Some(x)) =
-            (k["kty"].as_str(), k["crv"].as_str(), k["kid"].as_str(), k["x"].as_str())
-            && let Ok(raw) = crate::token::b64::decode(x)
-        {
-            keys.insert(kid.to_owned(), raw);
-        }
-    }
-    if keys.is_empty() {
-        return Err(Failure(format!("{} holds no Ed25519 key", path.display())));
-    }
-    Ok(keys)
+/// The Ed25519 keys of a JWKS document read from its URL, as the verifier reads it.
+async fn keys_from_url(url: &str) -> Result<HashMap<String, Vec<u8>>, Failure> {
+    let client = crate::verify::JwksClient::new(url, crate::verify::JwksOptions::default());
+    client.refresh().await.map_err(|e| Failure(format!("{url}: {e}")))?;
+    Ok(ed25519_keys(&client.snapshot()))
+}
+
+/// The Ed25519 keys of a saved JWKS document.
+fn keys_from_jwks_file(path: &std::path::Path) -> Result<HashMap<String, Vec<u8>>, Failure> {
+    let bytes = std::fs::read(path).map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))?;
+    let set = crate::verify::jwks::parse_jwks(&bytes).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+    Ok(ed25519_keys(&set))
+}
+
+fn ed25519_keys(set: &HashMap<String, std::sync::Arc<crate::verify::PublicKey>>) -> HashMap<String, Vec<u8>> {
+    set.values().filter(|k| k.alg == crate::token::ALG_EDDSA).map(|k| (k.kid.clone(), k.raw.clone())).collect()
 }
 
 /// How long --follow waits for a missing record to appear before it gives up.

@@ -196,6 +196,7 @@ async fn rewriting_a_record_and_recomputing_every_later_hash_is_caught_by_the_si
 #[tokio::test]
 async fn archive_then_verify_the_database_and_the_file_and_a_tampered_file_is_detected() {
     let app = spawn_app().await;
+    let early = checkpoint::latest(app.state.store()).await.unwrap().expect("the start checkpoint");
     issue_tokens(&app, 6).await;
     let cp = sign(&app).await;
     issue_tokens(&app, 2).await;
@@ -212,6 +213,7 @@ async fn archive_then_verify_the_database_and_the_file_and_a_tampered_file_is_de
     assert_eq!(done["last_seq"], cp.claims.seq);
     assert_eq!(done["records"], cp.claims.seq);
     assert_eq!(done["deleted"], cp.claims.seq);
+    assert!(done["checkpoint_keys"].as_str().unwrap().starts_with("the keys folder"), "{done}");
     let lowest: i64 =
         sqlx::query_scalar("SELECT MIN(seq) FROM audit_log").fetch_one(app.state.store().pool()).await.unwrap();
     assert_eq!(lowest, cp.claims.seq + 1);
@@ -220,19 +222,41 @@ async fn archive_then_verify_the_database_and_the_file_and_a_tampered_file_is_de
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len() as i64, cp.claims.seq + 1);
     assert_eq!(serde_json::from_str::<Value>(lines[lines.len() - 1]).unwrap()["checkpoint"], cp.token);
-    // Both verify: the database from the anchor, the file on its own; the chain goes on.
+    // Both verify: the file, then the database from the anchor the file ends at; the chain
+    // goes on. The database alone does not: nothing proves its start.
     issue_tokens(&app, 2).await;
     sign(&app).await;
     let db = app.cli(&["audit", "verify"]).await;
-    assert_eq!(db.status.code(), Some(0), "{}", stderr(&db));
+    assert_eq!(db.status.code(), Some(1), "{}", String::from_utf8_lossy(&db.stdout));
+    assert!(stderr(&db).contains("nothing given proves it"), "{}", stderr(&db));
     let f = app.cli(&["audit", "verify", "--archive", file_s]).await;
     assert_eq!(f.status.code(), Some(0), "{}", stderr(&f));
-    assert!(String::from_utf8_lossy(&f.stdout).contains(&format!("{} records", cp.claims.seq)));
+    let said = String::from_utf8_lossy(&f.stdout);
+    assert!(said.contains(&format!("{} records", cp.claims.seq)), "{said}");
+    assert!(said.contains("audit chain intact") && said.contains("which ends at it"), "{said}");
+    assert!(said.contains("checkpoint keys: the keys folder"), "{said}");
+    // A witness at or above the anchor proves it; one below it needs the archive that holds
+    // its record.
+    let later =
+        latest_via_api(&app, &app.access_token(&app.create_client("org-1", CallerKind::Operator, "w").await).await)
+            .await;
+    let w = app.cli(&["audit", "verify", "--checkpoint", &later]).await;
+    assert_eq!(w.status.code(), Some(0), "{}", stderr(&w));
+    assert!(String::from_utf8_lossy(&w.stdout).contains("proven by the witness checkpoint"));
+    let low = app.cli(&["audit", "verify", "--checkpoint", &early.token]).await;
+    assert_eq!(low.status.code(), Some(1));
+    assert!(stderr(&low).contains("no archive was given"), "{}", stderr(&low));
+    let low = app.cli(&["audit", "verify", "--checkpoint", &early.token, "--archive", file_s]).await;
+    assert_eq!(low.status.code(), Some(0), "{}", stderr(&low));
     // Also with the keys from a saved JWKS rather than the database.
     let jwks = app.dir.path().join("jwks.json");
     std::fs::write(&jwks, app.http.get(app.url("/.well-known/jwks.json")).send().await.unwrap().text().await.unwrap())
         .unwrap();
     let f = app.cli(&["audit", "verify", "--archive", file_s, "--jwks", jwks.to_str().unwrap()]).await;
+    assert_eq!(f.status.code(), Some(0), "{}", stderr(&f));
+    assert!(String::from_utf8_lossy(&f.stdout).contains("checkpoint keys: the JWKS"));
+    // Or from its URL.
+    let f = app.cli(&["audit", "verify", "--archive", file_s, "--jwks", &app.url("/.well-known/jwks.json")]).await;
     assert_eq!(f.status.code(), Some(0), "{}", stderr(&f));
     // A second archive continues the first; both verify in order.
     let before = time::OffsetDateTime::from_unix_timestamp(app.state.now() + 1)
@@ -244,11 +268,20 @@ async fn archive_then_verify_the_database_and_the_file_and_a_tampered_file_is_de
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let both = app.cli(&["audit", "verify", "--archive", file_s, "--archive", file2.to_str().unwrap()]).await;
     assert_eq!(both.status.code(), Some(0), "{}", stderr(&both));
+    assert!(String::from_utf8_lossy(&both.stdout).contains("audit chain intact"));
     let swapped = app.cli(&["audit", "verify", "--archive", file2.to_str().unwrap(), "--archive", file_s]).await;
     assert_eq!(swapped.status.code(), Some(1));
+    // The second names the checkpoint it follows on its first line, so it verifies on its
+    // own too; the first alone no longer reaches the database's start.
+    let alone = app.cli(&["audit", "verify", "--archive", file2.to_str().unwrap()]).await;
+    assert_eq!(alone.status.code(), Some(0), "{}", stderr(&alone));
+    assert!(String::from_utf8_lossy(&alone.stdout).contains("starts after the archive's opening checkpoint"));
+    let first = app.cli(&["audit", "verify", "--archive", file_s]).await;
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("database not checked"));
     // The database with everything archived: the next record chains from the anchor.
     issue_tokens(&app, 1).await;
-    let db = app.cli(&["audit", "verify"]).await;
+    let db = app.cli(&["audit", "verify", "--archive", file2.to_str().unwrap()]).await;
     assert_eq!(db.status.code(), Some(0), "{}", stderr(&db));
 
     // Tampering: an edited record, a cut-off end, a dropped record.
@@ -283,6 +316,181 @@ async fn archive_then_verify_the_database_and_the_file_and_a_tampered_file_is_de
         l.push(format!("{{\"checkpoint\":\"{}\"}}", cp.token));
     });
     check("missing").await;
+}
+
+/// Someone who can write the database makes a later stored checkpoint the anchor and
+/// deletes the records below it: the anchor proves nothing by itself, and a witness below it
+/// is named with it.
+#[tokio::test]
+async fn an_anchor_moved_up_with_the_records_below_deleted_is_refused_and_a_lower_witness_names_both() {
+    let app = spawn_app().await;
+    issue_tokens(&app, 3).await;
+    let low = sign(&app).await;
+    issue_tokens(&app, 3).await;
+    let high = sign(&app).await;
+    issue_tokens(&app, 1).await;
+    let pool = app.state.store().pool();
+    sqlx::query("INSERT INTO audit_anchor (id, seq, hash, token) VALUES (1, $1, $2, $3)")
+        .bind(high.claims.seq)
+        .bind(&high.claims.hash)
+        .bind(&high.token)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq <= $1").bind(high.claims.seq).execute(pool).await.unwrap();
+    sqlx::query("DELETE FROM audit_checkpoints WHERE seq < $1").bind(high.claims.seq).execute(pool).await.unwrap();
+    let bare = app.cli(&["audit", "verify"]).await;
+    assert_eq!(bare.status.code(), Some(1), "{}", String::from_utf8_lossy(&bare.stdout));
+    let err = stderr(&bare);
+    assert!(err.contains(&format!("anchor checkpoint of seq {}", high.claims.seq)), "{err}");
+    assert!(err.contains("nothing given proves it"), "{err}");
+    let witnessed = app.cli(&["audit", "verify", "--checkpoint", &low.token]).await;
+    assert_eq!(witnessed.status.code(), Some(1), "{}", String::from_utf8_lossy(&witnessed.stdout));
+    let err = stderr(&witnessed);
+    assert!(err.contains(&format!("broken at record {}", low.claims.seq)), "{err}");
+    assert!(err.contains(&format!("witness checkpoint of seq {}", low.claims.seq)), "{err}");
+    assert!(err.contains(&format!("anchor checkpoint of seq {}", high.claims.seq)), "{err}");
+}
+
+/// An archive file must start at the chain's genesis or after the checkpoint its first line
+/// names: removing its first records, or that line, is detected.
+#[tokio::test]
+async fn an_archive_cut_at_its_start_is_refused() {
+    let app = spawn_app().await;
+    let now = |app: &TestApp| {
+        time::OffsetDateTime::from_unix_timestamp(app.state.now() + 1)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    issue_tokens(&app, 4).await;
+    sign(&app).await;
+    let one = app.dir.path().join("one.jsonl");
+    let out = app.cli(&["audit", "archive", "--before", &now(&app), "--out", one.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    issue_tokens(&app, 4).await;
+    let second = sign(&app).await;
+    // Later than the first archive's checkpoint, by the clock the archive reads.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let two = app.dir.path().join("two.jsonl");
+    let out = app.cli(&["audit", "archive", "--before", &now(&app), "--out", two.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let texts = [std::fs::read_to_string(&one).unwrap(), std::fs::read_to_string(&two).unwrap()];
+    assert!(texts[1].lines().next().unwrap().starts_with("{\"after_checkpoint\":"), "{}", texts[1]);
+    let cut = app.dir.path().join("cut.jsonl");
+    let verify_cut = |text: String| {
+        let app = &app;
+        let cut = cut.clone();
+        async move {
+            std::fs::write(&cut, text).unwrap();
+            app.cli(&["audit", "verify", "--archive", cut.to_str().unwrap()]).await
+        }
+    };
+    let drop_lines = |t: &str, skip: usize, keep_first: bool| -> String {
+        let l: Vec<&str> = t.lines().collect();
+        let mut kept: Vec<&str> = if keep_first { vec![l[0]] } else { Vec::new() };
+        kept.extend(&l[skip..]);
+        kept.join("\n") + "\n"
+    };
+    // The first file, its first two records removed.
+    let o = verify_cut(drop_lines(&texts[0], 2, false)).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("its first records were cut"), "{}", stderr(&o));
+    // The second, without its opening line.
+    let o = verify_cut(drop_lines(&texts[1], 1, false)).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("its first records were cut"), "{}", stderr(&o));
+    // The second, its opening line kept and its first record removed.
+    let o = verify_cut(drop_lines(&texts[1], 2, true)).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("record missing"), "{}", stderr(&o));
+    // The second, opening on a checkpoint it does not follow.
+    let o = verify_cut(
+        std::iter::once(format!("{{\"after_checkpoint\":\"{}\"}}", second.token))
+            .chain(texts[1].lines().skip(1).map(str::to_owned))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    // Whole, each verifies on its own.
+    for f in [&one, &two] {
+        let o = app.cli(&["audit", "verify", "--archive", f.to_str().unwrap()]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+}
+
+/// Someone who can write the database rewrites a record, recomputes the chain, registers a
+/// key of their own and re-signs the checkpoints with it: checkpoints are checked with the
+/// keys folder's keys or a JWKS given, never with the keys the database lists.
+#[tokio::test]
+async fn checkpoints_re_signed_with_a_key_added_to_the_database_do_not_verify() {
+    let app = spawn_app().await;
+    issue_tokens(&app, 4).await;
+    sign(&app).await;
+    let jwks_before = app.dir.path().join("jwks-before.json");
+    std::fs::write(
+        &jwks_before,
+        app.http.get(app.url("/.well-known/jwks.json")).send().await.unwrap().text().await.unwrap(),
+    )
+    .unwrap();
+    let pool = app.state.store().pool();
+    let theirs = tempfile::tempdir().unwrap();
+    let key = tessera::keys::generate(theirs.path()).unwrap();
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, alg, public_key, created_at, activates_at) VALUES ($1, 'EdDSA', $2, $3, $4)",
+    )
+    .bind(key.kid())
+    .bind(tessera::token::b64::encode(key.public_key()))
+    .bind(app.state.now())
+    .bind(app.state.now() + 86_400)
+    .execute(pool)
+    .await
+    .unwrap();
+    let mut records = tessera::audit::read_page(app.state.store(), 0, 1000).await.unwrap();
+    let mut prev = records[1].hash.clone();
+    for r in records.iter_mut().skip(2) {
+        if r.seq == 3 {
+            r.actor = "someone-else".into();
+        }
+        r.prev_hash = prev.clone();
+        r.hash = tessera::audit::record_hash(r);
+        prev = r.hash.clone();
+        sqlx::query("UPDATE audit_log SET actor = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
+            .bind(&r.actor)
+            .bind(&r.prev_hash)
+            .bind(&r.hash)
+            .bind(r.seq)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let stored = checkpoint::range(app.state.store(), 2, i64::MAX, 100).await.unwrap();
+    assert!(!stored.is_empty());
+    for cp in stored {
+        let hash = records.iter().find(|r| r.seq == cp.claims.seq).unwrap().hash.clone();
+        let claims = checkpoint::CheckpointClaims { iss: app.base.clone(), hash: hash.clone(), ..cp.claims.clone() };
+        let token = key.sign_typed(checkpoint::TYP, &claims).unwrap();
+        sqlx::query("UPDATE audit_checkpoints SET hash = $1, kid = $2, token = $3 WHERE seq = $4")
+            .bind(&hash)
+            .bind(key.kid())
+            .bind(&token)
+            .bind(cp.claims.seq)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    for args in [vec![], vec!["--jwks", jwks_before.to_str().unwrap()]] {
+        let o = app.cli(&[&["audit", "verify"][..], &args].concat()).await;
+        assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stdout));
+        assert!(stderr(&o).contains(&format!("unknown key {}", key.kid())), "{}", stderr(&o));
+    }
+    // A keys folder without keys says what to give instead.
+    let empty = tempfile::tempdir().unwrap();
+    let o = cli_on(&app.database_url, empty.path(), &app.base, &["audit", "verify"], &[]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--jwks"), "{}", stderr(&o));
 }
 
 #[tokio::test]
@@ -417,6 +625,10 @@ async fn two_replicas_writing_while_checkpoints_are_signed_still_verify() {
     for t in tasks {
         assert!(t.await.unwrap() > 0);
     }
+    // Each replica signs with its own folder's key: the JWKS lists both.
+    let jwks = b.dir.path().join("jwks.json");
+    std::fs::write(&jwks, b.http.get(b.url("/.well-known/jwks.json")).send().await.unwrap().text().await.unwrap())
+        .unwrap();
     let cli_keys = b.keys_dir();
     let (_, url) = a.stop().await;
     let (_dir, _) = b.stop().await;
@@ -426,7 +638,7 @@ async fn two_replicas_writing_while_checkpoints_are_signed_still_verify() {
         sqlx::query_scalar("SELECT COUNT(*) FROM audit_checkpoints").fetch_one(&mut c).await.unwrap()
     };
     assert!(n >= 3, "checkpoints from both replicas while they wrote: {n}");
-    let out = cli_on(&url, &cli_keys, "http://x", &["audit", "verify"], &[]).await;
+    let out = cli_on(&url, &cli_keys, "http://x", &["audit", "verify", "--jwks", jwks.to_str().unwrap()], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
 }

@@ -120,7 +120,8 @@ async fn the_audit_log_stays_one_verifiable_chain_under_concurrent_writes_from_b
     for t in tasks {
         t.await.unwrap();
     }
-    let out = a.cli(&["audit", "verify"]).await;
+    // Each replica signs checkpoints with its own folder's key: the JWKS lists both.
+    let out = a.cli(&["audit", "verify", "--jwks", &a.url("/.well-known/jwks.json")]).await;
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let events = a.audit_events().await;
     assert_eq!(events.iter().filter(|e| *e == "token.issued").count(), 80);
