@@ -1028,7 +1028,7 @@ fn digests() -> Result<Vec<Digest>, Box<dyn Error>> {
 }
 
 fn presented_cases() -> Result<Vec<PresentedCase>, Box<dyn Error>> {
-    let inputs: [(&'static str, &'static str, &'static [&'static str], &'static str); 9] = [
+    let inputs: [(&'static str, &'static str, &'static [&'static str], &'static str); 12] = [
         ("worked_example", PARAMS_JSON, &["value"], "the capability cases' parameters: one secret field"),
         (
             "secret_and_nested",
@@ -1055,6 +1055,24 @@ fn presented_cases() -> Result<Vec<PresentedCase>, Box<dyn Error>> {
             r#"{"nested":{"n":[-9007199254740992]}}"#,
             &[],
             "refused: an integer beyond -(2^53 - 1), nested",
+        ),
+        (
+            "decimal_exactly_a_double",
+            r#"{"ratio":0.25,"limit":1.50e1}"#,
+            &[],
+            "decimals that are exactly their double, however spelled",
+        ),
+        (
+            "decimal_beyond_2_pow_53",
+            r#"{"limit":9007199254740993.0}"#,
+            &[],
+            "refused: a decimal beyond 2^53 - 1 (it and 9007199254740992.0 are one double)",
+        ),
+        (
+            "decimal_not_its_double",
+            r#"{"ratio":0.10000000000000001}"#,
+            &[],
+            "refused: a decimal that is not exactly the double it becomes (0.1)",
         ),
         ("secret_not_a_string", r#"{"key":"K","value":12345}"#, &["value"], "refused: a secret field must be a string"),
         (

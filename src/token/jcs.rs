@@ -31,10 +31,12 @@ pub fn params_digest(params: &Value) -> ParamsDigest {
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// Checks every number in the JSON text `bytes` as design §11 asks of anything digested: an
-/// integer literal (no fraction, no exponent) must lie within ±(2^53 − 1), and any other number
-/// must be finite as a double. Reads the text rather than a parsed value because a parsed
-/// value no longer says how a number was written. Text that is not JSON passes: the parser
-/// that runs next refuses it.
+/// integer literal (no fraction, no exponent) must lie within ±(2^53 − 1); any other number
+/// must be finite, within ±(2^53 − 1) too (every double beyond it is an integer, so `…992.0`
+/// and `…993.0` would be one), and exactly the double it becomes (`0.10000000000000001` is
+/// the double `0.1`, so the digest would cover a number the sender did not write). Reads the
+/// text rather than a parsed value because a parsed value no longer says how a number was
+/// written. Text that is not JSON passes: the parser that runs next refuses it.
 pub fn check_numbers(bytes: &[u8]) -> Result<(), String> {
     let mut i = 0;
     while i < bytes.len() {
@@ -73,9 +75,55 @@ fn check_number(literal: &[u8]) -> Result<(), String> {
         }
         return Ok(());
     }
-    match text.parse::<f64>() {
-        Ok(f) if !f.is_finite() => Err(format!("the number {shown} is not finite")),
+    // Not JSON (the parser refuses it next) when it does not parse.
+    let Ok(f) = text.parse::<f64>() else { return Ok(()) };
+    if !f.is_finite() {
+        return Err(format!("the number {shown} is not finite"));
+    }
+    if f.abs() > MAX_SAFE_INTEGER as f64 {
+        return Err(format!("the number {shown} is outside ±(2^53 − 1)"));
+    }
+    // The double's shortest form, read back as a decimal, must be the decimal written.
+    match (Decimal::parse(text), Decimal::parse(&format!("{f:e}"))) {
+        (Some(written), Some(double)) if written == double => Ok(()),
+        (Some(_), Some(_)) => Err(format!("the number {shown} is not exactly representable: it would be read as {f}")),
         _ => Ok(()),
+    }
+}
+
+/// A decimal number as `±digits × 10^exponent`, digits without leading or trailing zeros (zero
+/// has none, and no sign): two spellings of one value compare equal.
+#[derive(Debug, PartialEq, Eq)]
+struct Decimal {
+    negative: bool,
+    digits: String,
+    exponent: i64,
+}
+
+impl Decimal {
+    /// Reads `-?int(.frac)?([eE][+-]?exp)?`; `None` for anything else.
+    fn parse(text: &str) -> Option<Decimal> {
+        let (negative, rest) = match text.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, text),
+        };
+        let (mantissa, exp) = match rest.find(['e', 'E']) {
+            Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
+            None => (rest, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let all = format!("{int}{frac}");
+        let leading = all.bytes().take_while(|b| *b == b'0').count();
+        let significant = all[leading..].trim_end_matches('0');
+        if significant.is_empty() {
+            return Some(Decimal { negative: false, digits: String::new(), exponent: 0 });
+        }
+        let trailing = all.len() - leading - significant.len();
+        let exponent = exp.checked_sub(frac.len() as i64)?.checked_add(trailing as i64)?;
+        Some(Decimal { negative, digits: significant.to_owned(), exponent })
     }
 }
 
@@ -91,7 +139,7 @@ pub fn check_value_numbers(value: &Value) -> Result<(), String> {
             } else if let Some(i) = n.as_i64() {
                 i.unsigned_abs() <= MAX_SAFE_INTEGER
             } else {
-                n.as_f64().is_some_and(f64::is_finite)
+                n.as_f64().is_some_and(|f| f.is_finite() && f.abs() <= MAX_SAFE_INTEGER as f64)
             };
             if ok { Ok(()) } else { Err(format!("the number {n} is outside ±(2^53 − 1)")) }
         }
@@ -234,7 +282,7 @@ mod tests {
             "{}",
             r#"{"n": 9007199254740991}"#,
             r#"{"n": -9007199254740991}"#,
-            r#"{"n": [0, -0, 1.5, 1e300, -2.5e-7, 12345678901234567890.5]}"#,
+            r#"{"n": [0, -0, 1.5, -2.5e-7, 1e15, 4503599627370495.5]}"#,
             r#"{"s": "9007199254740993", "t": "a\"1e999\"b"}"#,
         ] {
             assert_eq!(check_numbers(ok.as_bytes()), Ok(()), "{ok}");
@@ -255,9 +303,52 @@ mod tests {
         assert!(check_value_numbers(&a).is_err());
         let b: Value = serde_json::from_str(r#"{"n": [-9007199254740993]}"#).unwrap();
         assert!(check_value_numbers(&b).is_err());
-        assert!(
-            check_value_numbers(&serde_json::json!({"n": 9_007_199_254_740_991_u64, "f": 0.5, "e": 1e300})).is_ok()
-        );
+        assert!(check_value_numbers(&serde_json::json!({"n": 9_007_199_254_740_991_u64, "f": 0.5, "e": 1e15})).is_ok());
+        assert!(check_value_numbers(&serde_json::json!({"e": 1e300})).is_err());
+    }
+
+    #[test]
+    fn decimals_are_refused_beyond_2_pow_53_or_when_the_double_is_not_what_was_written() {
+        for ok in [
+            "0.0",
+            "-0.0",
+            "1.0",
+            "1e2",
+            "100.000",
+            "1.5E+3",
+            "0.1",
+            "-0.25",
+            "1.5e-300",
+            "5e-324",
+            "2.2250738585072014e-308",
+            "9007199254740991.0",
+            "9.007199254740991e15",
+            "123.456",
+        ] {
+            assert_eq!(check_numbers(format!("[{ok}]").as_bytes()), Ok(()), "{ok}");
+        }
+        for bad in [
+            // The review's pair: both are the double 2^53.
+            "9007199254740992.0",
+            "9007199254740993.0",
+            "-9007199254740992.5",
+            "1e16",
+            "1e300",
+            "12345678901234567890.5",
+            // Read as a double other than the decimal written.
+            "0.10000000000000001",
+            "1.00000000000000001",
+            "4.9e-324",
+            "1e-400",
+            "3.14159265358979323846",
+        ] {
+            let err = check_numbers(format!("{{\"n\": {bad}}}").as_bytes()).expect_err(bad);
+            assert!(err.contains(bad), "{err}");
+        }
+        // The spelling is the sender's: one value written two ways passes both ways.
+        assert_eq!(Decimal::parse("1.50e1"), Decimal::parse("15"));
+        assert_eq!(Decimal::parse("-0.0e5"), Decimal::parse("0"));
+        assert_ne!(Decimal::parse("1.5"), Decimal::parse("15"));
     }
 
     #[test]

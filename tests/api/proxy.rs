@@ -852,6 +852,31 @@ async fn a_gated_request_carries_nothing_the_approval_did_not_cover() {
     );
 }
 
+/// Review round three, item 4, at the proxy: a decimal that shares a double with another
+/// (`…992.0`, `…993.0`), or is not exactly the double it becomes, is 400 and never forwarded.
+#[tokio::test]
+async fn the_proxy_refuses_decimals_that_share_a_double() {
+    let w = world().await;
+    let at = w.broker.access_token(&w.agent).await;
+    let url = format!("{}/workspaces/ws-1/secrets", w.proxy);
+    for n in ["9007199254740992.0", "9007199254740993.0", "2e53", "0.30000000000000001"] {
+        let body = format!(r#"{{"key": "OPENAI_KEY", "value": "sk-1", "ttl": {n}}}"#);
+        let res = w
+            .http
+            .put(&url)
+            .bearer_auth(&at)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let err = assert_error(res, 400, "invalid_request").await;
+        assert!(err["error_description"].as_str().unwrap().contains(n), "{n}: {err}");
+    }
+    assert!(w.pending().await.is_empty(), "no approval was created for any of them");
+    assert!(w.seen.effects().is_empty());
+}
+
 /// Design §18: a gated body dripped byte by byte does not hold its connection past
 /// `request_timeout_secs`; it is answered 408 and nothing is forwarded.
 #[tokio::test]

@@ -66,6 +66,49 @@ async fn integers_that_share_a_double_never_reach_a_digest() {
     assert_eq!(list["approvals"].as_array().unwrap().len(), 1, "{list}");
 }
 
+/// Review round three, item 4: a capability approved for `9007199254740992.0` was accepted for
+/// `9007199254740993.0`, both the double 2^53. A decimal beyond ±(2^53 − 1), or one that is not
+/// exactly the double it becomes, is refused before any digest, at the library gate and at the
+/// broker, and nothing is created.
+#[tokio::test]
+async fn decimals_that_share_a_double_never_reach_a_digest() {
+    let broker = spawn_app().await;
+    let core = crate::gate::spawn_core(&broker).await;
+    let agent = broker.create_client("org-1", CallerKind::Agent, "concierge").await;
+    let op = broker.create_client("org-1", CallerKind::Operator, "alice").await;
+    let token = broker.access_token(&agent).await;
+    let http = reqwest::Client::new();
+    let post = |url: String, body: String| {
+        let http = http.clone();
+        let token = token.clone();
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for n in ["9007199254740992.0", "9007199254740993.0", "1e16", "-1.5e300", "0.10000000000000001"] {
+        let res = post(format!("{core}/org/tokens"), format!(r#"{{"name": "ci", "limit": {n}}}"#)).await;
+        let body = assert_error(res, 400, "invalid_request").await;
+        assert!(body["error_description"].as_str().unwrap().contains(n), "{n}: {body}");
+        let at_broker = format!(
+            r#"{{"action": "org_token_mint", "resource": "orgs/org-1/tokens", "params": {{"limit": {n}}}, "params_digest": "{}", "reason": "r"}}"#,
+            tessera::verify::params_digest(&json!({"limit": 1})),
+        );
+        assert_error(post(broker.url("/v1/approvals"), at_broker).await, 400, "invalid_request").await;
+    }
+    // A decimal that is exactly its double still works, however it is spelled.
+    let res = post(format!("{core}/org/tokens"), r#"{"name": "ci", "limit": 1.50e1, "ratio": 0.25}"#.into()).await;
+    assert_eq!(res.status(), 202);
+    let op_token = broker.access_token(&op).await;
+    let list: Value = broker.get_bearer("/v1/approvals?status=pending", &op_token).await.json().await.unwrap();
+    assert_eq!(list["approvals"].as_array().unwrap().len(), 1, "{list}");
+}
+
 /// A client for requests that leave from `local` (any address of 127.0.0.0/8 reaches the
 /// broker on 127.0.0.1), so one test can be two peers.
 fn client_from(local: &str) -> reqwest::Client {

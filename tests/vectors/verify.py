@@ -17,6 +17,7 @@ Prints one line per case and exits 1 if any verdict differs from the expected on
 """
 
 import base64
+import decimal
 import hashlib
 import json
 import re
@@ -279,7 +280,8 @@ class Unsafe(Exception):
 
 
 def strict_number(text):
-    """Parses JSON numbers as design §11 asks: integer literals within ±(2^53 - 1), finite."""
+    """Parses JSON numbers as design §11 asks: integer literals within ±(2^53 - 1); any other
+    number finite, within ±(2^53 - 1), and exactly the double it becomes."""
     if re.fullmatch(r"-?[0-9]+", text):
         n = int(text)
         if abs(n) > MAX_SAFE_INTEGER:
@@ -288,6 +290,10 @@ def strict_number(text):
     f = float(text)
     if f != f or f in (float("inf"), float("-inf")):
         raise Unsafe(f"number {text} is not finite")
+    if abs(f) > MAX_SAFE_INTEGER:
+        raise Unsafe(f"number {text} is outside ±(2^53 - 1)")
+    if decimal.Decimal(text) != decimal.Decimal(repr(f)):
+        raise Unsafe(f"number {text} is not exactly a double")
     return f
 
 
