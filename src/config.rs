@@ -124,6 +124,10 @@ pub struct Config {
     pub dpop_nonce: bool,
     /// How long a DPoP nonce stays good, seconds (10 to 3600).
     pub dpop_nonce_secs: u64,
+    /// Live DPoP proofs the replay cache keeps per key thumbprint (at most `dpop_replay_per_client`).
+    pub dpop_replay_per_key: usize,
+    /// Live DPoP proofs the replay cache keeps per client, all its keys together (at most 200 000).
+    pub dpop_replay_per_client: usize,
     /// Webhooks told of each new pending approval.
     pub webhooks: Vec<WebhookConfig>,
     /// The policy.
@@ -159,12 +163,14 @@ struct FileConfig {
     passkey_origins: Option<Vec<String>>,
     dpop_nonce: Option<bool>,
     dpop_nonce_secs: Option<u64>,
+    dpop_replay_per_key: Option<usize>,
+    dpop_replay_per_client: Option<usize>,
     webhooks: Option<Vec<WebhookConfig>>,
     policy: Option<PolicyFile>,
 }
 
 /// The environment variables read, with the file key each one overrides.
-pub const ENV_VARS: [(&str, &str); 24] = [
+pub const ENV_VARS: [(&str, &str); 26] = [
     ("TESSERA_LISTEN", "listen"),
     ("TESSERA_DATABASE_URL", "database_url"),
     ("TESSERA_KEYS_DIR", "keys_dir"),
@@ -189,6 +195,8 @@ pub const ENV_VARS: [(&str, &str); 24] = [
     ("TESSERA_PASSKEY_ORIGINS", "passkey_origins"),
     ("TESSERA_DPOP_NONCE", "dpop_nonce"),
     ("TESSERA_DPOP_NONCE_SECS", "dpop_nonce_secs"),
+    ("TESSERA_DPOP_REPLAY_PER_KEY", "dpop_replay_per_key"),
+    ("TESSERA_DPOP_REPLAY_PER_CLIENT", "dpop_replay_per_client"),
 ];
 
 impl Default for Config {
@@ -219,6 +227,8 @@ impl Default for Config {
             passkey_origins: None,
             dpop_nonce: false,
             dpop_nonce_secs: 300,
+            dpop_replay_per_key: crate::verify::dpop::DEFAULT_REPLAY_PER_KEY,
+            dpop_replay_per_client: crate::verify::dpop::DEFAULT_REPLAY_PER_CLIENT,
             webhooks: Vec::new(),
             policy: Policy::default(),
         }
@@ -388,6 +398,12 @@ impl Config {
         if let Some(v) = file.dpop_nonce_secs {
             c.dpop_nonce_secs = v;
         }
+        if let Some(v) = file.dpop_replay_per_key {
+            c.dpop_replay_per_key = v;
+        }
+        if let Some(v) = file.dpop_replay_per_client {
+            c.dpop_replay_per_client = v;
+        }
         if let Some(w) = file.webhooks {
             c.webhooks = w;
         }
@@ -443,6 +459,8 @@ impl Config {
                 }
                 "TESSERA_DPOP_NONCE" => self.dpop_nonce = parse_env(name, v)?,
                 "TESSERA_DPOP_NONCE_SECS" => self.dpop_nonce_secs = parse_env(name, v)?,
+                "TESSERA_DPOP_REPLAY_PER_KEY" => self.dpop_replay_per_key = parse_env(name, v)?,
+                "TESSERA_DPOP_REPLAY_PER_CLIENT" => self.dpop_replay_per_client = parse_env(name, v)?,
                 _ => {}
             }
         }
@@ -524,6 +542,13 @@ impl Config {
         }
         if !(10..=3600).contains(&self.dpop_nonce_secs) {
             return Err(ConfigError("dpop_nonce_secs must be between 10 and 3600".into()));
+        }
+        let most = crate::verify::dpop::DEFAULT_REPLAY_CAPACITY;
+        if !(1..=most).contains(&self.dpop_replay_per_client) {
+            return Err(ConfigError(format!("dpop_replay_per_client must be between 1 and {most}")));
+        }
+        if !(1..=self.dpop_replay_per_client).contains(&self.dpop_replay_per_key) {
+            return Err(ConfigError("dpop_replay_per_key must be between 1 and dpop_replay_per_client".into()));
         }
         Ok(())
     }

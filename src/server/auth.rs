@@ -142,16 +142,18 @@ impl FromRequestParts<AppState> for Caller {
         let claims = verify_access(state, token, now)
             .await
             .map_err(|e| ApiError::invalid_token(format!("access token rejected: {e}")))?;
-        // A bound token only with a proof of its key for this very request (design §13).
+        // A bound token only with a proof of its key for this very request (design §13). The
+        // proof is remembered last, once the token and its clients are known good.
         let proof = dpop::proof_header(&parts.headers).map_err(super::dpop::refused)?;
         let path = parts.extensions.get::<OriginalUri>().map_or_else(|| parts.uri.path(), |u| u.0.path());
         let url = format!("{}{path}", state.config().issuer);
+        let caller = caller_of(state, claims).await?;
         state
             .dpop()
             .verifier()
-            .check_presentation(&claims, scheme, token, proof, parts.method.as_str(), &url, now)
+            .check_presentation(&caller.claims, scheme, token, proof, parts.method.as_str(), &url, now)
             .map_err(super::dpop::refused)?;
-        caller_of(state, claims).await
+        Ok(caller)
     }
 }
 

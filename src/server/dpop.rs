@@ -29,12 +29,13 @@ impl std::fmt::Debug for DpopState {
 }
 
 impl DpopState {
-    /// Draws a nonce key; `require_nonce` makes the token endpoint demand nonces.
-    pub fn new(require_nonce: bool, nonce_secs: u64) -> anyhow::Result<DpopState> {
+    /// Draws a nonce key; `require_nonce` makes the token endpoint demand nonces; `replay`
+    /// bounds the replay cache.
+    pub fn new(require_nonce: bool, nonce_secs: u64, replay: dpop::ReplayLimits) -> anyhow::Result<DpopState> {
         let mut key = [0u8; 32];
         SystemRandom::new().fill(&mut key).map_err(|_| anyhow::anyhow!("no randomness for the DPoP nonce key"))?;
         Ok(DpopState {
-            verifier: DpopVerifier::default(),
+            verifier: DpopVerifier::with_limits(replay),
             nonce_key: hmac::Key::new(hmac::HMAC_SHA256, &key),
             nonce_secs: i64::try_from(nonce_secs).unwrap_or(300).max(1),
             require_nonce,
@@ -74,9 +75,10 @@ impl DpopState {
     }
 }
 
-/// The proof on a token request, if any: checked for `POST` of the token endpoint, its nonce
-/// when nonces are required, and remembered. A bad proof is `400 invalid_dpop_proof`; a
-/// missing or old nonce `400 use_dpop_nonce` with a fresh one.
+/// The proof on a token request, if any: checked for `POST` of the token endpoint, and its
+/// nonce when nonces are required; not yet remembered ([`spend_proof`] does that, once the
+/// request is otherwise good). A bad proof is `400 invalid_dpop_proof`; a missing or old nonce
+/// `400 use_dpop_nonce` with a fresh one.
 pub(super) fn token_request_proof(state: &AppState, headers: &HeaderMap, now: i64) -> ApiResult<Option<CheckedProof>> {
     let proof = dpop::proof_header(headers).map_err(|e| ApiError::invalid_dpop_proof(e.to_string()))?;
     let Some(proof) = proof else { return Ok(None) };
@@ -89,8 +91,15 @@ pub(super) fn token_request_proof(state: &AppState, headers: &HeaderMap, now: i6
     {
         return Err(ApiError::use_dpop_nonce(fresh));
     }
-    d.verifier.cache().remember(&checked, now).map_err(|e| ApiError::invalid_dpop_proof(e.to_string()))?;
     Ok(Some(checked))
+}
+
+/// Remembers a token request's proof as `client`'s, once the client authenticated and the
+/// request is good but for this: a replay is `400 invalid_dpop_proof`, and so is a key or client
+/// at its share of the replay cache (only that key or client is refused).
+pub(super) fn spend_proof(state: &AppState, proof: Option<&CheckedProof>, client: &str, now: i64) -> ApiResult<()> {
+    let Some(p) = proof else { return Ok(()) };
+    state.dpop().verifier.cache().remember(p, client, now).map_err(|e| ApiError::invalid_dpop_proof(e.to_string()))
 }
 
 /// Maps a refused presentation on `/v1` to `401 invalid_token` with the `DPoP` challenge.

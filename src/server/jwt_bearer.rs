@@ -70,6 +70,7 @@ pub(super) async fn grant(
     let scopes = select_scopes(state, &client, form.get("scope"))?;
     let proof = super::dpop::token_request_proof(state, headers, now)?;
     let cnf = bind_client(state, &client, proof.as_ref())?;
+    super::dpop::spend_proof(state, proof.as_ref(), client.client_id.as_str(), now)?;
     // Last, so that a refused request leaves the assertion unspent: its id, used once.
     if !crate::store::federation::use_jti(store, &verified.issuer, &verified.jti, verified.exp, now).await? {
         return Err(refused("the assertion was used before (jti)".into()));

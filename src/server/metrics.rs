@@ -378,6 +378,13 @@ async fn scrape(State(state): State<AppState>) -> Response {
     ] {
         body.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
     }
+    let name = "tessera_dpop_replay_full_total";
+    body.push_str(&format!(
+        "# HELP {name} DPoP proofs refused because the replay cache's share was full: a key's, a client's, or all.\n# TYPE {name} counter\n"
+    ));
+    for (share, n) in state.dpop().verifier().cache().full_refusals() {
+        body.push_str(&format!("{name}{{share=\"{}\"}} {n}\n", share.as_str()));
+    }
     let mut res = body.into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -107,7 +107,12 @@ impl AppState {
         let audit = AuditWriter::start(store.clone(), Arc::new(crate::clients::ClientPreconditions));
         let mut verifier = crate::verify::Policy::new(config.issuer.clone(), config.audience.clone());
         verifier.leeway_secs = config.leeway_secs;
-        let dpop = dpop::DpopState::new(config.dpop_nonce, config.dpop_nonce_secs)?;
+        let replay = crate::verify::dpop::ReplayLimits {
+            per_key: config.dpop_replay_per_key,
+            per_client: config.dpop_replay_per_client,
+            total: crate::verify::dpop::DEFAULT_REPLAY_CAPACITY,
+        };
+        let dpop = dpop::DpopState::new(config.dpop_nonce, config.dpop_nonce_secs, replay)?;
         let notifier = Arc::new(Notifier::new(config.webhooks.clone(), Duration::from_millis(500)));
         let auth_failures = ratelimit::FailureLimiter::new(config.failed_auth_per_minute);
         let token_requests = ratelimit::RequestLimiter::new(config.token_requests_per_minute);

@@ -588,6 +588,7 @@ async fn exchange(
     let detail = json!({
         "subject_jti": subject.jti, "actor": client.client_id, "delegation": delegation, "actors": actors,
     });
+    super::dpop::spend_proof(state, proof, client.client_id.as_str(), now)?;
     issue(state, claims, client.client_id.as_str(), GRANT_EXCHANGE, detail, now).await
 }
 
@@ -631,6 +632,7 @@ async fn token(State(state): State<AppState>, req: Request) -> ApiResult<Respons
             let mut claims = client_claims(&state, &client, &scopes, aud.clone(), now)?;
             claims.cnf = bind_client(&state, &client, proof.as_ref())?;
             let actor = client.client_id.as_str();
+            super::dpop::spend_proof(&state, proof.as_ref(), actor, now)?;
             if let Some(res) = issue_checked(&state, claims, actor, "client_credentials", json!({}), now, check).await?
             {
                 return Ok(res);

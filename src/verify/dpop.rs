@@ -21,10 +21,10 @@
 //! let proof = key.proof("GET", "https://core.example/workspaces/ws-1?x=1", Some("the.access.token"), None, now).unwrap();
 //! let verifier = DpopVerifier::default();
 //! let check = ProofCheck { method: "GET", url: "https://core.example/workspaces/ws-1", access_token: Some("the.access.token"), now };
-//! let checked = verifier.verify(&proof, &check).unwrap();
+//! let checked = verifier.verify(&proof, &check, "tc_agent").unwrap();
 //! assert_eq!(checked.jkt, key.jkt());
 //! // The same proof again is a replay.
-//! assert!(verifier.verify(&proof, &check).is_err());
+//! assert!(verifier.verify(&proof, &check, "tc_agent").is_err());
 //! ```
 
 use std::collections::HashMap;
@@ -310,56 +310,180 @@ pub fn check_proof(proof: &str, check: &ProofCheck<'_>) -> Result<CheckedProof, 
     Ok(CheckedProof { jkt, jti: jti.to_owned(), iat, nonce: claims.nonce })
 }
 
-/// Remembers proof ids until their `iat` could no longer be accepted. Bounded: when it is full
-/// of live entries, new proofs are refused ([`DpopError::Busy`]) rather than a seen proof
-/// forgotten.
+/// Remembers proof ids until their `iat` could no longer be accepted. Bounded three ways, so
+/// that no one fills it for everyone: a key's proofs, a client's proofs (all its keys), and
+/// all proofs. A proof beyond a bound is refused ([`DpopError::Busy`]) rather than a seen
+/// proof forgotten, and only the key or client at its bound is refused: one client sending
+/// proofs as fast as it can turns away itself, not the others. Callers remember a proof only
+/// once everything else about the request verified (the token, the client), so that a
+/// failing request takes up no room.
 #[derive(Debug)]
 pub struct ReplayCache {
-    seen: Mutex<HashMap<String, i64>>,
-    capacity: usize,
+    seen: Mutex<Seen>,
+    limits: ReplayLimits,
+    full: [std::sync::atomic::AtomicU64; 3],
+}
+
+/// How many live proofs a [`ReplayCache`] holds: per key, per client, in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayLimits {
+    /// Per key thumbprint (`jkt`).
+    pub per_key: usize,
+    /// Per client (every key it uses).
+    pub per_client: usize,
+    /// In all.
+    pub total: usize,
+}
+
+/// Live proofs a key may have remembered at once by default: 10 000 over the at most 120 s a
+/// proof is remembered, more than 80 requests a second, sustained.
+pub const DEFAULT_REPLAY_PER_KEY: usize = 10_000;
+/// Live proofs a client may have remembered at once by default, all its keys together.
+pub const DEFAULT_REPLAY_PER_CLIENT: usize = 40_000;
+
+impl Default for ReplayLimits {
+    fn default() -> Self {
+        ReplayLimits {
+            per_key: DEFAULT_REPLAY_PER_KEY,
+            per_client: DEFAULT_REPLAY_PER_CLIENT,
+            total: DEFAULT_REPLAY_CAPACITY,
+        }
+    }
+}
+
+/// Which bound refused a proof, for the metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayShare {
+    /// The key's.
+    Key,
+    /// The client's.
+    Client,
+    /// The whole cache's.
+    All,
+}
+
+impl ReplayShare {
+    /// Every share, in the order of [`ReplayCache::full_refusals`].
+    pub const ALL: [ReplayShare; 3] = [ReplayShare::Key, ReplayShare::Client, ReplayShare::All];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayShare::Key => "key",
+            ReplayShare::Client => "client",
+            ReplayShare::All => "all",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// `jkt` + `.` + `jti` → when it may be forgotten.
+    ids: HashMap<String, i64>,
+    per_key: HashMap<String, usize>,
+    per_client: HashMap<String, usize>,
+    /// When entries may be forgotten → (id, jkt, client): swept in order, so that the counts
+    /// are always of live proofs and a full cache costs no scan.
+    expiry: std::collections::BTreeMap<i64, Vec<(String, String, String)>>,
+}
+
+impl Seen {
+    fn sweep(&mut self, now: i64) {
+        while let Some(entry) = self.expiry.first_entry() {
+            if *entry.key() >= now {
+                break;
+            }
+            for (id, jkt, client) in entry.remove() {
+                self.ids.remove(&id);
+                decrement(&mut self.per_key, &jkt);
+                decrement(&mut self.per_client, &client);
+            }
+        }
+    }
+}
+
+fn decrement(counts: &mut HashMap<String, usize>, name: &str) {
+    if let Some(n) = counts.get_mut(name) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(name);
+        }
+    }
 }
 
 impl Default for ReplayCache {
     fn default() -> Self {
-        ReplayCache::with_capacity(DEFAULT_REPLAY_CAPACITY)
+        ReplayCache::with_limits(ReplayLimits::default())
     }
 }
 
 impl ReplayCache {
-    /// A cache holding at most `capacity` live proofs.
+    /// A cache holding at most `capacity` live proofs in all, with the default shares per key
+    /// and per client (never more than `capacity`).
     pub fn with_capacity(capacity: usize) -> ReplayCache {
-        ReplayCache { seen: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
+        let capacity = capacity.max(1);
+        ReplayCache::with_limits(ReplayLimits {
+            per_key: DEFAULT_REPLAY_PER_KEY.min(capacity),
+            per_client: DEFAULT_REPLAY_PER_CLIENT.min(capacity),
+            total: capacity,
+        })
     }
 
-    /// Records `proof` (seen at `now`); an error if it was seen before.
-    pub fn remember(&self, proof: &CheckedProof, now: i64) -> Result<(), DpopError> {
+    /// A cache with these bounds (each at least 1).
+    pub fn with_limits(limits: ReplayLimits) -> ReplayCache {
+        let limits = ReplayLimits {
+            per_key: limits.per_key.max(1),
+            per_client: limits.per_client.max(1),
+            total: limits.total.max(1),
+        };
+        ReplayCache { seen: Mutex::new(Seen::default()), limits, full: Default::default() }
+    }
+
+    /// Records `proof`, made by `client`, seen at `now`; an error if it was seen before, or
+    /// if the key's, the client's or the cache's bound is reached.
+    pub fn remember(&self, proof: &CheckedProof, client: &str, now: i64) -> Result<(), DpopError> {
         // Keyed by key and id: another key cannot use up someone else's ids.
-        let key = format!("{}.{}", proof.jkt, proof.jti);
+        let id = format!("{}.{}", proof.jkt, proof.jti);
         let until = proof.iat.saturating_add(DPOP_WINDOW_SECS);
         let mut seen = match self.seen.lock() {
             Ok(s) => s,
             Err(p) => p.into_inner(),
         };
-        if let Some(t) = seen.get(&key)
-            && *t >= now
-        {
+        seen.sweep(now);
+        if seen.ids.contains_key(&id) {
             return Err(DpopError::Replayed);
         }
-        if seen.len() >= self.capacity {
-            seen.retain(|_, t| *t >= now);
-            if seen.len() >= self.capacity {
-                return Err(DpopError::Busy);
-            }
+        let count = |m: &HashMap<String, usize>, k: &str| m.get(k).copied().unwrap_or(0);
+        let full = if count(&seen.per_key, &proof.jkt) >= self.limits.per_key {
+            Some(ReplayShare::Key)
+        } else if count(&seen.per_client, client) >= self.limits.per_client {
+            Some(ReplayShare::Client)
+        } else if seen.ids.len() >= self.limits.total {
+            Some(ReplayShare::All)
+        } else {
+            None
+        };
+        if let Some(share) = full {
+            self.full[share as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(DpopError::Busy);
         }
-        seen.insert(key, until);
+        seen.ids.insert(id.clone(), until);
+        *seen.per_key.entry(proof.jkt.clone()).or_default() += 1;
+        *seen.per_client.entry(client.to_owned()).or_default() += 1;
+        seen.expiry.entry(until).or_default().push((id, proof.jkt.clone(), client.to_owned()));
         Ok(())
     }
 
-    /// Proofs remembered now (expired ones may linger until the next sweep).
+    /// Proofs refused because a bound was reached, by share (key, client, all).
+    pub fn full_refusals(&self) -> [(ReplayShare, u64); 3] {
+        ReplayShare::ALL.map(|s| (s, self.full[s as usize].load(std::sync::atomic::Ordering::Relaxed)))
+    }
+
+    /// Proofs remembered now (expired ones may linger until the next proof).
     pub fn len(&self) -> usize {
         match self.seen.lock() {
-            Ok(s) => s.len(),
-            Err(p) => p.into_inner().len(),
+            Ok(s) => s.ids.len(),
+            Err(p) => p.into_inner().ids.len(),
         }
     }
 
@@ -381,20 +505,32 @@ impl DpopVerifier {
         DpopVerifier { cache: ReplayCache::with_capacity(capacity) }
     }
 
-    /// Checks `proof` against `check` and remembers it: the same proof twice is refused.
-    pub fn verify(&self, proof: &str, check: &ProofCheck<'_>) -> Result<CheckedProof, DpopError> {
+    /// A verifier whose replay cache has these bounds.
+    pub fn with_limits(limits: ReplayLimits) -> DpopVerifier {
+        DpopVerifier { cache: ReplayCache::with_limits(limits) }
+    }
+
+    /// Checks `proof` against `check` and remembers it as `client`'s: the same proof twice is
+    /// refused.
+    pub fn verify(&self, proof: &str, check: &ProofCheck<'_>, client: &str) -> Result<CheckedProof, DpopError> {
         let checked = check_proof(proof, check)?;
-        self.cache.remember(&checked, check.now)?;
+        self.cache.remember(&checked, client, check.now)?;
         Ok(checked)
     }
 
-    /// Checks a proof for a token bound to `jkt`.
-    pub fn verify_bound(&self, proof: &str, check: &ProofCheck<'_>, jkt: &str) -> Result<CheckedProof, DpopError> {
+    /// Checks a proof for a token of `client` bound to `jkt`, and remembers it.
+    pub fn verify_bound(
+        &self,
+        proof: &str,
+        check: &ProofCheck<'_>,
+        jkt: &str,
+        client: &str,
+    ) -> Result<CheckedProof, DpopError> {
         let checked = check_proof(proof, check)?;
         if checked.jkt != jkt {
             return Err(DpopError::WrongKey);
         }
-        self.cache.remember(&checked, check.now)?;
+        self.cache.remember(&checked, client, check.now)?;
         Ok(checked)
     }
 
@@ -484,7 +620,9 @@ impl DpopVerifier {
             (Some(jkt), Scheme::Dpop) => {
                 let proof = proof.ok_or(DpopError::Missing)?;
                 let check = ProofCheck { method, url, access_token: Some(token), now };
-                Ok(Some(self.verify_bound(proof, &check, jkt)?))
+                // The party that holds the key: the current actor, else the subject.
+                let holder = claims.act.as_ref().map_or(claims.sub.as_str(), |a| a.sub.as_str());
+                Ok(Some(self.verify_bound(proof, &check, jkt, holder)?))
             }
         }
     }
@@ -651,12 +789,12 @@ mod tests {
         for key in [DpopKey::generate_ed25519().unwrap(), DpopKey::generate_es256().unwrap()] {
             let proof = key.proof("PUT", URL, Some("tok"), None, NOW).unwrap();
             let v = DpopVerifier::default();
-            let c = v.verify_bound(&proof, &check(Some("tok")), key.jkt()).unwrap();
-            assert_eq!(c.jkt, key.jkt());
-            assert_eq!(v.verify_bound(&proof, &check(Some("tok")), key.jkt()), Err(DpopError::Replayed));
+            let c = v.verify_bound(&proof, &check(Some("tok")), key.jkt(), "tc_a").unwrap();
+            assert_eq!(c.jkt, key.jkt(), "tc_a");
+            assert_eq!(v.verify_bound(&proof, &check(Some("tok")), key.jkt(), "tc_a"), Err(DpopError::Replayed));
             let other = DpopKey::generate_ed25519().unwrap();
             let proof = key.proof("PUT", URL, Some("tok"), None, NOW).unwrap();
-            assert_eq!(v.verify_bound(&proof, &check(Some("tok")), other.jkt()), Err(DpopError::WrongKey));
+            assert_eq!(v.verify_bound(&proof, &check(Some("tok")), other.jkt(), "tc_a"), Err(DpopError::WrongKey));
         }
     }
 
@@ -672,22 +810,22 @@ mod tests {
         let key = DpopKey::generate_ed25519().unwrap();
         let v = DpopVerifier::default();
         let p = key.proof("POST", URL, Some("tok"), None, NOW).unwrap();
-        assert_eq!(v.verify(&p, &check(Some("tok"))), Err(DpopError::Method));
+        assert_eq!(v.verify(&p, &check(Some("tok")), "tc_a"), Err(DpopError::Method));
         let p = key.proof("PUT", "https://core.example/workspaces/ws-2", Some("tok"), None, NOW).unwrap();
-        assert_eq!(v.verify(&p, &check(Some("tok"))), Err(DpopError::Url));
+        assert_eq!(v.verify(&p, &check(Some("tok")), "tc_a"), Err(DpopError::Url));
         let p = key.proof("PUT", "http://core.example/workspaces/ws-1", Some("tok"), None, NOW).unwrap();
-        assert_eq!(v.verify(&p, &check(Some("tok"))), Err(DpopError::Url));
+        assert_eq!(v.verify(&p, &check(Some("tok")), "tc_a"), Err(DpopError::Url));
         let p = key.proof("PUT", URL, Some("other"), None, NOW).unwrap();
-        assert_eq!(v.verify(&p, &check(Some("tok"))), Err(DpopError::AccessTokenHash));
+        assert_eq!(v.verify(&p, &check(Some("tok")), "tc_a"), Err(DpopError::AccessTokenHash));
         let p = key.proof("PUT", URL, None, None, NOW).unwrap();
-        assert_eq!(v.verify(&p, &check(Some("tok"))), Err(DpopError::AccessTokenHash));
+        assert_eq!(v.verify(&p, &check(Some("tok")), "tc_a"), Err(DpopError::AccessTokenHash));
         let p = key.proof("PUT", URL, Some("tok"), None, NOW - 61).unwrap();
-        assert_eq!(v.verify(&p, &check(Some("tok"))), Err(DpopError::Stale));
+        assert_eq!(v.verify(&p, &check(Some("tok")), "tc_a"), Err(DpopError::Stale));
         let p = key.proof("PUT", URL, Some("tok"), None, NOW + 61).unwrap();
-        assert_eq!(v.verify(&p, &check(Some("tok"))), Err(DpopError::Stale));
+        assert_eq!(v.verify(&p, &check(Some("tok")), "tc_a"), Err(DpopError::Stale));
         // Query and fragment are ignored; the default port is the same URL.
         let p = key.proof("PUT", "https://CORE.example:443/workspaces/ws-1?a=b#c", Some("tok"), None, NOW).unwrap();
-        assert!(v.verify(&p, &check(Some("tok"))).is_ok());
+        assert!(v.verify(&p, &check(Some("tok")), "tc_a").is_ok());
     }
 
     /// Two values for one claim can never mean two things to two readers: a repeated claim is
@@ -762,12 +900,40 @@ mod tests {
     fn the_replay_cache_is_bounded_and_forgets_only_dead_proofs() {
         let cache = ReplayCache::with_capacity(2);
         let p = |jti: &str, iat: i64| CheckedProof { jkt: "k".into(), jti: jti.into(), iat, nonce: None };
-        cache.remember(&p("a", NOW), NOW).unwrap();
-        cache.remember(&p("b", NOW), NOW).unwrap();
-        assert_eq!(cache.remember(&p("c", NOW), NOW), Err(DpopError::Busy));
-        assert_eq!(cache.remember(&p("a", NOW), NOW + DPOP_WINDOW_SECS), Err(DpopError::Replayed));
+        cache.remember(&p("a", NOW), "tc_a", NOW).unwrap();
+        cache.remember(&p("b", NOW), "tc_a", NOW).unwrap();
+        assert_eq!(cache.remember(&p("c", NOW), "tc_a", NOW), Err(DpopError::Busy));
+        assert_eq!(cache.remember(&p("a", NOW), "tc_a", NOW + DPOP_WINDOW_SECS), Err(DpopError::Replayed));
         // Once "a" and "b" could no longer be accepted, they make room.
-        cache.remember(&p("c", NOW + 61), NOW + 61).unwrap();
+        cache.remember(&p("c", NOW + 61), "tc_a", NOW + 61).unwrap();
+        assert_eq!(cache.len(), 1);
+    }
+
+    /// Review round three, item 5: one key, or one client with many keys, filling its share
+    /// of the cache is refused alone; everyone else's proofs are still remembered, and each
+    /// refusal is counted by the share that was full.
+    #[test]
+    fn one_key_or_one_client_filling_its_share_refuses_only_itself() {
+        let cache = ReplayCache::with_limits(ReplayLimits { per_key: 3, per_client: 5, total: 8 });
+        let p = |jkt: &str, jti: String| CheckedProof { jkt: jkt.into(), jti, iat: NOW, nonce: None };
+        for i in 0..3 {
+            cache.remember(&p("k1", format!("a{i}")), "tc_greedy", NOW).unwrap();
+        }
+        assert_eq!(cache.remember(&p("k1", "a3".into()), "tc_greedy", NOW), Err(DpopError::Busy));
+        // Another key of the same client has room until the client's share is full.
+        cache.remember(&p("k2", "b0".into()), "tc_greedy", NOW).unwrap();
+        cache.remember(&p("k2", "b1".into()), "tc_greedy", NOW).unwrap();
+        assert_eq!(cache.remember(&p("k3", "c0".into()), "tc_greedy", NOW), Err(DpopError::Busy));
+        // Another client is not refused.
+        cache.remember(&p("k9", "z0".into()), "tc_other", NOW).unwrap();
+        cache.remember(&p("k8", "z1".into()), "tc_third", NOW).unwrap();
+        cache.remember(&p("k7", "z2".into()), "tc_fourth", NOW).unwrap();
+        // Only the whole cache's bound turns away everyone.
+        assert_eq!(cache.remember(&p("k6", "z3".into()), "tc_fifth", NOW), Err(DpopError::Busy));
+        let counts: Vec<(&str, u64)> = cache.full_refusals().iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        assert_eq!(counts, [("key", 1), ("client", 1), ("all", 1)]);
+        // When the greedy client's proofs expire, its counts go with them.
+        cache.remember(&p("k1", "a9".into()), "tc_greedy", NOW + DPOP_WINDOW_SECS + 1).unwrap();
         assert_eq!(cache.len(), 1);
     }
 }

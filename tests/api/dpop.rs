@@ -530,3 +530,83 @@ fn ath_is_the_hash_of_the_token() {
         "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"
     );
 }
+
+/// Review round three, item 5: proofs were remembered on requests that then failed, and one
+/// client could fill the whole replay cache so that every DPoP request was refused. A proof is
+/// remembered only once the request is otherwise good; a key, or a client, at its share is
+/// refused alone, and counted.
+#[tokio::test]
+async fn one_client_filling_the_replay_cache_refuses_only_itself() {
+    let app = spawn_app_with(|c| {
+        c.dpop_replay_per_key = 3;
+        c.dpop_replay_per_client = 5;
+    })
+    .await;
+    let greedy = app.create_client("org-1", CallerKind::Agent, "greedy").await;
+    let other = app.create_client("org-1", CallerKind::Agent, "other").await;
+    let url = token_url(&app);
+    let now = app.state.now();
+    let cc = [("grant_type", "client_credentials")];
+
+    // A refused request leaves its proof unspent: the same proof then works.
+    let key = DpopKey::generate_ed25519().unwrap();
+    let proof = key.proof("POST", &url, None, None, now).unwrap();
+    let res =
+        app.token_with_proof(&[("grant_type", "client_credentials"), ("scope", "orgs:admin")], &greedy, &proof).await;
+    assert_error(res, 400, "invalid_scope").await;
+    let res = app
+        .http
+        .post(&url)
+        .basic_auth(&greedy.id, Some("tessera_sk_wrong"))
+        .header("DPoP", &proof)
+        .form(&cc)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 401, "invalid_client").await;
+    assert_eq!(app.token_with_proof(&cc, &greedy, &proof).await.status(), 200);
+    assert_error(app.token_with_proof(&cc, &greedy, &proof).await, 400, "invalid_dpop_proof").await;
+
+    // The key's share: two more proofs, then refused.
+    for _ in 0..2 {
+        let p = key.proof("POST", &url, None, None, now).unwrap();
+        assert_eq!(app.token_with_proof(&cc, &greedy, &p).await.status(), 200);
+    }
+    let p = key.proof("POST", &url, None, None, now).unwrap();
+    let body = assert_error(app.token_with_proof(&cc, &greedy, &p).await, 400, "invalid_dpop_proof").await;
+    assert!(body["error_description"].as_str().unwrap().contains("too many proofs"), "{body}");
+    // The client's share, across its keys.
+    let key2 = DpopKey::generate_ed25519().unwrap();
+    for _ in 0..2 {
+        let p = key2.proof("POST", &url, None, None, now).unwrap();
+        assert_eq!(app.token_with_proof(&cc, &greedy, &p).await.status(), 200);
+    }
+    let key3 = DpopKey::generate_ed25519().unwrap();
+    let p = key3.proof("POST", &url, None, None, now).unwrap();
+    assert_error(app.token_with_proof(&cc, &greedy, &p).await, 400, "invalid_dpop_proof").await;
+
+    // Another client is served, at the token endpoint and with its bound token on /v1.
+    let theirs = DpopKey::generate_ed25519().unwrap();
+    let token = app.bound_token(&other, &theirs).await;
+    let res = app.dpop_request(reqwest::Method::GET, "/v1/approvals?status=pending", &token, &theirs, None).await;
+    assert_ne!(res.status(), 401);
+    assert_ne!(res.status(), 400);
+
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("tessera_dpop_replay_full_total{share=\"key\"} 1"), "{metrics}");
+    assert!(metrics.contains("tessera_dpop_replay_full_total{share=\"client\"} 1"), "{metrics}");
+    assert!(metrics.contains("tessera_dpop_replay_full_total{share=\"all\"} 0"), "{metrics}");
+}
+
+#[tokio::test]
+async fn replay_shares_outside_their_range_are_refused_at_start() {
+    for (key, client) in [("0", "10"), ("11", "10"), ("5", "0"), ("5", "200001")] {
+        let env: std::collections::HashMap<String, String> = [
+            ("TESSERA_DPOP_REPLAY_PER_KEY".to_owned(), key.to_owned()),
+            ("TESSERA_DPOP_REPLAY_PER_CLIENT".to_owned(), client.to_owned()),
+        ]
+        .into();
+        let err = tessera::config::Config::load(None, &env).unwrap_err();
+        assert!(err.to_string().contains("dpop_replay_per"), "{key}/{client}: {err}");
+    }
+}

@@ -231,7 +231,7 @@ fn vectors_dpop_proofs_get_their_verdicts() {
             access_token: c.access_token.as_deref(),
             now: c.now,
         };
-        let got = verifier.verify_bound(&c.proof, &check, &c.jkt);
+        let got = verifier.verify_bound(&c.proof, &check, &c.jkt, "tc_vectors");
         let verdict = if got.is_ok() { "valid" } else { "invalid" };
         assert_eq!(verdict, c.expected, "{}: {got:?}", c.name);
     }
