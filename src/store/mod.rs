@@ -155,9 +155,11 @@ impl Store {
                 pool_options
                     .after_connect(move |conn, _| {
                         Box::pin(async move {
+                            // The wait first: switching a new file to WAL takes a lock that
+                            // another process opening it at the same moment may hold.
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
                             conn.execute("PRAGMA journal_mode = WAL").await?;
                             conn.execute(synchronous).await?;
-                            conn.execute("PRAGMA busy_timeout = 10000").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
                             Ok(())
                         })
@@ -177,10 +179,19 @@ impl Store {
         Ok(store)
     }
 
-    /// Applies pending migrations for this backend.
+    /// Applies pending migrations for this backend, under a lock held for the whole run, so
+    /// that processes starting together (a replica and a CLI command, two replicas) apply each
+    /// migration once: the others wait, then find nothing left to do. On SQLite the lock is
+    /// an exclusive transaction around every migration (each runs in a savepoint of it); on
+    /// PostgreSQL a session advisory lock, taken by the migrator on its connection.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Backend::Sqlite => {
+                let mut tx = self.pool.begin_with("BEGIN EXCLUSIVE").await?;
+                SQLITE_MIGRATIONS.run_direct(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            // `migrate!` migrators lock (`pg_advisory_lock`) around the whole run.
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
         }
         Ok(())
