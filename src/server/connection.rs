@@ -8,9 +8,13 @@
 //!   [`Watchdog`] per connection enforces these from request starts and ends that the service
 //!   reports ([`Activity::begin`]) and bytes the socket reports ([`Watched`]).
 //! - **A cap per address.** [`PerAddress`] counts open connections per peer address (per /64
-//!   for IPv6, where one host holds a whole prefix); beyond `max_connections_per_address` a new
-//!   connection is closed on arrival. Refusals are counted in the metrics and logged at most
-//!   once per [`REFUSAL_LOG_INTERVAL`], so a flood cannot flood the logs.
+//!   for IPv6, where one host holds a whole prefix); beyond `max_connections_per_address`, and
+//!   never beyond half of `max_connections`, a new connection is closed on arrival. Refusals
+//!   are counted in the metrics and logged at most once per [`REFUSAL_LOG_INTERVAL`], so a
+//!   flood cannot flood the logs.
+//! - **A slot for health checks.** The last of `max_connections` is kept for loopback peers,
+//!   and a connection admitted into it is answered on `/healthz` and `/readyz` only: a full
+//!   listener still tells its supervisor it is alive.
 //! - **A lingering close.** When hyper closes a connection, [`Watched`] first sends its FIN,
 //!   then reads and discards what the client still sends (a request body the broker refused
 //!   before reading it), for a bounded time and amount. Closing with unread data makes the
@@ -361,6 +365,30 @@ const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// How long an HTTP/2 client has to answer a ping before its connection is closed.
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a connection in the reserved slot may ask for.
+const HEALTH_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Connections one address may hold: as configured, but at most half of the listener's
+/// (never below one).
+pub fn per_address_cap(limits: ServeLimits) -> usize {
+    limits.max_connections_per_address.min((limits.max_connections / 2).max(1))
+}
+
+/// The answer to anything but a health check on the connection kept for health checks.
+fn at_limit() -> axum::response::Response {
+    let body = serde_json::json!({
+        "error": "temporarily_unavailable",
+        "error_description": "the server is at its connection limit: this connection is answered on /healthz and /readyz only",
+    });
+    let mut res = axum::response::IntoResponse::into_response((
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::CONNECTION, "close"), (axum::http::header::RETRY_AFTER, "1")],
+        axum::Json(body),
+    ));
+    res.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    res
+}
+
 /// The limits of a served listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
@@ -368,7 +396,8 @@ pub struct ServeLimits {
     pub deadlines: Deadlines,
     /// Connections open at once; beyond it, new ones are closed on arrival.
     pub max_connections: usize,
-    /// Connections open at once from one address (see [`address_key`]).
+    /// Connections open at once from one address (see [`address_key`]); never more than
+    /// half of `max_connections` ([`per_address_cap`]).
     pub max_connections_per_address: usize,
 }
 
@@ -405,8 +434,14 @@ pub async fn serve<M: AsRef<Metrics> + Clone + Send + Sync + 'static>(
         .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
         .keep_alive_timeout(HTTP2_PING_TIMEOUT);
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let per_address = PerAddress::new(limits.max_connections_per_address);
+    // One slot is kept for health checks from loopback (a connection admitted into it is
+    // answered on /healthz and /readyz only), and one address may hold at most half of the
+    // rest, whatever is configured: no single peer fills the listener.
+    let reserve = usize::from(limits.max_connections >= 2);
+    let general = limits.max_connections - reserve;
+    let slots = Arc::new(tokio::sync::Semaphore::new(general));
+    let health_slots = Arc::new(tokio::sync::Semaphore::new(reserve));
+    let per_address = PerAddress::new(per_address_cap(limits));
     let refusals = Arc::new(Refusals::default());
     tokio::pin!(stop);
     loop {
@@ -427,10 +462,16 @@ pub async fn serve<M: AsRef<Metrics> + Clone + Send + Sync + 'static>(
             drop(stream);
             continue;
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refusals.refused(ConnectionClose::ConnectionLimit, peer.ip(), metrics.as_ref());
-            drop(stream);
-            continue;
+        let (slot, health_only) = match slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, false),
+            Err(_) => match health_slots.clone().try_acquire_owned() {
+                Ok(slot) if peer.ip().is_loopback() => (slot, true),
+                _ => {
+                    refusals.refused(ConnectionClose::ConnectionLimit, peer.ip(), metrics.as_ref());
+                    drop(stream);
+                    continue;
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
@@ -442,9 +483,10 @@ pub async fn serve<M: AsRef<Metrics> + Clone + Send + Sync + 'static>(
                 // Marks the request in progress until its answer is written (or it is
                 // abandoned): the guard lives in this future, then in the answer's body.
                 let guard = activity.begin(req.version() == axum::http::Version::HTTP_2);
+                let refuse = health_only && !HEALTH_PATHS.contains(&req.uri().path());
                 let answer = router.clone().oneshot(req);
                 async move {
-                    let res = answer.await?;
+                    let res = if refuse { at_limit() } else { answer.await? };
                     Ok::<_, std::convert::Infallible>(res.map(move |body| {
                         body.map_frame(move |frame| {
                             let _in_progress = &guard;

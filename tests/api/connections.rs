@@ -259,3 +259,67 @@ async fn a_graceful_shutdown_answers_the_request_in_flight() {
     assert!(text.contains("invalid_client"), "{text}");
     tokio::time::timeout(Duration::from_secs(5), stopping).await.unwrap().unwrap();
 }
+
+/// A socket from `ip` (any address of 127.0.0.0/8 reaches the broker on 127.0.0.1).
+#[cfg(target_os = "linux")]
+async fn connect_from(ip: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((ip, 0))).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Review round three, item 9: with `max_connections = 8`, eight silent sockets from one
+/// address made `/healthz` from another fail for seconds. One address holds at most half the
+/// listener whatever is configured, and the last slot is kept for health checks from
+/// loopback, answered there and nowhere else.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_lowered_connection_limit_is_no_one_peers_to_fill() {
+    let app = spawn_app_with(|c| {
+        c.max_connections = 8;
+        c.max_connections_per_address = 64;
+        c.header_read_timeout_secs = 5;
+    })
+    .await;
+    // Eight silent sockets from one address: four are held, the rest closed on arrival.
+    let mut held = Vec::new();
+    let mut closed = 0;
+    for _ in 0..8 {
+        let mut c = connect_from([127, 0, 0, 2], app.addr).await;
+        if wait_for_close(&mut c, Duration::from_millis(150)).await.is_some() {
+            closed += 1;
+        } else {
+            held.push(c);
+        }
+    }
+    assert_eq!((held.len(), closed), (4, 4));
+    let mut other = connect_from([127, 0, 0, 3], app.addr).await;
+    assert_eq!(get_on(&mut other, "/healthz").await, "HTTP/1.1 200 OK");
+    drop(other);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Three more addresses take the other general slots (7 of 8 in all).
+    for ip in [[127, 0, 0, 4], [127, 0, 0, 5], [127, 0, 0, 6]] {
+        let mut c = connect_from(ip, app.addr).await;
+        if wait_for_close(&mut c, Duration::from_millis(150)).await.is_none() {
+            held.push(c);
+        }
+    }
+    assert_eq!(held.len(), 7);
+    // The kept slot: a health check from loopback is answered...
+    let mut health = connect_from([127, 0, 0, 9], app.addr).await;
+    assert_eq!(get_on(&mut health, "/readyz").await, "HTTP/1.1 200 OK");
+    // While it is held, the next is closed on arrival.
+    let mut beyond = connect_from([127, 0, 0, 10], app.addr).await;
+    let _ = beyond.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), beyond.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // ...and anything else on it is 503 in the pinned error shape, the connection closed.
+    health.write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), health.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("\"error\":\"temporarily_unavailable\""), "{text}");
+}
