@@ -247,6 +247,7 @@ impl GateConfig {
             }
             mcp.push(m);
         }
+        one_effect_per_action(&routes, &mcp)?;
         // The protected-resource metadata's `resource` is the audience (design §18), so it is
         // the URL a client reaches: the gate's, or one of its MCP endpoints'.
         let audience = file.audience.unwrap_or_else(|| public_url.clone());
@@ -290,6 +291,81 @@ impl GateConfig {
             mcp,
         })
     }
+}
+
+/// What a gated entry digests: a route the JSON body, a tool `{"name", "arguments"}`.
+enum Form<'a> {
+    Body,
+    Tool(&'a str),
+}
+
+/// A capability names an action, a resource and the digest of the presented parameters, never
+/// the route (design §9, §11: the digest is the body's, as every verifier computes it). So two
+/// gated entries of one action that could form the same resource from the same presented
+/// parameters would let a capability approved for one run the other: refused at start.
+fn one_effect_per_action(routes: &[Route], mcp: &[Mcp]) -> Result<(), ConfigError> {
+    let mut entries: Vec<(String, &Gated, Form<'_>)> = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(g) = &r.gated {
+            entries.push((format!("route {} ({} {})", i + 1, r.method, r.path), g, Form::Body));
+        }
+    }
+    for (i, m) in mcp.iter().enumerate() {
+        for t in &m.tools {
+            if let Some(g) = &t.gated {
+                entries.push((format!("mcp {} ({}): tool {:?}", i + 1, m.path, t.name), g, Form::Tool(&t.name)));
+            }
+        }
+    }
+    for (n, (later, b, form_b)) in entries.iter().enumerate() {
+        for (earlier, a, form_a) in &entries[..n] {
+            if a.action == b.action
+                && same_parameters_possible(a, form_a, b, form_b)
+                && may_coincide(&a.resource, &b.resource)
+            {
+                return Err(err(format!(
+                    "{later}: action {:?} with a resource {earlier} can also form, so a capability approved for one \
+                     would run the other; give one its own action, or resources whose fixed start or end differ",
+                    b.action
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether requests to two gated entries can present the same parameters.
+fn same_parameters_possible(a: &Gated, form_a: &Form<'_>, b: &Gated, form_b: &Form<'_>) -> bool {
+    // A tool's presented parameters have two members, the string `name` and the object
+    // `arguments`, so a route whose resource reads any other body field never matches them.
+    let reads_only_name = |g: &Gated| g.resource.iter().all(|p| !matches!(p, Piece::Body(f) if f != "name"));
+    match (form_a, form_b) {
+        (Form::Body, Form::Body) => true,
+        (Form::Tool(x), Form::Tool(y)) => x == y,
+        (Form::Body, Form::Tool(_)) => reads_only_name(a),
+        (Form::Tool(_), Form::Body) => reads_only_name(b),
+    }
+}
+
+/// Whether two resource templates could form the same text. Conservative: only templates that
+/// are both literal and different, or whose fixed start or fixed end disagree, cannot.
+fn may_coincide(a: &[Piece], b: &[Piece]) -> bool {
+    let literal = |t: &[Piece]| -> Option<String> {
+        t.iter().map(|p| if let Piece::Text(s) = p { Some(s.as_str()) } else { None }).collect()
+    };
+    if let (Some(x), Some(y)) = (literal(a), literal(b)) {
+        return x == y;
+    }
+    let ends = |t: &[Piece]| -> (String, String) {
+        let start: String =
+            t.iter().map_while(|p| if let Piece::Text(s) = p { Some(s.as_str()) } else { None }).collect();
+        let mut end: Vec<&str> =
+            t.iter().rev().map_while(|p| if let Piece::Text(s) = p { Some(s.as_str()) } else { None }).collect();
+        end.reverse();
+        (start, end.concat())
+    };
+    let ((sa, ea), (sb, eb)) = (ends(a), ends(b));
+    (sa.starts_with(&sb) || sb.starts_with(&sa)) && (ea.ends_with(&eb) || eb.ends_with(&ea))
 }
 
 /// `value`, or `default` when absent; zero is refused, naming the key.
@@ -607,5 +683,81 @@ mod tests {
         assert_eq!(c.upstream_socket.as_deref(), Some(Path::new("/run/core/core.sock")));
         assert_eq!(c.upstream, "http://core.internal/");
         assert!(parse("").unwrap().upstream_socket.is_none());
+    }
+
+    fn gated(method: &str, path: &str, action: &str, resource: &str) -> String {
+        format!(
+            "[[route]]\nmethod = \"{method}\"\npath = \"{path}\"\naction = \"{action}\"\nresource = \"{resource}\"\n"
+        )
+    }
+
+    fn tool(path: &str, name: &str, action: &str, resource: &str) -> String {
+        format!(
+            "[[mcp]]\npath = \"{path}\"\n[[mcp.tool]]\nname = \"{name}\"\naction = \"{action}\"\nresource = \"{resource}\"\n"
+        )
+    }
+
+    /// Review round three, item 11: a capability names action, resource and digest, not the
+    /// route, so no two gated entries of one action may be able to form one resource from the
+    /// same presented parameters.
+    #[test]
+    fn one_action_on_two_routes_that_could_form_one_resource_is_refused_naming_both() {
+        let put = gated("PUT", "/workspaces/{id}/secrets", "secret_write", "workspaces/{id}/secrets/{body.key}");
+        for (second, earlier) in [
+            // The same path under another method, and another path forming the same resource.
+            (
+                gated("POST", "/workspaces/{id}/secrets", "secret_write", "workspaces/{id}/secrets/{body.key}"),
+                "route 1",
+            ),
+            (gated("POST", "/w/{id}/rotate", "secret_write", "workspaces/{id}/secrets/{body.name}"), "route 1"),
+            // A literal resource the template can form.
+            (gated("POST", "/reset", "secret_write", "workspaces/ws-1/secrets/all"), "route 1"),
+            // An MCP call's presented parameters are a body too, when the route reads only `name`.
+            (tool("/mcp", "write", "secret_write", "workspaces/{args.w}/secrets/x"), "route 1"),
+        ] {
+            let first = if second.contains("{body.name}") || second.contains("[[mcp]]") {
+                gated("PUT", "/w/{id}", "secret_write", "workspaces/{id}/secrets/{body.name}")
+            } else {
+                put.clone()
+            };
+            let e = parse(&format!("{first}{second}")).unwrap_err().0;
+            assert!(e.contains(earlier) && e.contains("secret_write") && e.contains("would run the other"), "{e}");
+            assert!(!e.contains('\n'), "{e:?} is one line");
+        }
+        // One tool on two endpoints.
+        let e = parse(&format!(
+            "{}{}",
+            tool("/a", "del", "workspace_delete", "workspaces/{args.w}"),
+            tool("/b", "del", "workspace_delete", "workspaces/{args.w}")
+        ))
+        .unwrap_err()
+        .0;
+        assert!(e.contains("mcp 2 (/b)") && e.contains("mcp 1 (/a)"), "{e}");
+
+        // What stays possible: the reference core's table, where one action has resources with
+        // different fixed starts; other actions on one resource; two tools (their names are in
+        // what is digested); a route reading a body field no tool call has.
+        let ok = [
+            format!("{put}{}", gated("PUT", "/settings/secrets", "secret_write", "orgs/{tenant}/secrets/{body.key}")),
+            format!(
+                "{}{}",
+                gated("DELETE", "/workspaces/{id}", "workspace_delete", "workspaces/{id}"),
+                gated("POST", "/workspaces/{id}/deprovision", "workspace_deprovision", "workspaces/{id}")
+            ),
+            format!(
+                "{}[[mcp.tool]]\nname = \"other\"\naction = \"secret_write\"\nresource = \"workspaces/{{args.w}}/secrets/x\"\n",
+                tool("/mcp", "write", "secret_write", "workspaces/{args.w}/secrets/x")
+            ),
+            format!("{put}{}", tool("/mcp", "write", "secret_write", "workspaces/{args.w}/secrets/{args.key}")),
+            format!("{}{}", gated("PUT", "/a", "secret_write", "s/a"), gated("PUT", "/b", "secret_write", "s/b")),
+            format!(
+                "{}{}",
+                gated("PUT", "/a", "secret_write", "s/{body.k}/a"),
+                gated("PUT", "/b", "secret_write", "s/{body.k}/b")
+            ),
+        ];
+        for text in ok {
+            assert!(parse(&text).is_ok(), "{text}: {:?}", parse(&text).err());
+        }
     }
 }

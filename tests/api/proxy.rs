@@ -640,6 +640,59 @@ async fn a_configuration_error_exits_1_naming_it() {
     }
 }
 
+/// Review round three, item 11. A capability names action, resource and the digest of the
+/// body, never the route (the digest is pinned as the body's, and every verifier computes it
+/// so). What keeps it on its route: each route of the reference core's table has its own action
+/// or resource, so one for `DELETE /workspaces/ws-1` runs nowhere else on that resource; and a
+/// file giving two routes one action and resources that could coincide never starts.
+#[tokio::test]
+async fn a_capability_runs_only_on_the_route_it_was_approved_for() {
+    let w = world().await;
+    let at = w.broker.access_token(&w.agent).await;
+    let (cap, _) = w.approved_capability(&at, "DELETE", "/workspaces/ws-1", json!({})).await;
+    for (method, path) in [
+        ("POST", "/workspaces/ws-1/deprovision"),
+        ("POST", "/admin/workspaces/ws-1/tokens"),
+        ("PUT", "/workspaces/ws-1/secrets"),
+    ] {
+        let body = if method == "PUT" { json!({"key": "K", "value": "v"}) } else { json!({}) };
+        let res = w.call(method, path, &at, Some(body), Some(&cap)).await;
+        assert_error(res, 403, "forbidden").await;
+    }
+    // An overriding header names no other method either: it is dropped, and the route is DELETE.
+    let res = w
+        .http
+        .post(format!("{}/workspaces/ws-1/deprovision", w.proxy))
+        .bearer_auth(&at)
+        .header("X-HTTP-Method-Override", "DELETE")
+        .header("Tessera-Capability", &cap)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 403, "forbidden").await;
+    assert!(w.seen.effects().is_empty(), "nothing ran on another route");
+    assert_eq!(w.call("DELETE", "/workspaces/ws-1", &at, Some(json!({})), Some(&cap)).await.status(), 200);
+    assert_eq!(w.seen.effects(), vec![json!({"action": "workspace_delete", "resource": "workspaces/ws-1"})]);
+
+    // Two routes of one action whose resources could coincide: exit 1, naming both.
+    let base = "listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\nbroker = \"http://127.0.0.1:8700\"\n";
+    let route = |method: &str, path: &str| {
+        format!(
+            "[[route]]\nmethod = \"{method}\"\npath = \"{path}\"\naction = \"workspace_delete\"\nresource = \"workspaces/{{id}}\"\n"
+        )
+    };
+    let text = format!("{base}{}{}", route("DELETE", "/workspaces/{id}"), route("POST", "/workspaces/{id}/archive"));
+    let out = gate_cli(&text).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("route 2 (POST /workspaces/{id}/archive)") && err.contains("route 1 (DELETE /workspaces/{id})"),
+        "{err}"
+    );
+}
+
 /// A DPoP request through the proxy: the proof names the proxy's URL.
 async fn dpop_call(
     key: &DpopKey,
