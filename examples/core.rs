@@ -5,7 +5,8 @@
 //! gated routes run only on a capability for exactly this request, redeemed once at the broker
 //! with the caller's own token. Core's own `service` client (`CORE_CLIENT_ID`,
 //! `CORE_CLIENT_SECRET`) reads the broker's revocation feed, so revoked tokens stop working
-//! here within 15 seconds; without it, core warns at start and learns of no revocations.
+//! here within 15 seconds (`CORE_REVOCATION_POLL_SECS`); without it, core warns at start and
+//! learns of no revocations.
 //!
 //! A caller whose token is bound to a key (DPoP, design §13) presents it as `Authorization:
 //! DPoP` with a proof for core's URL (`CORE_PUBLIC_URL`, default `http://` + `CORE_LISTEN`).
@@ -156,15 +157,42 @@ async fn read_workspace(Path(id): Path<String>, Extension(_who): Extension<Ident
     Json(json!({ "id": id })).into_response()
 }
 
-/// Runs core until ctrl-c.
-#[allow(dead_code)] // the end-to-end tests include this file and drive `router` instead
-fn main() -> std::process::ExitCode {
-    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+/// Core's gate as `main` builds it from its environment (`var` reads a variable): the verifier
+/// for `CORE_ISSUER` and `CORE_AUDIENCE`, and, with `CORE_CLIENT_ID` and `CORE_CLIENT_SECRET`,
+/// the revocation feed read every `CORE_REVOCATION_POLL_SECS` (15). Without them `warn` is told,
+/// once, that revoked tokens stay valid here until they expire. Needs a Tokio runtime.
+pub fn gate_from_env(var: &dyn Fn(&str) -> Option<String>, warn: &mut dyn FnMut(&str)) -> Gate {
+    let env = |k: &str, d: &str| var(k).unwrap_or_else(|| d.to_owned());
     let listen = env("CORE_LISTEN", "127.0.0.1:8710");
     let broker = env("CORE_BROKER_URL", "http://127.0.0.1:8700");
     let issuer = env("CORE_ISSUER", &broker);
-    let audience = env("CORE_AUDIENCE", "core");
-    let public_url = env("CORE_PUBLIC_URL", &format!("http://{listen}"));
+    let mut verifier = Verifier::for_issuer(&issuer, &env("CORE_AUDIENCE", "core"));
+    // The revocation feed is served to service clients only: core reads it as its own
+    // service client, when one is configured.
+    let polls = if let (Some(id), Some(secret)) = (var("CORE_CLIENT_ID"), var("CORE_CLIENT_SECRET")) {
+        verifier = verifier.with_feed_credentials(FeedCredentials::new(id, secret));
+        true
+    } else {
+        warn(
+            "core: CORE_CLIENT_ID and CORE_CLIENT_SECRET are not set; revoked tokens stay valid here until they expire",
+        );
+        false
+    };
+    let verifier = Arc::new(verifier);
+    if polls {
+        let secs = env("CORE_REVOCATION_POLL_SECS", "15").parse::<u64>().unwrap_or(15).max(1);
+        tessera::verify::revocations::spawn_poller(verifier.clone(), std::time::Duration::from_secs(secs));
+    }
+    let gate = Gate::new(verifier, &broker);
+    gate.set_public_url(&env("CORE_PUBLIC_URL", &format!("http://{listen}")));
+    gate
+}
+
+/// Runs core until ctrl-c.
+#[allow(dead_code)] // the end-to-end tests include this file and drive `router` instead
+fn main() -> std::process::ExitCode {
+    let var = |k: &str| std::env::var(k).ok();
+    let listen = var("CORE_LISTEN").unwrap_or_else(|| "127.0.0.1:8710".to_owned());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -173,28 +201,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result: Result<(), Box<dyn std::error::Error>> = rt.block_on(async {
-        let mut verifier = Verifier::for_issuer(&issuer, &audience);
-        // The revocation feed is served to service clients only: core reads it as its own
-        // service client, when one is configured.
-        let service = (std::env::var("CORE_CLIENT_ID"), std::env::var("CORE_CLIENT_SECRET"));
-        let polls = if let (Ok(id), Ok(secret)) = service {
-            verifier = verifier.with_feed_credentials(FeedCredentials::new(id, secret));
-            true
-        } else {
-            eprintln!(
-                "core: CORE_CLIENT_ID and CORE_CLIENT_SECRET are not set; revoked tokens stay valid here until they expire"
-            );
-            false
-        };
-        let verifier = Arc::new(verifier);
-        if polls {
-            // Learn of revoked tokens within 15 seconds.
-            tessera::verify::revocations::spawn_poller(verifier.clone(), std::time::Duration::from_secs(15));
-        }
-        let gate = Gate::new(verifier, &broker);
-        gate.set_public_url(&public_url);
+        let gate = gate_from_env(&var, &mut |w| eprintln!("{w}"));
         let listener = tokio::net::TcpListener::bind(&listen).await?;
-        eprintln!("core listening on {listen}, trusting {issuer}");
+        eprintln!("core listening on {listen}, trusting {}", gate.verifier().policy().issuer);
         axum::serve(listener, router(&gate, Effects::default()))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;

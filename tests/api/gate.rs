@@ -523,3 +523,59 @@ async fn an_oversized_key_set_is_refused_without_being_read_whole() {
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
+
+/// Review round three, item 8. The revocation feed is for `service` clients, so the reference
+/// core reads it as its own (`CORE_CLIENT_ID`, `CORE_CLIENT_SECRET`): a disabled agent's token
+/// stops working there within one poll, long before it expires. Without a client, core says
+/// once at start that revoked tokens stay valid there until they expire. Both are built by
+/// `gate_from_env`, exactly as the program's `main` builds its gate.
+#[tokio::test]
+async fn the_reference_core_stops_a_disabled_agents_token_within_one_poll() {
+    let broker = spawn_app().await;
+    let svc = broker.create_client("org-1", CallerKind::Service, "core").await;
+    let agent = broker.create_client("org-1", CallerKind::Agent, "concierge").await;
+    let at = broker.access_token(&agent).await;
+    let http = reqwest::Client::new();
+
+    let start = |with_client: bool| {
+        let mut vars = vec![("CORE_BROKER_URL", broker.base.clone()), ("CORE_REVOCATION_POLL_SECS", "1".to_owned())];
+        if with_client {
+            vars.push(("CORE_CLIENT_ID", svc.id.clone()));
+            vars.push(("CORE_CLIENT_SECRET", svc.secret.clone()));
+        }
+        let var = move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        let mut warnings = Vec::new();
+        let gate = core_example::gate_from_env(&var, &mut |w| warnings.push(w.to_owned()));
+        let router = core_example::router(&gate, core_example::Effects::default());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}/workspaces/ws-1", listener.local_addr().unwrap());
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (url, warnings)
+    };
+    let (with, with_warnings) = start(true);
+    let (without, without_warnings) = start(false);
+    assert!(with_warnings.is_empty(), "{with_warnings:?}");
+    assert_eq!(without_warnings.len(), 1, "{without_warnings:?}");
+    assert!(without_warnings[0].contains("revoked tokens stay valid here until they expire"));
+    assert!(!without_warnings[0].contains(&svc.secret));
+    assert_eq!(http.get(&with).bearer_auth(&at).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(&without).bearer_auth(&at).send().await.unwrap().status(), 200);
+
+    let out = broker.cli(&["clients", "disable", &agent.id]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut refused = false;
+    for _ in 0..50 {
+        let res = http.get(&with).bearer_auth(&at).send().await.unwrap();
+        if res.status() == 401 {
+            assert_error(res, 401, "invalid_token").await;
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "a core with a client learns of the disable within its poll");
+    // The one without learns nothing until the token expires.
+    assert_eq!(http.get(&without).bearer_auth(&at).send().await.unwrap().status(), 200);
+}
