@@ -368,11 +368,11 @@ pub async fn request(
             json!({ "jti": jti, "exp": row.cap_exp, "bypass": true }),
         ));
     }
-    let mut tx = store.begin_write().await?;
+    let mut tx = audit::Change::begin(store).await?;
     if !row.bypass {
         // Counted under the append lock, so concurrent requests (on any replica) cannot all
         // see room for one more.
-        audit::lock(&mut tx, store.backend()).await?;
+        tx.lock_chain().await?;
         let pending = rows::count_pending_of(&mut tx, &row.requester, now).await?;
         if pending >= policy.max_pending_per_requester {
             return Err(ApprovalError::TooMany(format!(
@@ -383,8 +383,10 @@ pub async fn request(
         }
     }
     rows::insert(&mut tx, &row).await?;
-    audit::append(&mut tx, store.backend(), &events, now).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    for e in events {
+        tx.record(e);
+    }
+    tx.commit(now).await?;
     Ok(row)
 }
 
@@ -393,27 +395,22 @@ pub fn visible_to(row: &ApprovalRow, caller: &AccessClaims) -> bool {
     row.requester == caller.sub || (caller.caller_kind == CallerKind::Operator && caller.tenant == row.tenant)
 }
 
-/// Writes the expiry of an overdue approval (with its audit record) on `conn`.
-async fn write_expiry(
-    conn: &mut sqlx::AnyConnection,
-    store: &Store,
-    row: &ApprovalRow,
-    now: i64,
-) -> Result<bool, StoreError> {
+/// Writes the expiry of an overdue approval, and its audit record, in `change`.
+async fn write_expiry(change: &mut audit::Change, row: &ApprovalRow, now: i64) -> Result<bool, StoreError> {
     if row.status == Status::Expired || row.effective_status(now) != Status::Expired {
         return Ok(false);
     }
-    if !rows::transition(conn, &row.approval_id, row.status, Status::Expired, None).await? {
+    if !rows::transition(change, &row.approval_id, row.status, Status::Expired, None).await? {
         return Ok(false);
     }
     let what = if row.status == Status::Pending { "request" } else { "capability" };
-    audit::append(
-        conn,
-        store.backend(),
-        &[AuditEvent::new("approval.expired", "broker", &row.tenant, &row.approval_id, json!({ "expired": what }))],
-        now,
-    )
-    .await?;
+    change.record(AuditEvent::new(
+        "approval.expired",
+        "broker",
+        &row.tenant,
+        &row.approval_id,
+        json!({ "expired": what }),
+    ));
     Ok(true)
 }
 
@@ -421,13 +418,13 @@ async fn write_expiry(
 pub async fn sweep_expired(store: &Store, now: i64) -> Result<usize, StoreError> {
     let mut n = 0;
     for id in rows::due_for_expiry(store, now, 500).await? {
-        let mut tx = store.begin_write().await?;
+        let mut tx = audit::Change::begin(store).await?;
         if let Some(row) = rows::get_on(&mut tx, &id).await?
-            && write_expiry(&mut tx, store, &row, now).await?
+            && write_expiry(&mut tx, &row, now).await?
         {
             n += 1;
         }
-        tx.commit().await?;
+        tx.commit(now).await?;
     }
     Ok(n)
 }
@@ -445,9 +442,9 @@ pub async fn read(store: &Store, caller: &AccessClaims, id: &str, now: i64) -> R
         return Err(ApprovalError::Forbidden("the token lacks the approvals:read scope".into()));
     }
     if row.effective_status(now) == Status::Expired && row.status != Status::Expired {
-        let mut tx = store.begin_write().await?;
-        write_expiry(&mut tx, store, &row, now).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        let mut tx = audit::Change::begin(store).await?;
+        write_expiry(&mut tx, &row, now).await?;
+        tx.commit(now).await?;
         return rows::get(store, id).await?.ok_or(ApprovalError::NotFound);
     }
     Ok(row)
@@ -475,7 +472,7 @@ pub async fn list(
 /// Loads an approval inside a write transaction, its row locked until the transaction ends,
 /// if `caller` may see it.
 async fn load_visible(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut sqlx::AnyConnection,
     store: &Store,
     caller: &AccessClaims,
     id: &str,
@@ -512,7 +509,7 @@ pub async fn decide(
     if let Some(n) = &note {
         check_text("note", n, false)?;
     }
-    let mut tx = store.begin_write().await?;
+    let mut tx = audit::Change::begin(store).await?;
     let row = load_visible(&mut tx, store, caller, id).await?;
     if row.requester == caller.sub || row.actors().iter().any(|a| a == &caller.sub) {
         return Err(ApprovalError::Forbidden(
@@ -526,8 +523,8 @@ pub async fn decide(
         return Err(ApprovalError::Forbidden("only operators holding approvals:decide may decide".into()));
     }
     if row.effective_status(now) == Status::Expired {
-        write_expiry(&mut tx, store, &row, now).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        write_expiry(&mut tx, &row, now).await?;
+        tx.commit(now).await?;
         return Err(ApprovalError::Expired("the request has expired".into()));
     }
     refuse_unless_pending(&row, now)?;
@@ -599,37 +596,33 @@ pub async fn decide(
     if !moved {
         return Err(ApprovalError::Conflict("the request was decided concurrently".into()));
     }
-    audit::append(&mut tx, store.backend(), &events, now).await?;
+    for e in events {
+        tx.record(e);
+    }
     let updated = rows::get_on(&mut tx, id).await?.ok_or(ApprovalError::NotFound)?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit(now).await?;
     Ok(updated)
 }
 
 /// The requester withdraws its pending request.
 pub async fn withdraw(store: &Store, caller: &AccessClaims, id: &str, now: i64) -> Result<ApprovalRow, ApprovalError> {
-    let mut tx = store.begin_write().await?;
+    let mut tx = audit::Change::begin(store).await?;
     let row = load_visible(&mut tx, store, caller, id).await?;
     if row.requester != caller.sub {
         return Err(ApprovalError::Forbidden("only the requester may withdraw a request".into()));
     }
     if row.effective_status(now) == Status::Expired {
-        write_expiry(&mut tx, store, &row, now).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        write_expiry(&mut tx, &row, now).await?;
+        tx.commit(now).await?;
         return Err(ApprovalError::Expired("the request has expired".into()));
     }
     refuse_unless_pending(&row, now)?;
     if !rows::transition(&mut tx, id, Status::Pending, Status::Withdrawn, Some(now)).await? {
         return Err(ApprovalError::Conflict("the request was decided concurrently".into()));
     }
-    audit::append(
-        &mut tx,
-        store.backend(),
-        &[AuditEvent::new("approval.withdrawn", &caller.sub, &row.tenant, id, json!({}))],
-        now,
-    )
-    .await?;
+    tx.record(AuditEvent::new("approval.withdrawn", &caller.sub, &row.tenant, id, json!({})));
     let updated = rows::get_on(&mut tx, id).await?.ok_or(ApprovalError::NotFound)?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit(now).await?;
     Ok(updated)
 }
 
@@ -668,7 +661,7 @@ pub async fn redeem(
             return Err(ApprovalError::Forbidden("the capability is bound to another key".into()));
         }
     }
-    let mut tx = store.begin_write().await?;
+    let mut tx = audit::Change::begin(store).await?;
     if !rows::redeem(&mut tx, &cap.approval_id, &cap.jti, &caller.sub, now).await? {
         let row = rows::get_on(&mut tx, &cap.approval_id).await?;
         return Err(match row.map(|r| (r.effective_status(now), r.cap_jti == Some(cap.jti.clone()))) {
@@ -677,22 +670,16 @@ pub async fn redeem(
             _ => ApprovalError::Conflict("the capability is no longer redeemable".into()),
         });
     }
-    audit::append(
-        &mut tx,
-        store.backend(),
-        &[AuditEvent::new(
-            "capability.redeemed",
-            &caller.sub,
-            &cap.tenant,
-            &cap.approval_id,
-            json!({
-                "jti": cap.jti, "action": cap.action, "resource": cap.resource, "params_digest": cap.params_digest,
-                "actors": caller.actors(),
-            }),
-        )],
-        now,
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.record(AuditEvent::new(
+        "capability.redeemed",
+        &caller.sub,
+        &cap.tenant,
+        &cap.approval_id,
+        json!({
+            "jti": cap.jti, "action": cap.action, "resource": cap.resource, "params_digest": cap.params_digest,
+            "actors": caller.actors(),
+        }),
+    ));
+    tx.commit(now).await?;
     Ok(cap)
 }

@@ -237,7 +237,7 @@ async fn register(
         detail["key"] = json!({"kid": k.kid, "alg": k.alg});
     }
     let event = AuditEvent::new("client.created", actor, record.tenant.as_str(), record.client_id.as_str(), detail);
-    let mut tx = store.begin_write().await?;
+    let mut tx = audit::Change::begin(store).await?;
     // A federated or key client's stored hash is empty: no presented secret hashes to it.
     let stored = secret.as_ref().map(|s| hash_secret(s.expose())).unwrap_or_default();
     rows::insert(&mut tx, &record, &stored).await?;
@@ -250,8 +250,8 @@ async fn register(
     if let Some(k) = key {
         crate::store::client_keys::insert(&mut tx, record.client_id.as_str(), k, now).await?;
     }
-    audit::append(&mut tx, store.backend(), &[event], now).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.record(event);
+    tx.commit(now).await?;
     Ok((record, secret))
 }
 
@@ -274,38 +274,32 @@ pub async fn rotate_secret(
         )));
     }
     let secret = new_secret()?;
-    let mut tx = store.begin_write().await?;
+    let mut tx = audit::Change::begin(store).await?;
     if !rows::set_secret_hash(&mut tx, client_id, &hash_secret(secret.expose()), now).await? {
         return Err(ClientError::NotFound(client_id.to_owned()));
     }
-    let event = AuditEvent::new("client.secret_rotated", actor, record.tenant.as_str(), client_id, json!({}));
-    audit::append(&mut tx, store.backend(), &[event], now).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.record(AuditEvent::new("client.secret_rotated", actor, record.tenant.as_str(), client_id, json!({})));
+    tx.commit(now).await?;
     Ok((record, secret))
 }
 
 /// Disables a client: its secret stops working at once and every token it holds is revoked.
 pub async fn disable(store: &Store, client_id: &str, actor: &str, now: i64) -> Result<ClientRecord, ClientError> {
     let record = rows::get(store, client_id).await?.ok_or_else(|| ClientError::NotFound(client_id.to_owned()))?;
-    let mut tx = store.begin_write().await?;
+    let mut tx = audit::Change::begin(store).await?;
     if !rows::disable(&mut tx, client_id, now).await? {
         return Err(ClientError::NotFound(client_id.to_owned()));
     }
-    crate::audit::lock(&mut tx, store.backend()).await?;
-    let revocation = crate::store::revocations::Revocation {
-        seq: 0,
-        kind: "client".into(),
-        jti: None,
-        client_id: client_id.to_owned(),
-        tenant: record.tenant.to_string(),
-        not_after: Some(now),
-        expires_at: now + crate::token::MAX_LIFETIME_SECS + crate::token::MAX_LEEWAY_SECS,
-    };
-    crate::store::revocations::insert(&mut tx, &revocation, now, actor).await?;
-    let event =
-        AuditEvent::new("client.disabled", actor, record.tenant.as_str(), client_id, json!({ "tokens_revoked": true }));
-    audit::append(&mut tx, store.backend(), &[event], now).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let revocation = crate::revocations::of_client(client_id, record.tenant.as_str(), now);
+    crate::revocations::insert_in(&mut tx, &revocation, actor, now).await?;
+    tx.record(AuditEvent::new(
+        "client.disabled",
+        actor,
+        record.tenant.as_str(),
+        client_id,
+        json!({ "tokens_revoked": true }),
+    ));
+    tx.commit(now).await?;
     Ok(ClientRecord { disabled: true, ..record })
 }
 

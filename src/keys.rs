@@ -420,20 +420,19 @@ pub async fn rotate(
     let retired: Vec<String> =
         rows.iter().filter(|r| local.contains(&r.kid) && r.retired_at.is_none()).map(|r| r.kid.clone()).collect();
     let row = public_row(&signer, now, activates_at);
-    let mut tx = store.begin_write().await?;
+    let mut tx = audit::Change::begin(store).await?;
     key_rows::insert(&mut tx, &row).await?;
     for kid in &retired {
         key_rows::retire(&mut tx, kid, activates_at, unpublish_at).await?;
     }
-    let event = AuditEvent::new(
+    tx.record(AuditEvent::new(
         "key.rotated",
         actor,
         "",
         &row.kid,
         json!({ "activates_at": activates_at, "retired": retired, "unpublish_at": unpublish_at }),
-    );
-    audit::append(&mut tx, store.backend(), &[event], now).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ));
+    tx.commit(now).await?;
     Ok(Rotation { kid: row.kid, activates_at, retired, unpublish_at })
 }
 
@@ -453,22 +452,16 @@ fn public_row(signer: &Signer, now: i64, activates_at: i64) -> KeyRow {
 /// Registers a signer's public half and audits it.
 pub async fn register(store: &Store, signer: &Signer, now: i64, activates_at: i64) -> Result<(), StoreError> {
     let row = public_row(signer, now, activates_at);
-    let mut tx = store.begin_write().await?;
+    let mut tx = audit::Change::begin(store).await?;
     key_rows::insert(&mut tx, &row).await?;
-    audit::append(
-        &mut tx,
-        store.backend(),
-        &[AuditEvent::new(
-            "key.registered",
-            "broker",
-            "",
-            &row.kid,
-            json!({"alg": row.alg, "activates_at": activates_at}),
-        )],
-        now,
-    )
-    .await?;
-    tx.commit().await?;
+    tx.record(AuditEvent::new(
+        "key.registered",
+        "broker",
+        "",
+        &row.kid,
+        json!({"alg": row.alg, "activates_at": activates_at}),
+    ));
+    tx.commit(now).await?;
     Ok(())
 }
 

@@ -39,7 +39,11 @@ pub mod policy;
 #[cfg(feature = "server")]
 pub mod proxy;
 #[cfg(feature = "server")]
+pub mod revocations;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod sessions;
 #[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]

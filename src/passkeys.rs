@@ -17,6 +17,8 @@ use ring::digest::{SHA256, digest};
 use ring::signature::{ECDSA_P256_SHA256_ASN1, ED25519, UnparsedPublicKey};
 use serde::Deserialize;
 
+pub mod ceremonies;
+
 use crate::token::b64;
 
 /// COSE algorithm ES256 (ECDSA P-256, SHA-256).

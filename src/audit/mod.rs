@@ -6,7 +6,8 @@
 //! the tail or rewriting records and recomputing every later hash is detected by
 //! [`verify`]. Old records move to archive files ([`archive`]) that verify on their own.
 //!
-//! State changes append their records inside their own transaction. Issued tokens, which
+//! State changes append their records inside their own transaction, through one unit of work
+//! ([`Change`]). Issued tokens, which
 //! change nothing else, go through [`AuditWriter`], which groups concurrent records into one
 //! transaction (group commit) and answers each caller only once its record is durable. The
 //! writer knows nothing of clients: a record may carry a [`Precondition`], checked inside the
@@ -17,6 +18,7 @@
 
 pub mod archive;
 mod chain;
+mod change;
 pub mod checkpoint;
 pub mod verify;
 mod writer;
@@ -26,6 +28,7 @@ use serde_json::Value;
 
 pub(crate) use chain::record_from_row;
 pub use chain::{GENESIS, append, append_now, head, hex, lock, read_page, read_range, record_hash};
+pub use change::Change;
 pub use verify::{ChainReport, Problem};
 pub use writer::{AuditWriter, CheckedError, Fingerprints, MAX_BATCH, Precondition, PreconditionReader, WriterStats};
 

@@ -223,47 +223,14 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
             else {
                 return Err(Failure(format!("no operator client {id}")));
             };
-            let mut raw = [0u8; 15];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
-                .map_err(|_| Failure("no randomness".into()))?;
-            let code = crate::token::b64::encode(&raw);
-            let t = now();
-            let row = crate::store::passkeys::ChallengeRow {
-                challenge: crate::server::console_enrolment_key(&code),
-                purpose: "enrol_code".into(),
-                client_id: Some(id.clone()),
-                expires_at: t + 1800,
-                ..Default::default()
-            };
-            crate::store::passkeys::insert_challenge(store, &row, t).await?;
-            let mut tx = store.begin_write().await?;
-            let event = crate::audit::AuditEvent::new(
-                "passkey.enrolment_issued",
-                "cli",
-                c.tenant.as_str(),
-                &id,
-                json!({ "expires_at": row.expires_at }),
-            );
-            crate::audit::append(&mut tx, store.backend(), &[event], t).await?;
-            tx.commit().await.map_err(crate::store::StoreError::from)?;
-            print_json(&json!({ "client_id": id, "enrolment_code": code, "expires_at": row.expires_at }))
+            let (code, expires_at) = crate::passkeys::ceremonies::issue_enrolment_code(store, &c, "cli", now()).await?;
+            print_json(&json!({ "client_id": id, "enrolment_code": code, "expires_at": expires_at }))
         }
         ClientsCmd::RemovePasskeys { id } => {
             let Some(c) = crate::store::clients::get(store, &id).await? else {
                 return Err(Failure(format!("no client {id}")));
             };
-            let t = now();
-            let mut tx = store.begin_write().await?;
-            let removed = crate::store::passkeys::remove(&mut tx, &id, None, t).await?;
-            let event = crate::audit::AuditEvent::new(
-                "passkey.removed",
-                "cli",
-                c.tenant.as_str(),
-                &id,
-                json!({ "all": true, "removed": removed }),
-            );
-            crate::audit::append(&mut tx, store.backend(), &[event], t).await?;
-            tx.commit().await.map_err(crate::store::StoreError::from)?;
+            let removed = crate::passkeys::ceremonies::remove_all(store, &c, "cli", now()).await?;
             print_json(&json!({ "client_id": id, "passkeys_removed": removed }))
         }
     }

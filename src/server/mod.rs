@@ -204,11 +204,6 @@ impl AppState {
     }
 }
 
-/// The stored key of a console passkey-enrolment code (for `tessera clients passkey-enrolment`).
-pub fn console_enrolment_key(code: &str) -> String {
-    console::enrolment_key(code)
-}
-
 /// The router, without a socket: tests may drive it with `oneshot`.
 pub fn app(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config().request_timeout_secs);

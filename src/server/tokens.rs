@@ -13,12 +13,9 @@ use serde_json::{Value, json};
 use super::auth::{Caller, StrictJson, verify_access_any_audience, verify_capability, verify_capability_any_audience};
 use super::oauth::{authenticate_request, peer_of, read_form};
 use super::{ApiError, ApiResult, AppState};
-use crate::audit::{self, AuditEvent};
 use crate::domain::CallerKind;
-use crate::store::StoreError;
+use crate::revocations::{self, RevocationError};
 use crate::store::approvals::{self as approval_rows, Status};
-use crate::store::revocations::{self as rows, Revocation};
-use crate::token::{MAX_LEEWAY_SECS, MAX_LIFETIME_SECS};
 
 /// The `typ` of the signed revocation feed.
 pub const TYP_REVOCATIONS: &str = "revocations+jwt";
@@ -30,6 +27,15 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/oauth/introspect", post(introspect).fallback(|| async { ApiError::method_not_allowed() }))
         .route("/oauth/revoke", post(revoke).fallback(|| async { ApiError::method_not_allowed() }))
         .route("/v1/revocations", post(operator_revoke).get(feed))
+}
+
+impl From<RevocationError> for ApiError {
+    fn from(e: RevocationError) -> Self {
+        match e {
+            RevocationError::NotFound(what) => ApiError::not_found(what),
+            RevocationError::Store(e) => e.into(),
+        }
+    }
 }
 
 fn no_store(v: Value) -> Response {
@@ -54,7 +60,7 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
         let owner = crate::store::clients::get(state.store(), &c.sub).await?;
         let usable = c.tenant == client.tenant.as_str()
             && owner.is_some_and(|o| !o.disabled)
-            && !rows::is_revoked(state.store(), &c.jti, &c.sub, c.iat).await?
+            && !revocations::is_revoked(state.store(), &c.jti, &c.sub, c.iat).await?
             // Every client of a delegation chain must still be usable (design §12).
             && super::auth::live_actors(&state, &c).await?.is_some();
         if !usable {
@@ -95,25 +101,6 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
     Ok(inactive())
 }
 
-/// Records a revocation and its audit record in one transaction.
-async fn record(state: &AppState, r: Revocation, by: &str, now: i64) -> Result<(), StoreError> {
-    let store = state.store();
-    let mut tx = store.begin_write().await?;
-    audit::lock(&mut tx, store.backend()).await?;
-    rows::insert(&mut tx, &r, now, by).await?;
-    let subject = r.jti.clone().unwrap_or_else(|| r.client_id.clone());
-    let event = AuditEvent::new(
-        if r.kind == "token" { "token.revoked" } else { "client.tokens_revoked" },
-        by,
-        &r.tenant,
-        &subject,
-        json!({ "client_id": r.client_id, "not_after": r.not_after }),
-    );
-    audit::append(&mut tx, store.backend(), &[event], now).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
 /// RFC 7009: a client revokes one of its own access tokens. Invalid or expired tokens are
 /// answered 200, as the RFC asks; a valid token of another client is refused.
 async fn revoke(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
@@ -134,18 +121,7 @@ async fn revoke(State(state): State<AppState>, req: Request) -> ApiResult<Respon
     if !own {
         return Err(ApiError::unauthorized_client("the token was not issued to this client"));
     }
-    if !rows::is_revoked(state.store(), &c.jti, &c.sub, c.iat).await? {
-        let r = Revocation {
-            seq: 0,
-            kind: "token".into(),
-            jti: Some(c.jti.clone()),
-            client_id: c.sub.clone(),
-            tenant: c.tenant.clone(),
-            not_after: None,
-            expires_at: c.exp + MAX_LEEWAY_SECS,
-        };
-        record(&state, r, client.client_id.as_str(), now).await?;
-    }
+    revocations::revoke_own(state.store(), &c, client.client_id.as_str(), now).await?;
     Ok(no_store(json!({})))
 }
 
@@ -169,41 +145,13 @@ async fn operator_revoke(
     }
     let now = state.now();
     let tenant = caller.claims.tenant.clone();
+    let by = caller.claims.sub.as_str();
     let r = match (body.jti, body.client_id) {
-        (Some(jti), None) => {
-            let (client_id, t, exp) = rows::issued(state.store(), &jti)
-                .await?
-                .filter(|(_, t, _)| *t == tenant)
-                .ok_or_else(|| ApiError::not_found("no token with that jti in this tenant"))?;
-            Revocation {
-                seq: 0,
-                kind: "token".into(),
-                jti: Some(jti),
-                client_id,
-                tenant: t,
-                not_after: None,
-                expires_at: exp + MAX_LEEWAY_SECS,
-            }
-        }
-        (None, Some(client_id)) => {
-            crate::store::clients::get(state.store(), &client_id)
-                .await?
-                .filter(|c| c.tenant.as_str() == tenant)
-                .ok_or_else(|| ApiError::not_found("no such client in this tenant"))?;
-            Revocation {
-                seq: 0,
-                kind: "client".into(),
-                jti: None,
-                client_id,
-                tenant,
-                not_after: Some(now),
-                expires_at: now + MAX_LIFETIME_SECS + MAX_LEEWAY_SECS,
-            }
-        }
+        (Some(jti), None) => revocations::revoke_token(state.store(), &tenant, &jti, by, now).await?,
+        (None, Some(client_id)) => revocations::revoke_client(state.store(), &tenant, &client_id, by, now).await?,
         _ => return Err(ApiError::invalid_request("give exactly one of jti and client_id")),
     };
     let answer = json!({ "revoked": r.kind, "jti": r.jti, "client_id": r.client_id, "not_after": r.not_after });
-    record(&state, r, &caller.claims.sub, now).await?;
     Ok(no_store(answer))
 }
 
@@ -248,16 +196,8 @@ async fn feed(State(state): State<AppState>, caller: Caller, RawQuery(q): RawQue
     }
     let tenant = caller.claims.tenant.as_str();
     let now = state.now();
-    let head = rows::last_seq(state.store(), tenant).await?;
-    let entries = rows::since(state.store(), tenant, since, head, now, FEED_PAGE + 1).await?;
-    let more = entries.len() as i64 > FEED_PAGE;
-    let entries: Vec<Revocation> = entries.into_iter().take(FEED_PAGE as usize).collect();
-    let next = match entries.last() {
-        Some(e) if more => e.seq,
-        _ => head,
-    };
-    let since_id = if since > 0 { rows::entry_id(state.store(), tenant, since).await? } else { None };
-    let next_id = if next > 0 { rows::entry_id(state.store(), tenant, next).await? } else { None };
+    let page = revocations::page(state.store(), tenant, since, now, FEED_PAGE).await?;
+    let revocations::Page { entries, more, next, since_id, next_id } = page;
     let mut claims = json!({
         "iss": state.config().issuer, "iat": now, "exp": now + 300, "tenant": tenant,
         "since": since, "since_id": since_id, "next": next, "next_id": next_id,

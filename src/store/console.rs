@@ -21,7 +21,7 @@ pub struct SessionRow {
     pub created_at: i64,
     /// The session ends at this time, Unix seconds.
     pub expires_at: i64,
-    /// A stamp of the credential signed in with (see `console::session::credential_stamp`):
+    /// A stamp of the credential signed in with (see `sessions::credential_stamp`):
     /// the session ends when the client's secret no longer gives this stamp.
     pub credential: String,
     /// How the operator signed in: `secret` or `passkey`.

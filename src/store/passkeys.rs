@@ -156,7 +156,13 @@ pub struct ChallengeRow {
 
 /// Stores a challenge; old ones are forgotten on the way.
 pub async fn insert_challenge(store: &Store, c: &ChallengeRow, now: i64) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM passkey_challenges WHERE expires_at <= $1").bind(now).execute(store.pool()).await?;
+    let mut conn = store.pool().acquire().await?;
+    insert_challenge_on(&mut conn, c, now).await
+}
+
+/// As [`insert_challenge`], on `conn` (inside a change).
+pub async fn insert_challenge_on(conn: &mut AnyConnection, c: &ChallengeRow, now: i64) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM passkey_challenges WHERE expires_at <= $1").bind(now).execute(&mut *conn).await?;
     sqlx::query(
         "INSERT INTO passkey_challenges (challenge, purpose, client_id, session_hash, approval_id, decision, \
          params_digest, nonce, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -170,7 +176,7 @@ pub async fn insert_challenge(store: &Store, c: &ChallengeRow, now: i64) -> Resu
     .bind(&c.params_digest)
     .bind(&c.nonce)
     .bind(c.expires_at)
-    .execute(store.pool())
+    .execute(conn)
     .await?;
     Ok(())
 }

@@ -15,7 +15,6 @@
 mod pages;
 mod passkeys;
 
-pub use passkeys::enrolment_key;
 mod session;
 
 use std::collections::{HashMap, HashSet};
@@ -384,7 +383,7 @@ async fn sign_in(State(state): State<AppState>, req: Request) -> PageResult {
     };
     let now = state.now();
     if state.config().policy.console_passkey_only
-        && !crate::store::passkeys::of_client(state.store(), client.client_id.as_str()).await?.is_empty()
+        && !crate::passkeys::ceremonies::of_client(state.store(), client.client_id.as_str()).await?.is_empty()
     {
         request_log!(INFO, client_id = %client.client_id, "console sign-in with a secret refused: this operator signs in with a passkey");
         return Ok(page(StatusCode::UNAUTHORIZED, pages::sign_in(SignInNote::PasskeyOnly, next, None)));

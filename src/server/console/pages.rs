@@ -787,7 +787,7 @@ pub fn message(op: Option<&Operator>, title: &str, text: &str, back: Option<(&st
 /// The operator's passkeys: a list, enrolment, removal.
 pub fn passkeys(
     op: &Operator,
-    keys: &[crate::store::passkeys::PasskeyRow],
+    keys: &[crate::passkeys::ceremonies::PasskeyRow],
     ip_origin: Option<&str>,
     needs_passkey_session: bool,
     flash: Option<&str>,

@@ -14,16 +14,13 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use ring::digest::{SHA256, digest};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
-use serde_json::json;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, AuditEvent};
-use crate::domain::CallerKind;
 use crate::server::{ApiError, AppState};
+use crate::sessions::{self, Found, SessionRow};
 use crate::store::StoreError;
-use crate::store::clients::{self as client_rows, ClientRecord};
-use crate::store::console::{self as sessions, SessionRow};
+use crate::store::clients::ClientRecord;
 use crate::token::claims::Audience;
 use crate::token::{AccessClaims, b64};
 
@@ -123,7 +120,7 @@ fn operator_claims(state: &AppState, client: &ClientRecord, session: &SessionRow
         iat: now,
         nbf: now,
         exp: session.expires_at,
-        jti: format!("console:{}", session.session_hash.chars().take(16).collect::<String>()),
+        jti: sessions::token_id(&session.session_hash),
         scope: scopes.to_string(),
         tenant: client.tenant.to_string(),
         caller_kind: client.kind,
@@ -139,44 +136,26 @@ fn operator_claims(state: &AppState, client: &ClientRecord, session: &SessionRow
 pub async fn current(state: &AppState, headers: &HeaderMap) -> Result<Option<Operator>, StoreError> {
     let Some(id) = session_id_of(headers) else { return Ok(None) };
     let hash = session_hash(id);
-    let Some(row) = sessions::get(state.store(), &hash).await? else { return Ok(None) };
     let now = state.now();
-    if row.expires_at <= now {
-        let mut conn = state.store().pool().acquire().await?;
-        sessions::delete(&mut conn, &hash).await?;
-        return Ok(None);
+    match sessions::find(state.store(), &hash, now).await? {
+        Found::Live(row, client) => {
+            let claims = operator_claims(state, &client, &row, now);
+            Ok(Some(Operator { claims, client: *client, csrf: csrf_token(id), session_hash: hash, method: row.method }))
+        }
+        Found::None => Ok(None),
+        Found::ClientGone { client_id, ended } => {
+            request_log!(INFO, client_id = %client_id, ended, "console sessions of a disabled client ended");
+            Ok(None)
+        }
+        Found::SecretRotated { client_id, ended } => {
+            request_log!(INFO, client_id = %client_id, ended, "console sessions of a rotated secret ended");
+            Ok(None)
+        }
+        Found::Revoked { client_id } => {
+            request_log!(INFO, client_id = %client_id, "a console session of a revoked client ended");
+            Ok(None)
+        }
     }
-    let found = client_rows::get_with_hash(state.store(), &row.client_id).await?;
-    let Some((client, secret_hash)) = found.filter(|(c, _)| !c.disabled && c.kind == CallerKind::Operator) else {
-        let ended = sessions::end_sessions_of(state.store(), &row.client_id).await?;
-        request_log!(INFO, client_id = %row.client_id, ended, "console sessions of a disabled client ended");
-        return Ok(None);
-    };
-    // The session lives only as long as the credential it was opened with.
-    let stamp = credential_stamp(&secret_hash);
-    if !bool::from(stamp.as_bytes().ct_eq(row.credential.as_bytes())) {
-        let ended = sessions::end_sessions_not_of(state.store(), &row.client_id, &stamp).await?;
-        request_log!(INFO, client_id = %row.client_id, ended, "console sessions of a rotated secret ended");
-        return Ok(None);
-    }
-    // A revocation of the client's tokens covers the sessions opened up to its time.
-    let claims = operator_claims(state, &client, &row, now);
-    if crate::store::revocations::is_revoked(state.store(), &claims.jti, &row.client_id, row.created_at).await? {
-        let mut conn = state.store().pool().acquire().await?;
-        sessions::delete(&mut conn, &hash).await?;
-        request_log!(INFO, client_id = %row.client_id, "a console session of a revoked client ended");
-        return Ok(None);
-    }
-    Ok(Some(Operator { claims, client, csrf: csrf_token(id), session_hash: hash, method: row.method }))
-}
-
-/// The stamp a session keeps of the credential it was opened with: SHA-256 over a label and
-/// the client's stored secret hash, in hex. It changes when the secret is rotated, and says
-/// nothing of the secret or its hash.
-pub fn credential_stamp(secret_hash: &str) -> String {
-    let mut input = b"tessera console credential\0".to_vec();
-    input.extend_from_slice(secret_hash.as_bytes());
-    digest(&SHA256, &input).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Starts a session for `client` and records the sign-in in the audit log, in one
@@ -191,46 +170,13 @@ pub async fn start(
 ) -> Result<HeaderValue, ApiError> {
     let id = new_session_id()?;
     let lifetime = state.config().console_session_secs;
-    let row = SessionRow {
-        session_hash: session_hash(&id),
-        client_id: client.client_id.to_string(),
-        created_at: now,
-        expires_at: now + lifetime,
-        credential: credential_stamp(secret_hash),
-        method: method.to_owned(),
-    };
-    // Old sessions are forgotten as new ones start; they were refused already.
-    sessions::delete_expired(state.store(), now).await?;
-    let event = AuditEvent::new(
-        "console.signed_in",
-        client.client_id.as_str(),
-        client.tenant.as_str(),
-        client.client_id.as_str(),
-        json!({ "session": &row.session_hash[..16], "expires_at": row.expires_at, "method": method }),
-    );
-    let store = state.store();
-    let mut tx = store.begin_write().await?;
-    sessions::insert(&mut tx, &row).await?;
-    audit::append(&mut tx, store.backend(), &[event], now).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    sessions::open(state.store(), client, session_hash(&id), secret_hash, method, lifetime, now).await?;
     cookie(state, &id, lifetime)
 }
 
 /// Ends the operator's session and records the sign-out.
 pub async fn end(state: &AppState, op: &Operator, now: i64) -> Result<(), ApiError> {
-    let event = AuditEvent::new(
-        "console.signed_out",
-        op.client.client_id.as_str(),
-        op.client.tenant.as_str(),
-        op.client.client_id.as_str(),
-        json!({ "session": &op.session_hash[..16] }),
-    );
-    let store = state.store();
-    let mut tx = store.begin_write().await?;
-    if sessions::delete(&mut tx, &op.session_hash).await? {
-        audit::append(&mut tx, store.backend(), &[event], now).await?;
-    }
-    tx.commit().await.map_err(StoreError::from)?;
+    sessions::close(state.store(), &op.client, &op.session_hash, now).await?;
     Ok(())
 }
 
