@@ -7,7 +7,10 @@ use crate::audit::{self, AuditEvent};
 use crate::domain::{Action, ApprovalId, CallerKind, ParamsDigest, Resource};
 use crate::keys::Signer;
 use crate::policy::Policy;
-use crate::store::approvals::{self as rows, ApprovalRow, Decision, Status};
+use crate::store::approvals as rows;
+// Reads of the noun, for the handlers: they import this module, never the table.
+pub use crate::store::approvals::{ApprovalRow, Decision, Status, get as get_unchecked, recent_by_requester};
+pub use crate::store::approvals::{HistoryFilter, history_ids};
 use crate::store::clients::ClientRecord;
 use crate::store::{Store, StoreError};
 use crate::token::claims::Audience;
@@ -472,7 +475,7 @@ pub async fn list(
 /// Loads an approval inside a write transaction, its row locked until the transaction ends,
 /// if `caller` may see it.
 async fn load_visible(
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut crate::store::Conn,
     store: &Store,
     caller: &AccessClaims,
     id: &str,

@@ -16,8 +16,14 @@ use zeroize::Zeroizing;
 use crate::audit::{self, AuditEvent, Fingerprints, Precondition, PreconditionReader};
 use crate::domain::{Action, CallerKind, ClientId, Scope, ScopeSet, TenantId, WorkspaceId};
 use crate::policy::Policy;
-use crate::store::clients::{self as rows, ClientRecord};
-use crate::store::federation::FederatedIdentity;
+use crate::store::clients as rows;
+// Reads of the noun, for the handlers and the command line: they import this module, never
+// the tables.
+pub use crate::store::client_keys::{get as key_of, list as keys};
+pub use crate::store::clients::{ClientRecord, get, get_with_hash, list};
+pub use crate::store::federation::{
+    FederatedIdentity, client_for as federated_client, list as identities, use_jti as use_assertion_id,
+};
 use crate::store::{Store, StoreError};
 use crate::token::b64;
 
@@ -423,23 +429,19 @@ fn fingerprint(secret_hash: &str, updated_at: i64) -> String {
 pub struct ClientPreconditions;
 
 impl PreconditionReader for ClientPreconditions {
-    fn read_sqlite(&self, conn: &rusqlite::Connection, keys: &[&str]) -> Result<HashMap<String, String>, StoreError> {
-        use rusqlite::OptionalExtension;
-        let mut stmt =
-            conn.prepare_cached("SELECT secret_hash, disabled, updated_at FROM clients WHERE client_id = ?1")?;
-        let mut out = HashMap::with_capacity(keys.len());
-        for key in keys {
-            let row = stmt
-                .query_row([key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
-                .optional()?;
-            if let Some((hash, 0, updated_at)) = row {
-                out.insert((*key).to_owned(), fingerprint(&hash, updated_at));
-            }
-        }
-        Ok(out)
+    fn read_sqlite(
+        &self,
+        conn: &crate::store::EmbeddedConn,
+        keys: &[&str],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        Ok(rows::auth_states_embedded(conn, keys)?
+            .into_iter()
+            .filter(|(_, s)| !s.disabled)
+            .map(|(id, s)| (id, fingerprint(&s.secret_hash, s.updated_at)))
+            .collect())
     }
 
-    fn read_any<'a>(&'a self, conn: &'a mut sqlx::AnyConnection, keys: &'a [&'a str]) -> Fingerprints<'a> {
+    fn read_any<'a>(&'a self, conn: &'a mut crate::store::Conn, keys: &'a [&'a str]) -> Fingerprints<'a> {
         Box::pin(async move {
             let states = rows::auth_states(conn, keys).await?;
             Ok(states

@@ -3,7 +3,6 @@
 //! that names the key.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -17,43 +16,7 @@ use crate::webhooks::{WebhookConfig, WebhookSecret};
 #[error("configuration: {0}")]
 pub struct ConfigError(pub String);
 
-/// A database URL; its password never reaches Debug output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    /// Wraps a URL.
-    pub fn new(url: impl Into<String>) -> Self {
-        DatabaseUrl(url.into())
-    }
-    /// The URL itself, for connecting.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// Whether it names PostgreSQL.
-    pub fn is_postgres(&self) -> bool {
-        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
-    }
-    /// The URL with any password replaced by `***`.
-    pub fn redacted(&self) -> String {
-        match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(scheme_end), Some(at)) if at > scheme_end => {
-                let userinfo = &self.0[scheme_end + 3..at];
-                match userinfo.find(':') {
-                    Some(colon) => format!("{}{}:***{}", &self.0[..scheme_end + 3], &userinfo[..colon], &self.0[at..]),
-                    None => self.0.clone(),
-                }
-            }
-            _ => self.0.clone(),
-        }
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.redacted())
-    }
-}
+pub use crate::store::DatabaseUrl;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

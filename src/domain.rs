@@ -1,7 +1,8 @@
 //! Validated domain values.
 //!
 //! Every value that crosses a trust boundary is parsed into one of these types before any
-//! code acts on it, so a handler cannot hold an unchecked tenant, scope or digest.
+//! code acts on it, so a handler cannot hold an unchecked tenant, scope or digest. This module
+//! sits at the bottom: it depends on no other module of the crate.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -9,7 +10,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::token::b64;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// A value that failed validation. The message names the field and the rule, never echoes
 /// more than a short prefix of the input.
@@ -362,7 +364,7 @@ impl ParamsDigest {
         let ok = s
             .strip_prefix("sha256:")
             .filter(|rest| rest.len() == 43)
-            .and_then(|rest| b64::decode(rest).ok())
+            .and_then(|rest| URL_SAFE_NO_PAD.decode(rest).ok())
             .is_some_and(|bytes| bytes.len() == 32);
         if ok {
             Ok(ParamsDigest(s.to_owned()))
@@ -375,7 +377,7 @@ impl ParamsDigest {
     }
     /// Builds a digest from the 32 raw bytes.
     pub fn from_sha256(bytes: &[u8; 32]) -> Self {
-        ParamsDigest(format!("sha256:{}", b64::encode(bytes)))
+        ParamsDigest(format!("sha256:{}", URL_SAFE_NO_PAD.encode(bytes)))
     }
     /// The validated text.
     pub fn as_str(&self) -> &str {
@@ -407,13 +409,13 @@ impl ApprovalId {
         let ok = s
             .strip_prefix("apr_")
             .filter(|rest| rest.len() == 22)
-            .and_then(|rest| b64::decode(rest).ok())
+            .and_then(|rest| URL_SAFE_NO_PAD.decode(rest).ok())
             .is_some_and(|b| b.len() == 16);
         if ok { Ok(ApprovalId(s.to_owned())) } else { Err(InvalidValue::new("approval id", "malformed")) }
     }
     /// Builds an id from 16 random bytes.
     pub fn from_random(bytes: &[u8; 16]) -> Self {
-        ApprovalId(format!("apr_{}", b64::encode(bytes)))
+        ApprovalId(format!("apr_{}", URL_SAFE_NO_PAD.encode(bytes)))
     }
     /// The id text.
     pub fn as_str(&self) -> &str {

@@ -19,7 +19,9 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditEvent};
-use crate::store::keys::{self as key_rows, KeyRow};
+use crate::store::keys as key_rows;
+// Reads of the noun, for the handlers and the command line.
+pub use crate::store::keys::{KeyRow, list};
 use crate::store::{Store, StoreError};
 use crate::token::{ALG_EDDSA, TYP_ACCESS, TYP_CAPABILITY, b64, jws};
 use crate::verify::{KeyLookup, PublicKey};

@@ -254,7 +254,6 @@ pub fn is_ip_host(host: &str) -> bool {
 /// the approval's `params_digest` must still be the one signed; and the `decisions` table must
 /// still say the same. Returns how many were checked, or the first problem, named.
 pub async fn verify_decisions(store: &crate::store::Store, rp_id: &str) -> Result<usize, String> {
-    use sqlx::Row;
     let fail = |e: crate::store::StoreError| e.to_string();
     let mut checked = 0;
     let mut after = 0;
@@ -267,14 +266,7 @@ pub async fn verify_decisions(store: &crate::store::Store, rp_id: &str) -> Resul
             let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap_or_default();
             let text = |k: &str| detail[k].as_str().unwrap_or_default().to_owned();
             let decision = text("decision");
-            let stored = sqlx::query("SELECT decision, method FROM decisions WHERE approval_id = $1 AND operator = $2")
-                .bind(&r.subject)
-                .bind(&r.actor)
-                .fetch_optional(store.pool())
-                .await
-                .map_err(|e| e.to_string())?;
-            let stored: Option<(String, String)> = stored
-                .map(|row| (row.try_get("decision").unwrap_or_default(), row.try_get("method").unwrap_or_default()));
+            let stored = crate::store::approvals::decision_of(store, &r.subject, &r.actor).await.map_err(fail)?;
             let method = detail["method"].as_str().unwrap_or("secret");
             if stored.as_ref().is_some_and(|(d, m)| *d != decision || m != method) {
                 return Err(format!(
@@ -286,12 +278,7 @@ pub async fn verify_decisions(store: &crate::store::Store, rp_id: &str) -> Resul
                 continue;
             }
             seen.insert((r.subject.clone(), r.actor.clone()));
-            let digest_now = sqlx::query("SELECT params_digest FROM approvals WHERE approval_id = $1")
-                .bind(&r.subject)
-                .fetch_optional(store.pool())
-                .await
-                .map_err(|e| e.to_string())?
-                .map(|row| row.try_get::<String, _>("params_digest").unwrap_or_default());
+            let digest_now = crate::store::approvals::params_digest_of(store, &r.subject).await.map_err(fail)?;
             if digest_now.as_deref().is_some_and(|d| d != text("params_digest")) {
                 return Err(format!(
                     "record {}: approval {} no longer has the digest that was signed",
@@ -326,13 +313,7 @@ pub async fn verify_decisions(store: &crate::store::Store, rp_id: &str) -> Resul
         }
     }
     // And no decision claims a passkey that the audit log does not prove.
-    let rows = sqlx::query("SELECT approval_id, operator FROM decisions WHERE method = 'passkey'")
-        .fetch_all(store.pool())
-        .await
-        .map_err(|e| e.to_string())?;
-    for row in rows {
-        let key: (String, String) =
-            (row.try_get("approval_id").unwrap_or_default(), row.try_get("operator").unwrap_or_default());
+    for key in crate::store::approvals::passkey_decisions(store).await.map_err(fail)? {
         if !seen.contains(&key) {
             return Err(format!("the passkey decision of {} on {} has no audit record that proves it", key.1, key.0));
         }

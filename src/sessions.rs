@@ -81,6 +81,11 @@ pub async fn close(store: &Store, client: &ClientRecord, session_hash: &str, now
     Ok(ended)
 }
 
+/// Ends every session of `client_id`; returns how many.
+pub async fn end_all_of(store: &Store, client_id: &str) -> Result<u64, StoreError> {
+    rows::end_sessions_of(store, client_id).await
+}
+
 /// What a session lookup found.
 #[derive(Debug)]
 pub enum Found {

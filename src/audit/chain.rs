@@ -258,6 +258,26 @@ pub async fn read_page(store: &Store, after_seq: i64, limit: i64) -> Result<Vec<
     rows.iter().map(record_from_row).collect()
 }
 
+/// The audit records of one tenant whose subject is `subject` (an approval id), in chain
+/// order, at most `limit`.
+pub async fn of_subject(
+    store: &Store,
+    tenant: &str,
+    subject: &str,
+    limit: i64,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT seq, at, event, actor, tenant, subject, detail, prev_hash, hash FROM audit_log \
+         WHERE subject = $1 AND tenant = $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(subject)
+    .bind(tenant)
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter().map(record_from_row).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,8 +26,7 @@ mod writer;
 use serde::Serialize;
 use serde_json::Value;
 
-pub(crate) use chain::record_from_row;
-pub use chain::{GENESIS, append, append_now, head, hex, lock, read_page, read_range, record_hash};
+pub use chain::{GENESIS, append, append_now, head, hex, lock, of_subject, read_page, read_range, record_hash};
 pub use change::Change;
 pub use verify::{ChainReport, Problem};
 pub use writer::{AuditWriter, CheckedError, Fingerprints, MAX_BATCH, Precondition, PreconditionReader, WriterStats};

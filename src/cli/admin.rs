@@ -7,13 +7,13 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::Failure;
+use crate::clients as client_rows;
+use crate::clients::FederatedIdentity;
 use crate::clients::{self, NewClient};
 use crate::config::Config;
 use crate::domain::{Action, CallerKind, ClientId, Scope, TenantId, WorkspaceId};
+use crate::keys as key_rows;
 use crate::store::Store;
-use crate::store::clients as client_rows;
-use crate::store::federation::FederatedIdentity;
-use crate::store::keys as key_rows;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum ClientsCmd {
@@ -155,7 +155,7 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
             let (c, secret, key) = if let Some(path) = &jwk {
                 let text = read_jwk_file(path)?;
                 let c = clients::create_with_key(store, &config.policy, new, &text, "cli", now()).await?;
-                let key = crate::store::client_keys::get(store, c.client_id.as_str()).await?;
+                let key = crate::clients::key_of(store, c.client_id.as_str()).await?;
                 (c, None, key.map(|k| json!({"kid": k.kid, "alg": k.alg})))
             } else if federated.is_empty() {
                 let (c, secret) = clients::create(store, &config.policy, new, "cli", now()).await?;
@@ -181,10 +181,10 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
         ClientsCmd::List => {
             let list = client_rows::list(store).await?;
             let mut identities: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
-            for (client, id) in crate::store::federation::list(store).await? {
+            for (client, id) in crate::clients::identities(store).await? {
                 identities.entry(client).or_default().push(format!("federated:{}={}", id.issuer, id.subject));
             }
-            for (client, kid) in crate::store::client_keys::list(store).await? {
+            for (client, kid) in crate::clients::keys(store).await? {
                 identities.entry(client).or_default().push(format!("key:{kid}"));
             }
             let mut out = std::io::stdout().lock();
@@ -219,7 +219,7 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
         }
         ClientsCmd::PasskeyEnrolment { id } => {
             let Some(c) =
-                crate::store::clients::get(store, &id).await?.filter(|c| c.kind == crate::domain::CallerKind::Operator)
+                crate::clients::get(store, &id).await?.filter(|c| c.kind == crate::domain::CallerKind::Operator)
             else {
                 return Err(Failure(format!("no operator client {id}")));
             };
@@ -227,7 +227,7 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
             print_json(&json!({ "client_id": id, "enrolment_code": code, "expires_at": expires_at }))
         }
         ClientsCmd::RemovePasskeys { id } => {
-            let Some(c) = crate::store::clients::get(store, &id).await? else {
+            let Some(c) = crate::clients::get(store, &id).await? else {
                 return Err(Failure(format!("no client {id}")));
             };
             let removed = crate::passkeys::ceremonies::remove_all(store, &c, "cli", now()).await?;

@@ -70,7 +70,7 @@ pub async fn of_client(store: &Store, client_id: &str) -> Result<Vec<PasskeyRow>
 
 /// Whether `code` is an enrolment code issued to `client_id`; `take` uses it up.
 async fn enrolment_code_ok(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::Conn,
     client_id: &str,
     code: Option<&str>,
     take: bool,

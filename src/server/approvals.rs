@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::auth::{Caller, StrictJson};
 use super::{ApiError, ApiResult, AppState};
 use crate::approvals::{self, ApprovalError, Issuing, NewRequest, Verdict};
-use crate::store::approvals::{ApprovalRow, Status};
+use crate::approvals::{ApprovalRow, Status};
 use crate::token::b64;
 
 /// The header with which an allowed install client bypasses the gate, giving its reason.
@@ -261,7 +261,7 @@ async fn decide(
         now,
     )
     .await?;
-    if row.status != crate::store::approvals::Status::Pending {
+    if row.status != crate::approvals::Status::Pending {
         state.metrics().approval(row.status);
     }
     Ok(Json(approval_json(&row, now, None)))
@@ -290,7 +290,7 @@ async fn redeem(
         .await
         .map_err(approvals::refuse_capability)?;
     let cap = approvals::redeem(state.store(), &caller.claims, cap, now).await?;
-    state.metrics().approval(crate::store::approvals::Status::Redeemed);
+    state.metrics().approval(crate::approvals::Status::Redeemed);
     Ok(Json(json!({
         "redeemed": true,
         "approval_id": cap.approval_id,

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{ApiError, AppState};
-use crate::store::clients::{self as client_rows, ClientRecord};
+use crate::clients::{self as client_rows, ClientRecord};
 use crate::token::{AccessClaims, strict_json};
 use crate::verify::{VerifyError, dpop};
 
@@ -121,7 +121,7 @@ pub(super) async fn live_actors(
         else {
             return Ok(None);
         };
-        if crate::store::revocations::is_revoked(state.store(), &claims.jti, &a.sub, claims.iat).await? {
+        if crate::revocations::is_revoked(state.store(), &claims.jti, &a.sub, claims.iat).await? {
             return Ok(None);
         }
         out.push(c);
@@ -163,7 +163,7 @@ pub(super) async fn caller_of(state: &AppState, claims: AccessClaims) -> Result<
         .await?
         .filter(|c| !c.disabled && c.tenant.as_str() == claims.tenant && c.kind == claims.caller_kind)
         .ok_or_else(|| ApiError::invalid_token("access token rejected: the client is disabled or unknown"))?;
-    if crate::store::revocations::is_revoked(state.store(), &claims.jti, &claims.sub, claims.iat).await? {
+    if crate::revocations::is_revoked(state.store(), &claims.jti, &claims.sub, claims.iat).await? {
         return Err(ApiError::invalid_token("access token rejected: revoked"));
     }
     let actors = live_actors(state, &claims).await?.ok_or_else(|| {

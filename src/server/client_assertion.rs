@@ -6,10 +6,10 @@
 
 use axum::http::{HeaderMap, header};
 
-use super::oauth::Form;
+use super::form::Form;
 use super::{ApiError, ApiResult, AppState};
+use crate::clients::ClientRecord;
 use crate::clients::key;
-use crate::store::clients::ClientRecord;
 
 /// Whether the request authenticates its client with an assertion.
 pub(super) fn presented(form: &Form) -> bool {
@@ -56,8 +56,8 @@ pub(super) async fn authenticate(
         return Err(refused("client_id is not the assertion's iss"));
     }
     let store = state.store();
-    let registered = crate::store::client_keys::get(store, &client_id).await?;
-    let client = crate::store::clients::get(store, &client_id).await?.filter(|c| !c.disabled);
+    let registered = crate::clients::key_of(store, &client_id).await?;
+    let client = crate::clients::get(store, &client_id).await?.filter(|c| !c.disabled);
     let (Some(registered), Some(client)) = (registered, client) else {
         return Err(refused("no enabled client authenticates by key under this id"));
     };
@@ -68,7 +68,7 @@ pub(super) async fn authenticate(
         key::verify(assertion, &client_id, &registered, &[iss, &token_endpoint], now, state.config().leeway_secs)
             .map_err(|why| refused(&why))?;
     let spent_under = format!("client:{client_id}");
-    if !crate::store::federation::use_jti(store, &spent_under, &verified.jti, verified.remember_until, now).await? {
+    if !crate::clients::use_assertion_id(store, &spent_under, &verified.jti, verified.remember_until, now).await? {
         return Err(refused("client_assertion was used before (jti)"));
     }
     Ok(client)

@@ -12,7 +12,8 @@ use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use serde_json::json;
 
-use super::oauth::{Form, bind_client, client_claims, issue, select_scopes, target_audience};
+use super::form::Form;
+use super::issue::{bind_client, client_claims, issue, select_scopes, target_audience};
 use super::{ApiError, ApiResult, AppState};
 
 /// The grant type (RFC 7523 §2.1).
@@ -51,14 +52,13 @@ pub(super) async fn grant(
     };
     let verified = state.federation().verify(assertion, now).await.map_err(|e| refused(e.0))?;
     let store = state.store();
-    let Some(client_id) = crate::store::federation::client_for(store, &verified.issuer, &verified.subject).await?
-    else {
+    let Some(client_id) = crate::clients::federated_client(store, &verified.issuer, &verified.subject).await? else {
         return Err(refused("no client is registered for the assertion's issuer and subject".into()));
     };
     if form.get("client_id").is_some_and(|id| id != client_id) {
         return Err(refused("client_id is not the client registered for the assertion's identity".into()));
     }
-    let Some(client) = crate::store::clients::get(store, &client_id).await?.filter(|c| !c.disabled) else {
+    let Some(client) = crate::clients::get(store, &client_id).await?.filter(|c| !c.disabled) else {
         return Err(refused("the client registered for this identity is disabled".into()));
     };
     if let Some(limiter) = state.token_requests()
@@ -72,7 +72,7 @@ pub(super) async fn grant(
     let cnf = bind_client(state, &client, proof.as_ref())?;
     super::dpop::spend_proof(state, proof.as_ref(), client.client_id.as_str(), now)?;
     // Last, so that a refused request leaves the assertion unspent: its id, used once.
-    if !crate::store::federation::use_jti(store, &verified.issuer, &verified.jti, verified.exp, now).await? {
+    if !crate::clients::use_assertion_id(store, &verified.issuer, &verified.jti, verified.exp, now).await? {
         return Err(refused("the assertion was used before (jti)".into()));
     }
     let mut claims = client_claims(state, &client, &scopes, aud, now)?;

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::AppState;
+use crate::approvals::Status;
 use crate::domain::CallerKind;
-use crate::store::approvals::Status;
 
 /// Every route template the broker serves, as axum matches them. Anything else (the
 /// fallback) is counted as `other`.
@@ -357,7 +357,7 @@ pub(super) fn routes() -> Router<AppState> {
 async fn scrape(State(state): State<AppState>) -> Response {
     let now = state.now();
     // Key ages come from the database; if it does not answer, the rest is still worth having.
-    let key_ages: Vec<(String, i64)> = match crate::store::keys::list(state.store()).await {
+    let key_ages: Vec<(String, i64)> = match crate::keys::list(state.store()).await {
         Ok(rows) => rows
             .into_iter()
             .filter(|r| r.unpublish_at.is_none_or(|t| t > now))

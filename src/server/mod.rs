@@ -20,7 +20,9 @@ pub mod connection;
 mod console;
 pub mod dpop;
 pub mod error;
+pub mod form;
 mod health;
+pub mod issue;
 pub mod jwt_bearer;
 pub mod metrics;
 pub mod oauth;
@@ -383,7 +385,7 @@ pub async fn rotate_on_schedule(state: &AppState, now: i64) -> anyhow::Result<()
     }
     // One check at a time in this process: the schedule and a caller must not both rotate.
     let _one_at_a_time = state.inner.rotation.lock().await;
-    let rows = crate::store::keys::list(state.store()).await?;
+    let rows = crate::keys::list(state.store()).await?;
     let current = state.keys().signer();
     let Some(row) = rows.iter().find(|r| r.kid == current.kid()) else { return Ok(()) };
     let local: Vec<String> =

@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use super::auth::{Caller, StrictJson, verify_access_any_audience, verify_capability, verify_capability_any_audience};
 use super::oauth::{authenticate_request, peer_of, read_form};
 use super::{ApiError, ApiResult, AppState};
+use crate::approvals::{self as approval_rows, Status};
 use crate::domain::CallerKind;
 use crate::revocations::{self, RevocationError};
-use crate::store::approvals::{self as approval_rows, Status};
 
 /// The `typ` of the signed revocation feed.
 pub const TYP_REVOCATIONS: &str = "revocations+jwt";
@@ -57,7 +57,7 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
     let now = state.now();
     let inactive = || no_store(json!({ "active": false }));
     if let Ok(c) = verify_access_any_audience(&state, token, now).await {
-        let owner = crate::store::clients::get(state.store(), &c.sub).await?;
+        let owner = crate::clients::get(state.store(), &c.sub).await?;
         let usable = c.tenant == client.tenant.as_str()
             && owner.is_some_and(|o| !o.disabled)
             && !revocations::is_revoked(state.store(), &c.jti, &c.sub, c.iat).await?
@@ -84,7 +84,7 @@ async fn introspect(State(state): State<AppState>, req: Request) -> ApiResult<Re
         return Ok(no_store(v));
     }
     if let Ok(c) = verify_capability_any_audience(&state, token, now).await {
-        let live = approval_rows::get(state.store(), &c.approval_id).await?.is_some_and(|a| {
+        let live = approval_rows::get_unchecked(state.store(), &c.approval_id).await?.is_some_and(|a| {
             a.effective_status(now) == Status::Approved && a.cap_jti.as_deref() == Some(c.jti.as_str())
         });
         if c.tenant != client.tenant.as_str() || !live {

@@ -431,3 +431,75 @@ pub async fn count_pending_of(conn: &mut AnyConnection, requester: &str, now: i6
     .await?;
     Ok(r.try_get("n")?)
 }
+
+/// What the console's history page filters on. Empty means any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryFilter {
+    /// One status, as stored.
+    pub status: Option<Status>,
+    /// One gated action.
+    pub action: Option<String>,
+    /// One requester's client id.
+    pub requester: Option<String>,
+}
+
+/// The ids of a tenant's approvals matching `filter`, newest first, strictly before the
+/// cursor `(created_at, approval_id)`, at most `limit`. The pages read each one through
+/// `crate::approvals::read`, so what they show passes the same checks as the API.
+pub async fn history_ids(
+    store: &Store,
+    tenant: &str,
+    filter: &HistoryFilter,
+    before: Option<(i64, String)>,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
+    // Fixed SQL with optional conditions, so every value is bound, never spliced in.
+    let (before_t, before_id) = before.unwrap_or((i64::MAX, String::new()));
+    let rows = sqlx::query(
+        "SELECT approval_id FROM approvals WHERE tenant = $1 \
+         AND ($2 = '' OR status = $2) AND ($3 = '' OR action = $3) AND ($4 = '' OR requester = $4) \
+         AND (created_at < $5 OR (created_at = $5 AND ($6 = '' OR approval_id < $6))) \
+         ORDER BY created_at DESC, approval_id DESC LIMIT $7",
+    )
+    .bind(tenant)
+    .bind(filter.status.map(Status::as_str).unwrap_or(""))
+    .bind(filter.action.as_deref().unwrap_or(""))
+    .bind(filter.requester.as_deref().unwrap_or(""))
+    .bind(before_t)
+    .bind(before_id)
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter().map(|r| Ok(r.try_get("approval_id")?)).collect()
+}
+
+/// The stored decision and method of `operator` on `approval_id`, if any.
+pub async fn decision_of(
+    store: &Store,
+    approval_id: &str,
+    operator: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    let row = sqlx::query("SELECT decision, method FROM decisions WHERE approval_id = $1 AND operator = $2")
+        .bind(approval_id)
+        .bind(operator)
+        .fetch_optional(store.pool())
+        .await?;
+    row.map(|r| Ok((r.try_get("decision")?, r.try_get("method")?))).transpose()
+}
+
+/// The `params_digest` stored for `approval_id`, if it exists.
+pub async fn params_digest_of(store: &Store, approval_id: &str) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query("SELECT params_digest FROM approvals WHERE approval_id = $1")
+        .bind(approval_id)
+        .fetch_optional(store.pool())
+        .await?;
+    row.map(|r| Ok(r.try_get("params_digest")?)).transpose()
+}
+
+/// Every `(approval_id, operator)` whose stored decision was made with a passkey.
+pub async fn passkey_decisions(store: &Store) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = sqlx::query("SELECT approval_id, operator FROM decisions WHERE method = 'passkey'")
+        .fetch_all(store.pool())
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get("approval_id")?, r.try_get("operator")?))).collect()
+}

@@ -117,6 +117,25 @@ pub struct AuthState {
     pub updated_at: i64,
 }
 
+/// As [`auth_states`], on the audit writer's own SQLite connection (inside its transaction).
+pub fn auth_states_embedded(
+    conn: &rusqlite::Connection,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, AuthState>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let mut stmt = conn.prepare_cached("SELECT secret_hash, disabled, updated_at FROM clients WHERE client_id = ?1")?;
+    let mut out = std::collections::HashMap::with_capacity(ids.len());
+    for id in ids {
+        let row = stmt
+            .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+            .optional()?;
+        if let Some((secret_hash, disabled, updated_at)) = row {
+            out.insert((*id).to_owned(), AuthState { secret_hash, disabled: disabled != 0, updated_at });
+        }
+    }
+    Ok(out)
+}
+
 /// The [`AuthState`] of each of `ids` that exists, read on `conn` (inside the caller's
 /// transaction); one query per up to 64 ids.
 pub async fn auth_states(

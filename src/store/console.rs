@@ -6,9 +6,7 @@
 
 use sqlx::{AnyConnection, Row};
 
-use super::approvals::Status;
 use super::{Store, StoreError};
-use crate::audit::AuditRecord;
 
 /// A stored console session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,75 +96,4 @@ pub async fn end_sessions_not_of(store: &Store, client_id: &str, credential: &st
 pub async fn delete_expired(store: &Store, now: i64) -> Result<u64, StoreError> {
     let r = sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1").bind(now).execute(store.pool()).await?;
     Ok(r.rows_affected())
-}
-
-/// How many live sessions `client_id` has at `now`.
-pub async fn count_for(store: &Store, client_id: &str, now: i64) -> Result<i64, StoreError> {
-    let r = sqlx::query("SELECT COUNT(*) AS n FROM console_sessions WHERE client_id = $1 AND expires_at > $2")
-        .bind(client_id)
-        .bind(now)
-        .fetch_one(store.pool())
-        .await?;
-    Ok(r.try_get("n")?)
-}
-
-/// The audit records of one tenant whose subject is `subject` (an approval id), in chain
-/// order, at most `limit`.
-pub async fn audit_trail(
-    store: &Store,
-    tenant: &str,
-    subject: &str,
-    limit: i64,
-) -> Result<Vec<AuditRecord>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT seq, at, event, actor, tenant, subject, detail, prev_hash, hash FROM audit_log \
-         WHERE subject = $1 AND tenant = $2 ORDER BY seq LIMIT $3",
-    )
-    .bind(subject)
-    .bind(tenant)
-    .bind(limit)
-    .fetch_all(store.pool())
-    .await?;
-    rows.iter().map(crate::audit::record_from_row).collect()
-}
-
-/// What the console's history page filters on. Empty means any.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HistoryFilter {
-    /// One status, as stored.
-    pub status: Option<Status>,
-    /// One gated action.
-    pub action: Option<String>,
-    /// One requester's client id.
-    pub requester: Option<String>,
-}
-
-/// The ids of a tenant's approvals matching `filter`, newest first, strictly before the
-/// cursor `(created_at, approval_id)`, at most `limit`. The pages read each one through
-/// `crate::approvals::read`, so what they show passes the same checks as the API.
-pub async fn history_ids(
-    store: &Store,
-    tenant: &str,
-    filter: &HistoryFilter,
-    before: Option<(i64, String)>,
-    limit: i64,
-) -> Result<Vec<String>, StoreError> {
-    // Fixed SQL with optional conditions, so every value is bound, never spliced in.
-    let (before_t, before_id) = before.unwrap_or((i64::MAX, String::new()));
-    let rows = sqlx::query(
-        "SELECT approval_id FROM approvals WHERE tenant = $1 \
-         AND ($2 = '' OR status = $2) AND ($3 = '' OR action = $3) AND ($4 = '' OR requester = $4) \
-         AND (created_at < $5 OR (created_at = $5 AND ($6 = '' OR approval_id < $6))) \
-         ORDER BY created_at DESC, approval_id DESC LIMIT $7",
-    )
-    .bind(tenant)
-    .bind(filter.status.map(Status::as_str).unwrap_or(""))
-    .bind(filter.action.as_deref().unwrap_or(""))
-    .bind(filter.requester.as_deref().unwrap_or(""))
-    .bind(before_t)
-    .bind(before_id)
-    .bind(limit)
-    .fetch_all(store.pool())
-    .await?;
-    rows.iter().map(|r| Ok(r.try_get("approval_id")?)).collect()
 }

@@ -1,14 +1,14 @@
 //! Storage on SQLite (the embedded default) or PostgreSQL, through one set of portable
 //! queries: `$n` placeholders, integer times and flags, text columns.
 
-pub mod approvals;
-pub mod client_keys;
-pub mod clients;
-pub mod console;
-pub mod federation;
-pub mod keys;
-pub mod passkeys;
-pub mod revocations;
+pub(crate) mod approvals;
+pub(crate) mod client_keys;
+pub(crate) mod clients;
+pub(crate) mod console;
+pub(crate) mod federation;
+pub(crate) mod keys;
+pub(crate) mod passkeys;
+pub(crate) mod revocations;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,7 +16,48 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
-use crate::config::DatabaseUrl;
+/// A database URL; its password never reaches Debug output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+    /// The URL itself, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Whether it names PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                let userinfo = &self.0[scheme_end + 3..at];
+                match userinfo.find(':') {
+                    Some(colon) => format!("{}{}:***{}", &self.0[..scheme_end + 3], &userinfo[..colon], &self.0[at..]),
+                    None => self.0.clone(),
+                }
+            }
+            _ => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+/// A connection, pooled or inside a transaction, that the store's functions run on.
+pub type Conn = sqlx::AnyConnection;
+/// The SQLite connection the audit writer owns.
+pub type EmbeddedConn = rusqlite::Connection;
 
 /// A storage failure. Its Display never includes credentials.
 #[derive(Debug, thiserror::Error)]

@@ -352,7 +352,7 @@ async fn console_sessions_end_when_the_operator_client_is_disabled() {
     // The library function ends sessions directly too.
     let op2 = o.app.create_client("acme", CallerKind::Operator, "bob").await;
     let c = sign_in(&o.app, &op2).await;
-    assert_eq!(tessera::store::console::end_sessions_of(o.app.state.store(), &op2.id).await.unwrap(), 1);
+    assert_eq!(tessera::sessions::end_all_of(o.app.state.store(), &op2.id).await.unwrap(), 1);
     assert_eq!(get_page(&o.app, "/console", Some(&c)).await.status(), 303);
 }
 

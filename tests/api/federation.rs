@@ -163,7 +163,7 @@ async fn register(app: &TestApp) -> String {
         delegates: vec![],
         require_dpop: false,
     };
-    let identity = tessera::store::federation::FederatedIdentity { issuer: ISSUER.into(), subject: SUBJECT.into() };
+    let identity = tessera::clients::FederatedIdentity { issuer: ISSUER.into(), subject: SUBJECT.into() };
     let rec = tessera::clients::create_federated(
         app.state.store(),
         &app.state.config().policy,

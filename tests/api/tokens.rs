@@ -727,11 +727,11 @@ async fn keys_rotate_on_schedule() {
     let app = spawn_app_with(|c| c.key_rotation_days = 1).await;
     let old = app.state.keys().signer().kid().to_owned();
     tessera::server::rotate_on_schedule(&app.state, app.state.now()).await.unwrap();
-    assert_eq!(tessera::store::keys::list(app.state.store()).await.unwrap().len(), 1, "too young to rotate");
+    assert_eq!(tessera::keys::list(app.state.store()).await.unwrap().len(), 1, "too young to rotate");
     app.state.clock().advance(86_400);
     tessera::server::rotate_on_schedule(&app.state, app.state.now()).await.unwrap();
     tessera::server::rotate_on_schedule(&app.state, app.state.now()).await.unwrap();
-    let keys = tessera::store::keys::list(app.state.store()).await.unwrap();
+    let keys = tessera::keys::list(app.state.store()).await.unwrap();
     assert_eq!(keys.len(), 2, "one successor, not one per check");
     app.state.clock().advance(app.state.config().key_publish_lead_secs());
     // The broker's own background tick runs beside this test and may have read the clock

@@ -32,13 +32,13 @@ use ring::digest::{SHA256, digest};
 
 use self::pages::{CanDecide, ClientName, Names, SignInNote};
 use super::AppState;
+use crate::approvals::HistoryFilter;
 use crate::approvals::{self, ApprovalError, Verdict};
+use crate::approvals::{self as approval_rows, ApprovalRow, Status};
+use crate::clients as client_rows;
 use crate::clients::{self, ClientSecret};
 use crate::domain::CallerKind;
 use crate::store::StoreError;
-use crate::store::approvals::{self as approval_rows, ApprovalRow, Status};
-use crate::store::clients as client_rows;
-use crate::store::console::{self as console_rows, HistoryFilter};
 use crate::token::{AccessClaims, b64};
 
 /// The stylesheet, compiled in.
@@ -527,7 +527,7 @@ async fn audit_trail(State(state): State<AppState>, headers: HeaderMap, Path(id)
     };
     let now = state.now();
     let row = approvals::read(state.store(), &op.claims, &id, now).await?;
-    let records = console_rows::audit_trail(state.store(), &row.tenant, &row.approval_id, 500).await?;
+    let records = crate::audit::of_subject(state.store(), &row.tenant, &row.approval_id, 500).await?;
     let names = names_of(&state, &op.claims.tenant, records.iter().map(|r| r.actor.clone())).await?;
     Ok(page(StatusCode::OK, pages::audit_trail(&op, &row, &records, &names)))
 }
@@ -572,7 +572,8 @@ async fn history(State(state): State<AppState>, headers: HeaderMap, RawQuery(q):
     }
     let now = state.now();
     approvals::sweep_expired(state.store(), now).await?;
-    let ids = console_rows::history_ids(state.store(), &op.claims.tenant, &filter, before, HISTORY_PAGE + 1).await?;
+    let ids =
+        crate::approvals::history_ids(state.store(), &op.claims.tenant, &filter, before, HISTORY_PAGE + 1).await?;
     let more = ids.len() as i64 > HISTORY_PAGE;
     let mut rows = Vec::with_capacity(ids.len());
     for id in ids.iter().take(HISTORY_PAGE as usize) {

@@ -10,9 +10,9 @@ use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
 use super::session::Operator;
+use crate::approvals::{ApprovalRow, Status};
 use crate::audit::AuditRecord;
 use crate::domain::CallerKind;
-use crate::store::approvals::{ApprovalRow, Status};
 
 /// The stylesheet's URL, versioned by its content so it can be cached for a year.
 pub fn css_href() -> String {

@@ -326,7 +326,7 @@ pub(super) async fn decision_options(State(state): State<AppState>, Path(id): Pa
 pub(super) async fn check_decision(
     state: &AppState,
     op: &Operator,
-    row: &crate::store::approvals::ApprovalRow,
+    row: &crate::approvals::ApprovalRow,
     verdict: &str,
     form: &std::collections::HashMap<String, String>,
     now: i64,

@@ -17,10 +17,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::clients::ClientRecord;
 use crate::server::{ApiError, AppState};
 use crate::sessions::{self, Found, SessionRow};
 use crate::store::StoreError;
-use crate::store::clients::ClientRecord;
 use crate::token::claims::Audience;
 use crate::token::{AccessClaims, b64};
 
