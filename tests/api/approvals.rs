@@ -1,4 +1,4 @@
-//! Issue: the approval gate — human decisions and one-time capability tokens.
+//! The approval gate — human decisions and one-time capability tokens.
 
 use std::sync::{Arc, Mutex};
 

@@ -1,4 +1,4 @@
-//! Issue 14, defects 1 and 11: what the accept loop owes every connection. A connection that
+//! Connections: what the accept loop owes every connection. A connection that
 //! never sends a request is closed after the first-request deadline (counted from accept, not
 //! from its first byte), an idle keep-alive connection after the idle deadline, one address
 //! holds at most `max_connections_per_address` at once, and an oversized body gets its JSON

@@ -1,4 +1,4 @@
-//! Issue 9: the operator console.
+//! The operator console.
 //!
 //! Two layers. HTTP-level tests (reqwest, no browser) pin the refusals, the cookie, the
 //! sessions and the headers. Browser tests drive headless Chromium through chromedriver

@@ -1,4 +1,4 @@
-//! Issue: sender-constrained tokens (DPoP, RFC 9449; design §13). A token copied out of an
+//! Sender-constrained tokens (DPoP, RFC 9449; design §13). A token copied out of an
 //! agent's context cannot be used at the broker, the gate or core.
 
 use std::time::Duration;

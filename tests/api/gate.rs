@@ -1,4 +1,4 @@
-//! Issue: the verifier library, the gate middleware and the reference core — the incident,
+//! The verifier library, the gate middleware and the reference core — the incident,
 //! replayed against the real thing.
 
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! Issue: operability — the version, metrics and request ids.
+//! Operability: the version, health and readiness, published keys and metadata, metrics,
+//! request ids, logs, configuration and webhooks that leak nothing.
 
 use serde_json::{Value, json};
 use tessera::domain::CallerKind;
@@ -343,4 +344,134 @@ async fn json_logs_carry_the_request_span_with_its_id_and_no_query() {
     let listening: Vec<&Value> = lines.iter().filter(|l| l["fields"]["message"] == "tessera listening").collect();
     assert_eq!(listening.len(), 1, "{text}");
     assert!(listening[0].get("span").is_none(), "{text}");
+}
+
+#[tokio::test]
+async fn jwks_and_metadata_are_published() {
+    let app = spawn_app().await;
+    let res = app.http.get(app.url("/.well-known/jwks.json")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let cc = res.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert!(cc.contains("max-age=300"), "{cc}");
+    let jwks: Value = res.json().await.unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    let k = keys[0].as_object().unwrap();
+    let mut names: Vec<&str> = k.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["alg", "crv", "kid", "kty", "use", "x"]);
+    assert_eq!(k["kty"], "OKP");
+    assert_eq!(k["crv"], "Ed25519");
+    assert_eq!(k["alg"], "EdDSA");
+    assert_eq!(k["use"], "sig");
+    assert_eq!(k["kid"], app.state.keys().signer().kid());
+
+    let meta: Value =
+        app.http.get(app.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(meta["issuer"], app.base);
+    assert_eq!(meta["token_endpoint"], app.url("/oauth/token"));
+    assert_eq!(meta["jwks_uri"], app.url("/.well-known/jwks.json"));
+    assert!(meta["grant_types_supported"].as_array().unwrap().contains(&"client_credentials".into()));
+    assert!(meta["token_endpoint_auth_methods_supported"].as_array().unwrap().contains(&"client_secret_basic".into()));
+    assert!(meta["response_types_supported"].is_array());
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = spawn_app().await;
+    assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    let res = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["database"], true);
+    assert_eq!(body["signing_key"], true);
+}
+
+#[tokio::test]
+async fn an_unknown_configuration_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\nlisten_adress = \"x\"\n").unwrap();
+    let out = cli_on(
+        "sqlite://unused.db",
+        dir.path(),
+        "http://127.0.0.1:1",
+        &["--config", path.to_str().unwrap(), "serve"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_adress"));
+}
+
+/// Defect 9: a webhook URL was logged verbatim when delivery failed, and chat-webhook URLs
+/// carry their secret in the path. Only the host reaches the log.
+#[tokio::test]
+async fn a_failing_webhook_logs_its_host_and_never_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/t.db", dir.path().display());
+    let keys = dir.path().join("keys");
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, dead) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{port}");
+    let out =
+        cli_on(&db, &keys, &base, &["clients", "create", "--tenant", "o", "--kind", "agent", "--name", "a"], &[]).await;
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agent =
+        TestClient { id: v["client_id"].as_str().unwrap().into(), secret: v["client_secret"].as_str().unwrap().into() };
+    let log = dir.path().join("broker.log");
+    let hook = format!("http://127.0.0.1:{dead}/services/T0/B0/pathsecret42?token=querysecret42");
+    let mut broker = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("serve")
+        .env("TESSERA_DATABASE_URL", &db)
+        .env("TESSERA_KEYS_DIR", &keys)
+        .env("TESSERA_ISSUER", &base)
+        .env("TESSERA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TESSERA_WEBHOOK_URL", &hook)
+        .env("TESSERA_WEBHOOK_SECRET", "whsecret")
+        .env("TESSERA_LOG", "debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "the broker started");
+    let res = http
+        .post(format!("{base}/oauth/token"))
+        .basic_auth(&agent.id, Some(&agent.secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let token: Value = res.json().await.unwrap();
+    let token = token["access_token"].as_str().unwrap();
+    let body = json!({
+        "action": "org_token_mint", "resource": "orgs/o/tokens",
+        "params": {}, "params_digest": tessera::verify::params_digest(&json!({})).to_string(), "reason": "r",
+    });
+    let res = http.post(format!("{base}/v1/approvals")).bearer_auth(token).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("webhook unreachable") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    broker.kill().await.unwrap();
+    assert!(text.contains("webhook unreachable"), "the failure is logged: {text}");
+    assert!(text.contains(&format!("127.0.0.1:{dead}")), "with the hook's host");
+    for secret in ["pathsecret42", "querysecret42", "/services/", "whsecret"] {
+        assert!(!text.contains(secret), "{secret} reached the log");
+    }
 }

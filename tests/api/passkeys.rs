@@ -1,4 +1,4 @@
-//! Issue: passkeys — a human, with an authenticator, approves this exact request (design §15).
+//! Passkeys — a human, with an authenticator, approves this exact request (design §15).
 //!
 //! Over HTTP against the real broker, with a software authenticator (ES256 with ring) that
 //! answers the console's ceremonies as a browser would. The browser tests in `console::` run

@@ -1,4 +1,4 @@
-//! Issue: the gate as a reverse proxy (design §17). A core that knows nothing of Tessera, behind
+//! The gate as a reverse proxy (design §17). A core that knows nothing of Tessera, behind
 //! `tessera gate`, passes the reference core's tests: the incident, the §9 table, and what a
 //! proxy adds (identity headers, bodies, an upstream that is slow or down).
 

@@ -1,4 +1,4 @@
-//! Issue: PostgreSQL and several broker replicas. Two real broker processes' worth of state
+//! PostgreSQL and several broker replicas. Two real broker processes' worth of state
 //! (each its own keys folder and listener) on one PostgreSQL database. Needs
 //! TESSERA_TEST_POSTGRES_URL; scripts/test runs this module only when it is set.
 

@@ -1,15 +1,20 @@
-//! Issue: token exchange, introspection, revocation and key rotation.
+//! Tokens: the token endpoint (client credentials, client_secret_post, scopes, RFC 6749
+//! errors), token exchange, introspection, revocation and key rotation.
 
-use serde_json::{Value, json};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use tessera::domain::CallerKind;
 
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Value, json};
+use tessera::domain::CallerKind;
+use tessera::policy::DEFAULT_GATED_ACTIONS;
 use tessera::verify::revocations::{FeedCredentials, FeedError};
 use tessera::verify::{JwksClient, JwksOptions, Policy, Verifier, VerifyError};
 
 use crate::helpers::*;
 
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
 const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 async fn exchange(app: &TestApp, client: &TestClient, subject: &str, extra: &[(&str, &str)]) -> reqwest::Response {
@@ -785,4 +790,358 @@ async fn a_token_whose_record_cannot_commit_in_time_is_not_issued() {
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert!(body["access_token"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+}
+
+#[tokio::test]
+async fn issued_token_verifies_through_the_jwks_with_every_pinned_claim() {
+    let app = spawn_app().await;
+    let agent = app.create_client_with("org-1", CallerKind::Agent, "concierge", Some("ws-9"), &[], &[]).await;
+    let res = app.token_request(&[("grant_type", "client_credentials")], Some(&agent)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 300);
+    let token = body["access_token"].as_str().unwrap();
+
+    // Decode with an independent JOSE implementation, keyed only by the published JWKS.
+    let jwks: Value = app.http.get(app.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, Algorithm::EdDSA);
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let kid = header.kid.unwrap();
+    let jwk = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid.as_str()).expect("kid in JWKS");
+    let x = tessera::token::b64::decode(jwk["x"].as_str().unwrap()).unwrap();
+    let key = DecodingKey::from_ed_der(&x);
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_issuer(&[app.base.as_str()]);
+    v.set_audience(&["core"]);
+    v.set_required_spec_claims(&["iss", "sub", "aud", "exp", "nbf", "iat"]);
+    v.validate_nbf = true;
+    let data = jsonwebtoken::decode::<Value>(token, &key, &v).unwrap();
+    let c = data.claims;
+    assert_eq!(c["iss"], app.base);
+    assert_eq!(c["sub"], agent.id);
+    assert_eq!(c["client_id"], agent.id);
+    assert_eq!(c["aud"], "core");
+    assert_eq!(c["tenant"], "org-1");
+    assert_eq!(c["caller_kind"], "agent");
+    assert_eq!(c["workspace"], "ws-9");
+    assert_eq!(c["scope"], "approvals:create workspaces:read workspaces:write");
+    for k in ["iat", "nbf", "exp"] {
+        assert!(c[k].is_i64(), "{k} must be an integer");
+    }
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 300);
+    assert!(c["jti"].as_str().is_some_and(|j| j.len() >= 22));
+    assert!(c.get("act").is_none());
+
+    // And with Tessera's own verifier.
+    let policy = tessera::verify::Policy::new(app.base.clone(), "core");
+    let claims = policy.verify_access(app.state.keys(), token, app.state.now()).unwrap();
+    assert_eq!(claims.caller_kind, CallerKind::Agent);
+}
+
+#[tokio::test]
+async fn client_secret_post_works_and_jtis_are_unique() {
+    let app = spawn_app().await;
+    let c = app.create_client_with("org-1", CallerKind::Workspace, "rt", Some("ws-1"), &[], &[]).await;
+    let mut seen = HashSet::new();
+    for _ in 0..5 {
+        let res = app
+            .token_request(
+                &[("grant_type", "client_credentials"), ("client_id", &c.id), ("client_secret", &c.secret)],
+                None,
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        let claims = peek_claims(body["access_token"].as_str().unwrap());
+        assert!(seen.insert(claims["jti"].as_str().unwrap().to_owned()));
+    }
+}
+
+#[tokio::test]
+async fn workspace_client_without_workspace_is_refused() {
+    let app = spawn_app().await;
+    let new = tessera::clients::NewClient {
+        tenant: "org-1".parse().unwrap(),
+        kind: CallerKind::Workspace,
+        name: "rt".into(),
+        workspace: None,
+        scopes: vec![],
+        allow_bypass: vec![],
+        delegates: vec![],
+        require_dpop: false,
+    };
+    let r = tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", 0).await;
+    assert!(r.is_err());
+}
+
+#[tokio::test]
+async fn unknown_client_and_wrong_secret_get_the_same_answer() {
+    let app = spawn_app().await;
+    let c = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let wrong = TestClient { id: c.id.clone(), secret: "tessera_sk_wrong".into() };
+    let unknown = TestClient { id: "tc_nosuchclient".into(), secret: c.secret.clone() };
+    let mut answers = Vec::new();
+    for who in [&wrong, &unknown] {
+        let res = app.token_request(&[("grant_type", "client_credentials")], Some(who)).await;
+        assert_eq!(res.status(), 401);
+        let www = res.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(www.starts_with("Basic"));
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_client");
+        answers.push((www, body));
+    }
+    assert_eq!(answers[0], answers[1]);
+}
+
+#[tokio::test]
+async fn disable_and_rotate_take_effect_on_the_next_request() {
+    let app = spawn_app().await;
+    let c = app.create_client("org-1", CallerKind::Agent, "a").await;
+    app.access_token(&c).await;
+
+    let out = app.cli(&["clients", "rotate-secret", &c.id]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rotated["client_id"], c.id);
+    let new = TestClient { id: c.id.clone(), secret: rotated["client_secret"].as_str().unwrap().to_owned() };
+    assert_error(app.token_request(&[("grant_type", "client_credentials")], Some(&c)).await, 401, "invalid_client")
+        .await;
+    app.access_token(&new).await;
+
+    let out = app.cli(&["clients", "disable", &c.id]).await;
+    assert!(out.status.success());
+    assert_error(app.token_request(&[("grant_type", "client_credentials")], Some(&new)).await, 401, "invalid_client")
+        .await;
+}
+
+#[tokio::test]
+async fn no_request_of_any_shape_yields_a_gated_action() {
+    let app = spawn_app().await;
+    for kind in CallerKind::ALL {
+        let ws = (kind == CallerKind::Workspace).then_some("ws-1");
+        let c = app.create_client_with("org-1", kind, "c", ws, &[], &[]).await;
+        let token = app.access_token(&c).await;
+        let scope = peek_claims(&token)["scope"].as_str().unwrap().to_owned();
+        for g in DEFAULT_GATED_ACTIONS {
+            assert!(!scope.split(' ').any(|s| s == g), "{kind} got {g}");
+            for asked in [g.to_owned(), format!("workspaces:read {g}"), format!("{g} {g}")] {
+                let res = app.token_request(&[("grant_type", "client_credentials"), ("scope", &asked)], Some(&c)).await;
+                let body = assert_error(res, 400, "invalid_scope").await;
+                assert!(body["error_description"].as_str().unwrap().contains("approval"), "{body}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn scope_down_selects_within_the_client_and_never_beyond() {
+    let app = spawn_app().await;
+    let c = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let token = app.access_token_scoped(&c, Some("workspaces:read")).await;
+    assert_eq!(peek_claims(&token)["scope"], "workspaces:read");
+    for asked in ["approvals:decide", "plugins:write", "nonsense:scope", "BAD", ""] {
+        let res = app.token_request(&[("grant_type", "client_credentials"), ("scope", asked)], Some(&c)).await;
+        assert_error(res, 400, "invalid_scope").await;
+    }
+}
+
+#[tokio::test]
+async fn only_operators_can_ever_hold_approvals_decide() {
+    let app = spawn_app().await;
+    for kind in [CallerKind::Agent, CallerKind::Workspace, CallerKind::Install, CallerKind::Service] {
+        let new = tessera::clients::NewClient {
+            tenant: "org-1".parse().unwrap(),
+            kind,
+            name: "x".into(),
+            workspace: (kind == CallerKind::Workspace).then(|| "ws-1".parse().unwrap()),
+            scopes: vec!["approvals:decide".parse().unwrap()],
+            allow_bypass: vec![],
+            delegates: vec![],
+            require_dpop: false,
+        };
+        assert!(
+            tessera::clients::create(app.state.store(), &app.state.config().policy, new, "t", 0).await.is_err(),
+            "{kind}"
+        );
+    }
+    let op = app.create_client("org-1", CallerKind::Operator, "op").await;
+    assert!(peek_claims(&app.access_token(&op).await)["scope"].as_str().unwrap().contains("approvals:decide"));
+}
+
+#[tokio::test]
+async fn malformed_token_requests_get_rfc6749_errors() {
+    let app = spawn_app().await;
+    let c = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let url = app.url("/oauth/token");
+    let h = &app.http;
+
+    // Missing and unknown grant types.
+    assert_error(app.token_request(&[], Some(&c)).await, 400, "invalid_request").await;
+    assert_error(app.token_request(&[("grant_type", "password")], Some(&c)).await, 400, "unsupported_grant_type").await;
+    // Wrong content type.
+    let res = h
+        .post(&url)
+        .basic_auth(&c.id, Some(&c.secret))
+        .json(&serde_json::json!({"grant_type": "client_credentials"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "invalid_request").await;
+    // GET.
+    let res = h.get(&url).basic_auth(&c.id, Some(&c.secret)).send().await.unwrap();
+    assert_error(res, 405, "invalid_request").await;
+    // A secret in the query string.
+    let res = h
+        .post(format!("{url}?client_id={}&client_secret={}", c.id, c.secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "invalid_request").await;
+    // Two authentication methods at once.
+    let res = app
+        .token_request(
+            &[("grant_type", "client_credentials"), ("client_id", &c.id), ("client_secret", &c.secret)],
+            Some(&c),
+        )
+        .await;
+    assert_error(res, 400, "invalid_request").await;
+    // No authentication at all.
+    assert_error(app.token_request(&[("grant_type", "client_credentials")], None).await, 401, "invalid_client").await;
+    // A repeated parameter.
+    let res = h
+        .post(&url)
+        .basic_auth(&c.id, Some(&c.secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials&grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "invalid_request").await;
+    // An oversized body.
+    let big = "x".repeat(64 * 1024);
+    let res = app.token_request(&[("grant_type", "client_credentials"), ("pad", &big)], Some(&c)).await;
+    assert_error(res, 413, "invalid_request").await;
+    // Malformed Basic, and a Bearer scheme.
+    for auth in ["Basic !!!notbase64", "Basic Zm9v", "Bearer abc", "Basic"] {
+        let res = h
+            .post(&url)
+            .header("authorization", auth)
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 401, "invalid_client").await;
+    }
+    // Not a form at all.
+    let res = h
+        .post(&url)
+        .basic_auth(&c.id, Some(&c.secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(vec![0xff, 0xfe, 0x00])
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_client_error());
+    // A huge client id and secret.
+    let long = "a".repeat(5000);
+    let res = app
+        .token_request(&[("grant_type", "client_credentials"), ("client_id", &long), ("client_secret", &long)], None)
+        .await;
+    assert_error(res, 401, "invalid_client").await;
+    // Unknown paths keep the shape.
+    assert_error(h.get(app.url("/nope")).send().await.unwrap(), 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn the_signing_key_survives_a_restart() {
+    let app = spawn_app().await;
+    let kid = app.state.keys().signer().kid().to_owned();
+    let c = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let old_token = app.access_token(&c).await;
+    let (dir, url) = app.stop().await;
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("keys")).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let app = spawn_on(dir, url, |_| {}).await;
+    assert_eq!(app.state.keys().signer().kid(), kid);
+    // A token from before the restart still verifies (issuer moved with the port, so check
+    // the signature path with the old issuer).
+    let iss = peek_claims(&old_token)["iss"].as_str().unwrap().to_owned();
+    let policy = tessera::verify::Policy::new(iss, "core");
+    policy.verify_access(app.state.keys(), &old_token, app.state.now()).unwrap();
+}
+
+#[tokio::test]
+async fn the_cli_registers_a_client_that_gets_a_token() {
+    let app = spawn_app().await;
+    let out = app
+        .cli(&[
+            "clients",
+            "create",
+            "--tenant",
+            "org-7",
+            "--kind",
+            "agent",
+            "--name",
+            "concierge",
+            "--scope",
+            "workspaces:read",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = created["client_secret"].as_str().unwrap();
+    assert!(secret.starts_with("tessera_sk_") && secret.len() == 11 + 43);
+    let c = TestClient { id: created["client_id"].as_str().unwrap().to_owned(), secret: secret.to_owned() };
+    let token = app.access_token(&c).await;
+    let claims = peek_claims(&token);
+    assert_eq!(claims["scope"], "workspaces:read");
+    assert_eq!(claims["tenant"], "org-7");
+    assert_eq!(peek_header(&token)["typ"], "at+jwt");
+
+    // The secret is never stored, only its hash.
+    let stored: String = sqlx::query_scalar("SELECT secret_hash FROM clients WHERE client_id = $1")
+        .bind(&c.id)
+        .fetch_one(app.state.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, tessera::clients::hash_secret(secret));
+
+    // `list` shows it, without the secret.
+    let list = app.cli(&["clients", "list"]).await;
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains(&c.id) && !text.contains(secret));
+
+    // Usage errors exit 2; refused registrations exit 1 with one line.
+    let usage = app.cli(&["clients", "create", "--tenant", "org-7", "--kind", "robot", "--name", "x"]).await;
+    assert_eq!(usage.status.code(), Some(2));
+    let refused = app
+        .cli(&[
+            "clients",
+            "create",
+            "--tenant",
+            "org-7",
+            "--kind",
+            "agent",
+            "--name",
+            "x",
+            "--scope",
+            "approvals:decide",
+        ])
+        .await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&refused.stderr).trim().lines().count(), 1);
+    let gated = app
+        .cli(&["clients", "create", "--tenant", "org-7", "--kind", "install", "--name", "x", "--scope", "secret_write"])
+        .await;
+    assert_eq!(gated.status.code(), Some(1));
+    let missing = app.cli(&["clients", "disable", "tc_nobody"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+
+    // keys list names the signing key.
+    let keys = app.cli(&["keys", "list"]).await;
+    assert!(String::from_utf8_lossy(&keys.stdout).contains(app.state.keys().signer().kid()));
 }

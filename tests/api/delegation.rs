@@ -1,5 +1,5 @@
-//! Issue: what the operator approves is exactly what runs, and every party in a delegation
-//! counts (design §11, §12). Each test tries to talk past the gate and fails.
+//! Delegation: every party in a chain counts (design §12) — bypass, own workspace, decisions,
+//! disabling and standing. Each test tries to talk past the gate and fails.
 
 use serde_json::{Value, json};
 use tessera::domain::CallerKind;
@@ -48,7 +48,7 @@ async fn act_for(app: &TestApp, actor: &TestClient, subject_token: &str) -> Stri
     res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
 }
 
-async fn call_core(
+pub(crate) async fn call_core(
     http: &reqwest::Client,
     core: &str,
     method: &str,
@@ -67,101 +67,8 @@ async fn call_core(
     req.send().await.unwrap()
 }
 
-async fn effects(http: &reqwest::Client, core: &str) -> Vec<Value> {
+pub(crate) async fn effects(http: &reqwest::Client, core: &str) -> Vec<Value> {
     http.get(format!("{core}/debug/effects")).send().await.unwrap().json::<Vec<Value>>().await.unwrap()
-}
-
-/// The review's attack: an agent calls `POST /v1/approvals` itself, shows the operator
-/// "read-only-ci" and hopes to run "prod-admin". What the operator saw is what the digest
-/// binds, so the other body is refused at core, and nothing runs; the honest body runs once.
-#[tokio::test]
-async fn a_misdescribed_request_cannot_run_what_the_operator_did_not_see() {
-    let broker = spawn_app().await;
-    let core = crate::gate::spawn_core(&broker).await;
-    let agent = broker.create_client("org-1", CallerKind::Agent, "concierge").await;
-    let op = broker.create_client("org-1", CallerKind::Operator, "alice").await;
-    let at = broker.access_token(&agent).await;
-    let http = reqwest::Client::new();
-
-    // A digest of one body presented with another is refused outright.
-    let shown = json!({"name": "read-only-ci"});
-    let hidden = json!({"name": "prod-admin"});
-    let lie = json!({
-        "action": "org_token_mint", "resource": "orgs/org-1/tokens",
-        "params": shown, "params_digest": tessera::verify::params_digest(&hidden).to_string(),
-        "summary": {"name": "read-only-ci"}, "reason": "CI needs a read-only token",
-    });
-    assert_error(broker.post_bearer("/v1/approvals", &at, &lie).await, 400, "invalid_request").await;
-
-    // Honest params, a misleading summary: the operator sees both, marked apart.
-    let body = json!({
-        "action": "org_token_mint", "resource": "orgs/org-1/tokens",
-        "params": shown, "params_digest": tessera::verify::params_digest(&shown).to_string(),
-        "summary": {"name": "prod-admin (just kidding)"}, "reason": "CI needs a read-only token",
-    });
-    let res = broker.post_bearer("/v1/approvals", &at, &body).await;
-    assert_eq!(res.status(), 202);
-    let id = res.json::<Value>().await.unwrap()["approval_id"].as_str().unwrap().to_owned();
-    let ot = broker.access_token(&op).await;
-    let a: Value = broker.get_bearer(&format!("/v1/approvals/{id}"), &ot).await.json().await.unwrap();
-    assert_eq!(a["params"], shown, "the operator is shown the parameters themselves");
-    assert_eq!(broker.decide(&ot, &id, "approve").await.status(), 200);
-    let cap = broker.capability(&at, &id).await.unwrap();
-
-    let res = call_core(&http, &core, "POST", "/org/tokens", &at, &hidden, Some(&cap)).await;
-    assert_error(res, 403, "forbidden").await;
-    assert!(effects(&http, &core).await.is_empty(), "nothing ran");
-    let res = call_core(&http, &core, "POST", "/org/tokens", &at, &shown, Some(&cap)).await;
-    assert_eq!(res.status(), 201);
-    assert_eq!(effects(&http, &core).await.len(), 1);
-
-    // The audit log alone shows that the approval covered exactly the parameters that ran:
-    // the requested record's params hash to the digest the redemption names.
-    let records = tessera::audit::read_page(broker.state.store(), 0, 10_000).await.unwrap();
-    let detail = |event: &str| -> Value {
-        let r = records.iter().find(|r| r.event == event && r.subject == id).unwrap();
-        serde_json::from_str(&r.detail).unwrap()
-    };
-    let requested = detail("approval.requested");
-    let redeemed = detail("capability.redeemed");
-    assert_eq!(requested["params"], shown);
-    assert_eq!(tessera::verify::params_digest(&requested["params"]).to_string(), redeemed["params_digest"]);
-}
-
-/// A secret value the operator saw only as length and fingerprint: another value of the
-/// same length has another fingerprint, so it cannot ride on the approval.
-#[tokio::test]
-async fn a_changed_secret_value_of_the_same_length_is_refused() {
-    let broker = spawn_app().await;
-    let core = crate::gate::spawn_core(&broker).await;
-    let agent = broker.create_client("org-1", CallerKind::Agent, "concierge").await;
-    let op = broker.create_client("org-1", CallerKind::Operator, "alice").await;
-    let at = broker.access_token(&agent).await;
-    let http = reqwest::Client::new();
-    let approved = json!({"key": "OPENAI_KEY", "value": "sk-approved-0001"});
-    let swapped = json!({"key": "OPENAI_KEY", "value": "sk-attacker-0001"});
-
-    let res = call_core(&http, &core, "PUT", "/workspaces/ws-2/secrets", &at, &approved, None).await;
-    assert_eq!(res.status(), 202);
-    let id = res.json::<Value>().await.unwrap()["approval_id"].as_str().unwrap().to_owned();
-    let ot = broker.access_token(&op).await;
-    let a: Value = broker.get_bearer(&format!("/v1/approvals/{id}"), &ot).await.json().await.unwrap();
-    assert_eq!(a["params"]["value"]["$secret"]["length"], 16);
-    assert!(!a.to_string().contains("sk-approved"), "the secret never reached the broker");
-    assert_eq!(broker.decide(&ot, &id, "approve").await.status(), 200);
-    let cap = broker.capability(&at, &id).await.unwrap();
-
-    let res = call_core(&http, &core, "PUT", "/workspaces/ws-2/secrets", &at, &swapped, Some(&cap)).await;
-    assert_error(res, 403, "forbidden").await;
-    assert!(effects(&http, &core).await.is_empty());
-    let res = call_core(&http, &core, "PUT", "/workspaces/ws-2/secrets", &at, &approved, Some(&cap)).await;
-    assert_eq!(res.status(), 200);
-
-    // A body the gate cannot present is refused before anything is asked.
-    for bad in [json!({"key": "K", "value": 42}), json!({"key": "K", "value": "v", "x": {"$secret": {}}})] {
-        let res = call_core(&http, &core, "PUT", "/workspaces/ws-2/secrets", &at, &bad, None).await;
-        assert_error(res, 400, "invalid_request").await;
-    }
 }
 
 /// The bypass needs every party's permission: an agent acting for an install client that may

@@ -1,5 +1,6 @@
-//! Issue 17: signed checkpoints of the audit chain, witnesses, archives, and following the
-//! log (design §16). Runs on SQLite, and on PostgreSQL with TESSERA_TEST_BACKEND=postgres.
+//! The audit log: every token and change recorded, a failed write failing the request, signed
+//! checkpoints, witnesses, archives and following the log (design §16). Runs on SQLite, and on
+//! PostgreSQL with TESSERA_TEST_BACKEND=postgres.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -641,4 +642,74 @@ async fn two_replicas_writing_while_checkpoints_are_signed_still_verify() {
     let out = cli_on(&url, &cli_keys, "http://x", &["audit", "verify", "--jwks", jwks.to_str().unwrap()], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
+}
+
+#[tokio::test]
+async fn every_issued_token_is_audited_without_the_token() {
+    let app = spawn_app().await;
+    let c = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let token = app.access_token(&c).await;
+    let jti = peek_claims(&token)["jti"].as_str().unwrap().to_owned();
+    let records = tessera::audit::read_page(app.state.store(), 0, 100).await.unwrap();
+    let rec = records.iter().find(|r| r.event == "token.issued").expect("token.issued record");
+    assert_eq!(rec.subject, jti);
+    assert_eq!(rec.actor, c.id);
+    let detail: Value = serde_json::from_str(&rec.detail).unwrap();
+    assert_eq!(detail["scope"], "approvals:create workspaces:read workspaces:write");
+    assert!(detail["exp"].is_i64());
+    let export = app.cli(&["audit", "export"]).await;
+    assert!(export.status.success());
+    let text = String::from_utf8(export.stdout).unwrap();
+    assert!(text.lines().count() >= 3);
+    assert!(!text.contains(&token));
+    assert!(!text.contains(&c.secret));
+    assert!(!text.contains(tessera::token::b64::encode(c.secret.as_bytes()).as_str()));
+}
+
+#[tokio::test]
+async fn a_failed_audit_write_fails_the_request() {
+    let app = spawn_app().await;
+    let c = app.create_client("org-1", CallerKind::Agent, "a").await;
+    sqlx::query("DROP TABLE audit_log").execute(app.state.store().pool()).await.unwrap();
+    let res = app.token_request(&[("grant_type", "client_credentials")], Some(&c)).await;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 503);
+    assert!(body.get("access_token").is_none());
+    assert_eq!(body["error"], "temporarily_unavailable");
+}
+
+#[tokio::test]
+async fn audit_verify_passes_then_names_an_altered_record() {
+    let app = spawn_app().await;
+    let c = app.create_client("org-1", CallerKind::Agent, "a").await;
+    for _ in 0..3 {
+        app.access_token(&c).await;
+    }
+    let ok = app.cli(&["audit", "verify"]).await;
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("intact"));
+    let pool = app.state.store().pool();
+
+    // Alter a middle record.
+    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3").execute(pool).await.unwrap();
+    let bad = app.cli(&["audit", "verify"]).await;
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("record 3"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1);
+
+    // Restore it, then alter the last record only, even recomputing its own hash naively.
+    sqlx::query("UPDATE audit_log SET actor = $1 WHERE seq = 3").bind(&c.id).execute(pool).await.unwrap();
+    assert_eq!(app.cli(&["audit", "verify"]).await.status.code(), Some(0));
+    let last: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log").fetch_one(pool).await.unwrap();
+    sqlx::query("UPDATE audit_log SET detail = '{}' WHERE seq = $1").bind(last).execute(pool).await.unwrap();
+    let bad = app.cli(&["audit", "verify"]).await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains(&format!("record {last}")));
+
+    // Deleting a record is a gap.
+    sqlx::query("DELETE FROM audit_log WHERE seq = 2").execute(pool).await.unwrap();
+    let bad = app.cli(&["audit", "verify"]).await;
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("record 2"));
 }
