@@ -346,8 +346,13 @@ pub async fn request(
     if let Some(jkt) = &row.cnf_jkt {
         base["cnf_jkt"] = json!(jkt);
     }
-    let mut events =
-        vec![AuditEvent::new("approval.requested", &row.requester, &row.tenant, &row.approval_id, base.clone())];
+    let mut events = vec![AuditEvent::new(
+        crate::audit::EventName::ApprovalRequested,
+        &row.requester,
+        &row.tenant,
+        &row.approval_id,
+        base.clone(),
+    )];
     if let Some(reason) = bypass_reason {
         let jti = b64::encode(&random_bytes::<16>()?);
         row.status = Status::Approved;
@@ -357,14 +362,14 @@ pub async fn request(
         row.cap_iat = Some(now);
         row.cap_jti = Some(jti.clone());
         events.push(AuditEvent::new(
-            "approval.bypassed",
+            crate::audit::EventName::ApprovalBypassed,
             &row.requester,
             &row.tenant,
             &row.approval_id,
             json!({ "bypass_reason": reason, "action": row.action, "resource": row.resource }),
         ));
         events.push(AuditEvent::new(
-            "capability.issued",
+            crate::audit::EventName::CapabilityIssued,
             &row.requester,
             &row.tenant,
             &row.approval_id,
@@ -408,7 +413,7 @@ async fn write_expiry(change: &mut audit::Change, row: &ApprovalRow, now: i64) -
     }
     let what = if row.status == Status::Pending { "request" } else { "capability" };
     change.record(AuditEvent::new(
-        "approval.expired",
+        crate::audit::EventName::ApprovalExpired,
         "broker",
         &row.tenant,
         &row.approval_id,
@@ -561,7 +566,7 @@ pub async fn decide(
         }
     })?;
     let mut events = vec![AuditEvent::new(
-        "approval.decided",
+        crate::audit::EventName::ApprovalDecided,
         &caller.sub,
         &row.tenant,
         id,
@@ -572,21 +577,27 @@ pub async fn decide(
     let approvals = rows::enabled_approvals(&mut tx, id).await?;
     let moved = match verdict {
         Verdict::Deny => {
-            events.push(AuditEvent::new("approval.denied", &caller.sub, &row.tenant, id, json!({})));
+            events.push(AuditEvent::new(
+                crate::audit::EventName::ApprovalDenied,
+                &caller.sub,
+                &row.tenant,
+                id,
+                json!({}),
+            ));
             rows::transition(&mut tx, id, Status::Pending, Status::Denied, Some(now)).await?
         }
         Verdict::Approve if approvals >= row.quorum => {
             let jti = b64::encode(&random_bytes::<16>()?);
             let exp = now + policy.capability_ttl_secs;
             events.push(AuditEvent::new(
-                "approval.approved",
+                crate::audit::EventName::ApprovalApproved,
                 &caller.sub,
                 &row.tenant,
                 id,
                 json!({ "approvals": approvals }),
             ));
             events.push(AuditEvent::new(
-                "capability.issued",
+                crate::audit::EventName::CapabilityIssued,
                 &caller.sub,
                 &row.tenant,
                 id,
@@ -623,7 +634,7 @@ pub async fn withdraw(store: &Store, caller: &AccessClaims, id: &str, now: i64) 
     if !rows::transition(&mut tx, id, Status::Pending, Status::Withdrawn, Some(now)).await? {
         return Err(ApprovalError::Conflict("the request was decided concurrently".into()));
     }
-    tx.record(AuditEvent::new("approval.withdrawn", &caller.sub, &row.tenant, id, json!({})));
+    tx.record(AuditEvent::new(crate::audit::EventName::ApprovalWithdrawn, &caller.sub, &row.tenant, id, json!({})));
     let updated = rows::get_on(&mut tx, id).await?.ok_or(ApprovalError::NotFound)?;
     tx.commit(now).await?;
     Ok(updated)
@@ -674,7 +685,7 @@ pub async fn redeem(
         });
     }
     tx.record(AuditEvent::new(
-        "capability.redeemed",
+        crate::audit::EventName::CapabilityRedeemed,
         &caller.sub,
         &cap.tenant,
         &cap.approval_id,

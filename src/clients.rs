@@ -242,7 +242,13 @@ async fn register(
     if let Some(k) = key {
         detail["key"] = json!({"kid": k.kid, "alg": k.alg});
     }
-    let event = AuditEvent::new("client.created", actor, record.tenant.as_str(), record.client_id.as_str(), detail);
+    let event = AuditEvent::new(
+        crate::audit::EventName::ClientCreated,
+        actor,
+        record.tenant.as_str(),
+        record.client_id.as_str(),
+        detail,
+    );
     let mut tx = audit::Change::begin(store).await?;
     // A federated or key client's stored hash is empty: no presented secret hashes to it.
     let stored = secret.as_ref().map(|s| hash_secret(s.expose())).unwrap_or_default();
@@ -284,7 +290,13 @@ pub async fn rotate_secret(
     if !rows::set_secret_hash(&mut tx, client_id, &hash_secret(secret.expose()), now).await? {
         return Err(ClientError::NotFound(client_id.to_owned()));
     }
-    tx.record(AuditEvent::new("client.secret_rotated", actor, record.tenant.as_str(), client_id, json!({})));
+    tx.record(AuditEvent::new(
+        crate::audit::EventName::ClientSecretRotated,
+        actor,
+        record.tenant.as_str(),
+        client_id,
+        json!({}),
+    ));
     tx.commit(now).await?;
     Ok((record, secret))
 }
@@ -299,7 +311,7 @@ pub async fn disable(store: &Store, client_id: &str, actor: &str, now: i64) -> R
     let revocation = crate::revocations::of_client(client_id, record.tenant.as_str(), now);
     crate::revocations::insert_in(&mut tx, &revocation, actor, now).await?;
     tx.record(AuditEvent::new(
-        "client.disabled",
+        crate::audit::EventName::ClientDisabled,
         actor,
         record.tenant.as_str(),
         client_id,

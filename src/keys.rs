@@ -428,7 +428,7 @@ pub async fn rotate(
         key_rows::retire(&mut tx, kid, activates_at, unpublish_at).await?;
     }
     tx.record(AuditEvent::new(
-        "key.rotated",
+        crate::audit::EventName::KeyRotated,
         actor,
         "",
         &row.kid,
@@ -457,7 +457,7 @@ pub async fn register(store: &Store, signer: &Signer, now: i64, activates_at: i6
     let mut tx = audit::Change::begin(store).await?;
     key_rows::insert(&mut tx, &row).await?;
     tx.record(AuditEvent::new(
-        "key.registered",
+        crate::audit::EventName::KeyRegistered,
         "broker",
         "",
         &row.kid,

@@ -262,7 +262,7 @@ pub async fn verify_decisions(store: &crate::store::Store, rp_id: &str) -> Resul
         let page = crate::audit::read_page(store, after, 1000).await.map_err(fail)?;
         let Some(last) = page.last() else { break };
         after = last.seq;
-        for r in page.iter().filter(|r| r.event == "approval.decided") {
+        for r in page.iter().filter(|r| r.event == crate::audit::EventName::ApprovalDecided) {
             let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap_or_default();
             let text = |k: &str| detail[k].as_str().unwrap_or_default().to_owned();
             let decision = text("decision");

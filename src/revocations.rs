@@ -49,7 +49,11 @@ async fn record_in(change: &mut Change, r: &Revocation, by: &str, now: i64) -> R
     insert_in(change, r, by, now).await?;
     let subject = r.jti.clone().unwrap_or_else(|| r.client_id.clone());
     change.record(AuditEvent::new(
-        if r.kind == "token" { "token.revoked" } else { "client.tokens_revoked" },
+        if r.kind == "token" {
+            crate::audit::EventName::TokenRevoked
+        } else {
+            crate::audit::EventName::ClientTokensRevoked
+        },
         by,
         &r.tenant,
         &subject,

@@ -54,7 +54,7 @@ pub async fn open(
     let mut change = Change::begin(store).await?;
     rows::insert(&mut change, &row).await?;
     change.record(AuditEvent::new(
-        "console.signed_in",
+        crate::audit::EventName::ConsoleSignedIn,
         client.client_id.as_str(),
         client.tenant.as_str(),
         client.client_id.as_str(),
@@ -70,7 +70,7 @@ pub async fn close(store: &Store, client: &ClientRecord, session_hash: &str, now
     let ended = rows::delete(&mut change, session_hash).await?;
     if ended {
         change.record(AuditEvent::new(
-            "console.signed_out",
+            crate::audit::EventName::ConsoleSignedOut,
             client.client_id.as_str(),
             client.tenant.as_str(),
             client.client_id.as_str(),

@@ -153,7 +153,7 @@ async fn set_anchor(store: &Store, cp: &StoredCheckpoint, records: i64, now: i64
         .execute(&mut *tx)
         .await?;
     let event = super::AuditEvent::new(
-        "audit.archived",
+        crate::audit::EventName::AuditArchived,
         "cli",
         "",
         &cp.claims.seq.to_string(),

@@ -304,7 +304,7 @@ mod tests {
             let r = AuditRecord {
                 seq: 42,
                 at: -7,
-                event: "token.issued".into(),
+                event: crate::audit::EventName::TokenIssued.as_str().into(),
                 actor: text.into(),
                 tenant: format!("t{text}"),
                 subject: text.into(),

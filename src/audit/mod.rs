@@ -20,6 +20,7 @@ pub mod archive;
 mod chain;
 mod change;
 pub mod checkpoint;
+mod event;
 pub mod verify;
 mod writer;
 
@@ -28,6 +29,7 @@ use serde_json::Value;
 
 pub use chain::{GENESIS, append, append_now, head, hex, lock, of_subject, read_page, read_range, record_hash};
 pub use change::Change;
+pub use event::EventName;
 pub use verify::{ChainReport, Problem};
 pub use writer::{AuditWriter, CheckedError, Fingerprints, MAX_BATCH, Precondition, PreconditionReader, WriterStats};
 
@@ -49,16 +51,22 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// Builds an event; `detail` is a JSON object.
-    pub fn new(event: &str, actor: &str, tenant: &str, subject: &str, detail: Value) -> Self {
+    pub fn new(event: EventName, actor: &str, tenant: &str, subject: &str, detail: Value) -> Self {
         Self::with_canonical_detail(event, actor, tenant, subject, crate::token::jcs::canonicalize(&detail))
     }
 
     /// As [`AuditEvent::new`], with the detail already in canonical form: for the token
     /// endpoint, which writes its fixed facts directly instead of building a JSON tree per
     /// token (a test holds the two forms equal).
-    pub(crate) fn with_canonical_detail(event: &str, actor: &str, tenant: &str, subject: &str, detail: String) -> Self {
+    pub(crate) fn with_canonical_detail(
+        event: EventName,
+        actor: &str,
+        tenant: &str,
+        subject: &str,
+        detail: String,
+    ) -> Self {
         AuditEvent {
-            event: event.to_owned(),
+            event: event.as_str().to_owned(),
             actor: actor.to_owned(),
             tenant: tenant.to_owned(),
             subject: subject.to_owned(),

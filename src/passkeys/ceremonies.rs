@@ -208,7 +208,7 @@ pub async fn enrol(
     };
     rows::insert(&mut change, &row).await?;
     change.record(AuditEvent::new(
-        "passkey.enrolled",
+        crate::audit::EventName::PasskeyEnrolled,
         holder.client_id,
         holder.tenant,
         holder.client_id,
@@ -228,7 +228,7 @@ pub async fn remove(store: &Store, holder: Holder<'_>, credential_id: &str, now:
     let removed = rows::remove(&mut change, holder.client_id, Some(credential_id), now).await? == 1;
     if removed {
         change.record(AuditEvent::new(
-            "passkey.removed",
+            crate::audit::EventName::PasskeyRemoved,
             holder.client_id,
             holder.tenant,
             holder.client_id,
@@ -246,7 +246,7 @@ pub async fn remove_all(store: &Store, client: &ClientRecord, actor: &str, now: 
     let mut change = Change::begin(store).await?;
     let removed = rows::remove(&mut change, id, None, now).await?;
     change.record(AuditEvent::new(
-        "passkey.removed",
+        crate::audit::EventName::PasskeyRemoved,
         actor,
         client.tenant.as_str(),
         id,
@@ -275,7 +275,7 @@ pub async fn issue_enrolment_code(
     let mut change = Change::begin(store).await?;
     rows::insert_challenge_on(&mut change, &row, now).await?;
     change.record(AuditEvent::new(
-        "passkey.enrolment_issued",
+        crate::audit::EventName::PasskeyEnrolmentIssued,
         actor,
         client.tenant.as_str(),
         client.client_id.as_str(),

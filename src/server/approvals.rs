@@ -157,7 +157,7 @@ async fn create(
         return Ok((StatusCode::CREATED, Json(body)).into_response());
     }
     let payload = json!({
-        "event": "approval.requested",
+        "event": crate::audit::EventName::ApprovalRequested.as_str(),
         "approval": approval_json(&row, now, None),
         "console_url": format!("{}/console/approvals/{}", state.config().issuer, row.approval_id),
     });

@@ -179,7 +179,7 @@ pub(super) async fn issue_checked(
     let jkt = claims.cnf.as_ref().map(|c| c.jkt.as_str());
     let event = match detail {
         serde_json::Value::Object(extra) if extra.is_empty() => AuditEvent::with_canonical_detail(
-            "token.issued",
+            crate::audit::EventName::TokenIssued,
             actor,
             &claims.tenant,
             &claims.jti,
@@ -195,7 +195,7 @@ pub(super) async fn issue_checked(
             if let Some(jkt) = jkt {
                 facts["cnf_jkt"] = json!(jkt);
             }
-            AuditEvent::new("token.issued", actor, &claims.tenant, &claims.jti, facts)
+            AuditEvent::new(crate::audit::EventName::TokenIssued, actor, &claims.tenant, &claims.jti, facts)
         }
     };
     match check {
