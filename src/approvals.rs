@@ -155,15 +155,7 @@ pub enum Proof<'a> {
     },
 }
 
-/// An operator's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Approve.
-    Approve,
-    /// Deny.
-    Deny,
-}
+pub use crate::domain::{DecisionMethod, Verdict};
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], ApprovalError> {
     use ring::rand::SecureRandom;
@@ -547,15 +539,12 @@ pub async fn decide(
     }
     let decision = Decision {
         operator: caller.sub.clone(),
-        decision: match verdict {
-            Verdict::Approve => "approve".into(),
-            Verdict::Deny => "deny".into(),
-        },
+        decision: verdict,
         note: note.clone(),
         at: now,
         method: match proof {
-            Proof::Secret => "secret".into(),
-            Proof::Passkey { .. } => "passkey".into(),
+            Proof::Secret => DecisionMethod::Secret,
+            Proof::Passkey { .. } => DecisionMethod::Passkey,
         },
     };
     rows::insert_decision(&mut tx, id, &decision).await.map_err(|e| {

@@ -442,6 +442,74 @@ macro_rules! from_str_via_parse {
 
 from_str_via_parse!(Scope, Action, Resource, ParamsDigest, ApprovalId);
 
+/// An operator's verdict on an approval: `approve` or `deny`, as stored and as the API says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Approve.
+    Approve,
+    /// Deny.
+    Deny,
+}
+
+impl Verdict {
+    /// The stored word.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approve",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
+impl FromStr for Verdict {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "approve" => Ok(Verdict::Approve),
+            "deny" => Ok(Verdict::Deny),
+            _ => Err(InvalidValue::new("decision", "is approve or deny")),
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an operator's decision was made: with the operator's secret (a token) or a passkey.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionMethod {
+    /// An access token from the operator's secret.
+    Secret,
+    /// A passkey assertion over the decision.
+    Passkey,
+}
+
+impl DecisionMethod {
+    /// The stored word.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DecisionMethod::Secret => "secret",
+            DecisionMethod::Passkey => "passkey",
+        }
+    }
+}
+
+impl FromStr for DecisionMethod {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "secret" => Ok(DecisionMethod::Secret),
+            "passkey" => Ok(DecisionMethod::Passkey),
+            _ => Err(InvalidValue::new("method", "is secret or passkey")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{Backend, Store, StoreError, parse_col};
-use crate::domain::CallerKind;
+use crate::domain::{CallerKind, DecisionMethod, Verdict};
 
 /// An approval's status, as pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -57,14 +57,14 @@ impl std::str::FromStr for Status {
 pub struct Decision {
     /// The operator's client id.
     pub operator: String,
-    /// `approve` or `deny`.
-    pub decision: String,
+    /// Approve or deny.
+    pub decision: Verdict,
     /// The operator's note.
     pub note: Option<String>,
     /// When, Unix seconds.
     pub at: i64,
-    /// How it was made: `secret` or `passkey`.
-    pub method: String,
+    /// How it was made.
+    pub method: DecisionMethod,
 }
 
 /// A stored approval.
@@ -150,7 +150,7 @@ impl ApprovalRow {
 
     /// The approving operators, in decision order.
     pub fn approvers(&self) -> Vec<String> {
-        self.decisions.iter().filter(|d| d.decision == "approve").map(|d| d.operator.clone()).collect()
+        self.decisions.iter().filter(|d| d.decision == Verdict::Approve).map(|d| d.operator.clone()).collect()
     }
 }
 
@@ -235,10 +235,10 @@ async fn load_decisions(conn: &mut AnyConnection, rows: &mut [ApprovalRow]) -> R
             .map(|d| {
                 Ok(Decision {
                     operator: d.try_get("operator")?,
-                    decision: d.try_get("decision")?,
+                    decision: parse_col("decision", &d.try_get::<String, _>("decision")?)?,
                     note: d.try_get("note")?,
                     at: d.try_get("at")?,
-                    method: d.try_get("method")?,
+                    method: parse_col("decision method", &d.try_get::<String, _>("method")?)?,
                 })
             })
             .collect::<Result<_, StoreError>>()?;
@@ -384,10 +384,10 @@ pub async fn insert_decision(conn: &mut AnyConnection, id: &str, d: &Decision) -
     )
     .bind(id)
     .bind(&d.operator)
-    .bind(&d.decision)
+    .bind(d.decision.as_str())
     .bind(&d.note)
     .bind(d.at)
-    .bind(&d.method)
+    .bind(d.method.as_str())
     .execute(conn)
     .await?;
     Ok(())

@@ -735,10 +735,10 @@ mod tests {
         let mut voted = row("tc_agent");
         voted.decisions.push(approval_rows::Decision {
             operator: "tc_me".into(),
-            decision: "approve".into(),
+            decision: crate::domain::Verdict::Approve,
             note: None,
             at: 5,
-            method: "secret".into(),
+            method: crate::domain::DecisionMethod::Secret,
         });
         assert_eq!(can_decide(&me, &voted, 10), CanDecide::AlreadyDecided);
     }

@@ -10,7 +10,7 @@ use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
 use super::session::Operator;
-use crate::approvals::{ApprovalRow, Status};
+use crate::approvals::{ApprovalRow, Status, Verdict};
 use crate::audit::AuditRecord;
 use crate::domain::CallerKind;
 
@@ -149,7 +149,7 @@ fn who_with_id(names: &Names, id: &str) -> Markup {
 }
 
 fn quorum_text(row: &ApprovalRow) -> String {
-    let got = row.decisions.iter().filter(|d| d.decision == "approve").count();
+    let got = row.decisions.iter().filter(|d| d.decision == Verdict::Approve).count();
     let need = usize::try_from(row.quorum).unwrap_or(1);
     if got >= need {
         format!("{got} of {need} approvals")
@@ -210,7 +210,7 @@ fn state_text(row: &ApprovalRow, names: &Names, now: i64) -> String {
     let approvers: Vec<String> = row.approvers().iter().map(|a| name(a)).collect();
     match row.effective_status(now) {
         Status::Pending => {
-            let got = row.decisions.iter().filter(|d| d.decision == "approve").count() as i64;
+            let got = row.decisions.iter().filter(|d| d.decision == Verdict::Approve).count() as i64;
             let more = (row.quorum - got).max(1);
             format!(
                 "Waiting for {more} more approval{}. Expires in {} ({}).",
@@ -226,7 +226,7 @@ fn state_text(row: &ApprovalRow, names: &Names, now: i64) -> String {
         ),
         Status::Denied => {
             let by: Vec<String> =
-                row.decisions.iter().filter(|d| d.decision == "deny").map(|d| name(&d.operator)).collect();
+                row.decisions.iter().filter(|d| d.decision == Verdict::Deny).map(|d| name(&d.operator)).collect();
             format!("Denied by {}. The request is over.", by.join(", "))
         }
         Status::Expired if row.cap_jti.is_some() => {
@@ -435,7 +435,7 @@ pub fn detail(op: &Operator, d: &Detail<'_>) -> Markup {
                         @for dec in &row.decisions {
                             tr {
                                 td { (who(d.names, &dec.operator)) }
-                                td { strong { (if dec.decision == "approve" { "Approved" } else { "Denied" }) } }
+                                td { strong { (if dec.decision == Verdict::Approve { "Approved" } else { "Denied" }) } }
                                 td { @if let Some(n) = &dec.note { (n) } @else { span.muted { "—" } } }
                                 td { (utc(dec.at)) }
                             }
@@ -630,7 +630,7 @@ pub fn history(op: &Operator, v: &HistoryView<'_>, rows: &[ApprovalRow], names: 
                                 @for (i, dec) in row.decisions.iter().enumerate() {
                                     @if i > 0 { br; }
                                     (who(names, &dec.operator)) " "
-                                    span.small { (if dec.decision == "approve" { "approved" } else { "denied" }) }
+                                    span.small { (if dec.decision == Verdict::Approve { "approved" } else { "denied" }) }
                                 }
                             }
                         }
