@@ -713,3 +713,49 @@ async fn audit_verify_passes_then_names_an_altered_record() {
     let bad = app.cli(&["audit", "verify"]).await;
     assert!(String::from_utf8_lossy(&bad.stderr).contains("record 2"));
 }
+
+/// A chain written before the services refactor (tests/fixtures/chain-before-rooms) verifies
+/// with today's code, every event name in it is one the code knows, and records appended now
+/// continue it.
+#[tokio::test]
+async fn a_chain_written_before_the_rooms_still_verifies_and_grows() {
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chain-before-rooms");
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for e in std::fs::read_dir(fixture.join("keys")).unwrap() {
+        let e = e.unwrap();
+        let to = keys.join(e.file_name());
+        std::fs::copy(e.path(), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let db = dir.path().join("tessera.db");
+    std::fs::copy(fixture.join("tessera.db"), &db).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let url = format!("sqlite://{}", db.display());
+    let cli = |args: &'static [&'static str]| cli_on(&url, &keys, "http://127.0.0.1:18791", args, &[]);
+
+    let out = cli(&["audit", "verify"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("audit chain intact: 24 records (1 to 24), 2 checkpoints"), "{text}");
+
+    let out = cli(&["audit", "export"]).await;
+    assert!(out.status.success());
+    let names: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.len() >= 17, "{names:?}");
+    for n in &names {
+        assert!(tessera::audit::EventName::parse(n).is_some(), "{n} is not an event the code knows");
+    }
+
+    let out = cli(&["clients", "create", "--tenant", "org-1", "--kind", "agent", "--name", "later"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&["audit", "verify"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && text.contains("audit chain intact: 25 records (1 to 25)"), "{text}");
+}
