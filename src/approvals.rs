@@ -157,6 +157,26 @@ pub enum Proof<'a> {
 
 pub use crate::domain::{DecisionMethod, Verdict};
 
+// What an approval's stored actor chain means, read with the token's own type (the row lives
+// under `domain`, which knows no token).
+impl ApprovalRow {
+    /// The requester's actor chain, when the request was made on a delegated token.
+    pub fn actor_chain(&self) -> Option<crate::token::Actor> {
+        self.act.as_deref().and_then(|a| serde_json::from_str(a).ok())
+    }
+
+    /// The actors' client ids, nearest first (`[]` when none).
+    pub fn actors(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut next = self.actor_chain();
+        while let Some(a) = next {
+            out.push(a.sub);
+            next = a.act.map(|b| *b);
+        }
+        out
+    }
+}
+
 fn random_bytes<const N: usize>() -> Result<[u8; N], ApprovalError> {
     use ring::rand::SecureRandom;
     let mut b = [0u8; N];

@@ -4,6 +4,9 @@
 //! code acts on it, so a handler cannot hold an unchecked tenant, scope or digest. This module
 //! sits at the bottom: it depends on no other module of the crate.
 
+pub mod approval;
+pub mod client;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;

@@ -4,34 +4,9 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{Store, StoreError, parse_col};
-use crate::domain::{Action, CallerKind, ClientId, ScopeSet, TenantId, WorkspaceId};
+use crate::domain::{Action, ClientId, ScopeSet};
 
-/// A registered client, without its secret.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ClientRecord {
-    /// The client id.
-    pub client_id: ClientId,
-    /// Its tenant.
-    pub tenant: TenantId,
-    /// Its kind, fixed at registration.
-    pub kind: CallerKind,
-    /// A human name.
-    pub name: String,
-    /// The bound workspace, if any.
-    pub workspace: Option<WorkspaceId>,
-    /// The scopes it was registered with.
-    pub scopes: ScopeSet,
-    /// Gated actions it may take the audited bypass for (install clients only).
-    pub allow_bypass: Vec<Action>,
-    /// Clients that may exchange this client's tokens and act for it (RFC 8693 delegation).
-    pub delegates: Vec<ClientId>,
-    /// Whether it gets tokens only with a DPoP proof (`--require-dpop`, design §13).
-    pub require_dpop: bool,
-    /// Whether it is disabled.
-    pub disabled: bool,
-    /// Registration time, Unix seconds.
-    pub created_at: i64,
-}
+pub use crate::domain::client::ClientRecord;
 
 const COLUMNS: &str =
     "client_id, tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop, disabled, created_at";
