@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::audit::{self, AuditEvent};
+use crate::audit::{self, AuditEvent, Event, event};
 use crate::domain::{Action, ApprovalId, CallerKind, ParamsDigest, Resource};
 use crate::keys::Signer;
 use crate::policy::Policy;
@@ -100,20 +100,30 @@ pub struct NewRequest {
 /// The audit detail of a decision. A passkey decision keeps its whole assertion and the nonce
 /// of its challenge, so anyone with the credential's public key can check that this
 /// authenticator signed this verdict on these parameters (`tessera audit verify` does).
-fn decision_detail(d: &Decision, row: &ApprovalRow, proof: Proof<'_>) -> Value {
+fn decision_detail(d: &Decision, row: &ApprovalRow, proof: Proof<'_>) -> event::Decided {
+    let plain = event::Decided {
+        decision: d.decision,
+        note: d.note.clone(),
+        method: DecisionMethod::Secret,
+        params_digest: None,
+        nonce: None,
+        credential_id: None,
+        authenticator_data: None,
+        client_data: None,
+        signature: None,
+    };
     match proof {
-        Proof::Secret => json!({ "decision": d.decision, "note": d.note, "method": "secret" }),
-        Proof::Passkey { nonce, assertion } => json!({
-            "decision": d.decision,
-            "note": d.note,
-            "method": "passkey",
-            "params_digest": row.params_digest,
-            "nonce": nonce,
-            "credential_id": assertion.credential_id,
-            "authenticator_data": assertion.authenticator_data,
-            "client_data": assertion.client_data,
-            "signature": assertion.signature,
-        }),
+        Proof::Secret => plain,
+        Proof::Passkey { nonce, assertion } => event::Decided {
+            method: DecisionMethod::Passkey,
+            params_digest: Some(row.params_digest.clone()),
+            nonce: Some(nonce.to_owned()),
+            credential_id: Some(assertion.credential_id.clone()),
+            authenticator_data: Some(assertion.authenticator_data.clone()),
+            client_data: Some(assertion.client_data.clone()),
+            signature: Some(assertion.signature.clone()),
+            ..plain
+        },
     }
 }
 
@@ -346,24 +356,20 @@ pub async fn request(
     };
     // The record says exactly what the operator will be shown and the capability binds, and
     // who stands behind the request, so a decision can be checked from the audit log alone.
-    let base = json!({
-        "action": row.action,
-        "resource": row.resource,
-        "params": req.params,
-        "params_digest": row.params_digest,
-        "reason": row.reason,
-        "actors": row.actors(),
-    });
-    let mut base = base;
-    if let Some(jkt) = &row.cnf_jkt {
-        base["cnf_jkt"] = json!(jkt);
-    }
-    let mut events = vec![AuditEvent::new(
-        crate::audit::EventName::ApprovalRequested,
+    let requested = event::Requested {
+        action: row.action.clone(),
+        resource: row.resource.clone(),
+        params: req.params.clone(),
+        params_digest: row.params_digest.clone(),
+        reason: row.reason.clone(),
+        actors: row.actors(),
+        cnf_jkt: row.cnf_jkt.clone(),
+    };
+    let mut events = vec![AuditEvent::of(
+        Event::ApprovalRequested(Box::new(requested)),
         &row.requester,
         &row.tenant,
         &row.approval_id,
-        base.clone(),
     )];
     if let Some(reason) = bypass_reason {
         let jti = b64::encode(&random_bytes::<16>()?);
@@ -373,20 +379,15 @@ pub async fn request(
         row.cap_exp = Some(now + policy.capability_ttl_secs);
         row.cap_iat = Some(now);
         row.cap_jti = Some(jti.clone());
-        events.push(AuditEvent::new(
-            crate::audit::EventName::ApprovalBypassed,
-            &row.requester,
-            &row.tenant,
-            &row.approval_id,
-            json!({ "bypass_reason": reason, "action": row.action, "resource": row.resource }),
-        ));
-        events.push(AuditEvent::new(
-            crate::audit::EventName::CapabilityIssued,
-            &row.requester,
-            &row.tenant,
-            &row.approval_id,
-            json!({ "jti": jti, "exp": row.cap_exp, "bypass": true }),
-        ));
+        let bypassed = event::Bypassed {
+            bypass_reason: reason.to_owned(),
+            action: row.action.clone(),
+            resource: row.resource.clone(),
+        };
+        let issued = event::CapabilityIssued { jti, exp: row.cap_exp, requester: None, bypass: Some(true) };
+        for e in [Event::ApprovalBypassed(bypassed), Event::CapabilityIssued(issued)] {
+            events.push(AuditEvent::of(e, &row.requester, &row.tenant, &row.approval_id));
+        }
     }
     let mut tx = audit::Change::begin(store).await?;
     if !row.bypass {
@@ -424,13 +425,8 @@ async fn write_expiry(change: &mut audit::Change, row: &ApprovalRow, now: i64) -
         return Ok(false);
     }
     let what = if row.status == Status::Pending { "request" } else { "capability" };
-    change.record(AuditEvent::new(
-        crate::audit::EventName::ApprovalExpired,
-        "broker",
-        &row.tenant,
-        &row.approval_id,
-        json!({ "expired": what }),
-    ));
+    let event = Event::ApprovalExpired(event::Expired { expired: what.to_owned() });
+    change.record(AuditEvent::of(event, "broker", &row.tenant, &row.approval_id));
     Ok(true)
 }
 
@@ -574,44 +570,28 @@ pub async fn decide(
             e.into()
         }
     })?;
-    let mut events = vec![AuditEvent::new(
-        crate::audit::EventName::ApprovalDecided,
-        &caller.sub,
-        &row.tenant,
-        id,
-        decision_detail(&decision, &row, proof),
-    )];
+    let decided = Event::ApprovalDecided(Box::new(decision_detail(&decision, &row, proof)));
+    let mut events = vec![AuditEvent::of(decided, &caller.sub, &row.tenant, id)];
     // Counted after this decision is written, under the approval's row lock: every earlier
     // decision is visible, and only operators still enabled count.
     let approvals = rows::enabled_approvals(&mut tx, id).await?;
     let moved = match verdict {
         Verdict::Deny => {
-            events.push(AuditEvent::new(
-                crate::audit::EventName::ApprovalDenied,
-                &caller.sub,
-                &row.tenant,
-                id,
-                json!({}),
-            ));
+            events.push(AuditEvent::of(Event::ApprovalDenied, &caller.sub, &row.tenant, id));
             rows::transition(&mut tx, id, Status::Pending, Status::Denied, Some(now)).await?
         }
         Verdict::Approve if approvals >= row.quorum => {
             let jti = b64::encode(&random_bytes::<16>()?);
             let exp = now + policy.capability_ttl_secs;
-            events.push(AuditEvent::new(
-                crate::audit::EventName::ApprovalApproved,
-                &caller.sub,
-                &row.tenant,
-                id,
-                json!({ "approvals": approvals }),
-            ));
-            events.push(AuditEvent::new(
-                crate::audit::EventName::CapabilityIssued,
-                &caller.sub,
-                &row.tenant,
-                id,
-                json!({ "jti": jti, "exp": exp, "requester": row.requester }),
-            ));
+            let issued = event::CapabilityIssued {
+                jti: jti.clone(),
+                exp: Some(exp),
+                requester: Some(row.requester.clone()),
+                bypass: None,
+            };
+            for e in [Event::ApprovalApproved(event::Approved { approvals }), Event::CapabilityIssued(issued)] {
+                events.push(AuditEvent::of(e, &caller.sub, &row.tenant, id));
+            }
             rows::approve(&mut tx, id, &jti, now, exp).await?
         }
         Verdict::Approve => true,
@@ -643,7 +623,7 @@ pub async fn withdraw(store: &Store, caller: &AccessClaims, id: &str, now: i64) 
     if !rows::transition(&mut tx, id, Status::Pending, Status::Withdrawn, Some(now)).await? {
         return Err(ApprovalError::Conflict("the request was decided concurrently".into()));
     }
-    tx.record(AuditEvent::new(crate::audit::EventName::ApprovalWithdrawn, &caller.sub, &row.tenant, id, json!({})));
+    tx.record(AuditEvent::of(Event::ApprovalWithdrawn, &caller.sub, &row.tenant, id));
     let updated = rows::get_on(&mut tx, id).await?.ok_or(ApprovalError::NotFound)?;
     tx.commit(now).await?;
     Ok(updated)
@@ -693,16 +673,14 @@ pub async fn redeem(
             _ => ApprovalError::Conflict("the capability is no longer redeemable".into()),
         });
     }
-    tx.record(AuditEvent::new(
-        crate::audit::EventName::CapabilityRedeemed,
-        &caller.sub,
-        &cap.tenant,
-        &cap.approval_id,
-        json!({
-            "jti": cap.jti, "action": cap.action, "resource": cap.resource, "params_digest": cap.params_digest,
-            "actors": caller.actors(),
-        }),
-    ));
+    let redeemed = event::Redeemed {
+        jti: cap.jti.clone(),
+        action: cap.action.clone(),
+        resource: cap.resource.clone(),
+        params_digest: cap.params_digest.clone(),
+        actors: caller.actors().into_iter().map(str::to_owned).collect(),
+    };
+    tx.record(AuditEvent::of(Event::CapabilityRedeemed(redeemed), &caller.sub, &cap.tenant, &cap.approval_id));
     tx.commit(now).await?;
     Ok(cap)
 }

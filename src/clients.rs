@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
-use serde_json::json;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, AuditEvent, Fingerprints, Precondition, PreconditionReader};
+use crate::audit::{self, AuditEvent, Event, Fingerprints, Precondition, PreconditionReader, event};
 use crate::domain::{Action, CallerKind, ClientId, Scope, ScopeSet, TenantId, WorkspaceId};
 use crate::policy::Policy;
 use crate::store::clients as rows;
@@ -231,23 +230,25 @@ async fn register(
         disabled: false,
         created_at: now,
     };
-    let mut detail = json!({
-            "kind": record.kind, "name": record.name, "workspace": record.workspace,
-            "scope": record.scopes.to_string(),
-            "allow_bypass": record.allow_bypass,
-            "delegates": record.delegates,
-            "require_dpop": record.require_dpop,
-            "federated": identities,
-    });
-    if let Some(k) = key {
-        detail["key"] = json!({"kid": k.kid, "alg": k.alg});
-    }
-    let event = AuditEvent::new(
-        crate::audit::EventName::ClientCreated,
+    let detail = event::ClientCreated {
+        kind: record.kind.as_str().to_owned(),
+        name: record.name.clone(),
+        workspace: record.workspace.as_ref().map(|w| w.as_str().to_owned()),
+        scope: record.scopes.to_string(),
+        allow_bypass: record.allow_bypass.iter().map(|a| a.as_str().to_owned()).collect(),
+        delegates: record.delegates.iter().map(|d| d.as_str().to_owned()).collect(),
+        require_dpop: record.require_dpop,
+        federated: identities
+            .iter()
+            .map(|i| event::Identity { issuer: i.issuer.clone(), subject: i.subject.clone() })
+            .collect(),
+        key: key.map(|k| event::KeyNamed { kid: k.kid.clone(), alg: k.alg.clone() }),
+    };
+    let event = AuditEvent::of(
+        Event::ClientCreated(Box::new(detail)),
         actor,
         record.tenant.as_str(),
         record.client_id.as_str(),
-        detail,
     );
     let mut tx = audit::Change::begin(store).await?;
     // A federated or key client's stored hash is empty: no presented secret hashes to it.
@@ -290,13 +291,7 @@ pub async fn rotate_secret(
     if !rows::set_secret_hash(&mut tx, client_id, &hash_secret(secret.expose()), now).await? {
         return Err(ClientError::NotFound(client_id.to_owned()));
     }
-    tx.record(AuditEvent::new(
-        crate::audit::EventName::ClientSecretRotated,
-        actor,
-        record.tenant.as_str(),
-        client_id,
-        json!({}),
-    ));
+    tx.record(AuditEvent::of(Event::ClientSecretRotated, actor, record.tenant.as_str(), client_id));
     tx.commit(now).await?;
     Ok((record, secret))
 }
@@ -310,13 +305,8 @@ pub async fn disable(store: &Store, client_id: &str, actor: &str, now: i64) -> R
     }
     let revocation = crate::revocations::of_client(client_id, record.tenant.as_str(), now);
     crate::revocations::insert_in(&mut tx, &revocation, actor, now).await?;
-    tx.record(AuditEvent::new(
-        crate::audit::EventName::ClientDisabled,
-        actor,
-        record.tenant.as_str(),
-        client_id,
-        json!({ "tokens_revoked": true }),
-    ));
+    let event = Event::ClientDisabled(event::ClientDisabled { tokens_revoked: true });
+    tx.record(AuditEvent::of(event, actor, record.tenant.as_str(), client_id));
     tx.commit(now).await?;
     Ok(ClientRecord { disabled: true, ..record })
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, AuditEvent};
+use crate::audit::{self, AuditEvent, Event};
 use crate::store::keys as key_rows;
 // Reads of the noun, for the handlers and the command line.
 pub use crate::store::keys::{KeyRow, list};
@@ -427,13 +427,8 @@ pub async fn rotate(
     for kid in &retired {
         key_rows::retire(&mut tx, kid, activates_at, unpublish_at).await?;
     }
-    tx.record(AuditEvent::new(
-        crate::audit::EventName::KeyRotated,
-        actor,
-        "",
-        &row.kid,
-        json!({ "activates_at": activates_at, "retired": retired, "unpublish_at": unpublish_at }),
-    ));
+    let event = Event::KeyRotated(audit::event::KeyRotated { activates_at, retired: retired.clone(), unpublish_at });
+    tx.record(AuditEvent::of(event, actor, "", &row.kid));
     tx.commit(now).await?;
     Ok(Rotation { kid: row.kid, activates_at, retired, unpublish_at })
 }
@@ -456,13 +451,8 @@ pub async fn register(store: &Store, signer: &Signer, now: i64, activates_at: i6
     let row = public_row(signer, now, activates_at);
     let mut tx = audit::Change::begin(store).await?;
     key_rows::insert(&mut tx, &row).await?;
-    tx.record(AuditEvent::new(
-        crate::audit::EventName::KeyRegistered,
-        "broker",
-        "",
-        &row.kid,
-        json!({"alg": row.alg, "activates_at": activates_at}),
-    ));
+    let event = Event::KeyRegistered(audit::event::KeyRegistered { alg: row.alg.clone(), activates_at });
+    tx.record(AuditEvent::of(event, "broker", "", &row.kid));
     tx.commit(now).await?;
     Ok(())
 }

@@ -4,9 +4,7 @@
 //! The HTTP handlers (RFC 7009 revocation, operator revocations, the signed feed) and client
 //! disabling call this module; it alone writes the `revocations` table.
 
-use serde_json::json;
-
-use crate::audit::{AuditEvent, Change};
+use crate::audit::{AuditEvent, Change, Event, event};
 use crate::store::revocations as rows;
 pub use crate::store::revocations::Revocation;
 use crate::store::{Store, StoreError};
@@ -48,17 +46,9 @@ pub(crate) async fn insert_in(change: &mut Change, r: &Revocation, by: &str, now
 async fn record_in(change: &mut Change, r: &Revocation, by: &str, now: i64) -> Result<(), StoreError> {
     insert_in(change, r, by, now).await?;
     let subject = r.jti.clone().unwrap_or_else(|| r.client_id.clone());
-    change.record(AuditEvent::new(
-        if r.kind == "token" {
-            crate::audit::EventName::TokenRevoked
-        } else {
-            crate::audit::EventName::ClientTokensRevoked
-        },
-        by,
-        &r.tenant,
-        &subject,
-        json!({ "client_id": r.client_id, "not_after": r.not_after }),
-    ));
+    let detail = event::Revoked { client_id: r.client_id.clone(), not_after: r.not_after };
+    let event = if r.kind == "token" { Event::TokenRevoked(detail) } else { Event::ClientTokensRevoked(detail) };
+    change.record(AuditEvent::of(event, by, &r.tenant, &subject));
     Ok(())
 }
 

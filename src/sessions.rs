@@ -6,10 +6,9 @@
 //! passes its SHA-256 (`session_hash`).
 
 use ring::digest::{SHA256, digest};
-use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::audit::{AuditEvent, Change};
+use crate::audit::{AuditEvent, Change, Event, event};
 use crate::domain::CallerKind;
 use crate::store::clients::{self as client_rows, ClientRecord};
 use crate::store::console as rows;
@@ -53,13 +52,12 @@ pub async fn open(
     rows::delete_expired(store, now).await?;
     let mut change = Change::begin(store).await?;
     rows::insert(&mut change, &row).await?;
-    change.record(AuditEvent::new(
-        crate::audit::EventName::ConsoleSignedIn,
-        client.client_id.as_str(),
-        client.tenant.as_str(),
-        client.client_id.as_str(),
-        json!({ "session": &row.session_hash[..16], "expires_at": row.expires_at, "method": method }),
-    ));
+    let event = Event::ConsoleSignedIn(event::SignedIn {
+        session: row.session_hash[..16].to_owned(),
+        expires_at: row.expires_at,
+        method: method.to_owned(),
+    });
+    change.record(AuditEvent::of(event, client.client_id.as_str(), client.tenant.as_str(), client.client_id.as_str()));
     change.commit(now).await?;
     Ok(row)
 }
@@ -69,12 +67,14 @@ pub async fn close(store: &Store, client: &ClientRecord, session_hash: &str, now
     let mut change = Change::begin(store).await?;
     let ended = rows::delete(&mut change, session_hash).await?;
     if ended {
-        change.record(AuditEvent::new(
-            crate::audit::EventName::ConsoleSignedOut,
+        let event = Event::ConsoleSignedOut(event::SignedOut {
+            session: session_hash[..16.min(session_hash.len())].to_owned(),
+        });
+        change.record(AuditEvent::of(
+            event,
             client.client_id.as_str(),
             client.tenant.as_str(),
             client.client_id.as_str(),
-            json!({ "session": &session_hash[..16.min(session_hash.len())] }),
         ));
     }
     change.commit(now).await?;

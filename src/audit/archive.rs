@@ -152,13 +152,8 @@ async fn set_anchor(store: &Store, cp: &StoredCheckpoint, records: i64, now: i64
         .bind(&cp.token)
         .execute(&mut *tx)
         .await?;
-    let event = super::AuditEvent::new(
-        crate::audit::EventName::AuditArchived,
-        "cli",
-        "",
-        &cp.claims.seq.to_string(),
-        serde_json::json!({ "records": records, "last_seq": cp.claims.seq, "hash": cp.claims.hash }),
-    );
+    let detail = super::event::Archived { records, last_seq: cp.claims.seq, hash: cp.claims.hash.clone() };
+    let event = super::AuditEvent::of(super::Event::AuditArchived(detail), "cli", "", &cp.claims.seq.to_string());
     super::append(&mut tx, store.backend(), &[event], now).await?;
     tx.commit().await?;
     Ok(())

@@ -1,6 +1,9 @@
 //! The names of the events the audit log records: one enum, so a record cannot be written
 //! under a misspelt name. The names on disk are fixed (old chains verify, exports and
-//! witnesses read them); `EventName::as_str` is that name.
+//! witnesses read them); `EventName::as_str` is that name. [`Event`] carries each kind's
+//! details in its own shape.
+
+use serde::{Deserialize, Serialize};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,6 +131,422 @@ impl PartialEq<EventName> for String {
     }
 }
 
+/// An empty detail (`{}`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nothing {}
+
+/// `token.revoked`, `client.tokens_revoked`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoked {
+    /// The client whose token or tokens are revoked.
+    pub client_id: String,
+    /// A client's tokens issued at or before this time are revoked (`null` for one token).
+    pub not_after: Option<i64>,
+}
+
+/// A key client's registered key, in `client.created`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyNamed {
+    /// Its `kid`.
+    pub kid: String,
+    /// Its algorithm.
+    pub alg: String,
+}
+
+/// A federated identity, in `client.created`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// The issuer.
+    pub issuer: String,
+    /// The subject.
+    pub subject: String,
+}
+
+/// `client.created`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCreated {
+    /// Its kind.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Its bound workspace.
+    pub workspace: Option<String>,
+    /// Its registered scopes, space-separated.
+    pub scope: String,
+    /// The gated actions it may bypass.
+    pub allow_bypass: Vec<String>,
+    /// The clients that may act for it.
+    pub delegates: Vec<String>,
+    /// Whether it needs DPoP.
+    pub require_dpop: bool,
+    /// Its federated identities.
+    pub federated: Vec<Identity>,
+    /// Its key, for a key client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyNamed>,
+}
+
+/// `client.disabled`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientDisabled {
+    /// Always true: disabling revokes its tokens.
+    pub tokens_revoked: bool,
+}
+
+/// `approval.requested`: what the operator will be shown and the capability binds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requested {
+    /// The gated action.
+    pub action: String,
+    /// The resource.
+    pub resource: String,
+    /// The parameters as presented.
+    pub params: serde_json::Value,
+    /// Their digest.
+    pub params_digest: String,
+    /// The requester's reason.
+    pub reason: String,
+    /// The actors of a delegated request, nearest first.
+    pub actors: Vec<String>,
+    /// The key the requester's token is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf_jkt: Option<String>,
+}
+
+/// `approval.bypassed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bypassed {
+    /// The reason the caller gave.
+    pub bypass_reason: String,
+    /// The gated action.
+    pub action: String,
+    /// The resource.
+    pub resource: String,
+}
+
+/// `approval.decided`; a passkey decision carries its assertion, so it can be checked again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decided {
+    /// `approve` or `deny`.
+    pub decision: crate::domain::Verdict,
+    /// The operator's note.
+    pub note: Option<String>,
+    /// How it was made.
+    pub method: crate::domain::DecisionMethod,
+    /// The digest the passkey signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_digest: Option<String>,
+    /// The challenge's nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// The passkey's credential id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+    /// The assertion's authenticator data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticator_data: Option<String>,
+    /// The assertion's client data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_data: Option<String>,
+    /// The assertion's signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// `approval.approved`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approved {
+    /// How many enabled operators had approved.
+    pub approvals: i64,
+}
+
+/// `approval.expired`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expired {
+    /// `request` or `capability`.
+    pub expired: String,
+}
+
+/// `capability.issued`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilityIssued {
+    /// The capability's `jti`.
+    pub jti: String,
+    /// Its expiry.
+    pub exp: Option<i64>,
+    /// The requester (a decided request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
+    /// Set on a bypass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bypass: Option<bool>,
+}
+
+/// `capability.redeemed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redeemed {
+    /// The capability's `jti`.
+    pub jti: String,
+    /// Its action.
+    pub action: String,
+    /// Its resource.
+    pub resource: String,
+    /// Its digest.
+    pub params_digest: String,
+    /// The redeemer's actors, nearest first.
+    pub actors: Vec<String>,
+}
+
+/// `key.registered`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRegistered {
+    /// Its algorithm.
+    pub alg: String,
+    /// When it signs from.
+    pub activates_at: i64,
+}
+
+/// `key.rotated`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotated {
+    /// When the new key signs from.
+    pub activates_at: i64,
+    /// The keys it retires.
+    pub retired: Vec<String>,
+    /// When those stop being published.
+    pub unpublish_at: i64,
+}
+
+/// `console.signed_in`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedIn {
+    /// The first 16 hex digits of the session's stored key.
+    pub session: String,
+    /// When it ends.
+    pub expires_at: i64,
+    /// `secret` or `passkey`.
+    pub method: String,
+}
+
+/// `console.signed_out`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedOut {
+    /// The first 16 hex digits of the session's stored key.
+    pub session: String,
+}
+
+/// `passkey.enrolment_issued`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolmentIssued {
+    /// When the code stops working.
+    pub expires_at: i64,
+}
+
+/// `passkey.enrolled`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrolled {
+    /// The credential id.
+    pub credential_id: String,
+    /// Its COSE algorithm.
+    pub alg: i64,
+    /// Its public key.
+    pub public_key: String,
+    /// The name the operator gave it.
+    pub name: String,
+}
+
+/// `passkey.removed`: one by the operator, or all by an administrator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Removed {
+    /// The one removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+    /// Set when all were removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+    /// How many, when all were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<u64>,
+}
+
+/// `audit.archived`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Archived {
+    /// How many records moved.
+    pub records: i64,
+    /// The last one's sequence number.
+    pub last_seq: i64,
+    /// Its hash.
+    pub hash: String,
+}
+
+/// An event with its details: each kind has its own shape, written as the JSON object the
+/// audit log has always stored for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The token endpoint's facts, written by its own canonical writer (its hot path).
+    TokenIssued(serde_json::Value),
+    /// One token revoked.
+    TokenRevoked(Revoked),
+    /// A client's tokens revoked.
+    ClientTokensRevoked(Revoked),
+    /// A client registered.
+    ClientCreated(Box<ClientCreated>),
+    /// A secret replaced.
+    ClientSecretRotated,
+    /// A client disabled.
+    ClientDisabled(ClientDisabled),
+    /// An approval requested.
+    ApprovalRequested(Box<Requested>),
+    /// A bypass taken.
+    ApprovalBypassed(Bypassed),
+    /// An operator decided.
+    ApprovalDecided(Box<Decided>),
+    /// The quorum met.
+    ApprovalApproved(Approved),
+    /// An operator denied.
+    ApprovalDenied,
+    /// A request or capability expired.
+    ApprovalExpired(Expired),
+    /// A request withdrawn.
+    ApprovalWithdrawn,
+    /// A capability issued.
+    CapabilityIssued(CapabilityIssued),
+    /// A capability redeemed.
+    CapabilityRedeemed(Redeemed),
+    /// A key registered.
+    KeyRegistered(KeyRegistered),
+    /// The key rotated.
+    KeyRotated(KeyRotated),
+    /// A console sign-in.
+    ConsoleSignedIn(SignedIn),
+    /// A console sign-out.
+    ConsoleSignedOut(SignedOut),
+    /// An enrolment code issued.
+    PasskeyEnrolmentIssued(EnrolmentIssued),
+    /// A passkey enrolled.
+    PasskeyEnrolled(Enrolled),
+    /// Passkeys removed.
+    PasskeyRemoved(Removed),
+    /// Records archived.
+    AuditArchived(Archived),
+}
+
+impl Event {
+    /// Its name.
+    pub fn name(&self) -> EventName {
+        match self {
+            Event::TokenIssued(_) => EventName::TokenIssued,
+            Event::TokenRevoked(_) => EventName::TokenRevoked,
+            Event::ClientTokensRevoked(_) => EventName::ClientTokensRevoked,
+            Event::ClientCreated(_) => EventName::ClientCreated,
+            Event::ClientSecretRotated => EventName::ClientSecretRotated,
+            Event::ClientDisabled(_) => EventName::ClientDisabled,
+            Event::ApprovalRequested(_) => EventName::ApprovalRequested,
+            Event::ApprovalBypassed(_) => EventName::ApprovalBypassed,
+            Event::ApprovalDecided(_) => EventName::ApprovalDecided,
+            Event::ApprovalApproved(_) => EventName::ApprovalApproved,
+            Event::ApprovalDenied => EventName::ApprovalDenied,
+            Event::ApprovalExpired(_) => EventName::ApprovalExpired,
+            Event::ApprovalWithdrawn => EventName::ApprovalWithdrawn,
+            Event::CapabilityIssued(_) => EventName::CapabilityIssued,
+            Event::CapabilityRedeemed(_) => EventName::CapabilityRedeemed,
+            Event::KeyRegistered(_) => EventName::KeyRegistered,
+            Event::KeyRotated(_) => EventName::KeyRotated,
+            Event::ConsoleSignedIn(_) => EventName::ConsoleSignedIn,
+            Event::ConsoleSignedOut(_) => EventName::ConsoleSignedOut,
+            Event::PasskeyEnrolmentIssued(_) => EventName::PasskeyEnrolmentIssued,
+            Event::PasskeyEnrolled(_) => EventName::PasskeyEnrolled,
+            Event::PasskeyRemoved(_) => EventName::PasskeyRemoved,
+            Event::AuditArchived(_) => EventName::AuditArchived,
+        }
+    }
+
+    /// Its details, as the JSON object stored.
+    pub fn detail(&self) -> serde_json::Value {
+        fn v<T: Serialize>(t: &T) -> serde_json::Value {
+            serde_json::to_value(t).unwrap_or_else(|_| serde_json::json!({}))
+        }
+        match self {
+            Event::TokenIssued(d) => d.clone(),
+            Event::TokenRevoked(d) | Event::ClientTokensRevoked(d) => v(d),
+            Event::ClientCreated(d) => v(d),
+            Event::ClientSecretRotated | Event::ApprovalDenied | Event::ApprovalWithdrawn => v(&Nothing {}),
+            Event::ClientDisabled(d) => v(d),
+            Event::ApprovalRequested(d) => v(d),
+            Event::ApprovalBypassed(d) => v(d),
+            Event::ApprovalDecided(d) => v(d),
+            Event::ApprovalApproved(d) => v(d),
+            Event::ApprovalExpired(d) => v(d),
+            Event::CapabilityIssued(d) => v(d),
+            Event::CapabilityRedeemed(d) => v(d),
+            Event::KeyRegistered(d) => v(d),
+            Event::KeyRotated(d) => v(d),
+            Event::ConsoleSignedIn(d) => v(d),
+            Event::ConsoleSignedOut(d) => v(d),
+            Event::PasskeyEnrolmentIssued(d) => v(d),
+            Event::PasskeyEnrolled(d) => v(d),
+            Event::PasskeyRemoved(d) => v(d),
+            Event::AuditArchived(d) => v(d),
+        }
+    }
+
+    /// Reads a stored record's details as the event `name` says they are shaped; anything
+    /// else (a member too many or missing, a wrong type) is refused, naming the event.
+    pub fn read(name: &str, detail: &str) -> Result<Event, String> {
+        fn r<T: serde::de::DeserializeOwned>(name: &str, detail: &str) -> Result<T, String> {
+            serde_json::from_str(detail).map_err(|e| format!("{name}: {e}"))
+        }
+        let Some(event) = EventName::parse(name) else { return Err(format!("{name}: not an event")) };
+        Ok(match event {
+            EventName::TokenIssued => Event::TokenIssued(r(name, detail)?),
+            EventName::TokenRevoked => Event::TokenRevoked(r(name, detail)?),
+            EventName::ClientTokensRevoked => Event::ClientTokensRevoked(r(name, detail)?),
+            EventName::ClientCreated => Event::ClientCreated(r(name, detail)?),
+            EventName::ClientSecretRotated => r::<Nothing>(name, detail).map(|_| Event::ClientSecretRotated)?,
+            EventName::ClientDisabled => Event::ClientDisabled(r(name, detail)?),
+            EventName::ApprovalRequested => Event::ApprovalRequested(r(name, detail)?),
+            EventName::ApprovalBypassed => Event::ApprovalBypassed(r(name, detail)?),
+            EventName::ApprovalDecided => Event::ApprovalDecided(r(name, detail)?),
+            EventName::ApprovalApproved => Event::ApprovalApproved(r(name, detail)?),
+            EventName::ApprovalDenied => r::<Nothing>(name, detail).map(|_| Event::ApprovalDenied)?,
+            EventName::ApprovalExpired => Event::ApprovalExpired(r(name, detail)?),
+            EventName::ApprovalWithdrawn => r::<Nothing>(name, detail).map(|_| Event::ApprovalWithdrawn)?,
+            EventName::CapabilityIssued => Event::CapabilityIssued(r(name, detail)?),
+            EventName::CapabilityRedeemed => Event::CapabilityRedeemed(r(name, detail)?),
+            EventName::KeyRegistered => Event::KeyRegistered(r(name, detail)?),
+            EventName::KeyRotated => Event::KeyRotated(r(name, detail)?),
+            EventName::ConsoleSignedIn => Event::ConsoleSignedIn(r(name, detail)?),
+            EventName::ConsoleSignedOut => Event::ConsoleSignedOut(r(name, detail)?),
+            EventName::PasskeyEnrolmentIssued => Event::PasskeyEnrolmentIssued(r(name, detail)?),
+            EventName::PasskeyEnrolled => Event::PasskeyEnrolled(r(name, detail)?),
+            EventName::PasskeyRemoved => Event::PasskeyRemoved(r(name, detail)?),
+            EventName::AuditArchived => Event::AuditArchived(r(name, detail)?),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +585,89 @@ mod tests {
             assert_eq!(EventName::parse(n).map(EventName::as_str), Some(n));
         }
         assert_eq!(EventName::parse("token.minted"), None);
+    }
+
+    /// Every event's details, written and read back, are the same event: the shape that
+    /// writes a record is the shape that reads it.
+    #[test]
+    fn every_event_reads_back_what_it_wrote() {
+        use crate::domain::{DecisionMethod, Verdict};
+        let s = |x: &str| x.to_owned();
+        let decided = Decided {
+            decision: Verdict::Approve,
+            note: None,
+            method: DecisionMethod::Passkey,
+            params_digest: Some(s("sha256:x")),
+            nonce: Some(s("n")),
+            credential_id: Some(s("c")),
+            authenticator_data: Some(s("a")),
+            client_data: Some(s("d")),
+            signature: Some(s("s")),
+        };
+        let events = [
+            Event::TokenIssued(serde_json::json!({"grant": "client_credentials", "exp": 1})),
+            Event::TokenRevoked(Revoked { client_id: s("c"), not_after: None }),
+            Event::ClientTokensRevoked(Revoked { client_id: s("c"), not_after: Some(5) }),
+            Event::ClientCreated(Box::new(ClientCreated {
+                kind: s("agent"),
+                name: s("n"),
+                workspace: Some(s("ws-1")),
+                scope: s("a b"),
+                allow_bypass: vec![s("secret_write")],
+                delegates: vec![],
+                require_dpop: true,
+                federated: vec![Identity { issuer: s("i"), subject: s("s") }],
+                key: Some(KeyNamed { kid: s("k"), alg: s("EdDSA") }),
+            })),
+            Event::ClientSecretRotated,
+            Event::ClientDisabled(ClientDisabled { tokens_revoked: true }),
+            Event::ApprovalRequested(Box::new(Requested {
+                action: s("a"),
+                resource: s("r"),
+                params: serde_json::json!({"k": [1, "v"]}),
+                params_digest: s("sha256:x"),
+                reason: s("why"),
+                actors: vec![s("x")],
+                cnf_jkt: None,
+            })),
+            Event::ApprovalBypassed(Bypassed { bypass_reason: s("b"), action: s("a"), resource: s("r") }),
+            Event::ApprovalDecided(Box::new(decided)),
+            Event::ApprovalApproved(Approved { approvals: 2 }),
+            Event::ApprovalDenied,
+            Event::ApprovalExpired(Expired { expired: s("request") }),
+            Event::ApprovalWithdrawn,
+            Event::CapabilityIssued(CapabilityIssued {
+                jti: s("j"),
+                exp: Some(9),
+                requester: None,
+                bypass: Some(true),
+            }),
+            Event::CapabilityRedeemed(Redeemed {
+                jti: s("j"),
+                action: s("a"),
+                resource: s("r"),
+                params_digest: s("sha256:x"),
+                actors: vec![],
+            }),
+            Event::KeyRegistered(KeyRegistered { alg: s("EdDSA"), activates_at: 1 }),
+            Event::KeyRotated(KeyRotated { activates_at: 1, retired: vec![s("old")], unpublish_at: 2 }),
+            Event::ConsoleSignedIn(SignedIn { session: s("0123456789abcdef"), expires_at: 3, method: s("secret") }),
+            Event::ConsoleSignedOut(SignedOut { session: s("0123456789abcdef") }),
+            Event::PasskeyEnrolmentIssued(EnrolmentIssued { expires_at: 4 }),
+            Event::PasskeyEnrolled(Enrolled { credential_id: s("c"), alg: -8, public_key: s("p"), name: s("n") }),
+            Event::PasskeyRemoved(Removed { credential_id: None, all: Some(true), removed: Some(2) }),
+            Event::AuditArchived(Archived { records: 10, last_seq: 10, hash: s("h") }),
+        ];
+        let names: Vec<EventName> = events.iter().map(Event::name).collect();
+        assert_eq!(names, EventName::ALL, "one sample of each event, in order");
+        for e in events {
+            let text = crate::token::jcs::canonicalize(&e.detail());
+            assert_eq!(Event::read(e.name().as_str(), &text).as_ref(), Ok(&e), "{}", e.name());
+        }
+        // A member the shape does not have, or one missing, is refused, naming the event.
+        let e = Event::read("approval.expired", r#"{"expired":"request","extra":1}"#).unwrap_err();
+        assert!(e.starts_with("approval.expired"), "{e}");
+        assert!(Event::read("key.rotated", r#"{"activates_at":1}"#).is_err());
+        assert!(Event::read("token.minted", "{}").is_err());
     }
 }

@@ -20,7 +20,7 @@ pub mod archive;
 mod chain;
 mod change;
 pub mod checkpoint;
-mod event;
+pub mod event;
 pub mod verify;
 mod writer;
 
@@ -29,7 +29,7 @@ use serde_json::Value;
 
 pub use chain::{GENESIS, append, append_now, head, hex, lock, of_subject, read_page, read_range, record_hash};
 pub use change::Change;
-pub use event::EventName;
+pub use event::{Event, EventName};
 pub use verify::{ChainReport, Problem};
 pub use writer::{AuditWriter, CheckedError, Fingerprints, MAX_BATCH, Precondition, PreconditionReader, WriterStats};
 
@@ -51,8 +51,13 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// Builds an event; `detail` is a JSON object.
-    pub fn new(event: EventName, actor: &str, tenant: &str, subject: &str, detail: Value) -> Self {
+    fn new(event: EventName, actor: &str, tenant: &str, subject: &str, detail: Value) -> Self {
         Self::with_canonical_detail(event, actor, tenant, subject, crate::token::jcs::canonicalize(&detail))
+    }
+
+    /// Builds the record of `event`, with its details in their shape.
+    pub fn of(event: Event, actor: &str, tenant: &str, subject: &str) -> Self {
+        Self::new(event.name(), actor, tenant, subject, event.detail())
     }
 
     /// As [`AuditEvent::new`], with the detail already in canonical form: for the token

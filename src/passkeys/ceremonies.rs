@@ -6,10 +6,8 @@
 //! by the functions of [`crate::passkeys`]. A refusal is `Ok(Err(why))`: `why` names the
 //! check that failed, never a secret.
 
-use serde_json::json;
-
 use super::{Assertion, CredentialKey, Registration, RelyingParty};
-use crate::audit::{AuditEvent, Change};
+use crate::audit::{AuditEvent, Change, Event, event};
 use crate::domain::CallerKind;
 use crate::store::clients::{self as client_rows, ClientRecord};
 pub use crate::store::passkeys::PasskeyRow;
@@ -207,13 +205,13 @@ pub async fn enrol(
         removed_at: None,
     };
     rows::insert(&mut change, &row).await?;
-    change.record(AuditEvent::new(
-        crate::audit::EventName::PasskeyEnrolled,
-        holder.client_id,
-        holder.tenant,
-        holder.client_id,
-        json!({ "credential_id": row.credential_id, "alg": row.alg, "public_key": row.public_key, "name": row.name }),
-    ));
+    let event = Event::PasskeyEnrolled(event::Enrolled {
+        credential_id: row.credential_id.clone(),
+        alg: row.alg,
+        public_key: row.public_key.clone(),
+        name: row.name.clone(),
+    });
+    change.record(AuditEvent::of(event, holder.client_id, holder.tenant, holder.client_id));
     change.commit(now).await?;
     Ok(Ok(row))
 }
@@ -227,13 +225,12 @@ pub async fn remove(store: &Store, holder: Holder<'_>, credential_id: &str, now:
     let mut change = Change::begin(store).await?;
     let removed = rows::remove(&mut change, holder.client_id, Some(credential_id), now).await? == 1;
     if removed {
-        change.record(AuditEvent::new(
-            crate::audit::EventName::PasskeyRemoved,
-            holder.client_id,
-            holder.tenant,
-            holder.client_id,
-            json!({ "credential_id": credential_id }),
-        ));
+        let event = Event::PasskeyRemoved(event::Removed {
+            credential_id: Some(credential_id.to_owned()),
+            all: None,
+            removed: None,
+        });
+        change.record(AuditEvent::of(event, holder.client_id, holder.tenant, holder.client_id));
     }
     change.commit(now).await?;
     Ok(Ok(removed))
@@ -245,13 +242,8 @@ pub async fn remove_all(store: &Store, client: &ClientRecord, actor: &str, now: 
     let id = client.client_id.as_str();
     let mut change = Change::begin(store).await?;
     let removed = rows::remove(&mut change, id, None, now).await?;
-    change.record(AuditEvent::new(
-        crate::audit::EventName::PasskeyRemoved,
-        actor,
-        client.tenant.as_str(),
-        id,
-        json!({ "all": true, "removed": removed }),
-    ));
+    let event = Event::PasskeyRemoved(event::Removed { credential_id: None, all: Some(true), removed: Some(removed) });
+    change.record(AuditEvent::of(event, actor, client.tenant.as_str(), id));
     change.commit(now).await?;
     Ok(removed)
 }
@@ -274,13 +266,8 @@ pub async fn issue_enrolment_code(
     };
     let mut change = Change::begin(store).await?;
     rows::insert_challenge_on(&mut change, &row, now).await?;
-    change.record(AuditEvent::new(
-        crate::audit::EventName::PasskeyEnrolmentIssued,
-        actor,
-        client.tenant.as_str(),
-        client.client_id.as_str(),
-        json!({ "expires_at": row.expires_at }),
-    ));
+    let event = Event::PasskeyEnrolmentIssued(event::EnrolmentIssued { expires_at: row.expires_at });
+    change.record(AuditEvent::of(event, actor, client.tenant.as_str(), client.client_id.as_str()));
     change.commit(now).await?;
     Ok((code, row.expires_at))
 }

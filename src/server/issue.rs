@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::form::Form;
 use super::{ApiError, ApiResult, AppState};
-use crate::audit::{AuditEvent, CheckedError, Precondition};
+use crate::audit::{AuditEvent, CheckedError, Event, Precondition};
 use crate::clients::ClientRecord;
 use crate::domain::ScopeSet;
 use crate::token::claims::Audience;
@@ -195,7 +195,7 @@ pub(super) async fn issue_checked(
             if let Some(jkt) = jkt {
                 facts["cnf_jkt"] = json!(jkt);
             }
-            AuditEvent::new(crate::audit::EventName::TokenIssued, actor, &claims.tenant, &claims.jti, facts)
+            AuditEvent::of(Event::TokenIssued(facts), actor, &claims.tenant, &claims.jti)
         }
     };
     match check {
