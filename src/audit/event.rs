@@ -483,6 +483,15 @@ impl Event {
         }
     }
 
+    /// Its details, as the JSON object stored, taking the event (the token endpoint's facts
+    /// are moved, not copied).
+    pub fn into_detail(self) -> serde_json::Value {
+        match self {
+            Event::TokenIssued(d) => d,
+            other => other.detail(),
+        }
+    }
+
     /// Its details, as the JSON object stored.
     pub fn detail(&self) -> serde_json::Value {
         fn v<T: Serialize>(t: &T) -> serde_json::Value {

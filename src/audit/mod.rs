@@ -57,7 +57,8 @@ impl AuditEvent {
 
     /// Builds the record of `event`, with its details in their shape.
     pub fn of(event: Event, actor: &str, tenant: &str, subject: &str) -> Self {
-        Self::new(event.name(), actor, tenant, subject, event.detail())
+        let name = event.name();
+        Self::new(name, actor, tenant, subject, event.into_detail())
     }
 
     /// As [`AuditEvent::new`], with the detail already in canonical form: for the token
