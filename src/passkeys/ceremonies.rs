@@ -148,8 +148,7 @@ pub async fn decision_challenge(
     Ok(row.challenge)
 }
 
-/// A browser's answer to an enrolment challenge.
-#[derive(Debug)]
+/// A browser's answer to an enrolment challenge. Its `Debug` leaves the enrolment code out.
 pub struct Enrolment<'a> {
     /// The challenge answered.
     pub challenge: &'a str,
@@ -161,6 +160,16 @@ pub struct Enrolment<'a> {
     pub name: &'a str,
     /// The administrator's enrolment code, for a first passkey.
     pub code: Option<&'a str>,
+}
+
+impl std::fmt::Debug for Enrolment<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrolment")
+            .field("credential_id", &self.credential_id)
+            .field("name", &self.name)
+            .field("code", &self.code.map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Checks an enrolment answer in `holder`'s session and stores the passkey, with its record.
@@ -364,4 +373,28 @@ pub async fn check_decision(
     }
     change.commit(now).await?;
     Ok(Ok(nonce))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_enrolment_never_shows_its_code() {
+        let e = Enrolment {
+            challenge: "c",
+            registration: Registration {
+                credential_id: vec![1],
+                client_data_json: vec![],
+                authenticator_data: vec![],
+                public_key: vec![],
+                alg: -8,
+            },
+            credential_id: "AQ",
+            name: "laptop",
+            code: Some("the-one-time-code"),
+        };
+        let shown = format!("{e:?}");
+        assert!(!shown.contains("the-one-time-code") && shown.contains("<redacted>"), "{shown}");
+    }
 }
