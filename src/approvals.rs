@@ -111,6 +111,7 @@ fn decision_detail(d: &Decision, row: &ApprovalRow, proof: Proof<'_>) -> event::
         authenticator_data: None,
         client_data: None,
         signature: None,
+        break_glass: false,
     };
     match proof {
         Proof::Secret => plain,

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditEvent, Event, Fingerprints, Precondition, PreconditionReader, event};
-use crate::domain::{Action, CallerKind, ClientId, Scope, ScopeSet, TenantId, WorkspaceId};
+use crate::domain::{Action, CallerKind, ClientId, GroupName, Owner, Scope, ScopeSet, TenantId, WorkspaceId};
 use crate::policy::Policy;
 use crate::store::clients as rows;
 // Reads of the noun, for the handlers and the command line: they import this module, never
@@ -84,6 +84,10 @@ pub struct NewClient {
     pub delegates: Vec<ClientId>,
     /// Tokens only with a DPoP proof (design §13).
     pub require_dpop: bool,
+    /// Operator groups (operators only; design §19).
+    pub groups: Vec<GroupName>,
+    /// Who is answerable for it.
+    pub owner: Option<Owner>,
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
@@ -208,6 +212,10 @@ async fn register(
             return Err(ClientError::Invalid(format!("{a} is not a gated action")));
         }
     }
+    if !new.groups.is_empty() && new.kind != CallerKind::Operator {
+        return Err(ClientError::Invalid("--group applies to operator clients only".into()));
+    }
+    let groups = sorted_groups(new.groups)?;
     for d in &new.delegates {
         match rows::get(store, d.as_str()).await? {
             Some(c) if c.tenant == new.tenant => {}
@@ -227,6 +235,8 @@ async fn register(
         allow_bypass: new.allow_bypass,
         delegates: new.delegates,
         require_dpop: new.require_dpop,
+        groups,
+        owner: new.owner,
         disabled: false,
         created_at: now,
     };
@@ -243,6 +253,8 @@ async fn register(
             .map(|i| event::Identity { issuer: i.issuer.clone(), subject: i.subject.clone() })
             .collect(),
         key: key.map(|k| event::KeyNamed { kid: k.kid.clone(), alg: k.alg.clone() }),
+        groups: record.groups.iter().map(|g| g.as_str().to_owned()).collect(),
+        owner: record.owner.as_ref().map(|o| o.as_str().to_owned()),
     };
     let event = AuditEvent::of(
         Event::ClientCreated(Box::new(detail)),
@@ -266,6 +278,46 @@ async fn register(
     tx.record(event);
     tx.commit(now).await?;
     Ok((record, secret))
+}
+
+/// Most groups one operator may belong to.
+pub const MAX_GROUPS: usize = 32;
+
+fn sorted_groups(mut groups: Vec<GroupName>) -> Result<Vec<GroupName>, ClientError> {
+    groups.sort();
+    groups.dedup();
+    if groups.len() > MAX_GROUPS {
+        return Err(ClientError::Invalid(format!("an operator belongs to at most {MAX_GROUPS} groups")));
+    }
+    Ok(groups)
+}
+
+/// Replaces an operator client's groups (design §19). Decisions already made count by the
+/// groups their operators belong to when the quorum is next counted.
+pub async fn set_groups(
+    store: &Store,
+    client_id: &str,
+    groups: Vec<GroupName>,
+    actor: &str,
+    now: i64,
+) -> Result<ClientRecord, ClientError> {
+    let record = rows::get(store, client_id).await?.ok_or_else(|| ClientError::NotFound(client_id.to_owned()))?;
+    if record.kind != CallerKind::Operator {
+        return Err(ClientError::Invalid(format!(
+            "{client_id} is a {} client; only operator clients belong to groups",
+            record.kind
+        )));
+    }
+    let groups = sorted_groups(groups)?;
+    let names = |g: &[GroupName]| g.iter().map(|g| g.as_str().to_owned()).collect::<Vec<_>>();
+    let detail = event::GroupsSet { before: names(&record.groups), groups: names(&groups) };
+    let mut tx = audit::Change::begin(store).await?;
+    if !rows::set_groups(&mut tx, client_id, &groups, now).await? {
+        return Err(ClientError::NotFound(client_id.to_owned()));
+    }
+    tx.record(AuditEvent::of(Event::ClientGroupsSet(detail), actor, record.tenant.as_str(), client_id));
+    tx.commit(now).await?;
+    Ok(ClientRecord { groups, ..record })
 }
 
 /// Replaces a client's secret; the old one stops working at once.

@@ -159,6 +159,51 @@ ident_newtype!(
     /// A workspace id.
     WorkspaceId, "workspace", 64
 );
+ident_newtype!(
+    /// An operator group, such as `security` (design §19): what approval policies and per-group
+    /// quorum name.
+    GroupName, "group", 64
+);
+
+/// Who is answerable for a client (design §19): an e-mail address, an operator client id, or
+/// any short printable text. An operator is a request's owner, and never counts towards it,
+/// when its client id or its own owner is the requester's owner.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Owner(String);
+
+impl Owner {
+    /// Longest owner text, in characters.
+    pub const MAX_CHARS: usize = 200;
+
+    /// Parses and validates: 1 to 200 characters, no control characters, no surrounding space.
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        if s.is_empty() || s.chars().count() > Self::MAX_CHARS {
+            return Err(InvalidValue::new("owner", format!("must be 1 to {} characters", Self::MAX_CHARS)));
+        }
+        if s.chars().any(char::is_control) || s.trim() != s {
+            return Err(InvalidValue::new("owner", "no control characters or surrounding spaces"));
+        }
+        Ok(Owner(s.to_owned()))
+    }
+    /// The validated text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Owner {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 /// One OAuth scope, such as `workspaces:read`: lowercase words joined by `:`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -443,7 +488,7 @@ macro_rules! from_str_via_parse {
     )*};
 }
 
-from_str_via_parse!(Scope, Action, Resource, ParamsDigest, ApprovalId);
+from_str_via_parse!(Scope, Action, Resource, ParamsDigest, ApprovalId, Owner);
 
 /// An operator's verdict on an approval: `approve` or `deny`, as stored and as the API says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

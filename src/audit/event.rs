@@ -54,11 +54,17 @@ pub enum EventName {
     PasskeyRemoved,
     /// Records up to a checkpoint moved to an archive file.
     AuditArchived,
+    /// An operator client's groups were replaced (design §19).
+    ClientGroupsSet,
+    /// A request was refused by an approval policy's `forbid`; nothing else was stored.
+    ApprovalForbidden,
+    /// Another operator acknowledged a break-glass approval, ending its review.
+    ApprovalReviewed,
 }
 
 impl EventName {
     /// Every event, in the order above.
-    pub const ALL: [EventName; 23] = [
+    pub const ALL: [EventName; 26] = [
         EventName::TokenIssued,
         EventName::TokenRevoked,
         EventName::ClientTokensRevoked,
@@ -82,6 +88,9 @@ impl EventName {
         EventName::PasskeyEnrolled,
         EventName::PasskeyRemoved,
         EventName::AuditArchived,
+        EventName::ClientGroupsSet,
+        EventName::ApprovalForbidden,
+        EventName::ApprovalReviewed,
     ];
 
     /// The name as stored.
@@ -110,6 +119,9 @@ impl EventName {
             EventName::PasskeyEnrolled => "passkey.enrolled",
             EventName::PasskeyRemoved => "passkey.removed",
             EventName::AuditArchived => "audit.archived",
+            EventName::ClientGroupsSet => "client.groups_set",
+            EventName::ApprovalForbidden => "approval.forbidden",
+            EventName::ApprovalReviewed => "approval.reviewed",
         }
     }
 
@@ -189,6 +201,36 @@ pub struct ClientCreated {
     /// Its key, for a key client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<KeyNamed>,
+    /// Its operator groups (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Its owner (absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// `client.groups_set`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsSet {
+    /// The groups before.
+    pub before: Vec<String>,
+    /// The groups now.
+    pub groups: Vec<String>,
+}
+
+/// `approval.forbidden`: what was asked, and the policies that forbade it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forbidden {
+    /// The gated action.
+    pub action: String,
+    /// Its resource.
+    pub resource: String,
+    /// The digest of the presented parameters.
+    pub params_digest: String,
+    /// The `@id` of each policy that forbade it.
+    pub policies: Vec<String>,
 }
 
 /// `client.disabled`.
@@ -260,6 +302,9 @@ pub struct Decided {
     /// The assertion's signature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// A break-glass approval: this operator approved alone (design §19). Absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 /// `approval.approved`.
@@ -451,6 +496,12 @@ pub enum Event {
     PasskeyRemoved(Removed),
     /// Records archived.
     AuditArchived(Archived),
+    /// Groups replaced.
+    ClientGroupsSet(GroupsSet),
+    /// A request forbidden by policy.
+    ApprovalForbidden(Box<Forbidden>),
+    /// A break-glass approval acknowledged.
+    ApprovalReviewed,
 }
 
 impl Event {
@@ -480,6 +531,9 @@ impl Event {
             Event::PasskeyEnrolled(_) => EventName::PasskeyEnrolled,
             Event::PasskeyRemoved(_) => EventName::PasskeyRemoved,
             Event::AuditArchived(_) => EventName::AuditArchived,
+            Event::ClientGroupsSet(_) => EventName::ClientGroupsSet,
+            Event::ApprovalForbidden(_) => EventName::ApprovalForbidden,
+            Event::ApprovalReviewed => EventName::ApprovalReviewed,
         }
     }
 
@@ -501,7 +555,9 @@ impl Event {
             Event::TokenIssued(d) => d.clone(),
             Event::TokenRevoked(d) | Event::ClientTokensRevoked(d) => v(d),
             Event::ClientCreated(d) => v(d),
-            Event::ClientSecretRotated | Event::ApprovalDenied | Event::ApprovalWithdrawn => v(&Nothing {}),
+            Event::ClientSecretRotated | Event::ApprovalDenied | Event::ApprovalWithdrawn | Event::ApprovalReviewed => {
+                v(&Nothing {})
+            }
             Event::ClientDisabled(d) => v(d),
             Event::ApprovalRequested(d) => v(d),
             Event::ApprovalBypassed(d) => v(d),
@@ -518,6 +574,8 @@ impl Event {
             Event::PasskeyEnrolled(d) => v(d),
             Event::PasskeyRemoved(d) => v(d),
             Event::AuditArchived(d) => v(d),
+            Event::ClientGroupsSet(d) => v(d),
+            Event::ApprovalForbidden(d) => v(d),
         }
     }
 
@@ -552,6 +610,9 @@ impl Event {
             EventName::PasskeyEnrolled => Event::PasskeyEnrolled(r(name, detail)?),
             EventName::PasskeyRemoved => Event::PasskeyRemoved(r(name, detail)?),
             EventName::AuditArchived => Event::AuditArchived(r(name, detail)?),
+            EventName::ClientGroupsSet => Event::ClientGroupsSet(r(name, detail)?),
+            EventName::ApprovalForbidden => Event::ApprovalForbidden(r(name, detail)?),
+            EventName::ApprovalReviewed => r::<Nothing>(name, detail).map(|_| Event::ApprovalReviewed)?,
         })
     }
 }
@@ -587,6 +648,9 @@ mod tests {
             "passkey.enrolled",
             "passkey.removed",
             "audit.archived",
+            "client.groups_set",
+            "approval.forbidden",
+            "approval.reviewed",
         ];
         let names: Vec<&str> = EventName::ALL.iter().map(|e| e.as_str()).collect();
         assert_eq!(names, on_disk);
@@ -612,6 +676,7 @@ mod tests {
             authenticator_data: Some(s("a")),
             client_data: Some(s("d")),
             signature: Some(s("s")),
+            break_glass: true,
         };
         let events = [
             Event::TokenIssued(serde_json::json!({"grant": "client_credentials", "exp": 1})),
@@ -627,6 +692,8 @@ mod tests {
                 require_dpop: true,
                 federated: vec![Identity { issuer: s("i"), subject: s("s") }],
                 key: Some(KeyNamed { kid: s("k"), alg: s("EdDSA") }),
+                groups: vec![s("security")],
+                owner: Some(s("a@example.com")),
             })),
             Event::ClientSecretRotated,
             Event::ClientDisabled(ClientDisabled { tokens_revoked: true }),
@@ -666,6 +733,14 @@ mod tests {
             Event::PasskeyEnrolled(Enrolled { credential_id: s("c"), alg: -8, public_key: s("p"), name: s("n") }),
             Event::PasskeyRemoved(Removed { credential_id: None, all: Some(true), removed: Some(2) }),
             Event::AuditArchived(Archived { records: 10, last_seq: 10, hash: s("h") }),
+            Event::ClientGroupsSet(GroupsSet { before: vec![], groups: vec![s("platform"), s("security")] }),
+            Event::ApprovalForbidden(Box::new(Forbidden {
+                action: s("org_token_mint"),
+                resource: s("orgs/o"),
+                params_digest: s("sha256:x"),
+                policies: vec![s("office-hours")],
+            })),
+            Event::ApprovalReviewed,
         ];
         let names: Vec<EventName> = events.iter().map(Event::name).collect();
         assert_eq!(names, EventName::ALL, "one sample of each event, in order");

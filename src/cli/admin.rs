@@ -11,7 +11,7 @@ use crate::clients as client_rows;
 use crate::clients::FederatedIdentity;
 use crate::clients::{self, NewClient};
 use crate::config::Config;
-use crate::domain::{Action, CallerKind, ClientId, Scope, TenantId, WorkspaceId};
+use crate::domain::{Action, CallerKind, ClientId, GroupName, Owner, Scope, TenantId, WorkspaceId};
 use crate::keys as key_rows;
 use crate::store::Store;
 
@@ -53,6 +53,22 @@ pub(super) enum ClientsCmd {
         /// authenticates with assertions signed by the private half (`private_key_jwt`).
         #[arg(long = "jwk", value_name = "FILE", conflicts_with = "federated")]
         jwk: Option<std::path::PathBuf>,
+        /// An operator group this operator belongs to, named by approval policies and per-group
+        /// quorum (repeatable; operators only).
+        #[arg(long = "group", value_name = "NAME")]
+        groups: Vec<GroupName>,
+        /// Who is answerable for this client: an e-mail address or an operator client id. The
+        /// owner never counts towards the client's own requests.
+        #[arg(long)]
+        owner: Option<Owner>,
+    },
+    /// Replace an operator's groups with exactly these (none: it leaves every group).
+    SetGroups {
+        /// Client id.
+        id: String,
+        /// The groups.
+        #[arg(value_name = "NAME")]
+        groups: Vec<GroupName>,
     },
     /// List clients.
     List,
@@ -112,6 +128,15 @@ fn read_jwk_file(path: &std::path::Path) -> Result<String, Failure> {
     std::fs::read_to_string(path).map_err(|e| Failure(format!("--jwk {}: {e}", path.display())))
 }
 
+/// An agent or workspace client nobody answers for is listed as unowned (design §19).
+fn owner_text(c: &crate::clients::ClientRecord) -> String {
+    match (&c.owner, c.kind) {
+        (Some(o), _) => o.to_string(),
+        (None, CallerKind::Agent | CallerKind::Workspace) => "(unowned)".to_owned(),
+        (None, _) => "-".to_owned(),
+    }
+}
+
 pub(super) fn now() -> i64 {
     crate::server::Clock::default().now()
 }
@@ -142,8 +167,21 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
             require_dpop,
             federated,
             jwk,
+            groups,
+            owner,
         } => {
-            let new = NewClient { tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop };
+            let new = NewClient {
+                tenant,
+                kind,
+                name,
+                workspace,
+                scopes,
+                allow_bypass,
+                delegates,
+                require_dpop,
+                groups,
+                owner,
+            };
             for id in &federated {
                 if !config.federation.iter().any(|f| f.issuer == id.issuer) {
                     return Err(Failure(format!(
@@ -176,7 +214,13 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
                 "allow_bypass": c.allow_bypass,
                 "delegates": c.delegates,
                 "require_dpop": c.require_dpop,
+                "groups": c.groups,
+                "owner": c.owner,
             }))
+        }
+        ClientsCmd::SetGroups { id, groups } => {
+            let c = clients::set_groups(store, &id, groups, "cli", now()).await?;
+            print_json(&json!({ "client_id": c.client_id, "groups": c.groups }))
         }
         ClientsCmd::List => {
             let list = client_rows::list(store).await?;
@@ -190,13 +234,13 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
-                "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {:<40} AUTHENTICATES_BY",
-                "CLIENT_ID", "TENANT", "KIND", "STATUS", "NAME", "WORKSPACE", "SCOPE"
+                "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {:<40} {:<24} {:<20} AUTHENTICATES_BY",
+                "CLIENT_ID", "TENANT", "KIND", "STATUS", "NAME", "WORKSPACE", "SCOPE", "OWNER", "GROUPS"
             )?;
             for c in list {
                 writeln!(
                     out,
-                    "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {:<40} {}",
+                    "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {:<40} {:<24} {:<20} {}",
                     c.client_id,
                     c.tenant,
                     c.kind,
@@ -204,6 +248,12 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
                     c.name,
                     c.workspace.as_ref().map_or("-", |w| w.as_str()),
                     c.scopes.to_string(),
+                    owner_text(&c),
+                    if c.groups.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        c.groups.iter().map(GroupName::as_str).collect::<Vec<_>>().join(",")
+                    },
                     identities.get(c.client_id.as_str()).map_or("secret".to_owned(), |ids| ids.join(","))
                 )?;
             }

@@ -1,6 +1,6 @@
 //! A registered client as the broker keeps it (its secret is never here).
 
-use super::{Action, CallerKind, ClientId, ScopeSet, TenantId, WorkspaceId};
+use super::{Action, CallerKind, ClientId, GroupName, Owner, ScopeSet, TenantId, WorkspaceId};
 
 /// A registered client, without its secret.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -23,6 +23,10 @@ pub struct ClientRecord {
     pub delegates: Vec<ClientId>,
     /// Whether it gets tokens only with a DPoP proof (`--require-dpop`, design §13).
     pub require_dpop: bool,
+    /// The operator groups it belongs to (operators only; design §19), sorted, no repeats.
+    pub groups: Vec<GroupName>,
+    /// Who is answerable for it, if anyone is named.
+    pub owner: Option<Owner>,
     /// Whether it is disabled.
     pub disabled: bool,
     /// Registration time, Unix seconds.

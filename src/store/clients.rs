@@ -4,12 +4,12 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{Store, StoreError, parse_col};
-use crate::domain::{Action, ClientId, ScopeSet};
+use crate::domain::{Action, ClientId, GroupName, ScopeSet};
 
 pub use crate::domain::client::ClientRecord;
 
-const COLUMNS: &str =
-    "client_id, tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop, disabled, created_at";
+const COLUMNS: &str = "client_id, tenant, kind, name, workspace, scopes, allow_bypass, delegates, require_dpop, disabled, created_at, \
+     groups, owner";
 
 fn from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
     let client_id: String = row.try_get("client_id")?;
@@ -19,6 +19,8 @@ fn from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
     let scopes: String = row.try_get("scopes")?;
     let bypass: String = row.try_get("allow_bypass")?;
     let delegates: String = row.try_get("delegates")?;
+    let groups: String = row.try_get("groups")?;
+    let owner: Option<String> = row.try_get("owner")?;
     Ok(ClientRecord {
         client_id: parse_col("client_id", &client_id)?,
         tenant: parse_col("tenant", &tenant)?,
@@ -32,6 +34,8 @@ fn from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
             .collect::<Result<_, _>>()?,
         delegates: delegates.split_ascii_whitespace().map(|d| parse_col("delegate", d)).collect::<Result<_, _>>()?,
         require_dpop: row.try_get::<i64, _>("require_dpop")? != 0,
+        groups: groups.split_ascii_whitespace().map(|g| parse_col("group", g)).collect::<Result<_, _>>()?,
+        owner: owner.map(|o| parse_col("owner", &o)).transpose()?,
         disabled: row.try_get::<i64, _>("disabled")? != 0,
         created_at: row.try_get("created_at")?,
     })
@@ -42,7 +46,8 @@ pub async fn insert(conn: &mut AnyConnection, c: &ClientRecord, secret_hash: &st
     let bypass: Vec<&str> = c.allow_bypass.iter().map(Action::as_str).collect();
     sqlx::query(
         "INSERT INTO clients (client_id, tenant, kind, name, workspace, scopes, allow_bypass, secret_hash, disabled, \
-         created_at, updated_at, delegates, require_dpop) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)",
+         created_at, updated_at, delegates, require_dpop, groups, owner) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14)",
     )
     .bind(c.client_id.as_str())
     .bind(c.tenant.as_str())
@@ -56,6 +61,8 @@ pub async fn insert(conn: &mut AnyConnection, c: &ClientRecord, secret_hash: &st
     .bind(c.created_at)
     .bind(c.delegates.iter().map(ClientId::as_str).collect::<Vec<_>>().join(" "))
     .bind(i64::from(c.require_dpop))
+    .bind(group_list(&c.groups))
+    .bind(c.owner.as_ref().map(|o| o.as_str().to_owned()))
     .execute(conn)
     .await?;
     Ok(())
@@ -159,6 +166,26 @@ pub async fn list(store: &Store) -> Result<Vec<ClientRecord>, StoreError> {
         .fetch_all(store.pool())
         .await?;
     rows.iter().map(from_row).collect()
+}
+
+fn group_list(groups: &[GroupName]) -> String {
+    groups.iter().map(GroupName::as_str).collect::<Vec<_>>().join(" ")
+}
+
+/// Replaces a client's groups; false if there is no such client.
+pub async fn set_groups(
+    conn: &mut AnyConnection,
+    client_id: &str,
+    groups: &[GroupName],
+    now: i64,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query("UPDATE clients SET groups = $2, updated_at = $3 WHERE client_id = $1")
+        .bind(client_id)
+        .bind(group_list(groups))
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(r.rows_affected() == 1)
 }
 
 /// Marks a client disabled; false if there is no such client.

@@ -454,6 +454,8 @@ async fn console_shows_what_will_run_apart_from_the_description_and_who_acted() 
         allow_bypass: vec![],
         delegates: vec![runtime.id.parse().unwrap()],
         require_dpop: false,
+        groups: vec![],
+        owner: None,
     };
     let (subject, secret) =
         tessera::clients::create(o.app.state.store(), &o.app.state.config().policy, new, "test", o.app.state.now())

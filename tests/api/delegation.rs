@@ -24,6 +24,8 @@ async fn register(
         allow_bypass: bypass.iter().map(|a| a.parse().unwrap()).collect(),
         delegates: delegates.iter().map(|d| d.id.parse().unwrap()).collect(),
         require_dpop: false,
+        groups: vec![],
+        owner: None,
     };
     let (rec, secret) =
         tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", app.state.now())

@@ -162,6 +162,8 @@ async fn register(app: &TestApp) -> String {
         allow_bypass: vec![],
         delegates: vec![],
         require_dpop: false,
+        groups: vec![],
+        owner: None,
     };
     let identity = tessera::clients::FederatedIdentity { issuer: ISSUER.into(), subject: SUBJECT.into() };
     let rec = tessera::clients::create_federated(

@@ -161,6 +161,8 @@ impl TestApp {
             allow_bypass: bypass.iter().map(|s| s.parse().unwrap()).collect(),
             delegates: vec![],
             require_dpop: false,
+            groups: vec![],
+            owner: None,
         };
         let (rec, secret) =
             tessera::clients::create(self.state.store(), &self.state.config().policy, new, "test", self.state.now())

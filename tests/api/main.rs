@@ -19,6 +19,7 @@ mod limits;
 mod mcp;
 mod operability;
 mod passkeys;
+mod policy;
 mod proxy;
 mod replicas;
 mod storage;

@@ -155,6 +155,8 @@ async fn create_with_delegates(app: &TestApp, name: &str, delegates: &[&str]) ->
         allow_bypass: vec![],
         delegates: delegates.iter().map(|d| d.parse().unwrap()).collect(),
         require_dpop: false,
+        groups: vec![],
+        owner: None,
     };
     let (rec, secret) =
         tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", app.state.now())
@@ -194,6 +196,8 @@ async fn the_actor_chain_is_depth_capped() {
         allow_bypass: vec![],
         delegates: vec![other.id.parse().unwrap()],
         require_dpop: false,
+        groups: vec![],
+        owner: None,
     };
     assert!(tessera::clients::create(app.state.store(), &app.state.config().policy, new, "t", 0).await.is_err());
 }
@@ -872,6 +876,8 @@ async fn workspace_client_without_workspace_is_refused() {
         allow_bypass: vec![],
         delegates: vec![],
         require_dpop: false,
+        groups: vec![],
+        owner: None,
     };
     let r = tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", 0).await;
     assert!(r.is_err());
@@ -961,6 +967,8 @@ async fn only_operators_can_ever_hold_approvals_decide() {
             allow_bypass: vec![],
             delegates: vec![],
             require_dpop: false,
+            groups: vec![],
+            owner: None,
         };
         assert!(
             tessera::clients::create(app.state.store(), &app.state.config().policy, new, "t", 0).await.is_err(),
