@@ -7,6 +7,7 @@ use crate::audit::{self, AuditEvent, Event, event};
 use crate::domain::{Action, ApprovalId, CallerKind, ParamsDigest, Resource};
 use crate::keys::Signer;
 use crate::policy::Policy;
+use crate::policy::rules::{ApprovalFacts, Facts, RuleAction};
 use crate::store::approvals as rows;
 // Reads of the noun, for the handlers: they import this module, never the table.
 pub use crate::store::approvals::{ApprovalRow, Decision, Status, get as get_unchecked, recent_by_requester};
@@ -33,6 +34,9 @@ pub enum ApprovalError {
     /// 403 `forbidden`.
     #[error("{0}")]
     Forbidden(String),
+    /// 403 `forbidden`: an approval policy's `forbid` applies (design §19); names each policy.
+    #[error("the approval policy forbids this request ({})", .0.join(", "))]
+    ForbiddenByPolicy(Vec<String>),
     /// 403 `self_target_forbidden`.
     #[error("an agent may not write a platform secret into its own workspace; set configuration instead")]
     SelfTarget,
@@ -145,11 +149,17 @@ pub struct Requester<'a> {
 pub struct Ruling<'a> {
     /// Approve or deny.
     pub verdict: Verdict,
-    /// The operator's note.
+    /// The operator's note (for break-glass, the reason: at least [`BREAK_GLASS_REASON_CHARS`]).
     pub note: Option<String>,
     /// How the operator proves it.
     pub proof: Proof<'a>,
+    /// Approve alone, whatever the quorum (design §19): only with a passkey, a reason, and a
+    /// policy that permits `break_glass` to this operator.
+    pub break_glass: bool,
 }
+
+/// The shortest reason a break-glass approval is taken with.
+pub const BREAK_GLASS_REASON_CHARS: usize = 20;
 
 /// How an operator proves a decision.
 #[derive(Debug, Clone, Copy)]
@@ -329,6 +339,43 @@ pub async fn request(
     }
 
     let id = ApprovalId::from_random(&random_bytes::<16>()?);
+    if let Some(rules) = &policy.rules {
+        let facts = Facts {
+            principal: client,
+            approval: ApprovalFacts {
+                approval_id: &id.to_string(),
+                action: req.action.as_str(),
+                resource: req.resource.as_str(),
+                tenant: caller.tenant.as_str(),
+                params: &params,
+                reason: &req.reason,
+            },
+            requester: client,
+            actors,
+            now,
+        };
+        let outcome = rules.evaluate(RuleAction::Request, &facts);
+        if !outcome.allowed {
+            let mut named = outcome.forbids;
+            named.extend(outcome.errors.iter().map(|e| format!("a policy could not be evaluated: {e}")));
+            // Nothing is stored but the record of the refusal.
+            let forbidden = event::Forbidden {
+                action: req.action.to_string(),
+                resource: req.resource.to_string(),
+                params_digest: req.params_digest.to_string(),
+                policies: named.clone(),
+            };
+            let mut tx = audit::Change::begin(store).await?;
+            tx.record(AuditEvent::of(
+                Event::ApprovalForbidden(Box::new(forbidden)),
+                &caller.sub,
+                &caller.tenant,
+                &id.to_string(),
+            ));
+            tx.commit(now).await?;
+            return Err(ApprovalError::ForbiddenByPolicy(named));
+        }
+    }
     let mut row = ApprovalRow {
         approval_id: id.to_string(),
         tenant: caller.tenant.clone(),
@@ -341,8 +388,12 @@ pub async fn request(
         requester_kind: caller.caller_kind,
         status: Status::Pending,
         quorum: i64::from(policy.quorum(req.action.as_str())),
+        requirements: policy.requirements(req.action.as_str()),
+        requester_owner: client.owner.as_ref().map(|o| o.as_str().to_owned()),
+        break_glass: false,
+        reviewed: None,
         created_at: now,
-        expires_at: now + policy.approval_ttl_secs,
+        expires_at: now + policy.pending_ttl(req.action.as_str()),
         decided_at: None,
         bypass: false,
         cap_jti: None,
@@ -377,7 +428,7 @@ pub async fn request(
         row.status = Status::Approved;
         row.bypass = true;
         row.decided_at = Some(now);
-        row.cap_exp = Some(now + policy.capability_ttl_secs);
+        row.cap_exp = Some(now + policy.capability_ttl(req.action.as_str()));
         row.cap_iat = Some(now);
         row.cap_jti = Some(jti.clone());
         let bypassed = event::Bypassed {
@@ -512,8 +563,199 @@ fn refuse_unless_pending(row: &ApprovalRow, now: i64) -> Result<(), ApprovalErro
     }
 }
 
-/// An operator approves or denies. Quorum counts distinct operators that are still enabled;
-/// one deny ends it. Decisions on one approval are serialised by its row lock.
+/// The facts the rules are asked about an existing approval, with `principal` deciding.
+fn facts_of<'a>(
+    row: &'a ApprovalRow,
+    principal: &'a ClientRecord,
+    requester: &'a ClientRecord,
+    actors: &'a [ClientRecord],
+    now: i64,
+) -> Facts<'a> {
+    Facts {
+        principal,
+        approval: ApprovalFacts {
+            approval_id: &row.approval_id,
+            action: &row.action,
+            resource: &row.resource,
+            tenant: &row.tenant,
+            params: row.params.as_deref().unwrap_or("{}"),
+            reason: &row.reason,
+        },
+        requester,
+        actors,
+        now,
+    }
+}
+
+/// Whether `operator` is the owner of the request: its client id, or its own owner, is the
+/// owner the requester had when it asked.
+fn is_owner(row: &ApprovalRow, operator: &ClientRecord) -> bool {
+    row.requester_owner.as_deref().is_some_and(|owner| {
+        owner == operator.client_id.as_str() || operator.owner.as_ref().is_some_and(|o| o.as_str() == owner)
+    })
+}
+
+/// Why `operator` may not count towards `row`, if it may not: the rules that always hold
+/// (never the requester, an actor or the requester's owner), then the approval policy's
+/// `decide` (or `break_glass`). Read on `conn`, inside the decision's transaction.
+async fn ineligibility(
+    conn: &mut crate::store::Conn,
+    policy: &Policy,
+    row: &ApprovalRow,
+    operator: &ClientRecord,
+    action: RuleAction,
+    now: i64,
+) -> Result<Option<String>, ApprovalError> {
+    if row.requester == operator.client_id.as_str() || row.actors().iter().any(|a| a == operator.client_id.as_str()) {
+        return Ok(Some("the requester, and any client that acted for it, can never decide its request".into()));
+    }
+    if is_owner(row, operator) {
+        return Ok(Some("the requester's owner never decides its requests".into()));
+    }
+    let Some(rules) = &policy.rules else { return Ok(None) };
+    let requester = crate::store::clients::get_on(conn, &row.requester).await?;
+    let mut actors = Vec::new();
+    for a in row.actors() {
+        if let Some(c) = crate::store::clients::get_on(conn, &a).await? {
+            actors.push(c);
+        }
+    }
+    let Some(requester) = requester else {
+        return Ok(Some("the requester is no longer registered".into()));
+    };
+    let outcome = rules.evaluate(action, &facts_of(row, operator, &requester, &actors, now));
+    if outcome.allowed {
+        return Ok(None);
+    }
+    let what = if action == RuleAction::BreakGlass { "break glass on" } else { "decide" };
+    Ok(Some(if !outcome.forbids.is_empty() {
+        format!("the approval policy forbids you to {what} this request ({})", outcome.forbids.join(", "))
+    } else if !outcome.errors.is_empty() {
+        format!("the approval policy could not be evaluated for you: {}", outcome.errors.join("; "))
+    } else {
+        format!("no approval policy permits you to {what} this request")
+    }))
+}
+
+/// Whether `operator` may decide `row` now: what the console asks before it lists a request
+/// as awaiting that operator. The decision itself checks again, inside its transaction.
+pub async fn may_decide(
+    store: &Store,
+    policy: &Policy,
+    row: &ApprovalRow,
+    operator: &ClientRecord,
+    now: i64,
+) -> Result<bool, ApprovalError> {
+    if operator.kind != CallerKind::Operator || operator.disabled || operator.tenant.as_str() != row.tenant {
+        return Ok(false);
+    }
+    let mut conn = store.pool().acquire().await.map_err(StoreError::from)?;
+    if ineligibility(&mut conn, policy, row, operator, RuleAction::Decide, now).await?.is_some() {
+        return Ok(false);
+    }
+    // An approval that would count for none of the groups asked for is not awaited of them.
+    let decided = row.decisions.iter().any(|d| d.operator == operator.client_id.as_str());
+    Ok(!decided && row.requirements.iter().any(|r| r.admits(&operator.groups)))
+}
+
+/// Why an operator may or may not decide an approval, policy by policy: what
+/// `tessera policy explain` prints for someone debugging a rule.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Explanation {
+    /// The approval.
+    pub approval_id: String,
+    /// The operator asked about.
+    pub operator: String,
+    /// Whether its decision would count now.
+    pub may_decide: bool,
+    /// Whether it may break glass on it.
+    pub may_break_glass: bool,
+    /// A rule that holds whatever the policies say, if one keeps it out (the requester, an
+    /// actor, the requester's owner, not an enabled operator of the tenant).
+    pub always: Option<String>,
+    /// Each policy's part in `decide` (none without a policy file).
+    pub decide: Vec<crate::policy::rules::PolicyVerdict>,
+    /// Each policy's part in `break_glass`.
+    pub break_glass: Vec<crate::policy::rules::PolicyVerdict>,
+    /// The requirements its approval could count towards.
+    pub counts_for: Vec<String>,
+    /// The quorum so far.
+    pub quorum: String,
+}
+
+/// Explains, policy by policy, whether `operator_id` may decide approval `id` at `now`.
+pub async fn explain(
+    store: &Store,
+    policy: &Policy,
+    id: &str,
+    operator_id: &str,
+    now: i64,
+) -> Result<Explanation, ApprovalError> {
+    let row = rows::get(store, id).await?.ok_or(ApprovalError::NotFound)?;
+    let operator = crate::store::clients::get(store, operator_id)
+        .await?
+        .ok_or_else(|| ApprovalError::Invalid(format!("no client {operator_id}")))?;
+    let mut conn = store.pool().acquire().await.map_err(StoreError::from)?;
+    let always = if operator.kind != CallerKind::Operator {
+        Some(format!("{operator_id} is a {} client: only operators decide", operator.kind))
+    } else if operator.disabled {
+        Some(format!("{operator_id} is disabled"))
+    } else if operator.tenant.as_str() != row.tenant {
+        Some(format!("{operator_id} belongs to another tenant"))
+    } else if row.requester == operator_id || row.actors().iter().any(|a| a == operator_id) {
+        Some("the requester, and any client that acted for it, can never decide its request".into())
+    } else if is_owner(&row, &operator) {
+        Some("the requester's owner never decides its requests".into())
+    } else {
+        None
+    };
+    let (mut decide, mut break_glass) = (Vec::new(), Vec::new());
+    if let Some(rules) = &policy.rules
+        && let Some(requester) = crate::store::clients::get_on(&mut conn, &row.requester).await?
+    {
+        let mut actors = Vec::new();
+        for a in row.actors() {
+            if let Some(c) = crate::store::clients::get_on(&mut conn, &a).await? {
+                actors.push(c);
+            }
+        }
+        let facts = facts_of(&row, &operator, &requester, &actors, now);
+        decide = rules.explain(RuleAction::Decide, &facts).map_err(|e| ApprovalError::Invalid(e.0))?;
+        break_glass = rules.explain(RuleAction::BreakGlass, &facts).map_err(|e| ApprovalError::Invalid(e.0))?;
+    }
+    let may_decide =
+        always.is_none() && ineligibility(&mut conn, policy, &row, &operator, RuleAction::Decide, now).await?.is_none();
+    let may_break_glass = always.is_none()
+        && policy.rules.is_some()
+        && ineligibility(&mut conn, policy, &row, &operator, RuleAction::BreakGlass, now).await?.is_none();
+    let counts_for = row
+        .requirements
+        .iter()
+        .filter(|r| r.admits(&operator.groups))
+        .map(|r| r.group.as_ref().map_or("any operator".to_owned(), |g| g.to_string()))
+        .collect();
+    let quorum = row
+        .progress()
+        .iter()
+        .map(|(r, f)| format!("{} {f} of {}", r.group.as_ref().map_or("any operator", |g| g.as_str()), r.count))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Explanation {
+        approval_id: row.approval_id.clone(),
+        operator: operator_id.to_owned(),
+        may_decide,
+        may_break_glass,
+        always,
+        decide,
+        break_glass,
+        counts_for,
+        quorum,
+    })
+}
+
+/// An operator approves or denies. Quorum counts distinct operators that are still enabled,
+/// each filling at most one place of the requirements (design §19); one deny ends it.
+/// Decisions on one approval are serialised by its row lock.
 pub async fn decide(
     store: &Store,
     policy: &Policy,
@@ -522,7 +764,7 @@ pub async fn decide(
     ruling: Ruling<'_>,
     now: i64,
 ) -> Result<ApprovalRow, ApprovalError> {
-    let Ruling { verdict, note, proof } = ruling;
+    let Ruling { verdict, note, proof, break_glass } = ruling;
     if let Some(n) = &note {
         check_text("note", n, false)?;
     }
@@ -545,6 +787,27 @@ pub async fn decide(
         return Err(ApprovalError::Expired("the request has expired".into()));
     }
     refuse_unless_pending(&row, now)?;
+    let operator = crate::store::clients::get_on(&mut tx, &caller.sub)
+        .await?
+        .filter(|c| !c.disabled)
+        .ok_or_else(|| ApprovalError::Forbidden("this operator is no longer enabled".into()))?;
+    if break_glass {
+        if verdict != Verdict::Approve || !matches!(proof, Proof::Passkey { .. }) {
+            return Err(ApprovalError::PasskeyRequired(
+                "break-glass approves only, in the console, with the operator's passkey".into(),
+            ));
+        }
+        let reason = note.as_deref().map(str::trim).unwrap_or("");
+        if reason.chars().count() < BREAK_GLASS_REASON_CHARS {
+            return Err(ApprovalError::Invalid(format!(
+                "break-glass needs a reason of at least {BREAK_GLASS_REASON_CHARS} characters"
+            )));
+        }
+    }
+    let rule = if break_glass { RuleAction::BreakGlass } else { RuleAction::Decide };
+    if let Some(why) = ineligibility(&mut tx, policy, &row, &operator, rule, now).await? {
+        return Err(ApprovalError::Forbidden(why));
+    }
     if policy.needs_passkey(&row.action) && matches!(proof, Proof::Secret) {
         return Err(ApprovalError::PasskeyRequired(format!(
             "decisions on {} need an operator's passkey: decide in the console",
@@ -553,6 +816,13 @@ pub async fn decide(
     }
     if row.decisions.iter().any(|d| d.operator == caller.sub) {
         return Err(ApprovalError::Conflict("you have already decided this request".into()));
+    }
+    if verdict == Verdict::Approve && !break_glass && !row.requirements.iter().any(|r| r.admits(&operator.groups)) {
+        return Err(ApprovalError::Forbidden(format!(
+            "your approval would count towards none of this request's requirements ({}); it needs operators of \
+             those groups",
+            describe(&row.requirements)
+        )));
     }
     let decision = Decision {
         operator: caller.sub.clone(),
@@ -563,6 +833,8 @@ pub async fn decide(
             Proof::Secret => DecisionMethod::Secret,
             Proof::Passkey { .. } => DecisionMethod::Passkey,
         },
+        groups: operator.groups.clone(),
+        break_glass,
     };
     rows::insert_decision(&mut tx, id, &decision).await.map_err(|e| {
         if e.is_unique_violation() {
@@ -571,29 +843,36 @@ pub async fn decide(
             e.into()
         }
     })?;
-    let decided = Event::ApprovalDecided(Box::new(decision_detail(&decision, &row, proof)));
+    let mut detail = decision_detail(&decision, &row, proof);
+    detail.break_glass = break_glass;
+    let decided = Event::ApprovalDecided(Box::new(detail));
     let mut events = vec![AuditEvent::of(decided, &caller.sub, &row.tenant, id)];
     // Counted after this decision is written, under the approval's row lock: every earlier
     // decision is visible, and only operators still enabled count.
-    let approvals = rows::enabled_approvals(&mut tx, id).await?;
+    let approvers = rows::enabled_approvers(&mut tx, id).await?;
+    let approvers: Vec<&[crate::domain::GroupName]> = approvers.iter().map(Vec::as_slice).collect();
+    let filled = crate::domain::approval::quorum_progress(&row.requirements, &approvers);
+    let met = filled.iter().zip(&row.requirements).all(|(f, r)| *f >= r.count);
+    let approvals = i64::from(filled.iter().sum::<u32>());
     let moved = match verdict {
         Verdict::Deny => {
             events.push(AuditEvent::of(Event::ApprovalDenied, &caller.sub, &row.tenant, id));
             rows::transition(&mut tx, id, Status::Pending, Status::Denied, Some(now)).await?
         }
-        Verdict::Approve if approvals >= row.quorum => {
+        Verdict::Approve if met || break_glass => {
             let jti = b64::encode(&random_bytes::<16>()?);
-            let exp = now + policy.capability_ttl_secs;
+            let exp = now + policy.capability_ttl(&row.action);
             let issued = event::CapabilityIssued {
                 jti: jti.clone(),
                 exp: Some(exp),
                 requester: Some(row.requester.clone()),
                 bypass: None,
             };
+            let approvals = approvals.max(1);
             for e in [Event::ApprovalApproved(event::Approved { approvals }), Event::CapabilityIssued(issued)] {
                 events.push(AuditEvent::of(e, &caller.sub, &row.tenant, id));
             }
-            rows::approve(&mut tx, id, &jti, now, exp).await?
+            rows::approve(&mut tx, id, &jti, now, exp, break_glass).await?
         }
         Verdict::Approve => true,
     };
@@ -606,6 +885,57 @@ pub async fn decide(
     let updated = rows::get_on(&mut tx, id).await?.ok_or(ApprovalError::NotFound)?;
     tx.commit(now).await?;
     Ok(updated)
+}
+
+/// The requirements in words: "security ×2, any operator ×1".
+pub fn describe(requirements: &[crate::domain::approval::Requirement]) -> String {
+    requirements
+        .iter()
+        .map(|r| format!("{} ×{}", r.group.as_ref().map_or("any operator", |g| g.as_str()), r.count))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Another operator acknowledges a break-glass approval, ending its review (design §19).
+pub async fn review(store: &Store, caller: &AccessClaims, id: &str, now: i64) -> Result<ApprovalRow, ApprovalError> {
+    if caller.caller_kind != CallerKind::Operator || !caller.has_scope("approvals:decide") || caller.act.is_some() {
+        return Err(ApprovalError::Forbidden(
+            "only operators holding approvals:decide acknowledge a break-glass".into(),
+        ));
+    }
+    let mut tx = audit::Change::begin(store).await?;
+    let row = load_visible(&mut tx, store, caller, id).await?;
+    if !row.break_glass {
+        return Err(ApprovalError::Conflict("this approval was not a break-glass approval".into()));
+    }
+    if row.reviewed.is_some() {
+        return Err(ApprovalError::Conflict("this break-glass approval was already acknowledged".into()));
+    }
+    if row.decisions.iter().any(|d| d.operator == caller.sub) || row.requester == caller.sub {
+        return Err(ApprovalError::Forbidden(
+            "a break-glass approval is acknowledged by another operator than the one who took it".into(),
+        ));
+    }
+    if !rows::mark_reviewed(&mut tx, id, &caller.sub, now).await? {
+        return Err(ApprovalError::Conflict("this break-glass approval was already acknowledged".into()));
+    }
+    tx.record(AuditEvent::of(Event::ApprovalReviewed, &caller.sub, &row.tenant, id));
+    let updated = rows::get_on(&mut tx, id).await?.ok_or(ApprovalError::NotFound)?;
+    tx.commit(now).await?;
+    Ok(updated)
+}
+
+/// Lists a tenant's break-glass approvals awaiting another operator's acknowledgement.
+pub async fn list_to_review(
+    store: &Store,
+    caller: &AccessClaims,
+    after: Option<(i64, String)>,
+    limit: i64,
+) -> Result<Vec<ApprovalRow>, ApprovalError> {
+    if caller.caller_kind != CallerKind::Operator || !caller.has_scope("approvals:read") {
+        return Err(ApprovalError::Forbidden("only operators holding approvals:read list approvals".into()));
+    }
+    Ok(rows::list_to_review(store, &caller.tenant, after, limit).await?)
 }
 
 /// The requester withdraws its pending request.

@@ -95,6 +95,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// The policy.
     pub policy: Policy,
+    /// The Cedar approval rules' file (design §19), loaded into `policy.rules`.
+    pub policy_file: Option<PathBuf>,
 }
 
 /// The TOML file. Every key is optional.
@@ -130,10 +132,11 @@ struct FileConfig {
     dpop_replay_per_client: Option<usize>,
     webhooks: Option<Vec<WebhookConfig>>,
     policy: Option<PolicyFile>,
+    policy_file: Option<PathBuf>,
 }
 
 /// The environment variables read, with the file key each one overrides.
-pub const ENV_VARS: [(&str, &str); 26] = [
+pub const ENV_VARS: [(&str, &str); 27] = [
     ("TESSERA_LISTEN", "listen"),
     ("TESSERA_DATABASE_URL", "database_url"),
     ("TESSERA_KEYS_DIR", "keys_dir"),
@@ -160,6 +163,7 @@ pub const ENV_VARS: [(&str, &str); 26] = [
     ("TESSERA_DPOP_NONCE_SECS", "dpop_nonce_secs"),
     ("TESSERA_DPOP_REPLAY_PER_KEY", "dpop_replay_per_key"),
     ("TESSERA_DPOP_REPLAY_PER_CLIENT", "dpop_replay_per_client"),
+    ("TESSERA_POLICY_FILE", "policy_file"),
 ];
 
 impl Default for Config {
@@ -194,6 +198,7 @@ impl Default for Config {
             dpop_replay_per_client: crate::verify::dpop::DEFAULT_REPLAY_PER_CLIENT,
             webhooks: Vec::new(),
             policy: Policy::default(),
+            policy_file: None,
         }
     }
 }
@@ -373,8 +378,10 @@ impl Config {
         if let Some(p) = &file.policy {
             c.policy = Policy::from_file(p).map_err(|e| ConfigError(e.to_string()))?;
         }
+        c.policy_file = file.policy_file;
         c.apply_env(env)?;
         c.check()?;
+        c.load_rules()?;
         Ok(c)
     }
 
@@ -424,6 +431,7 @@ impl Config {
                 "TESSERA_DPOP_NONCE_SECS" => self.dpop_nonce_secs = parse_env(name, v)?,
                 "TESSERA_DPOP_REPLAY_PER_KEY" => self.dpop_replay_per_key = parse_env(name, v)?,
                 "TESSERA_DPOP_REPLAY_PER_CLIENT" => self.dpop_replay_per_client = parse_env(name, v)?,
+                "TESSERA_POLICY_FILE" => self.policy_file = Some(PathBuf::from(v)),
                 _ => {}
             }
         }
@@ -434,6 +442,16 @@ impl Config {
             (None, None) => {}
             _ => return Err(ConfigError("TESSERA_WEBHOOK_URL and TESSERA_WEBHOOK_SECRET go together".into())),
         }
+        Ok(())
+    }
+
+    /// Loads and validates the approval rules named by `policy_file`, if any: a policy that
+    /// does not validate is an error naming it, so the broker does not start.
+    pub fn load_rules(&mut self) -> Result<(), ConfigError> {
+        self.policy.rules = match &self.policy_file {
+            None => None,
+            Some(p) => Some(std::sync::Arc::new(crate::policy::rules::Rules::load(p).map_err(|e| ConfigError(e.0))?)),
+        };
         Ok(())
     }
 

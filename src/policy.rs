@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod rules;
+
 use serde::Deserialize;
 
 use crate::domain::{Action, CallerKind, Scope, ScopeSet};
@@ -100,8 +102,64 @@ pub struct Policy {
     pub passkey_actions: BTreeSet<String>,
     /// Whether an operator who has a passkey must sign in to the console with it.
     pub console_passkey_only: bool,
-    quorum: BTreeMap<String, u32>,
+    quorum: BTreeMap<String, Vec<Requirement>>,
+    times: BTreeMap<String, ActionTimes>,
     require_dpop: BTreeSet<CallerKind>,
+    /// The approval rules (`policy_file`, design §19); `None`: any enabled operator of the
+    /// tenant decides, as before there were rules.
+    pub rules: Option<std::sync::Arc<rules::Rules>>,
+}
+
+pub use crate::domain::approval::Requirement;
+
+/// A `[policy.quorum]` entry: a number of operators (`secret_write = 2`), or a list of
+/// per-group requirements that must all be met (`[[policy.quorum.secret_write]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuorumFile {
+    /// This many distinct operators.
+    Count(u32),
+    /// Every one of these requirements.
+    Groups(Vec<Requirement>),
+}
+
+impl<'de> Deserialize<'de> for QuorumFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = QuorumFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of operators, or a list of { group, count } requirements")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<QuorumFile, E> {
+                u32::try_from(v).map(QuorumFile::Count).map_err(|_| E::custom("quorum must be between 1 and 16"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<QuorumFile, E> {
+                u32::try_from(v).map(QuorumFile::Count).map_err(|_| E::custom("quorum must be between 1 and 16"))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<QuorumFile, A::Error> {
+                Vec::<Requirement>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(QuorumFile::Groups)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A `[policy.actions.<action>]` table: that action's own times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionFile {
+    /// How long its requests stay pending, seconds (default `approval_ttl_secs`, 3600).
+    pub pending_ttl_secs: Option<i64>,
+    /// How long its capabilities live once approved, seconds (default `capability_ttl_secs`,
+    /// 300; at most 900).
+    pub capability_ttl_secs: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ActionTimes {
+    pending_ttl_secs: Option<i64>,
+    capability_ttl_secs: Option<i64>,
 }
 
 /// The `[policy]` table of the configuration file. Every field is optional; what is absent
@@ -126,7 +184,9 @@ pub struct PolicyFile {
     /// Operators with a passkey sign in to the console with it.
     pub console_passkey_only: Option<bool>,
     /// Quorum per action.
-    pub quorum: Option<BTreeMap<String, u32>>,
+    pub quorum: Option<BTreeMap<String, QuorumFile>>,
+    /// Per-action times.
+    pub actions: Option<BTreeMap<String, ActionFile>>,
     /// Per-kind ceilings and defaults.
     pub kinds: Option<BTreeMap<CallerKind, KindFile>>,
 }
@@ -170,7 +230,9 @@ impl Default for Policy {
             passkey_actions: BTreeSet::new(),
             console_passkey_only: false,
             quorum: BTreeMap::new(),
+            times: BTreeMap::new(),
             require_dpop: BTreeSet::new(),
+            rules: None,
         }
     }
 }
@@ -218,7 +280,30 @@ impl Policy {
             p.console_passkey_only = v;
         }
         if let Some(q) = &file.quorum {
-            p.quorum = q.clone();
+            p.quorum = q
+                .iter()
+                .map(|(action, q)| {
+                    let reqs = match q {
+                        QuorumFile::Count(n) => vec![Requirement { group: None, count: *n }],
+                        QuorumFile::Groups(list) => list.clone(),
+                    };
+                    (action.clone(), reqs)
+                })
+                .collect();
+        }
+        if let Some(a) = &file.actions {
+            p.times = a
+                .iter()
+                .map(|(action, t)| {
+                    (
+                        action.clone(),
+                        ActionTimes {
+                            pending_ttl_secs: t.pending_ttl_secs,
+                            capability_ttl_secs: t.capability_ttl_secs,
+                        },
+                    )
+                })
+                .collect();
         }
         if let Some(kinds) = &file.kinds {
             for (kind, kf) in kinds {
@@ -274,12 +359,40 @@ impl Policy {
                 return Err(PolicyError(format!("passkey_actions names {action:?}, which is not a gated action")));
             }
         }
-        for (action, q) in &self.quorum {
+        for (action, reqs) in &self.quorum {
             if !self.gated.contains(action) {
                 return Err(PolicyError(format!("quorum names {action:?}, which is not a gated action")));
             }
-            if !(1..=16).contains(q) {
-                return Err(PolicyError(format!("quorum for {action:?} must be between 1 and 16")));
+            if reqs.is_empty() {
+                return Err(PolicyError(format!("quorum for {action:?} lists no requirement")));
+            }
+            let total: u32 = reqs.iter().map(|r| r.count).sum();
+            if reqs.iter().any(|r| r.count == 0) || !(1..=16).contains(&total) {
+                return Err(PolicyError(format!(
+                    "quorum for {action:?} must be between 1 and 16 operators, each requirement at least 1"
+                )));
+            }
+            let mut seen = BTreeSet::new();
+            for r in reqs {
+                if !seen.insert(&r.group) {
+                    let which = r.group.as_ref().map_or("any operator".to_owned(), |g| format!("group {g:?}"));
+                    return Err(PolicyError(format!("quorum for {action:?} names {which} twice; add up the counts")));
+                }
+            }
+        }
+        for (action, t) in &self.times {
+            if !self.gated.contains(action) {
+                return Err(PolicyError(format!("actions.{action} names {action:?}, which is not a gated action")));
+            }
+            for (what, v, max) in [
+                ("pending_ttl_secs", t.pending_ttl_secs, 7 * 24 * 3600),
+                ("capability_ttl_secs", t.capability_ttl_secs, MAX_LIFETIME_SECS),
+            ] {
+                if let Some(v) = v
+                    && !(1..=max).contains(&v)
+                {
+                    return Err(PolicyError(format!("actions.{action}.{what} must be between 1 and {max}")));
+                }
             }
         }
         for (kind, kp) in &self.kinds {
@@ -329,9 +442,25 @@ impl Policy {
         self.kinds.get(&kind).map(|k| k.defaults.clone()).unwrap_or_default()
     }
 
-    /// The quorum for a gated action (default 1).
+    /// The quorum for a gated action: how many distinct operators in all (default 1).
     pub fn quorum(&self, action: &str) -> u32 {
-        self.quorum.get(action).copied().unwrap_or(1)
+        self.quorum.get(action).map_or(1, |reqs| reqs.iter().map(|r| r.count).sum())
+    }
+
+    /// The quorum for a gated action as requirements that must all be met (default: one
+    /// operator, of any group).
+    pub fn requirements(&self, action: &str) -> Vec<Requirement> {
+        self.quorum.get(action).cloned().unwrap_or_else(|| vec![Requirement { group: None, count: 1 }])
+    }
+
+    /// How long a request for `action` stays pending, seconds.
+    pub fn pending_ttl(&self, action: &str) -> i64 {
+        self.times.get(action).and_then(|t| t.pending_ttl_secs).unwrap_or(self.approval_ttl_secs)
+    }
+
+    /// How long a capability for `action` lives once approved, seconds.
+    pub fn capability_ttl(&self, action: &str) -> i64 {
+        self.times.get(action).and_then(|t| t.capability_ttl_secs).unwrap_or(self.capability_ttl_secs)
     }
 
     /// What a client of `kind` registered with `granted` may be issued now: the
@@ -386,7 +515,71 @@ mod tests {
         assert!(Policy::from_file(&gated_scope).is_err());
         let long = PolicyFile { access_token_ttl_secs: Some(901), ..Default::default() };
         assert!(Policy::from_file(&long).is_err());
-        let q = PolicyFile { quorum: Some([("secret_write".to_owned(), 2)].into()), ..Default::default() };
+        let q = PolicyFile {
+            quorum: Some([("secret_write".to_owned(), QuorumFile::Count(2))].into()),
+            ..Default::default()
+        };
         assert_eq!(Policy::from_file(&q).unwrap().quorum("secret_write"), 2);
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        Policy::from_file(&file).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn quorum_is_a_number_or_per_group_requirements_and_times_are_per_action() {
+        let p = parse(
+            r#"
+            [quorum]
+            org_token_mint = 2
+            [[quorum.secret_write]]
+            group = "security"
+            count = 2
+            [[quorum.secret_write]]
+            group = "platform"
+            count = 1
+            [actions.secret_write]
+            pending_ttl_secs = 600
+            capability_ttl_secs = 120
+            "#,
+        )
+        .unwrap();
+        assert_eq!(p.quorum("org_token_mint"), 2);
+        assert_eq!(p.requirements("org_token_mint"), [Requirement { group: None, count: 2 }]);
+        assert_eq!(p.quorum("secret_write"), 3);
+        let reqs = p.requirements("secret_write");
+        let groups: Vec<(Option<&str>, u32)> =
+            reqs.iter().map(|r| (r.group.as_ref().map(|g| g.as_str()), r.count)).collect();
+        assert_eq!(groups, [(Some("security"), 2), (Some("platform"), 1)]);
+        assert_eq!((p.pending_ttl("secret_write"), p.capability_ttl("secret_write")), (600, 120));
+        assert_eq!((p.pending_ttl("workspace_delete"), p.capability_ttl("workspace_delete")), (3600, 300));
+    }
+
+    #[test]
+    fn a_broken_quorum_or_time_is_refused_naming_it() {
+        for (text, says) in [
+            ("[[quorum.secret_write]]\ngrup = \"security\"\ncount = 1", "unknown field `grup`"),
+            ("[[quorum.secret_write]]\ngroup = \"has space\"\ncount = 1", "group"),
+            ("[[quorum.secret_write]]\ngroup = \"s\"\ncount = 0", "at least 1"),
+            ("[[quorum.secret_write]]\ngroup = \"s\"\ncount = 17", "between 1 and 16"),
+            (
+                "[[quorum.secret_write]]\ngroup = \"s\"\ncount = 1\n[[quorum.secret_write]]\ngroup = \"s\"\ncount = 1",
+                "twice",
+            ),
+            ("[[quorum.not_gated]]\ngroup = \"s\"\ncount = 1", "not a gated action"),
+            ("[quorum]\nsecret_write = \"two\"", "a number of operators"),
+            ("[actions.secret_write]\ncapability_ttl_secs = 901", "capability_ttl_secs must be between 1 and 900"),
+            ("[actions.secret_write]\npending_secs = 60", "unknown field `pending_secs`"),
+            ("[actions.nope]\npending_ttl_secs = 60", "not a gated action"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 }

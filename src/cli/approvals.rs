@@ -107,8 +107,31 @@ fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
-fn approvals_so_far(a: &Value) -> usize {
-    a["decisions"].as_array().map_or(0, |d| d.iter().filter(|d| d["decision"] == "approve").count())
+/// Approvals counted so far and needed in all, over the quorum's requirements.
+fn quorum_counts(a: &Value) -> (u64, u64) {
+    let reqs = a["quorum"].as_array().into_iter().flatten();
+    reqs.fold((0, 0), |(got, need), r| {
+        (got + r["approvals"].as_u64().unwrap_or(0), need + r["count"].as_u64().unwrap_or(0))
+    })
+}
+
+/// The quorum's requirements in words: "security 1 of 2, platform 0 of 1".
+fn quorum_text(a: &Value) -> String {
+    let reqs: Vec<String> = a["quorum"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let who = r["group"].as_str().unwrap_or("any operator");
+            format!("{who} {} of {}", r["approvals"].as_u64().unwrap_or(0), r["count"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    reqs.join(", ")
+}
+
+fn quorum_short(a: &Value) -> String {
+    let (got, need) = quorum_counts(a);
+    format!("{got}/{need}")
 }
 
 pub(super) async fn run(server: &str, cmd: ApprovalsCmd) -> Result<(), Failure> {
@@ -138,7 +161,7 @@ pub(super) async fn run(server: &str, cmd: ApprovalsCmd) -> Result<(), Failure> 
                         s(&a["action"]),
                         s(&a["resource"]),
                         format!("{} ({})", s(&a["requester"]), s(&a["requester_kind"])),
-                        format!("{}/{}", approvals_so_far(a), a["quorum"]),
+                        quorum_short(a),
                         s(&a["reason"]).replace('\n', " "),
                     )?;
                 }
@@ -165,11 +188,10 @@ pub(super) async fn run(server: &str, cmd: ApprovalsCmd) -> Result<(), Failure> 
                 .await?;
             writeln!(
                 out,
-                "{}: {} ({} of {} approvals) — {} on {}",
+                "{}: {} (approvals: {}) — {} on {}",
                 s(&a["approval_id"]),
                 s(&a["status"]),
-                approvals_so_far(&a),
-                a["quorum"],
+                quorum_text(&a),
                 s(&a["action"]),
                 s(&a["resource"])
             )?;
@@ -209,7 +231,10 @@ fn show(out: &mut impl Write, a: &Value) -> std::io::Result<()> {
     writeln!(out, "resource       {}", s(&a["resource"]))?;
     writeln!(out, "requested by   {by}")?;
     writeln!(out, "reason         {}", s(&a["reason"]).replace('\n', "\n               "))?;
-    writeln!(out, "approvals      {} of {}", approvals_so_far(a), a["quorum"])?;
+    writeln!(out, "approvals      {}", quorum_text(a))?;
+    if let Some(owner) = a["requester_owner"].as_str() {
+        writeln!(out, "owner          {owner} (never counts towards it)")?;
+    }
     writeln!(out, "expires        {}", s(&a["expires_at"]))?;
     writeln!(out, "params_digest  {}", s(&a["params_digest"]))?;
     writeln!(out)?;

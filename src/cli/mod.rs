@@ -5,6 +5,7 @@ mod admin;
 mod approvals;
 mod audit;
 mod gate;
+mod policy;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ enum Command {
     Audit(audit::AuditCmd),
     /// Apply the database schema.
     Migrate,
+    /// Check a file of approval policies, or explain what they say about one operator and
+    /// one approval.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
     /// Run the gate as a reverse proxy in front of an upstream (--config FILE names the
     /// proxy's own TOML file; TESSERA_GATE_CLIENT_ID and TESSERA_GATE_CLIENT_SECRET name its
     /// service client, for the revocation feed).
@@ -100,6 +105,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         init_logging(LogFormat::Text, &env, "info");
         return gate::run(cli.config.as_deref(), &env).await;
     }
+    if let Command::Policy(policy::PolicyCmd::Check { file }) = &cli.command {
+        return policy::check(file);
+    }
     let config = Config::load(cli.config.as_deref(), &env)?;
     match cli.command {
         Command::Serve => {
@@ -126,6 +134,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             approvals::run(server.as_deref().unwrap_or(&config.issuer), command).await
         }
         Command::Gate => Ok(()),
+        Command::Policy(policy::PolicyCmd::Check { file }) => policy::check(&file),
+        Command::Policy(policy::PolicyCmd::Explain { approval_id, operator_id, json }) => {
+            init_logging(config.log_format, &env, "warn");
+            policy::explain(&config, &approval_id, &operator_id, json).await
+        }
         Command::Migrate => {
             init_logging(config.log_format, &env, "warn");
             let store = crate::store::Store::open(&config.database_url).await?;

@@ -1,7 +1,71 @@
 //! An approval as the broker keeps it: its status, its operators' decisions, and the request
 //! with everything the operators were shown.
 
-use super::{CallerKind, DecisionMethod, Verdict};
+use super::{CallerKind, DecisionMethod, GroupName, Verdict};
+
+/// One quorum requirement (design §19): `count` approvals from operators of `group`, or from
+/// any operator the rules let decide when no group is named.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirement {
+    /// The group whose members count, if one is named.
+    #[serde(default)]
+    pub group: Option<GroupName>,
+    /// How many of them.
+    pub count: u32,
+}
+
+impl Requirement {
+    /// Whether an operator of `groups` may fill this requirement.
+    pub fn admits(&self, groups: &[GroupName]) -> bool {
+        self.group.as_ref().is_none_or(|g| groups.contains(g))
+    }
+}
+
+/// How far each requirement has got: each approving operator fills at most one place, in the
+/// assignment that fills the most (an operator in two required groups counts once). Returns
+/// the places filled per requirement, in order.
+pub fn quorum_progress(requirements: &[Requirement], approvers: &[&[GroupName]]) -> Vec<u32> {
+    // One slot per place; Kuhn's augmenting paths assign approvers to slots. At most 16 slots.
+    let slots: Vec<usize> =
+        requirements.iter().enumerate().flat_map(|(i, r)| std::iter::repeat_n(i, r.count as usize)).collect();
+    let mut owner: Vec<Option<usize>> = vec![None; slots.len()];
+    fn augment(
+        a: usize,
+        approvers: &[&[GroupName]],
+        reqs: &[Requirement],
+        slots: &[usize],
+        owner: &mut [Option<usize>],
+        seen: &mut [bool],
+    ) -> bool {
+        for s in 0..slots.len() {
+            if seen[s] || !reqs[slots[s]].admits(approvers[a]) {
+                continue;
+            }
+            seen[s] = true;
+            let free = match owner[s] {
+                None => true,
+                Some(b) => augment(b, approvers, reqs, slots, owner, seen),
+            };
+            if free {
+                owner[s] = Some(a);
+                return true;
+            }
+        }
+        false
+    }
+    for a in 0..approvers.len() {
+        let mut seen = vec![false; slots.len()];
+        augment(a, approvers, requirements, &slots, &mut owner, &mut seen);
+    }
+    let mut filled = vec![0u32; requirements.len()];
+    for (s, o) in owner.iter().enumerate() {
+        if o.is_some() {
+            filled[slots[s]] += 1;
+        }
+    }
+    filled
+}
 
 /// An approval's status, as pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -62,6 +126,10 @@ pub struct Decision {
     pub at: i64,
     /// How it was made.
     pub method: DecisionMethod,
+    /// The groups the operator belonged to when deciding: what its approval counts for.
+    pub groups: Vec<GroupName>,
+    /// A break-glass approval: the operator approved alone (design §19).
+    pub break_glass: bool,
 }
 
 /// A stored approval.
@@ -90,8 +158,17 @@ pub struct ApprovalRow {
     pub requester_kind: CallerKind,
     /// Current status as stored (see `effective_status`).
     pub status: Status,
-    /// Approvals needed.
+    /// Approvals needed, in all.
     pub quorum: i64,
+    /// The requirements that must all be met (design §19), as they stood when the request was
+    /// made; their counts add up to `quorum`.
+    pub requirements: Vec<Requirement>,
+    /// The requester's owner when the request was made: never counts towards it.
+    pub requester_owner: Option<String>,
+    /// Approved by one operator alone, through break-glass.
+    pub break_glass: bool,
+    /// The operator who acknowledged a break-glass approval, and when.
+    pub reviewed: Option<(String, i64)>,
     /// Created, Unix seconds.
     pub created_at: i64,
     /// Pending until, Unix seconds.
@@ -129,8 +206,44 @@ impl ApprovalRow {
         }
     }
 
+    /// Each requirement with the places filled so far, counting every approval recorded.
+    pub fn progress(&self) -> Vec<(Requirement, u32)> {
+        let approvers: Vec<&[GroupName]> =
+            self.decisions.iter().filter(|d| d.decision == Verdict::Approve).map(|d| d.groups.as_slice()).collect();
+        let filled = quorum_progress(&self.requirements, &approvers);
+        self.requirements.iter().cloned().zip(filled).collect()
+    }
+
     /// The approving operators, in decision order.
     pub fn approvers(&self) -> Vec<String> {
         self.decisions.iter().filter(|d| d.decision == Verdict::Approve).map(|d| d.operator.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(group: Option<&str>, count: u32) -> Requirement {
+        Requirement { group: group.map(|g| g.parse().unwrap()), count }
+    }
+
+    fn groups(list: &[&str]) -> Vec<GroupName> {
+        list.iter().map(|g| g.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn an_operator_in_two_required_groups_counts_once() {
+        let reqs = [req(Some("security"), 1), req(Some("platform"), 1)];
+        let both = groups(&["platform", "security"]);
+        assert_eq!(quorum_progress(&reqs, &[&both]), [1, 0]);
+        let sec = groups(&["security"]);
+        // The one in both moves to platform so the security-only operator can fill security.
+        assert_eq!(quorum_progress(&reqs, &[&both, &sec]), [1, 1]);
+        assert_eq!(quorum_progress(&reqs, &[&sec, &sec]), [1, 0]);
+        let none = groups(&[]);
+        assert_eq!(quorum_progress(&reqs, &[&none]), [0, 0]);
+        assert_eq!(quorum_progress(&[req(None, 2)], &[&none, &sec]), [2]);
+        assert_eq!(quorum_progress(&[req(Some("security"), 2), req(None, 1)], &[&sec, &none, &sec]), [2, 1]);
     }
 }

@@ -24,6 +24,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/approvals/{id}", get(show))
         .route("/v1/approvals/{id}/decision", post(decide))
         .route("/v1/approvals/{id}/withdraw", post(withdraw))
+        .route("/v1/approvals/{id}/review", post(review))
         .route("/v1/capabilities/redeem", post(redeem))
 }
 
@@ -32,6 +33,7 @@ impl From<ApprovalError> for ApiError {
         match e {
             ApprovalError::Invalid(m) => ApiError::invalid_request(m),
             ApprovalError::Forbidden(m) => ApiError::forbidden(m),
+            e @ ApprovalError::ForbiddenByPolicy(_) => ApiError::forbidden(e.to_string()),
             e @ ApprovalError::SelfTarget => ApiError::self_target_forbidden(e.to_string()),
             ApprovalError::BypassNotAllowed(m) => ApiError::bypass_not_allowed(m),
             ApprovalError::NotFound => ApiError::not_found("no such approval"),
@@ -60,7 +62,14 @@ pub(crate) fn approval_json(row: &ApprovalRow, now: i64, capability: Option<Stri
         .decisions
         .iter()
         .map(|d| {
-            json!({ "operator": d.operator, "decision": d.decision, "note": d.note, "at": rfc3339(d.at), "method": d.method })
+            json!({
+                "operator": d.operator,
+                "decision": d.decision,
+                "note": d.note,
+                "at": rfc3339(d.at),
+                "method": d.method,
+                "break_glass": d.break_glass,
+            })
         })
         .collect();
     let summary: Value = serde_json::from_str(&row.summary).unwrap_or_else(|_| json!({}));
@@ -80,10 +89,18 @@ pub(crate) fn approval_json(row: &ApprovalRow, now: i64, capability: Option<Stri
         "actors": row.actors(),
         "created_at": rfc3339(row.created_at),
         "expires_at": rfc3339(row.expires_at),
-        "quorum": row.quorum,
+        "quorum": quorum_json(row),
         "decisions": decisions,
         "bypass": row.bypass,
+        "break_glass": row.break_glass,
+        "requester_owner": row.requester_owner,
     });
+    if row.break_glass {
+        v["reviewed"] = match &row.reviewed {
+            Some((by, at)) => json!({ "by": by, "at": rfc3339(*at) }),
+            None => Value::Null,
+        };
+    }
     if let Some(exp) = row.cap_exp {
         v["capability_expires_at"] = json!(rfc3339(exp));
     }
@@ -91,6 +108,18 @@ pub(crate) fn approval_json(row: &ApprovalRow, now: i64, capability: Option<Stri
         v["capability"] = json!(c);
     }
     v
+}
+
+/// The quorum as its requirements, each with the approvals counted towards it so far (design
+/// §19): `[{"group": "security", "count": 2, "approvals": 1}]`; `group` is null where any
+/// operator counts.
+pub(crate) fn quorum_json(row: &ApprovalRow) -> Value {
+    Value::Array(
+        row.progress()
+            .into_iter()
+            .map(|(r, filled)| json!({ "group": r.group, "count": r.count, "approvals": filled }))
+            .collect(),
+    )
 }
 
 /// The capability of an approved request, for `audience` when given (one of the configured
@@ -190,7 +219,6 @@ fn decode_cursor(c: &str) -> Option<(i64, String)> {
 async fn list(State(state): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
     let q: ListQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::invalid_request(format!("query: {e}")))?;
-    let status: Status = q.status.as_deref().unwrap_or("pending").parse().map_err(ApiError::invalid_request)?;
     let after = match q.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::invalid_request("malformed cursor"))?),
@@ -200,7 +228,15 @@ async fn list(State(state): State<AppState>, caller: Caller, RawQuery(q): RawQue
         return Err(ApiError::invalid_request("limit must be between 1 and 200"));
     }
     let now = state.now();
-    let page = approvals::list(state.store(), &caller.claims, status, after, limit + 1, now).await?;
+    let page = match q.status.as_deref().unwrap_or("pending") {
+        // Break-glass approvals another operator has not yet acknowledged (design §19).
+        "to_review" => approvals::list_to_review(state.store(), &caller.claims, after, limit + 1).await?,
+        s => {
+            let status: Status =
+                s.parse().map_err(|e: String| ApiError::invalid_request(format!("{e}, or to_review")))?;
+            approvals::list(state.store(), &caller.claims, status, after, limit + 1, now).await?
+        }
+    };
     let more = page.len() as i64 > limit;
     let shown: Vec<&ApprovalRow> = page.iter().take(limit as usize).collect();
     let next = if more { shown.last().map(|r| encode_cursor(r)) } else { None };
@@ -257,7 +293,12 @@ async fn decide(
         &state.config().policy,
         &caller.claims,
         &id,
-        approvals::Ruling { verdict: body.decision, note: body.note, proof: approvals::Proof::Secret },
+        approvals::Ruling {
+            verdict: body.decision,
+            note: body.note,
+            proof: approvals::Proof::Secret,
+            break_glass: false,
+        },
         now,
     )
     .await?;
@@ -271,6 +312,12 @@ async fn withdraw(State(state): State<AppState>, caller: Caller, Path(id): Path<
     let now = state.now();
     let row = approvals::withdraw(state.store(), &caller.claims, &id, now).await?;
     state.metrics().approval(row.status);
+    Ok(Json(approval_json(&row, now, None)))
+}
+
+async fn review(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let now = state.now();
+    let row = approvals::review(state.store(), &caller.claims, &id, now).await?;
     Ok(Json(approval_json(&row, now, None)))
 }
 

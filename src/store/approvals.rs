@@ -5,15 +5,37 @@ use sqlx::{AnyConnection, Row};
 
 use super::{Backend, Store, StoreError, parse_col};
 
-pub use crate::domain::approval::{ApprovalRow, Decision, Status};
+use crate::domain::GroupName;
+pub use crate::domain::approval::{ApprovalRow, Decision, Requirement, Status};
+
+/// The stored form of the requirements: `NULL` when they are one count of any operator (as
+/// every approval before per-group quorum was), else their JSON list.
+fn requirements_text(a: &ApprovalRow) -> Option<String> {
+    match a.requirements.as_slice() {
+        [Requirement { group: None, .. }] | [] => None,
+        list => serde_json::to_string(list).ok(),
+    }
+}
+
+fn groups_text(groups: &[GroupName]) -> String {
+    groups.iter().map(GroupName::as_str).collect::<Vec<_>>().join(" ")
+}
 
 const COLUMNS: &str = "approval_id, tenant, action, resource, params_digest, summary, reason, requester, \
     requester_kind, status, quorum, created_at, expires_at, decided_at, bypass, cap_jti, cap_iat, cap_exp, \
-    redeemed_at, redeemed_by, params, act, cnf_jkt";
+    redeemed_at, redeemed_by, params, act, cnf_jkt, quorum_groups, requester_owner, break_glass, reviewed_by, \
+    reviewed_at";
 
 fn from_row(r: &AnyRow) -> Result<ApprovalRow, StoreError> {
     let kind: String = r.try_get("requester_kind")?;
     let status: String = r.try_get("status")?;
+    let quorum: i64 = r.try_get("quorum")?;
+    let requirements = match r.try_get::<Option<String>, _>("quorum_groups")? {
+        None => vec![Requirement { group: None, count: u32::try_from(quorum).unwrap_or(1) }],
+        Some(t) => serde_json::from_str(&t).map_err(|_| StoreError::Corrupt("quorum_groups".into()))?,
+    };
+    let reviewed_by: Option<String> = r.try_get("reviewed_by")?;
+    let reviewed_at: Option<i64> = r.try_get("reviewed_at")?;
     Ok(ApprovalRow {
         approval_id: r.try_get("approval_id")?,
         tenant: r.try_get("tenant")?,
@@ -25,7 +47,11 @@ fn from_row(r: &AnyRow) -> Result<ApprovalRow, StoreError> {
         requester: r.try_get("requester")?,
         requester_kind: parse_col("requester_kind", &kind)?,
         status: parse_col("status", &status)?,
-        quorum: r.try_get("quorum")?,
+        quorum,
+        requirements,
+        requester_owner: r.try_get("requester_owner")?,
+        break_glass: r.try_get::<i64, _>("break_glass")? != 0,
+        reviewed: reviewed_by.zip(reviewed_at),
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
         decided_at: r.try_get("decided_at")?,
@@ -45,7 +71,7 @@ fn from_row(r: &AnyRow) -> Result<ApprovalRow, StoreError> {
 /// Inserts a new approval (its decisions are inserted separately).
 pub async fn insert(conn: &mut AnyConnection, a: &ApprovalRow) -> Result<(), StoreError> {
     sqlx::query(&format!(
-        "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+        "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)"
     ))
     .bind(&a.approval_id)
     .bind(&a.tenant)
@@ -70,6 +96,11 @@ pub async fn insert(conn: &mut AnyConnection, a: &ApprovalRow) -> Result<(), Sto
     .bind(&a.params)
     .bind(&a.act)
     .bind(&a.cnf_jkt)
+    .bind(requirements_text(a))
+    .bind(&a.requester_owner)
+    .bind(i64::from(a.break_glass))
+    .bind(a.reviewed.as_ref().map(|r| r.0.clone()))
+    .bind(a.reviewed.as_ref().map(|r| r.1))
     .execute(conn)
     .await?;
     Ok(())
@@ -78,7 +109,8 @@ pub async fn insert(conn: &mut AnyConnection, a: &ApprovalRow) -> Result<(), Sto
 async fn load_decisions(conn: &mut AnyConnection, rows: &mut [ApprovalRow]) -> Result<(), StoreError> {
     for a in rows.iter_mut() {
         let ds = sqlx::query(
-            "SELECT operator, decision, note, at, method FROM decisions WHERE approval_id = $1 ORDER BY at, operator",
+            "SELECT operator, decision, note, at, method, groups, break_glass FROM decisions WHERE approval_id = $1 \
+             ORDER BY at, operator",
         )
         .bind(&a.approval_id)
         .fetch_all(&mut *conn)
@@ -92,6 +124,12 @@ async fn load_decisions(conn: &mut AnyConnection, rows: &mut [ApprovalRow]) -> R
                     note: d.try_get("note")?,
                     at: d.try_get("at")?,
                     method: parse_col("decision method", &d.try_get::<String, _>("method")?)?,
+                    groups: d
+                        .try_get::<String, _>("groups")?
+                        .split_ascii_whitespace()
+                        .map(|g| parse_col("group", g))
+                        .collect::<Result<_, _>>()?,
+                    break_glass: d.try_get::<i64, _>("break_glass")? != 0,
                 })
             })
             .collect::<Result<_, StoreError>>()?;
@@ -134,17 +172,25 @@ pub async fn get_for_update(
     get_on(conn, id).await
 }
 
-/// How many operators still enabled have approved approval `id`: a vote from an operator
-/// disabled since then does not count toward quorum.
-pub async fn enabled_approvals(conn: &mut AnyConnection, id: &str) -> Result<i64, StoreError> {
-    Ok(sqlx::query(
-        "SELECT COUNT(*) AS n FROM decisions d JOIN clients c ON c.client_id = d.operator \
-         WHERE d.approval_id = $1 AND d.decision = 'approve' AND c.disabled = 0",
+/// The operators still enabled that have approved approval `id`, with the groups each
+/// belonged to when it decided: a vote from an operator disabled since then does not count
+/// toward quorum.
+pub async fn enabled_approvers(conn: &mut AnyConnection, id: &str) -> Result<Vec<Vec<GroupName>>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT d.groups AS groups FROM decisions d JOIN clients c ON c.client_id = d.operator \
+         WHERE d.approval_id = $1 AND d.decision = 'approve' AND c.disabled = 0 ORDER BY d.at, d.operator",
     )
     .bind(id)
-    .fetch_one(conn)
-    .await?
-    .try_get("n")?)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            r.try_get::<String, _>("groups")?
+                .split_ascii_whitespace()
+                .map(|g| parse_col("group", g))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect()
 }
 
 /// One approval with its decisions.
@@ -214,16 +260,25 @@ pub async fn transition(
     Ok(r.rows_affected() == 1)
 }
 
-/// Approves a pending request and records its capability; false if it was not pending.
-pub async fn approve(conn: &mut AnyConnection, id: &str, jti: &str, iat: i64, exp: i64) -> Result<bool, StoreError> {
+/// Approves a pending request and records its capability (and whether it was break-glass);
+/// false if it was not pending.
+pub async fn approve(
+    conn: &mut AnyConnection,
+    id: &str,
+    jti: &str,
+    iat: i64,
+    exp: i64,
+    break_glass: bool,
+) -> Result<bool, StoreError> {
     let r = sqlx::query(
-        "UPDATE approvals SET status = 'approved', decided_at = $3, cap_jti = $2, cap_iat = $3, cap_exp = $4 \
-         WHERE approval_id = $1 AND status = 'pending'",
+        "UPDATE approvals SET status = 'approved', decided_at = $3, cap_jti = $2, cap_iat = $3, cap_exp = $4, \
+         break_glass = $5 WHERE approval_id = $1 AND status = 'pending'",
     )
     .bind(id)
     .bind(jti)
     .bind(iat)
     .bind(exp)
+    .bind(i64::from(break_glass))
     .execute(conn)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -233,7 +288,8 @@ pub async fn approve(conn: &mut AnyConnection, id: &str, jti: &str, iat: i64, ex
 /// violation.
 pub async fn insert_decision(conn: &mut AnyConnection, id: &str, d: &Decision) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO decisions (approval_id, operator, decision, note, at, method) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO decisions (approval_id, operator, decision, note, at, method, groups, break_glass) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(id)
     .bind(&d.operator)
@@ -241,6 +297,8 @@ pub async fn insert_decision(conn: &mut AnyConnection, id: &str, d: &Decision) -
     .bind(&d.note)
     .bind(d.at)
     .bind(d.method.as_str())
+    .bind(groups_text(&d.groups))
+    .bind(i64::from(d.break_glass))
     .execute(conn)
     .await?;
     Ok(())
@@ -355,4 +413,45 @@ pub async fn passkey_decisions(store: &Store) -> Result<Vec<(String, String)>, S
         .fetch_all(store.pool())
         .await?;
     rows.iter().map(|r| Ok((r.try_get("approval_id")?, r.try_get("operator")?))).collect()
+}
+
+/// Records another operator's acknowledgement of a break-glass approval; false if it was not
+/// a break-glass approval awaiting review.
+pub async fn mark_reviewed(conn: &mut AnyConnection, id: &str, by: &str, now: i64) -> Result<bool, StoreError> {
+    let r = sqlx::query(
+        "UPDATE approvals SET reviewed_by = $2, reviewed_at = $3 \
+         WHERE approval_id = $1 AND break_glass = 1 AND reviewed_at IS NULL",
+    )
+    .bind(id)
+    .bind(by)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A page of a tenant's break-glass approvals nobody has acknowledged yet, oldest first,
+/// after the cursor `(created_at, approval_id)`.
+pub async fn list_to_review(
+    store: &Store,
+    tenant: &str,
+    after: Option<(i64, String)>,
+    limit: i64,
+) -> Result<Vec<ApprovalRow>, StoreError> {
+    let (after_t, after_id) = after.unwrap_or((i64::MIN, String::new()));
+    let mut conn = store.pool().acquire().await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM approvals WHERE tenant = $1 AND break_glass = 1 AND reviewed_at IS NULL \
+         AND (created_at > $2 OR (created_at = $2 AND approval_id > $3)) \
+         ORDER BY created_at, approval_id LIMIT $4"
+    ))
+    .bind(tenant)
+    .bind(after_t)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    load_decisions(&mut conn, &mut out).await?;
+    Ok(out)
 }

@@ -160,6 +160,15 @@ pub async fn get(store: &Store, client_id: &str) -> Result<Option<ClientRecord>,
     row.as_ref().map(from_row).transpose()
 }
 
+/// A client by id, read on `conn` (inside the caller's transaction).
+pub async fn get_on(conn: &mut AnyConnection, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM clients WHERE client_id = $1"))
+        .bind(client_id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
 /// Every client, by tenant then name.
 pub async fn list(store: &Store) -> Result<Vec<ClientRecord>, StoreError> {
     let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM clients ORDER BY tenant, name, client_id"))

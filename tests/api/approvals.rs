@@ -304,7 +304,7 @@ async fn expired_requests_and_capabilities_are_refused() {
 async fn decisions_on_decided_requests_conflict_and_quorum_counts_distinct_operators() {
     let Org { app, agent, op, op2 } = org_with(|c| {
         let file = tessera::policy::PolicyFile {
-            quorum: Some([("org_token_mint".to_owned(), 2)].into()),
+            quorum: Some([("org_token_mint".to_owned(), tessera::policy::QuorumFile::Count(2))].into()),
             ..Default::default()
         };
         c.policy = tessera::policy::Policy::from_file(&file).unwrap();
@@ -316,7 +316,7 @@ async fn decisions_on_decided_requests_conflict_and_quorum_counts_distinct_opera
     let id = app.pending_approval(&at, "org_token_mint", "orgs/org-1/tokens", &json!({"name": "ci"})).await;
     let first: Value = app.decide(&t1, &id, "approve").await.json().await.unwrap();
     assert_eq!(first["status"], "pending", "one of two approvals");
-    assert_eq!(first["quorum"], 2);
+    assert_eq!(first["quorum"], json!([{"group": null, "count": 2, "approvals": 1}]));
     // The same operator again does not count twice.
     assert_error(app.decide(&t1, &id, "approve").await, 409, "conflict").await;
     assert_eq!(app.capability(&at, &id).await, None);
@@ -434,7 +434,7 @@ async fn who_may_redeem_and_what_counts_as_a_capability() {
 async fn a_vote_from_an_operator_disabled_since_does_not_count_toward_quorum() {
     let Org { app, agent, op, op2 } = org_with(|c| {
         let file = tessera::policy::PolicyFile {
-            quorum: Some([("org_token_mint".to_owned(), 2)].into()),
+            quorum: Some([("org_token_mint".to_owned(), tessera::policy::QuorumFile::Count(2))].into()),
             ..Default::default()
         };
         c.policy = tessera::policy::Policy::from_file(&file).unwrap();
@@ -461,7 +461,7 @@ async fn a_vote_from_an_operator_disabled_since_does_not_count_toward_quorum() {
 async fn two_operators_approving_at_once_reach_a_quorum_of_two_every_time() {
     let Org { app, agent, op, op2 } = org_with(|c| {
         let file = tessera::policy::PolicyFile {
-            quorum: Some([("org_token_mint".to_owned(), 2)].into()),
+            quorum: Some([("org_token_mint".to_owned(), tessera::policy::QuorumFile::Count(2))].into()),
             ..Default::default()
         };
         c.policy = tessera::policy::Policy::from_file(&file).unwrap();

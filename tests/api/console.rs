@@ -644,8 +644,10 @@ async fn console_deny_works_the_same_way() {
 #[tokio::test]
 async fn console_forged_decisions_from_another_tenant_or_a_second_vote_change_nothing() {
     let o = org_with(|c| {
-        let file =
-            tessera::policy::PolicyFile { quorum: Some([("secret_write".to_owned(), 2)].into()), ..Default::default() };
+        let file = tessera::policy::PolicyFile {
+            quorum: Some([("secret_write".to_owned(), tessera::policy::QuorumFile::Count(2))].into()),
+            ..Default::default()
+        };
         c.policy = tessera::policy::Policy::from_file(&file).unwrap();
     })
     .await;

@@ -239,7 +239,8 @@ fn configuration_reference_matches_the_configuration_type() {
     // Every key of the file struct has a row; so has every key of [policy].
     let first_cells: Vec<String> = rows.iter().map(|r| r[0].trim_matches('`').to_owned()).collect();
     for key in top.iter().chain(&policy) {
-        let shown = if ["quorum", "kinds"].contains(&key.as_str()) { format!("[policy.{key}") } else { key.clone() };
+        let shown =
+            if ["quorum", "kinds", "actions"].contains(&key.as_str()) { format!("[policy.{key}") } else { key.clone() };
         assert!(
             first_cells.iter().any(|c| c == key) || doc.contains(&format!("`{shown}")),
             "docs/configuration.md has no row for `{key}`"

@@ -133,7 +133,7 @@ async fn two_operators_approving_at_once_on_the_two_replicas_always_reach_a_quor
     let quorum_two = |c: &mut tessera::config::Config| {
         c.issuer = ISSUER.into();
         let file = tessera::policy::PolicyFile {
-            quorum: Some([("org_token_mint".to_owned(), 2)].into()),
+            quorum: Some([("org_token_mint".to_owned(), tessera::policy::QuorumFile::Count(2))].into()),
             ..Default::default()
         };
         c.policy = tessera::policy::Policy::from_file(&file).unwrap();

@@ -513,7 +513,7 @@ async fn decision(State(state): State<AppState>, Path(id): Path<String>, req: Re
         Some((nonce, assertion)) => approvals::Proof::Passkey { nonce, assertion },
         None => approvals::Proof::Secret,
     };
-    let ruling = approvals::Ruling { verdict, note, proof };
+    let ruling = approvals::Ruling { verdict, note, proof, break_glass: false };
     let row = approvals::decide(state.store(), policy, &op.claims, &id, ruling, now).await?;
     if row.status != Status::Pending {
         state.metrics().approval(row.status);
@@ -707,6 +707,10 @@ mod tests {
             requester_kind: CallerKind::Agent,
             status: Status::Pending,
             quorum: 2,
+            requirements: vec![crate::domain::approval::Requirement { group: None, count: 2 }],
+            requester_owner: None,
+            break_glass: false,
+            reviewed: None,
             created_at: 0,
             expires_at: 3600,
             decided_at: None,
@@ -739,6 +743,8 @@ mod tests {
             note: None,
             at: 5,
             method: crate::domain::DecisionMethod::Secret,
+            groups: vec![],
+            break_glass: false,
         });
         assert_eq!(can_decide(&me, &voted, 10), CanDecide::AlreadyDecided);
     }

@@ -148,14 +148,22 @@ fn who_with_id(names: &Names, id: &str) -> Markup {
     }
 }
 
+/// The quorum in words: one line per requirement when groups are named (design §19).
 fn quorum_text(row: &ApprovalRow) -> String {
-    let got = row.decisions.iter().filter(|d| d.decision == Verdict::Approve).count();
-    let need = usize::try_from(row.quorum).unwrap_or(1);
-    if got >= need {
+    let progress = row.progress();
+    let got: u32 = progress.iter().map(|(_, f)| *f).sum();
+    let need: u32 = progress.iter().map(|(r, _)| r.count).sum();
+    let parts: Vec<String> =
+        progress.iter().filter_map(|(r, f)| r.group.as_ref().map(|g| format!("{g}: {f} of {}", r.count))).collect();
+    let mut text = if got >= need {
         format!("{got} of {need} approvals")
     } else {
         format!("{got} of {need} approvals · needs {} more", need - got)
+    };
+    if !parts.is_empty() {
+        text.push_str(&format!(" ({})", parts.join(", ")));
     }
+    text
 }
 
 /// The pending list.
@@ -210,8 +218,9 @@ fn state_text(row: &ApprovalRow, names: &Names, now: i64) -> String {
     let approvers: Vec<String> = row.approvers().iter().map(|a| name(a)).collect();
     match row.effective_status(now) {
         Status::Pending => {
-            let got = row.decisions.iter().filter(|d| d.decision == Verdict::Approve).count() as i64;
-            let more = (row.quorum - got).max(1);
+            let progress = row.progress();
+            let got: u32 = progress.iter().map(|(_, f)| *f).sum();
+            let more = (i64::from(progress.iter().map(|(r, _)| r.count).sum::<u32>()) - i64::from(got)).max(1);
             format!(
                 "Waiting for {more} more approval{}. Expires in {} ({}).",
                 if more == 1 { "" } else { "s" },
