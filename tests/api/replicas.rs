@@ -257,3 +257,61 @@ async fn a_database_outage_fails_closed_and_the_broker_recovers_by_itself() {
     assert_eq!(events.len(), issued_before + 1);
     assert_eq!(app.cli(&["audit", "verify"]).await.status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decisions_under_a_group_quorum_on_two_replicas_reach_exactly_one_approval() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.cedar");
+    std::fs::write(&rules, "@id(\"ops\") permit(principal, action == Tessera::Action::\"decide\", resource);").unwrap();
+    let policy = move |c: &mut tessera::config::Config| {
+        c.issuer = ISSUER.into();
+        let text = "[[quorum.secret_write]]\ngroup = \"security\"\ncount = 1\n\
+                    [[quorum.secret_write]]\ngroup = \"platform\"\ncount = 1\n";
+        c.policy = tessera::policy::Policy::from_file(&toml::from_str(text).unwrap()).unwrap();
+        c.policy_file = Some(rules.clone());
+        c.load_rules().unwrap();
+    };
+    let url = fresh_postgres_url().await;
+    let a = spawn_on(tempfile::tempdir().unwrap(), url.clone(), policy.clone()).await;
+    let b = spawn_on(tempfile::tempdir().unwrap(), url, policy).await;
+    let agent = a.create_client("org-1", CallerKind::Agent, "concierge").await;
+    let mut ops = Vec::new();
+    for (name, groups) in
+        [("sec", vec!["security"]), ("plat", vec!["platform"]), ("both", vec!["security", "platform"])]
+    {
+        let op = a.create_client("org-1", CallerKind::Operator, name).await;
+        let groups = groups.iter().map(|g| g.parse().unwrap()).collect();
+        tessera::clients::set_groups(a.state.store(), &op.id, groups, "test", a.state.now()).await.unwrap();
+        ops.push(op);
+    }
+    let at = a.access_token(&agent).await;
+    let tokens = [a.access_token(&ops[0]).await, b.access_token(&ops[1]).await, a.access_token(&ops[2]).await];
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let rounds = 10;
+    for round in 0..rounds {
+        let resource = format!("orgs/org-1/secrets/K{round}");
+        let id = a.pending_approval(&at, "secret_write", &resource, &json!({"v": round})).await;
+        let start = Arc::new(tokio::sync::Barrier::new(3));
+        let mut tasks = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            let app = if i == 1 { b.clone() } else { a.clone() };
+            let (id, start, t) = (id.clone(), start.clone(), t.clone());
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                app.decide(&t, &id, "approve").await.status().as_u16()
+            }));
+        }
+        let mut codes = Vec::new();
+        for t in tasks {
+            codes.push(t.await.unwrap());
+        }
+        // Every decision either counted (200) or came after the approval (409); never an error.
+        assert!(codes.iter().all(|c| [200, 409].contains(c)), "round {round}: {codes:?}");
+        let row: Value = b.get_bearer(&format!("/v1/approvals/{id}"), &tokens[0]).await.json().await.unwrap();
+        assert_eq!(row["status"], "approved", "round {round}: {row}");
+        assert!(a.capability(&at, &id).await.is_some(), "round {round}");
+    }
+    let events = a.audit_events().await;
+    assert_eq!(events.iter().filter(|e| *e == "approval.approved").count(), rounds, "exactly one approval each");
+    assert_eq!(events.iter().filter(|e| *e == "capability.issued").count(), rounds);
+}
