@@ -436,9 +436,11 @@ impl Config {
             }
         }
         match (env.get("TESSERA_WEBHOOK_URL"), env.get("TESSERA_WEBHOOK_SECRET")) {
-            (Some(url), Some(secret)) => {
-                self.webhooks.push(WebhookConfig { url: url.clone(), secret: WebhookSecret::new(secret.clone()) })
-            }
+            (Some(url), Some(secret)) => self.webhooks.push(WebhookConfig {
+                url: url.clone(),
+                secret: WebhookSecret::new(secret.clone()),
+                format: Default::default(),
+            }),
             (None, None) => {}
             _ => return Err(ConfigError("TESSERA_WEBHOOK_URL and TESSERA_WEBHOOK_SECRET go together".into())),
         }

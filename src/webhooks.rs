@@ -1,5 +1,7 @@
-//! Notifications of new pending approvals: each configured webhook gets a JSON POST signed
-//! with HMAC-SHA256, retried with backoff. Delivery never blocks or fails the request that
+//! Notifications of approvals (requested, decided, expired, break-glass; design §19): each
+//! configured webhook gets a JSON POST signed with HMAC-SHA256, retried with backoff: the
+//! broker's own JSON, or a Slack or Teams message that links to the console and never carries a
+//! decision button. Delivery never blocks or fails the request that
 //! caused it; failures are logged (the hook's host only) and counted, and a hook's queue is
 //! bounded: past it the oldest notification is dropped and counted.
 
@@ -41,6 +43,138 @@ pub struct WebhookConfig {
     pub url: String,
     /// The HMAC key.
     pub secret: WebhookSecret,
+    /// What the body is: the broker's JSON (default), or a chat message.
+    #[serde(default)]
+    pub format: Format,
+}
+
+/// A webhook's body format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `{"event", "approval", "console_url", …}`.
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message: `text` and Block Kit `blocks`.
+    Slack,
+    /// A Microsoft Teams incoming-webhook message: one Adaptive Card.
+    Teams,
+}
+
+/// Longest piece of requester-supplied text (reason, resource) put in a chat message.
+const CHAT_TEXT_CHARS: usize = 300;
+
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().filter(|c| !c.is_control() || *c == '\n').take(CHAT_TEXT_CHARS).collect();
+    if s.chars().count() > CHAT_TEXT_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+/// Slack's mrkdwn control characters (its documented escapes): so text an agent wrote can
+/// never become a link or a mention.
+fn slack_escape(s: &str) -> String {
+    clip(s).replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Markdown's control characters, escaped for a Teams TextBlock.
+fn teams_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in clip(s).chars() {
+        if "\\`*_{}[]()#+-.!<>|~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What a chat message says of a notification: a title, facts, and the console link.
+struct Said {
+    title: String,
+    facts: Vec<(&'static str, String)>,
+    link: String,
+}
+
+fn said(payload: &Value) -> Said {
+    let a = &payload["approval"];
+    let t = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let event = payload["event"].as_str().unwrap_or("");
+    let action = t(&a["action"]);
+    let title = match event {
+        "approval.requested" => format!("Approval requested: {action}"),
+        "approval.decided" => {
+            format!("Decision on {action}: {} ({})", t(&payload["decision"]["decision"]), t(&a["status"]))
+        }
+        "approval.expired" => format!("Approval expired: {action}"),
+        "approval.break_glass" => format!("BREAK-GLASS approval: {action}, approved by one operator alone; review it"),
+        other => format!("{other}: {action}"),
+    };
+    let mut facts = vec![
+        ("Resource", t(&a["resource"])),
+        ("Requester", format!("{} ({})", t(&a["requester"]), t(&a["requester_kind"]))),
+        ("Reason", t(&a["reason"])),
+        ("Status", t(&a["status"])),
+    ];
+    if let Some(op) = payload["decision"]["operator"].as_str() {
+        facts.push(("Operator", op.to_owned()));
+        if let Some(note) = payload["decision"]["note"].as_str() {
+            facts.push(("Note", note.to_owned()));
+        }
+    }
+    Said { title, facts, link: t(&payload["console_url"]) }
+}
+
+/// A notification as a Slack incoming-webhook message (Block Kit `section` and `context`
+/// blocks; no `actions` block, so no button decides anything from chat).
+pub fn slack_message(payload: &Value) -> Value {
+    let s = said(payload);
+    let facts: String = s.facts.iter().map(|(k, v)| format!("*{k}:* {}\n", slack_escape(v))).collect();
+    serde_json::json!({
+        "text": slack_escape(&s.title),
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*", slack_escape(&s.title))}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": facts}},
+            {"type": "context", "elements": [
+                {"type": "mrkdwn", "text": format!("<{}|Open it in the Tessera console> to decide.", s.link)}
+            ]}
+        ]
+    })
+}
+
+/// A notification as a Microsoft Teams incoming-webhook message: one Adaptive Card of text
+/// blocks and facts, the console link in its text; no actions.
+pub fn teams_message(payload: &Value) -> Value {
+    let s = said(payload);
+    let facts: Vec<Value> =
+        s.facts.iter().map(|(k, v)| serde_json::json!({"title": k, "value": teams_escape(v)})).collect();
+    serde_json::json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": "1.4",
+                "body": [
+                    {"type": "TextBlock", "text": teams_escape(&s.title), "weight": "Bolder", "wrap": true},
+                    {"type": "FactSet", "facts": facts},
+                    {"type": "TextBlock", "text": format!("[Open it in the Tessera console]({}) to decide.", s.link), "wrap": true}
+                ]
+            }
+        }]
+    })
+}
+
+/// The body `payload` is sent as to a hook of `format`.
+pub fn body_for(format: Format, payload: &Value) -> Vec<u8> {
+    match format {
+        Format::Json => payload.to_string().into_bytes(),
+        Format::Slack => slack_message(payload).to_string().into_bytes(),
+        Format::Teams => teams_message(payload).to_string().into_bytes(),
+    }
 }
 
 /// The signature header value for `body` sent at `t`.
@@ -80,6 +214,7 @@ pub struct Notifier {
     delivered: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    retried: AtomicU64,
     backoff: Duration,
     cap: usize,
 }
@@ -125,9 +260,15 @@ impl Notifier {
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
             backoff,
             cap: cap.max(1),
         }
+    }
+
+    /// Whether no hook is configured (nothing to notify).
+    pub fn is_empty(&self) -> bool {
+        self.hooks.is_empty()
     }
 
     /// Deliveries that succeeded.
@@ -145,6 +286,11 @@ impl Notifier {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Attempts made again after a failed one.
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+
     /// Notifications waiting, over all hooks.
     pub fn queued(&self) -> usize {
         self.hooks.iter().map(|h| lock(&h.queue).len()).sum()
@@ -152,12 +298,12 @@ impl Notifier {
 
     /// Queues `payload` for every hook; each hook's worker sends it in the background.
     pub fn notify(self: &Arc<Self>, payload: &Value, now: i64) {
-        let body = payload.to_string().into_bytes();
         for (i, hook) in self.hooks.iter().enumerate() {
+            let body = body_for(hook.config.format, payload);
             let signature = sign(&hook.config.secret, now, &body);
             let dropped = {
                 let mut q = lock(&hook.queue);
-                q.push_back((body.clone(), signature));
+                q.push_back((body, signature));
                 let mut dropped = 0;
                 while q.len() > self.cap {
                     q.pop_front();
@@ -217,6 +363,7 @@ impl Notifier {
             if attempt < ATTEMPTS {
                 tokio::time::sleep(wait).await;
                 wait *= 2;
+                self.retried.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.failed.fetch_add(1, Ordering::Relaxed);
@@ -262,7 +409,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let hooks = vec![WebhookConfig { url, secret: WebhookSecret::new("k") }];
+        let hooks = vec![WebhookConfig { url, secret: WebhookSecret::new("k"), format: Format::Json }];
         let n = Arc::new(Notifier::with_cap(hooks, Duration::from_millis(10), 3));
         for i in 0..50 {
             n.notify(&serde_json::json!({ "i": i }), 1);

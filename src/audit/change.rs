@@ -18,6 +18,7 @@ pub struct Change {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     backend: Backend,
     events: Vec<AuditEvent>,
+    store: Store,
 }
 
 impl std::fmt::Debug for Change {
@@ -30,7 +31,12 @@ impl std::fmt::Debug for Change {
 impl Change {
     /// Begins a change (a write transaction: on SQLite it holds the write lock at once).
     pub async fn begin(store: &Store) -> Result<Change, StoreError> {
-        Ok(Change { tx: store.begin_write().await?, backend: store.backend(), events: Vec::new() })
+        Ok(Change {
+            tx: store.begin_write().await?,
+            backend: store.backend(),
+            events: Vec::new(),
+            store: store.clone(),
+        })
     }
 
     /// Takes the lock that serialises appends to the chain now rather than at commit: for a
@@ -52,6 +58,13 @@ impl Change {
             super::append(&mut self.tx, self.backend, &self.events, at).await?;
         }
         self.tx.commit().await?;
+        self.store.publish(self.events.into_iter().map(|e| crate::store::Committed {
+            event: e.event,
+            actor: e.actor,
+            tenant: e.tenant,
+            subject: e.subject,
+            detail: e.detail,
+        }));
         Ok(())
     }
 }

@@ -185,12 +185,7 @@ async fn create(
         body["status"] = json!("approved");
         return Ok((StatusCode::CREATED, Json(body)).into_response());
     }
-    let payload = json!({
-        "event": crate::audit::EventName::ApprovalRequested.as_str(),
-        "approval": approval_json(&row, now, None),
-        "console_url": format!("{}/console/approvals/{}", state.config().issuer, row.approval_id),
-    });
-    state.notifier().notify(&payload, now);
+    // Its webhook notification follows the audit record (`server::notices`).
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "approval_id": row.approval_id, "status": "pending", "expires_at": rfc3339(row.expires_at) })),

@@ -371,6 +371,11 @@ async fn scrape(State(state): State<AppState>) -> Response {
         ("tessera_webhook_delivered_total", "Webhook notifications delivered.", n.delivered()),
         ("tessera_webhook_failed_total", "Webhook notifications that failed after every retry.", n.failed()),
         (
+            "tessera_webhook_retried_total",
+            "Webhook delivery attempts made again, with backoff, after one failed.",
+            n.retried(),
+        ),
+        (
             "tessera_webhook_dropped_total",
             "Webhook notifications dropped, oldest first, from a full queue.",
             n.dropped(),

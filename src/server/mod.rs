@@ -25,6 +25,7 @@ mod health;
 pub mod issue;
 pub mod jwt_bearer;
 pub mod metrics;
+mod notices;
 pub mod oauth;
 pub mod openapi;
 pub mod ratelimit;
@@ -330,6 +331,7 @@ impl Application {
         let config = self.state.config().clone();
         let router = app(self.state.clone());
         let background = tokio::spawn(background(self.state.clone()));
+        let notices = tokio::spawn(notices::follow(self.state.clone(), self.state.store().subscribe()));
         let checkpoints = tokio::spawn(audit::checkpoints(self.state.clone()));
         let limits = connection::ServeLimits {
             deadlines: connection::Deadlines {
@@ -342,6 +344,7 @@ impl Application {
         connection::serve(self.listener, router, limits, self.state.clone(), stop).await;
         background.abort();
         checkpoints.abort();
+        notices.abort();
         // A checkpoint on shutdown, once every answered request's record is committed.
         if let Err(e) = audit::sign_checkpoint(&self.state).await {
             request_log!(WARN, error = %e, "signing the shutdown audit checkpoint failed");

@@ -101,6 +101,23 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     sqlite: Option<SqliteFile>,
+    committed: std::sync::Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<Committed>>>,
+}
+
+/// One audit record this process committed, as the server's notifications read it (design
+/// §19: each webhook event follows the record of what happened, whichever path wrote it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The event's stored name.
+    pub event: String,
+    /// Who did it.
+    pub actor: String,
+    /// The tenant.
+    pub tenant: String,
+    /// What it happened to.
+    pub subject: String,
+    /// Its details, canonical JSON text.
+    pub detail: String,
 }
 
 /// The SQLite database file behind the pool, for a connection of one's own outside it.
@@ -144,6 +161,23 @@ fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
 }
 
 impl Store {
+    /// Subscribes to the records this process commits from now on (through any clone of this
+    /// store). A slow subscriber misses the oldest, and is told how many.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Committed> {
+        self.committed.get_or_init(|| tokio::sync::broadcast::channel(1024).0).subscribe()
+    }
+
+    /// Tells the subscribers, if any, of committed records.
+    pub(crate) fn publish(&self, records: impl IntoIterator<Item = Committed>) {
+        if let Some(tx) = self.committed.get()
+            && tx.receiver_count() > 0
+        {
+            for r in records {
+                let _ = tx.send(r);
+            }
+        }
+    }
+
     /// Connects, creating the SQLite file and its folder if needed. Does not migrate.
     pub async fn connect(url: &DatabaseUrl) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
@@ -210,7 +244,7 @@ impl Store {
             }
             Backend::Postgres => pool_options.connect_with(options).await?,
         };
-        Ok(Store { pool, backend, sqlite })
+        Ok(Store { pool, backend, sqlite, committed: Default::default() })
     }
 
     /// Connects and applies the schema.

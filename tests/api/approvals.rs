@@ -587,10 +587,12 @@ async fn new_pending_requests_reach_webhooks_signed() {
             tessera::webhooks::WebhookConfig {
                 url: format!("http://{hook_addr}/hook"),
                 secret: tessera::webhooks::WebhookSecret::new("whsec"),
+                format: Default::default(),
             },
             tessera::webhooks::WebhookConfig {
                 url: format!("http://{dead}/hook"),
                 secret: tessera::webhooks::WebhookSecret::new("x"),
+                format: Default::default(),
             },
         ];
     })

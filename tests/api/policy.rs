@@ -455,3 +455,177 @@ async fn policy_explain_says_which_policies_permit_or_forbid() {
     let unknown = explain("tc_nobody".into(), false).await;
     assert_eq!(unknown.status.code(), Some(1));
 }
+
+/// What a hook server received: path, signature header, body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A hook server on loopback: every path answers 200, except `/flaky`, which fails twice first.
+async fn hook_server() -> (String, Received) {
+    let got: Received = Default::default();
+    let sink = got.clone();
+    let flaky = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let (sink, flaky) = (sink.clone(), flaky.clone());
+            async move {
+                if uri.path() == "/flaky" && flaky.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let sig = headers.get("tessera-signature").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                sink.lock().unwrap().push((uri.path().to_owned(), sig, body.to_vec()));
+                axum::http::StatusCode::OK
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, got)
+}
+
+fn bodies(got: &Received, path: &str) -> Vec<(String, Value)> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _, _)| p == path)
+        .map(|(_, sig, b)| (sig.clone(), serde_json::from_slice(b).unwrap()))
+        .collect()
+}
+
+async fn wait_for(got: &Received, path: &str, n: usize) -> Vec<(String, Value)> {
+    for _ in 0..100 {
+        if bodies(got, path).len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    bodies(got, path)
+}
+
+/// Every string anywhere in a JSON value.
+fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        Value::Object(m) => m.iter().for_each(|(k, x)| {
+            out.push(k.clone());
+            strings(x, out)
+        }),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn requested_decided_and_expired_reach_json_slack_and_teams_hooks_with_the_console_link() {
+    use tessera::webhooks::{Format, WebhookConfig, WebhookSecret};
+    let (base, got) = hook_server().await;
+    let hooks =
+        [("/json", Format::Json), ("/slack", Format::Slack), ("/teams", Format::Teams), ("/flaky", Format::Json)];
+    let app = spawn_app_with(|c| {
+        c.webhooks = hooks
+            .iter()
+            .map(|(p, f)| WebhookConfig { url: format!("{base}{p}"), secret: WebhookSecret::new("whsec"), format: *f })
+            .collect();
+    })
+    .await;
+    let a = agent(&app, None).await;
+    let op = operator(&app, "ana", &[], None).await;
+    let at = app.access_token(&a).await;
+    // A reason that tries to smuggle a link (and a mention) into a chat message.
+    let body = json!({
+        "action": "secret_write",
+        "resource": "orgs/acme/secrets/K",
+        "params": {"v": 1},
+        "params_digest": tessera::verify::params_digest(&json!({"v": 1})).to_string(),
+        "reason": "rotate <https://evil.example|Approve here> <!channel> [click](https://evil.example)",
+    });
+    let res = app.post_bearer("/v1/approvals", &at, &body).await;
+    assert_eq!(res.status(), 202);
+    let decided_id = res.json::<Value>().await.unwrap()["approval_id"].as_str().unwrap().to_owned();
+    let ot = app.access_token(&op).await;
+    assert_eq!(app.decide(&ot, &decided_id, "approve").await.status(), 200);
+    let expired_id = app.pending_approval(&at, "workspace_delete", "workspaces/ws-1", &json!({})).await;
+    app.state.clock().advance(3601);
+    let ot = app.access_token(&op).await;
+    // Reading the overdue request records its expiry; the notification follows the record.
+    assert_eq!(approval(&app, &ot, &expired_id).await["status"], "expired");
+
+    let json_bodies = wait_for(&got, "/json", 4).await;
+    let events: Vec<(String, String)> = json_bodies
+        .iter()
+        .map(|(_, b)| {
+            (b["event"].as_str().unwrap().to_owned(), b["approval"]["approval_id"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("approval.requested".to_owned(), decided_id.clone()),
+            ("approval.decided".to_owned(), decided_id.clone()),
+            ("approval.requested".to_owned(), expired_id.clone()),
+            ("approval.expired".to_owned(), expired_id.clone()),
+        ]
+    );
+    for (sig, b) in &json_bodies {
+        let id = b["approval"]["approval_id"].as_str().unwrap();
+        assert_eq!(b["console_url"], format!("{}/console/approvals/{id}", app.base));
+        assert!(sig.starts_with("t=") && sig.contains(",v1="));
+    }
+    assert_eq!(json_bodies[1].1["decision"]["operator"], op.id.as_str());
+    assert_eq!(json_bodies[1].1["decision"]["decision"], "approve");
+    assert_eq!(json_bodies[3].1["expired"], "request");
+
+    // Slack: incoming-webhook text and Block Kit blocks; the link, never a button.
+    let slack = wait_for(&got, "/slack", 4).await;
+    assert_eq!(slack.len(), 4);
+    for (_, m) in &slack {
+        assert!(m["text"].is_string(), "{m}");
+        let blocks = m["blocks"].as_array().unwrap();
+        assert!(!blocks.is_empty() && blocks.len() <= 50);
+        for b in blocks {
+            let t = b["type"].as_str().unwrap();
+            assert!(["section", "context"].contains(&t), "{b}");
+            if t == "section" {
+                assert_eq!(b["text"]["type"], "mrkdwn");
+                assert!(b["text"]["text"].as_str().unwrap().chars().count() <= 3000);
+            }
+        }
+        let mut all = Vec::new();
+        strings(m, &mut all);
+        assert!(!all.iter().any(|s| s == "actions" || s == "button" || s == "accessory"), "no decision button: {m}");
+        let id = if all.iter().any(|s| s.contains(&expired_id)) { &expired_id } else { &decided_id };
+        let link = format!("<{}/console/approvals/{id}|", app.base);
+        assert!(all.iter().any(|s| s.contains(&link)), "the console link: {m}");
+        // Requester-written text cannot become a link or a mention.
+        let text = m.to_string();
+        assert!(!text.contains("<https://evil") && !text.contains("<!channel>"), "{text}");
+    }
+    assert!(slack[0].1.to_string().contains("&lt;https://evil.example|Approve here&gt;"));
+
+    // Teams: one Adaptive Card, no actions at all; the link in its text.
+    let teams = wait_for(&got, "/teams", 4).await;
+    assert_eq!(teams.len(), 4);
+    for (_, m) in &teams {
+        assert_eq!(m["type"], "message");
+        let att = &m["attachments"][0];
+        assert_eq!(att["contentType"], "application/vnd.microsoft.card.adaptive");
+        let card = &att["content"];
+        assert_eq!(card["type"], "AdaptiveCard");
+        assert!(card["version"].is_string() && card["body"].is_array());
+        for el in card["body"].as_array().unwrap() {
+            assert!(["TextBlock", "FactSet"].contains(&el["type"].as_str().unwrap()), "{el}");
+        }
+        assert!(card.get("actions").is_none());
+        let text = m.to_string();
+        assert!(!text.contains("Action.Submit") && !text.contains("Action.Execute"), "{text}");
+        assert!(text.contains(&format!("]({}/console/approvals/", app.base)), "{text}");
+        assert!(!text.contains("[click](https://evil"), "{text}");
+    }
+
+    // The hook that failed twice got everything in the end, and the retries are counted.
+    assert_eq!(wait_for(&got, "/flaky", 4).await.len(), 4);
+    assert!(app.state.notifier().retried() >= 2);
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("tessera_webhook_retried_total ")).unwrap();
+    assert!(line.split(' ').nth(1).unwrap().parse::<u64>().unwrap() >= 2, "{line}");
+}
