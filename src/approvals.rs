@@ -637,25 +637,50 @@ async fn ineligibility(
     }))
 }
 
-/// Whether `operator` may decide `row` now: what the console asks before it lists a request
-/// as awaiting that operator. The decision itself checks again, inside its transaction.
-pub async fn may_decide(
+/// What one operator may do on a pending approval: what the console asks before it lists a
+/// request as awaiting that operator or offers break-glass. The decision itself checks again,
+/// inside its transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Standing {
+    /// Its approval would count, and no rule keeps it out.
+    pub may_decide: bool,
+    /// It may approve alone (design §19).
+    pub may_break_glass: bool,
+    /// Why it may not decide, when a rule keeps it out.
+    pub why_not: Option<String>,
+}
+
+/// The standing of operator `operator_id` on `row` at `now`.
+pub async fn standing(
     store: &Store,
     policy: &Policy,
     row: &ApprovalRow,
-    operator: &ClientRecord,
+    operator_id: &str,
     now: i64,
-) -> Result<bool, ApprovalError> {
+) -> Result<Standing, ApprovalError> {
+    let Some(operator) = crate::store::clients::get(store, operator_id).await? else {
+        return Ok(Standing::default());
+    };
     if operator.kind != CallerKind::Operator || operator.disabled || operator.tenant.as_str() != row.tenant {
-        return Ok(false);
+        return Ok(Standing::default());
     }
     let mut conn = store.pool().acquire().await.map_err(StoreError::from)?;
-    if ineligibility(&mut conn, policy, row, operator, RuleAction::Decide, now).await?.is_some() {
-        return Ok(false);
-    }
-    // An approval that would count for none of the groups asked for is not awaited of them.
-    let decided = row.decisions.iter().any(|d| d.operator == operator.client_id.as_str());
-    Ok(!decided && row.requirements.iter().any(|r| r.admits(&operator.groups)))
+    let why_not = ineligibility(&mut conn, policy, row, &operator, RuleAction::Decide, now).await?;
+    let decided = row.decisions.iter().any(|d| d.operator == operator_id);
+    let fits = row.requirements.iter().any(|r| r.admits(&operator.groups));
+    let why_not = why_not.or_else(|| {
+        (!fits).then(|| {
+            format!(
+                "your approval would count towards none of this request's requirements ({})",
+                describe(&row.requirements)
+            )
+        })
+    });
+    let may_break_glass = policy.rules.is_some()
+        && !decided
+        && row.effective_status(now) == Status::Pending
+        && ineligibility(&mut conn, policy, row, &operator, RuleAction::BreakGlass, now).await?.is_none();
+    Ok(Standing { may_decide: why_not.is_none() && !decided, may_break_glass, why_not })
 }
 
 /// Why an operator may or may not decide an approval, policy by policy: what

@@ -298,7 +298,9 @@ pub async fn verify_decisions(store: &crate::store::Store, rp_id: &str) -> Resul
                 return Err(format!("record {}: the passkey belongs to another operator", r.seq));
             }
             let key = CredentialKey { alg: pk.alg, raw: b64::decode(&pk.public_key).unwrap_or_default() };
-            let challenge = decision_challenge(&r.subject, &text("params_digest"), &decision, &text("nonce"));
+            // A break-glass approval's passkey signed the word `break_glass`, not `approve`.
+            let signed = if detail["break_glass"] == true { "break_glass".to_owned() } else { decision.clone() };
+            let challenge = decision_challenge(&r.subject, &text("params_digest"), &signed, &text("nonce"));
             // The origin was checked when the decision was made, and the signature covers it.
             let origin = b64::decode(&assertion.client_data)
                 .ok()

@@ -1405,3 +1405,142 @@ async fn console_browser_passkey_enrol_sign_in_and_approve() {
     assert_eq!(status_of(&o, &second).await, "pending", "nothing was decided");
     browser.close().await;
 }
+
+/// Break-glass end to end (design §19): an on-call operator whose decision the policy does not
+/// count sees no request awaiting it, approves one alone with a passkey and a reason, every hook
+/// hears `approval.break_glass`, and the approval waits under To review until another operator
+/// acknowledges it.
+#[tokio::test]
+async fn console_browser_break_glass_with_a_passkey_and_a_reason_until_another_operator_reviews_it() {
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir.path().join("rules.cedar");
+    std::fs::write(
+        &rules,
+        r#"
+        @id("security-decides") permit(principal in Tessera::Group::"security", action == Tessera::Action::"decide", resource);
+        @id("oncall-breaks-glass") permit(principal in Tessera::Group::"oncall", action == Tessera::Action::"break_glass", resource);
+        "#,
+    )
+    .unwrap();
+    let hook_bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let sink = hook_bodies.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    let o = org_with(|c| {
+        let file: tessera::policy::PolicyFile = toml::from_str("[quorum]\nsecret_write = 2\n").unwrap();
+        c.policy = tessera::policy::Policy::from_file(&file).unwrap();
+        c.policy_file = Some(rules.clone());
+        c.load_rules().unwrap();
+        c.webhooks = vec![tessera::webhooks::WebhookConfig {
+            url: hook_url,
+            secret: tessera::webhooks::WebhookSecret::new("whsec"),
+            format: Default::default(),
+        }];
+    })
+    .await;
+    let app = &o.app;
+    tessera::clients::set_groups(app.state.store(), &o.op.id, vec!["oncall".parse().unwrap()], "test", app.state.now())
+        .await
+        .unwrap();
+    let reviewer = app.create_client("acme", CallerKind::Operator, "bob").await;
+    let id = request(
+        app,
+        &o.agent_token,
+        "secret_write",
+        "orgs/acme/secrets/STRIPE_KEY",
+        json!({"value": "rotated"}),
+        "the leaked key must be replaced now",
+    )
+    .await;
+    let local = format!("http://localhost:{}", app.addr.port());
+    let browser = Browser::start().await;
+    browser.add_authenticator().await;
+    browser.goto(&format!("{local}/console")).await;
+    browser.wait_for("input[name=client_id]").await.send_keys(&o.op.id).await.unwrap();
+    browser.c().find(Locator::Css("input[name=client_secret]")).await.unwrap().send_keys(&o.op.secret).await.unwrap();
+    browser.mark().await;
+    browser
+        .c()
+        .find(Locator::Css("form[action='/console/sign-in'] button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_new_page().await;
+    // The policy does not count this operator's decision: nothing awaits it.
+    let text = browser.text().await;
+    assert!(text.contains("Nothing is waiting for you") && !text.contains("STRIPE_KEY"), "{text}");
+    let code: Value =
+        serde_json::from_slice(&app.cli(&["clients", "passkey-enrolment", &o.op.id]).await.stdout).unwrap();
+    browser.goto(&format!("{local}/console/passkeys")).await;
+    let enrol = browser.wait_for("#passkey-enrol").await;
+    browser.wait_for("#passkey-code").await.send_keys(code["enrolment_code"].as_str().unwrap()).await.unwrap();
+    browser.mark().await;
+    enrol.click().await.unwrap();
+    browser.wait_new_page().await;
+
+    browser.goto(&format!("{local}/console/approvals/{id}")).await;
+    let button = browser.wait_for("#passkey-decide").await;
+    let text = browser.text().await;
+    assert!(text.contains("no approval policy permits you to decide"), "{text}");
+    assert!(browser.c().find(Locator::Css("button[value=approve]")).await.is_err(), "no ordinary approve button");
+    browser.wait_for("#bg-reason").await.send_keys("the leaked key is being used right now").await.unwrap();
+    browser.screenshot("break-glass", 1000, 900).await;
+    browser.mark().await;
+    button.click().await.unwrap();
+    browser.wait_new_page().await;
+    assert!(browser.path().await.ends_with("?decided=break_glass"), "{}", browser.text().await);
+    let a = approval(&o, &id).await;
+    assert_eq!(a["status"], "approved", "approved alone despite a quorum of two: {a}");
+    assert_eq!(a["break_glass"], true);
+    assert_eq!(a["decisions"][0]["method"], "passkey");
+    assert_eq!(a["decisions"][0]["break_glass"], true);
+    assert!(a["capability"].is_string());
+
+    // Listed to review; the operator who broke glass cannot acknowledge its own.
+    let mine = app.access_token(&o.op).await;
+    let listed: Value = app.get_bearer("/v1/approvals?status=to_review", &mine).await.json().await.unwrap();
+    assert_eq!(listed["approvals"][0]["approval_id"], id.as_str(), "{listed}");
+    assert_error(app.post_bearer(&format!("/v1/approvals/{id}/review"), &mine, &json!({})).await, 403, "forbidden")
+        .await;
+    browser.goto(&format!("{local}/console/review")).await;
+    assert!(browser.text().await.contains("the leaked key is being used right now"));
+    let theirs = app.access_token(&reviewer).await;
+    let reviewed: Value =
+        app.post_bearer(&format!("/v1/approvals/{id}/review"), &theirs, &json!({})).await.json().await.unwrap();
+    assert_eq!(reviewed["reviewed"]["by"], reviewer.id.as_str(), "{reviewed}");
+    assert_error(app.post_bearer(&format!("/v1/approvals/{id}/review"), &theirs, &json!({})).await, 409, "conflict")
+        .await;
+    let listed: Value = app.get_bearer("/v1/approvals?status=to_review", &mine).await.json().await.unwrap();
+    assert_eq!(listed["approvals"], json!([]));
+
+    // Every hook heard it as break-glass, with the link to the approval.
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = hook_bodies.lock().unwrap().iter().map(|b| b["event"].as_str().unwrap().to_owned()).collect();
+        if events.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(events, ["approval.requested", "approval.break_glass"]);
+    let bg = hook_bodies.lock().unwrap()[1].clone();
+    assert_eq!(bg["console_url"], format!("{}/console/approvals/{id}", app.base));
+    assert_eq!(bg["decision"]["note"], "the leaked key is being used right now");
+    // The passkey signed break-glass on exactly these parameters: the audit log says so.
+    let verify = app.cli(&["audit", "verify"]).await;
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    browser.close().await;
+}

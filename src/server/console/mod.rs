@@ -70,6 +70,8 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/approvals/{id}", get(detail))
         .route("/console/approvals/{id}/decision", post(decision))
         .route("/console/approvals/{id}/audit", get(audit_trail))
+        .route("/console/approvals/{id}/review", post(review))
+        .route("/console/review", get(to_review))
         .route("/console/approvals/{id}/passkey", post(passkeys::decision_options))
         .route("/console/passkeys", get(passkeys::page_).post(passkeys::enrol))
         .route("/console/passkeys/options", post(passkeys::enrol_options))
@@ -302,8 +304,17 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> PageResult {
     rows.truncate(PENDING_PAGE as usize);
     // The list sweeps expiry first, but a request may pass its deadline between the two.
     rows.retain(|r| r.effective_status(now) == Status::Pending);
-    let names = names_of(&state, &op.claims.tenant, rows.iter().flat_map(people)).await?;
-    Ok(page(StatusCode::OK, pages::pending(&op, &rows, more, &names, now)))
+    // Awaiting me only where my decision would count (design §19).
+    let policy = &state.config().policy;
+    let mut mine = Vec::with_capacity(rows.len());
+    for r in rows {
+        if approvals::standing(state.store(), policy, &r, &op.claims.sub, now).await?.may_decide {
+            mine.push(r);
+        }
+    }
+    let names = names_of(&state, &op.claims.tenant, mine.iter().flat_map(people)).await?;
+    let to_review = approvals::list_to_review(state.store(), &op.claims, None, 100).await?.len();
+    Ok(page(StatusCode::OK, pages::pending(&op, &mine, more, &names, now, to_review)))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -427,6 +438,7 @@ fn can_decide(me: &AccessClaims, row: &ApprovalRow, now: i64) -> CanDecide {
 #[derive(Debug, serde::Deserialize)]
 struct DetailQuery {
     decided: Option<String>,
+    reviewed: Option<String>,
 }
 
 async fn detail(
@@ -448,16 +460,34 @@ async fn detail(
         .collect();
     let names = names_of(&state, &op.claims.tenant, people(&row)).await?;
     let q: Option<DetailQuery> = serde_urlencoded::from_str(q.as_deref().unwrap_or("")).ok();
-    let flash = match q.and_then(|q| q.decided).as_deref() {
+    let flash = match q.as_ref().and_then(|q| q.decided.as_deref()) {
         Some("approve") => Some("You approved this request."),
         Some("deny") => Some("You denied this request."),
+        Some("break_glass") => {
+            Some("You approved this request alone (break-glass). It is listed for another operator to review.")
+        }
         _ => None,
     };
+    let standing = approvals::standing(state.store(), &state.config().policy, &row, &op.claims.sub, now).await?;
+    let mut can = can_decide(&op.claims, &row, now);
+    if can == CanDecide::Yes && !standing.may_decide {
+        can = CanDecide::NotPermitted;
+    }
+    let flash = flash.or(match q.as_ref().and_then(|q| q.reviewed.as_deref()) {
+        Some(_) => Some("You acknowledged this break-glass approval."),
+        None => None,
+    });
     let view = pages::Detail {
         row: &row,
         names: &names,
         recent: &recent,
-        can_decide: can_decide(&op.claims, &row, now),
+        can_decide: can,
+        why_not: standing.why_not.as_deref(),
+        may_break_glass: standing.may_break_glass && op.claims.has_scope("approvals:decide"),
+        may_review: row.break_glass
+            && row.reviewed.is_none()
+            && op.claims.has_scope("approvals:decide")
+            && !row.decisions.iter().any(|d| d.operator == op.claims.sub),
         flash,
         now,
     };
@@ -476,14 +506,16 @@ async fn decision(State(state): State<AppState>, Path(id): Path<String>, req: Re
         request_log!(WARN, client_id = %op.claims.sub, "console form refused: CSRF token missing or wrong");
         return Err(Failure::Forged);
     }
-    let verdict = match form.get("decision").map(String::as_str) {
-        Some("approve") => Verdict::Approve,
-        Some("deny") => Verdict::Deny,
+    let (verdict, break_glass) = match form.get("decision").map(String::as_str) {
+        Some("approve") => (Verdict::Approve, false),
+        Some("deny") => (Verdict::Deny, false),
+        // Break-glass is its own confirmation: a reason and the passkey's user verification.
+        Some("break_glass") => (Verdict::Approve, true),
         _ => return Err(Failure::BadRequest("Choose Approve or Deny".into())),
     };
     let note = form.get("note").map(|n| n.trim().to_owned()).unwrap_or_default();
     let now = state.now();
-    if form.get("confirm").map(String::as_str) != Some("yes") {
+    if !break_glass && form.get("confirm").map(String::as_str) != Some("yes") {
         let row = approvals::read(state.store(), &op.claims, &id, now).await?;
         if can_decide(&op.claims, &row, now) != CanDecide::Yes {
             return Ok(see_other(&format!("/console/approvals/{}", row.approval_id)));
@@ -497,8 +529,12 @@ async fn decision(State(state): State<AppState>, Path(id): Path<String>, req: Re
     let note = if note.is_empty() { None } else { Some(note) };
     let policy = &state.config().policy;
     let current = approvals::read(state.store(), &op.claims, &id, now).await?;
-    let word = if verdict == Verdict::Approve { "approve" } else { "deny" };
-    let evidence = if policy.needs_passkey(&current.action) {
+    let word = match (verdict, break_glass) {
+        (_, true) => "break_glass",
+        (Verdict::Approve, false) => "approve",
+        (Verdict::Deny, false) => "deny",
+    };
+    let evidence = if break_glass || policy.needs_passkey(&current.action) {
         match passkeys::check_decision(&state, &op, &current, word, &form, now).await? {
             Ok(e) => Some(e),
             Err(why) => {
@@ -513,12 +549,37 @@ async fn decision(State(state): State<AppState>, Path(id): Path<String>, req: Re
         Some((nonce, assertion)) => approvals::Proof::Passkey { nonce, assertion },
         None => approvals::Proof::Secret,
     };
-    let ruling = approvals::Ruling { verdict, note, proof, break_glass: false };
+    let ruling = approvals::Ruling { verdict, note, proof, break_glass };
     let row = approvals::decide(state.store(), policy, &op.claims, &id, ruling, now).await?;
     if row.status != Status::Pending {
         state.metrics().approval(row.status);
     }
     Ok(see_other(&format!("/console/approvals/{}?decided={word}", row.approval_id)))
+}
+
+/// Another operator acknowledges a break-glass approval (design §19).
+async fn review(State(state): State<AppState>, Path(id): Path<String>, req: Request) -> PageResult {
+    let (headers, form) = read_form(&state, req).await?;
+    let Some(op) = session::current(&state, &headers).await? else {
+        return Ok(to_sign_in(&state, &headers, Some(&format!("/console/approvals/{id}"))));
+    };
+    if cross_site(&headers) || !op.csrf_matches(form.get("csrf").map(String::as_str)) {
+        request_log!(WARN, client_id = %op.claims.sub, "console form refused: CSRF token missing or wrong");
+        return Err(Failure::Forged);
+    }
+    let row = approvals::review(state.store(), &op.claims, &id, state.now()).await?;
+    Ok(see_other(&format!("/console/approvals/{}?reviewed=1", row.approval_id)))
+}
+
+/// Break-glass approvals awaiting another operator's acknowledgement.
+async fn to_review(State(state): State<AppState>, headers: HeaderMap) -> PageResult {
+    let Some(op) = session::current(&state, &headers).await? else {
+        return Ok(to_sign_in(&state, &headers, Some("/console/review")));
+    };
+    let now = state.now();
+    let rows = approvals::list_to_review(state.store(), &op.claims, None, PENDING_PAGE).await?;
+    let names = names_of(&state, &op.claims.tenant, rows.iter().flat_map(people)).await?;
+    Ok(page(StatusCode::OK, pages::to_review(&op, &rows, &names, now)))
 }
 
 async fn audit_trail(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> PageResult {

@@ -38,6 +38,8 @@ pub enum Nav {
     Pending,
     /// The history.
     History,
+    /// Break-glass approvals to review.
+    Review,
     /// The operator's passkeys.
     Passkeys,
     /// Neither.
@@ -66,6 +68,7 @@ pub fn layout(title: &str, op: Option<&Operator>, nav: Nav, body: Markup) -> Mar
                     @if let Some(op) = op {
                         nav aria-label="Console" {
                             a href="/console" aria-current=[(nav == Nav::Pending).then_some("page")] { "Pending" }
+                            a href="/console/review" aria-current=[(nav == Nav::Review).then_some("page")] { "To review" }
                             a href="/console/history" aria-current=[(nav == Nav::History).then_some("page")] { "History" }
                             a href="/console/passkeys" aria-current=[(nav == Nav::Passkeys).then_some("page")] { "Passkeys" }
                         }
@@ -74,6 +77,9 @@ pub fn layout(title: &str, op: Option<&Operator>, nav: Nav, body: Markup) -> Mar
                                 span.visually-hidden { "Signed in as " }
                                 strong { (op.client.name) }
                                 " · " (op.client.tenant.as_str())
+                                @if !op.client.groups.is_empty() {
+                                    span.small { " · " (op.client.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ")) }
+                                }
                             }
                             form.inline method="post" action="/console/sign-out" {
                                 input type="hidden" name="csrf" value=(op.csrf);
@@ -167,13 +173,19 @@ fn quorum_text(row: &ApprovalRow) -> String {
 }
 
 /// The pending list.
-pub fn pending(op: &Operator, rows: &[ApprovalRow], more: bool, names: &Names, now: i64) -> Markup {
+pub fn pending(op: &Operator, rows: &[ApprovalRow], more: bool, names: &Names, now: i64, to_review: usize) -> Markup {
     let body = html! {
         div.page-head {
             h1 { "Waiting for a decision" }
             span.count aria-label="requests" { (rows.len()) @if more { "+" } }
         }
-        p.lede { "Oldest first. Nothing here runs unless operators approve it, and the requester can never decide its own request." }
+        p.lede { "Oldest first: the requests your decision counts for. Nothing here runs unless operators approve it, and the requester can never decide its own request." }
+        @if to_review > 0 {
+            p.notice role="status" {
+                strong { (to_review) " break-glass approval" (if to_review == 1 { "" } else { "s" }) } " await another operator's review. "
+                a href="/console/review" { "Review them" }
+            }
+        }
         @if rows.is_empty() {
             div.empty {
                 p { strong { "Nothing is waiting for you." } }
@@ -335,6 +347,8 @@ pub enum CanDecide {
     NotPending,
     /// The operator lacks `approvals:decide`.
     NoScope,
+    /// The approval policy does not count this operator's decision.
+    NotPermitted,
 }
 
 /// The detail page.
@@ -347,6 +361,12 @@ pub struct Detail<'a> {
     pub recent: &'a [ApprovalRow],
     /// Whether the operator may decide.
     pub can_decide: CanDecide,
+    /// Why the approval policy keeps the operator out, if it does.
+    pub why_not: Option<&'a str>,
+    /// Whether the operator may approve alone (break-glass).
+    pub may_break_glass: bool,
+    /// Whether the operator may acknowledge this break-glass approval.
+    pub may_review: bool,
     /// A decision just made by this operator, to confirm.
     pub flash: Option<&'a str>,
     /// Now.
@@ -381,6 +401,9 @@ pub fn detail(op: &Operator, d: &Detail<'_>) -> Markup {
                 dt { "Action" } dd { code { (row.action) } }
                 dt { "Resource" } dd { code { (row.resource) } }
                 dt { "Requested by" } dd { (requested_by(d.names, row, true)) }
+                @if let Some(owner) = &row.requester_owner {
+                    dt { "Owner" } dd { (owner) span.muted { " · never counts towards it" } }
+                }
                 dt { "Reason" } dd.reason { (row.reason) }
                 dt { "Asked" } dd { (utc(row.created_at)) span.muted { " · " (span(now - row.created_at)) " ago" } }
                 @if status == Status::Pending {
@@ -428,9 +451,49 @@ pub fn detail(op: &Operator, d: &Detail<'_>) -> Markup {
                 CanDecide::OwnRequest => "You made this request, so you cannot decide it.",
                 CanDecide::AlreadyDecided => "You have decided this request already.",
                 CanDecide::NoScope => "Your client may read approvals but not decide them (it lacks approvals:decide).",
+                CanDecide::NotPermitted => d.why_not.unwrap_or("The approval policy does not count your decision on this request."),
                 CanDecide::NotPending | CanDecide::Yes => "This request is no longer waiting for a decision.",
             };
             p.no-decide { (why) }
+        }
+
+        @if d.may_break_glass && status == Status::Pending {
+            section.break-glass aria-labelledby="bg-h" {
+                h2 #bg-h { "Break glass" }
+                p { "You may approve this request " strong { "alone" } ", whatever the quorum. Every eligible approver is told, and the approval is listed for another operator to review. Use it only when waiting would do harm." }
+                form method="post" action={ "/console/approvals/" (row.approval_id) "/decision" } {
+                    input type="hidden" name="csrf" value=(op.csrf);
+                    input type="hidden" name="decision" value="break_glass";
+                    label for="bg-reason" { "Why it cannot wait " span.muted { "(at least 20 characters, kept in the audit log)" } }
+                    textarea #bg-reason name="note" rows="2" minlength="20" maxlength="1000" required {}
+                    @for f in ["challenge", "credential_id", "client_data", "authenticator_data", "signature"] {
+                        input type="hidden" name=(f) value="";
+                    }
+                    div.buttons {
+                        button #passkey-decide.deny type="button"
+                            data-url={ "/console/approvals/" (row.approval_id) "/passkey" } data-decision="break_glass" {
+                            "Break glass: approve alone with my passkey"
+                        }
+                    }
+                    p.small #passkey-status role="status" {}
+                }
+            }
+        }
+        @if row.break_glass {
+            section.break-glass aria-labelledby="bgr-h" {
+                h2 #bgr-h { "Break-glass review" }
+                @if let Some((by, at)) = &row.reviewed {
+                    p { "Acknowledged by " (who(d.names, by)) " at " (utc(*at)) "." }
+                } @else {
+                    p { strong { "One operator approved this alone." } " It stays listed under To review until another operator acknowledges it." }
+                    @if d.may_review {
+                        form method="post" action={ "/console/approvals/" (row.approval_id) "/review" } {
+                            input type="hidden" name="csrf" value=(op.csrf);
+                            button.approve type="submit" { "Acknowledge this break-glass approval" }
+                        }
+                    }
+                }
+            }
         }
 
         section aria-labelledby="dec-h" {
@@ -444,7 +507,10 @@ pub fn detail(op: &Operator, d: &Detail<'_>) -> Markup {
                         @for dec in &row.decisions {
                             tr {
                                 td { (who(d.names, &dec.operator)) }
-                                td { strong { (if dec.decision == Verdict::Approve { "Approved" } else { "Denied" }) } }
+                                td {
+                                    strong { (if dec.decision == Verdict::Approve { "Approved" } else { "Denied" }) }
+                                    @if dec.break_glass { " " span.badge.badge-expired { "break-glass" } }
+                                }
                                 td { @if let Some(n) = &dec.note { (n) } @else { span.muted { "—" } } }
                                 td { (utc(dec.at)) }
                             }
@@ -557,6 +623,45 @@ pub fn confirm(
         }
     };
     layout(if approve { "Confirm approval" } else { "Confirm denial" }, Some(op), Nav::Other, body)
+}
+
+/// Break-glass approvals awaiting another operator's acknowledgement.
+pub fn to_review(op: &Operator, rows: &[ApprovalRow], names: &Names, now: i64) -> Markup {
+    let body = html! {
+        div.page-head {
+            h1 { "Break-glass approvals to review" }
+            span.count aria-label="approvals" { (rows.len()) }
+        }
+        p.lede { "Each was approved by one operator alone. Read what ran and why, then acknowledge it; it stays here until another operator does." }
+        @if rows.is_empty() {
+            div.empty { p { strong { "Nothing to review." } } }
+        } @else {
+            ol.cards {
+                @for row in rows {
+                    li {
+                        a.card href={ "/console/approvals/" (row.approval_id) } {
+                            div.card-top {
+                                (status_badge(row.effective_status(now)))
+                                span.action { (row.action) }
+                                span.badge.badge-expired { "break-glass" }
+                            }
+                            div.resource { code { (row.resource) } }
+                            dl.facts.compact {
+                                dt { "Requested by" } dd { (requested_by(names, row, false)) }
+                                @for dec in row.decisions.iter().filter(|d| d.break_glass) {
+                                    dt { "Approved by" } dd { (who(names, &dec.operator)) }
+                                    dt { "Why" } dd.reason { (dec.note.as_deref().unwrap_or("")) }
+                                }
+                                dt { "ID" } dd { code.id { (row.approval_id) } }
+                            }
+                            span.cta { "Review" span aria-hidden="true" { " →" } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout("To review", Some(op), Nav::Review, body)
 }
 
 /// The history page's filters, as chosen.

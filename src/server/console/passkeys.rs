@@ -288,7 +288,7 @@ pub(super) async fn decision_options(State(state): State<AppState>, Path(id): Pa
         Err(r) => return r,
     };
     let decision = match form.get("decision").map(String::as_str) {
-        Some(d @ ("approve" | "deny")) => d.to_owned(),
+        Some(d @ ("approve" | "deny" | "break_glass")) => d.to_owned(),
         _ => return refuse(StatusCode::BAD_REQUEST, "invalid_request", "decision must be approve or deny"),
     };
     let now = state.now();
