@@ -20,7 +20,7 @@ use crate::domain::CallerKind;
 
 /// Every route template the broker serves, as axum matches them. Anything else (the
 /// fallback) is counted as `other`.
-pub const ROUTE_TEMPLATES: [&str; 34] = [
+pub const ROUTE_TEMPLATES: [&str; 37] = [
     "/.well-known/jwks.json",
     "/.well-known/oauth-authorization-server",
     "/oauth/token",
@@ -31,6 +31,7 @@ pub const ROUTE_TEMPLATES: [&str; 34] = [
     "/v1/approvals/{id}/decision",
     "/v1/approvals/{id}/withdraw",
     "/v1/capabilities/redeem",
+    "/v1/approvals/{id}/review",
     "/v1/revocations",
     "/v1/audit/checkpoint",
     "/healthz",
@@ -42,6 +43,8 @@ pub const ROUTE_TEMPLATES: [&str; 34] = [
     "/console/sign-in",
     "/console/sign-out",
     "/console/history",
+    "/console/review",
+    "/console/approvals/{id}/review",
     "/console/approvals/{id}",
     "/console/approvals/{id}/decision",
     "/console/approvals/{id}/audit",
@@ -59,6 +62,9 @@ pub const ROUTE_TEMPLATES: [&str; 34] = [
 const OTHER_ROUTE: usize = ROUTE_TEMPLATES.len();
 const TOKEN_ROUTE: usize = 2;
 const REDEEM_ROUTE: usize = 9;
+// The two routes counted by position are where the positions say.
+const _: () = assert!(matches!(ROUTE_TEMPLATES[TOKEN_ROUTE].as_bytes(), b"/oauth/token"));
+const _: () = assert!(matches!(ROUTE_TEMPLATES[REDEEM_ROUTE].as_bytes(), b"/v1/capabilities/redeem"));
 
 /// Why the accept loop closed a connection that hyper itself did not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
