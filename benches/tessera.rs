@@ -17,6 +17,8 @@
 //! - the gate proxy: requests per second through `tessera gate` to a trivial upstream against
 //!   the upstream alone, both on core 0, and the CPU each spends per request
 //!   (`-- --proxy-only` runs this step alone);
+//! - approval policy (`-- --policy-only`, a step of its own): Cedar evaluation per decision in
+//!   µs, and the approval round trip with a ten-policy file against none, side by side;
 //! - a peer, node-oidc-provider, configured for the same grant with EdDSA JWT access tokens,
 //!   installed by `benches/peer/setup` and driven the same way on the same core;
 //! - with `TESSERA_BENCH_POSTGRES_URL` or `TESSERA_TEST_POSTGRES_URL` set (an admin URL; a
@@ -30,6 +32,8 @@
 
 #[path = "tessera/load.rs"]
 mod load;
+#[path = "tessera/policy.rs"]
+mod policy;
 #[path = "tessera/procs.rs"]
 mod procs;
 #[path = "tessera/proxy.rs"]
@@ -734,6 +738,14 @@ fn main() {
         measure: if quick { Duration::from_secs(1) } else { Duration::from_secs(3) },
     };
     let pin = Pinning::detect();
+    if args.iter().any(|a| a == "--policy-only") {
+        pin.pin_self(1);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let v = runtime.block_on(policy::policy_step(&opts, &pin, dir.path()));
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        return;
+    }
     if args.iter().any(|a| a == "--proxy-only") {
         pin.pin_self(1);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
