@@ -1544,3 +1544,54 @@ async fn console_browser_break_glass_with_a_passkey_and_a_reason_until_another_o
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
     browser.close().await;
 }
+
+/// With an approval policy, the console lists a request as awaiting only the operators whose
+/// decision counts, refuses a forged decision from the others, and decides for the permitted.
+#[tokio::test]
+async fn the_console_lists_and_decides_only_where_the_approval_policy_counts_the_operator() {
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir.path().join("rules.cedar");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/policy/secret-writes-need-security.cedar"), &rules).unwrap();
+    let o = org_with(|c| {
+        c.policy_file = Some(rules.clone());
+        c.load_rules().unwrap();
+    })
+    .await;
+    let app = &o.app;
+    let sec = app.create_client("acme", CallerKind::Operator, "sam").await;
+    tessera::clients::set_groups(
+        app.state.store(),
+        &sec.id,
+        vec!["security".parse().unwrap()],
+        "test",
+        app.state.now(),
+    )
+    .await
+    .unwrap();
+    let id =
+        request(app, &o.agent_token, "secret_write", "orgs/acme/secrets/K", json!({"v": 1}), "rotate it now").await;
+
+    // alice is in no group: not awaited of her, no buttons, and a forged decision is refused.
+    let alice = sign_in(app, &o.op).await;
+    let (_, home) = page_text(get_page(app, "/console", Some(&alice)).await).await;
+    assert!(!home.contains(&id) && home.contains("Nothing is waiting for you"), "{home}");
+    let (status, detail) = page_text(get_page(app, &format!("/console/approvals/{id}"), Some(&alice)).await).await;
+    assert_eq!(status, 200);
+    assert!(detail.contains("no approval policy permits you to decide") && !detail.contains("value=\"approve\""));
+    let csrf = csrf_of(&detail);
+    let forged = [("csrf", csrf.as_str()), ("decision", "approve"), ("confirm", "yes")];
+    let res = post_form(app, &format!("/console/approvals/{id}/decision"), Some(&alice), &forged).await;
+    assert_eq!(res.status(), 403, "refused");
+    assert_eq!(status_of(&o, &id).await, "pending");
+
+    // sam is in security: awaited, and his decision counts.
+    let sam = sign_in(app, &sec).await;
+    let (_, home) = page_text(get_page(app, "/console", Some(&sam)).await).await;
+    assert!(home.contains(&id), "{home}");
+    let (_, detail) = page_text(get_page(app, &format!("/console/approvals/{id}"), Some(&sam)).await).await;
+    let csrf = csrf_of(&detail);
+    let form = [("csrf", csrf.as_str()), ("decision", "approve"), ("confirm", "yes")];
+    let res = post_form(app, &format!("/console/approvals/{id}/decision"), Some(&sam), &form).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(status_of(&o, &id).await, "approved");
+}
