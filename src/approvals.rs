@@ -612,7 +612,10 @@ async fn ineligibility(
     if is_owner(row, operator) {
         return Ok(Some("the requester's owner never decides its requests".into()));
     }
-    let Some(rules) = &policy.rules else { return Ok(None) };
+    let Some(rules) = &policy.rules else {
+        // Without rules, any operator decides, and nobody breaks glass.
+        return Ok((action == RuleAction::BreakGlass).then(|| "no approval policy permits break-glass".to_owned()));
+    };
     let requester = crate::store::clients::get_on(conn, &row.requester).await?;
     let mut actors = Vec::new();
     for a in row.actors() {
@@ -817,6 +820,12 @@ pub async fn decide(
         .filter(|c| !c.disabled)
         .ok_or_else(|| ApprovalError::Forbidden("this operator is no longer enabled".into()))?;
     if break_glass {
+        // Without rules nobody is permitted `break_glass`: the quorum always holds.
+        if policy.rules.is_none() {
+            return Err(ApprovalError::Forbidden(
+                "break-glass needs an approval policy that permits it to this operator".into(),
+            ));
+        }
         if verdict != Verdict::Approve || !matches!(proof, Proof::Passkey { .. }) {
             return Err(ApprovalError::PasskeyRequired(
                 "break-glass approves only, in the console, with the operator's passkey".into(),

@@ -629,3 +629,55 @@ async fn requested_decided_and_expired_reach_json_slack_and_teams_hooks_with_the
     let line = metrics.lines().find(|l| l.starts_with("tessera_webhook_retried_total ")).unwrap();
     assert!(line.split(' ').nth(1).unwrap().parse::<u64>().unwrap() >= 2, "{line}");
 }
+
+/// Break-glass exists only where a policy permits it: with no policy file, or one that permits
+/// it to someone else, a break-glass approval (even with a passkey proof) is refused and the
+/// quorum holds. Called on the service itself, as the console does after checking the passkey.
+#[tokio::test]
+async fn break_glass_without_a_policy_that_permits_it_is_refused_and_the_quorum_holds() {
+    let permits_oncall = "@id(\"ops\") permit(principal, action == Tessera::Action::\"decide\", resource);\n\
+        @id(\"oncall\") permit(principal in Tessera::Group::\"oncall\", action == Tessera::Action::\"break_glass\", resource);";
+    let quorum = |c: &mut tessera::config::Config| {
+        c.policy =
+            tessera::policy::Policy::from_file(&toml::from_str("[quorum]\nsecret_write = 2\n").unwrap()).unwrap();
+    };
+    for rules in [None, Some(permits_oncall)] {
+        let (app, _dir) = match rules {
+            Some(r) => app_with_rules(r, quorum).await,
+            None => (spawn_app_with(quorum).await, tempfile::tempdir().unwrap()),
+        };
+        let a = agent(&app, None).await;
+        let op = operator(&app, "ana", &["security"], None).await;
+        let at = app.access_token(&a).await;
+        let id = app.pending_approval(&at, "secret_write", "orgs/acme/secrets/K", &json!({"v": 1})).await;
+        let verifier = tessera::verify::Verifier::for_issuer(&app.base, "core");
+        let claims = verifier.verify_access(&app.access_token(&op).await, app.state.now()).await.unwrap();
+        let assertion = tessera::passkeys::Assertion {
+            credential_id: "c".into(),
+            client_data: "d".into(),
+            authenticator_data: "a".into(),
+            signature: "s".into(),
+        };
+        let ruling = tessera::approvals::Ruling {
+            verdict: tessera::approvals::Verdict::Approve,
+            note: Some("production is down and this must go now".into()),
+            proof: tessera::approvals::Proof::Passkey { nonce: "n", assertion: &assertion },
+            break_glass: true,
+        };
+        let err = tessera::approvals::decide(
+            app.state.store(),
+            &app.state.config().policy,
+            &claims,
+            &id,
+            ruling,
+            app.state.now(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, tessera::approvals::ApprovalError::Forbidden(_)), "{err:?}");
+        assert!(err.to_string().contains("break-glass") || err.to_string().contains("break glass"), "{err}");
+        let ot = app.access_token(&op).await;
+        let shown = approval(&app, &ot, &id).await;
+        assert_eq!((shown["status"].as_str(), shown["decisions"].as_array().unwrap().len()), (Some("pending"), 0));
+    }
+}
