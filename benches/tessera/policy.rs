@@ -24,7 +24,7 @@ unless { context.now.hour >= 8 && context.now.hour < 18 && !["Saturday", "Sunday
 
 @id("no-prod-secrets-from-delegated-agents")
 forbid (principal, action == Tessera::Action::"request", resource)
-when { resource.action == "secret_write" && resource.hasTag("key") && resource.getTag("key") like "PROD_*" && context.requester_actors != [] };
+when { resource.action == "secret_write" && resource.hasTag("key") && resource.getTag("key") like "PROD_*" && !context.requester_actors.isEmpty() };
 
 @id("reason-required-for-deprovision")
 forbid (principal, action == Tessera::Action::"request", resource)
