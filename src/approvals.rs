@@ -587,10 +587,37 @@ fn facts_of<'a>(
     }
 }
 
-/// Whether `operator` is the owner of the request: its client id, or its own owner, is the
-/// owner the requester had when it asked.
-fn is_owner(row: &ApprovalRow, operator: &ClientRecord) -> bool {
-    row.requester_owner.as_deref().is_some_and(|owner| {
+/// The parties behind a request as registered now: the requester (if still registered) and
+/// each actor of a delegated request.
+async fn parties(
+    conn: &mut crate::store::Conn,
+    row: &ApprovalRow,
+) -> Result<(Option<ClientRecord>, Vec<ClientRecord>), ApprovalError> {
+    let requester = crate::store::clients::get_on(conn, &row.requester).await?;
+    let mut actors = Vec::new();
+    for a in row.actors() {
+        if let Some(c) = crate::store::clients::get_on(conn, &a).await? {
+            actors.push(c);
+        }
+    }
+    Ok((requester, actors))
+}
+
+/// Whether `operator` answers for the request: its client id, or its own owner, is the owner
+/// of a party behind it: the requester when it asked (kept with the request), the requester
+/// now, or any client that acted for it (every party counts, design §12).
+fn is_owner(
+    row: &ApprovalRow,
+    requester: Option<&ClientRecord>,
+    actors: &[ClientRecord],
+    operator: &ClientRecord,
+) -> bool {
+    let mut owners = row
+        .requester_owner
+        .iter()
+        .map(String::as_str)
+        .chain(requester.into_iter().chain(actors).filter_map(|c| c.owner.as_ref().map(|o| o.as_str())));
+    owners.any(|owner| {
         owner == operator.client_id.as_str() || operator.owner.as_ref().is_some_and(|o| o.as_str() == owner)
     })
 }
@@ -609,20 +636,16 @@ async fn ineligibility(
     if row.requester == operator.client_id.as_str() || row.actors().iter().any(|a| a == operator.client_id.as_str()) {
         return Ok(Some("the requester, and any client that acted for it, can never decide its request".into()));
     }
-    if is_owner(row, operator) {
-        return Ok(Some("the requester's owner never decides its requests".into()));
+    let (requester, actors) = parties(conn, row).await?;
+    if is_owner(row, requester.as_ref(), &actors, operator) {
+        return Ok(Some(
+            "the requester's owner (or an owner of a client acting for it) never decides its requests".into(),
+        ));
     }
     let Some(rules) = &policy.rules else {
         // Without rules, any operator decides, and nobody breaks glass.
         return Ok((action == RuleAction::BreakGlass).then(|| "no approval policy permits break-glass".to_owned()));
     };
-    let requester = crate::store::clients::get_on(conn, &row.requester).await?;
-    let mut actors = Vec::new();
-    for a in row.actors() {
-        if let Some(c) = crate::store::clients::get_on(conn, &a).await? {
-            actors.push(c);
-        }
-    }
     let Some(requester) = requester else {
         return Ok(Some("the requester is no longer registered".into()));
     };
@@ -724,6 +747,7 @@ pub async fn explain(
         .await?
         .ok_or_else(|| ApprovalError::Invalid(format!("no client {operator_id}")))?;
     let mut conn = store.pool().acquire().await.map_err(StoreError::from)?;
+    let (requester, actors) = parties(&mut conn, &row).await?;
     let always = if operator.kind != CallerKind::Operator {
         Some(format!("{operator_id} is a {} client: only operators decide", operator.kind))
     } else if operator.disabled {
@@ -732,21 +756,15 @@ pub async fn explain(
         Some(format!("{operator_id} belongs to another tenant"))
     } else if row.requester == operator_id || row.actors().iter().any(|a| a == operator_id) {
         Some("the requester, and any client that acted for it, can never decide its request".into())
-    } else if is_owner(&row, &operator) {
-        Some("the requester's owner never decides its requests".into())
+    } else if is_owner(&row, requester.as_ref(), &actors, &operator) {
+        Some("the requester's owner (or an owner of a client acting for it) never decides its requests".into())
     } else {
         None
     };
     let (mut decide, mut break_glass) = (Vec::new(), Vec::new());
     if let Some(rules) = &policy.rules
-        && let Some(requester) = crate::store::clients::get_on(&mut conn, &row.requester).await?
+        && let Some(requester) = &requester
     {
-        let mut actors = Vec::new();
-        for a in row.actors() {
-            if let Some(c) = crate::store::clients::get_on(&mut conn, &a).await? {
-                actors.push(c);
-            }
-        }
         let facts = facts_of(&row, &operator, &requester, &actors, now);
         decide = rules.explain(RuleAction::Decide, &facts).map_err(|e| ApprovalError::Invalid(e.0))?;
         break_glass = rules.explain(RuleAction::BreakGlass, &facts).map_err(|e| ApprovalError::Invalid(e.0))?;

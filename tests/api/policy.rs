@@ -681,3 +681,58 @@ async fn break_glass_without_a_policy_that_permits_it_is_refused_and_the_quorum_
         assert_eq!((shown["status"].as_str(), shown["decisions"].as_array().unwrap().len()), (Some("pending"), 0));
     }
 }
+
+/// Every party counts (design §12): the owner of a client that acted for the requester never
+/// counts either. The runtime owned by olga's operator exchanges the concierge's token and asks.
+#[tokio::test]
+async fn the_owner_of_a_client_acting_for_the_requester_never_counts() {
+    let app = spawn_app().await;
+    let olga = operator(&app, "olga", &[], None).await;
+    let other = operator(&app, "otto", &[], None).await;
+    let runtime = stdout_json(
+        &app.cli(&[
+            "clients", "create", "--tenant", "acme", "--kind", "agent", "--name", "runtime", "--owner", &olga.id,
+        ])
+        .await,
+    );
+    let runtime = TestClient {
+        id: runtime["client_id"].as_str().unwrap().to_owned(),
+        secret: runtime["client_secret"].as_str().unwrap().to_owned(),
+    };
+    let concierge = stdout_json(
+        &app.cli(&[
+            "clients",
+            "create",
+            "--tenant",
+            "acme",
+            "--kind",
+            "agent",
+            "--name",
+            "concierge",
+            "--delegate",
+            &runtime.id,
+        ])
+        .await,
+    );
+    let concierge = TestClient {
+        id: concierge["client_id"].as_str().unwrap().to_owned(),
+        secret: concierge["client_secret"].as_str().unwrap().to_owned(),
+    };
+    let subject = app.access_token(&concierge).await;
+    let res = app
+        .token_request(
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", &subject),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+            ],
+            Some(&runtime),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let delegated = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let id = app.pending_approval(&delegated, "workspace_delete", "workspaces/ws-1", &json!({})).await;
+    let body = assert_error(app.decide(&app.access_token(&olga).await, &id, "approve").await, 403, "forbidden").await;
+    assert!(body["error_description"].as_str().unwrap().contains("owner"), "{body}");
+    assert_eq!(app.decide(&app.access_token(&other).await, &id, "approve").await.status(), 200);
+}
