@@ -765,7 +765,7 @@ pub async fn explain(
     if let Some(rules) = &policy.rules
         && let Some(requester) = &requester
     {
-        let facts = facts_of(&row, &operator, &requester, &actors, now);
+        let facts = facts_of(&row, &operator, requester, &actors, now);
         decide = rules.explain(RuleAction::Decide, &facts).map_err(|e| ApprovalError::Invalid(e.0))?;
         break_glass = rules.explain(RuleAction::BreakGlass, &facts).map_err(|e| ApprovalError::Invalid(e.0))?;
     }
