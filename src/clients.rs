@@ -19,7 +19,9 @@ use crate::store::clients as rows;
 // Reads of the noun, for the handlers and the command line: they import this module, never
 // the tables.
 pub use crate::store::client_keys::{get as key_of, list as keys};
-pub use crate::store::clients::{ClientRecord, get, get_with_hash, list};
+pub use crate::store::clients::{
+    ClientRecord, Inventory, PreviousSecret, get, get_inventory, get_with_hash, list, list_inventory,
+};
 pub use crate::store::federation::{
     FederatedIdentity, client_for as federated_client, list as identities, use_jti as use_assertion_id,
 };
@@ -265,7 +267,7 @@ async fn register(
     let mut tx = audit::Change::begin(store).await?;
     // A federated or key client's stored hash is empty: no presented secret hashes to it.
     let stored = secret.as_ref().map(|s| hash_secret(s.expose())).unwrap_or_default();
-    rows::insert(&mut tx, &record, &stored).await?;
+    rows::insert(&mut tx, &record, &stored, actor).await?;
     if let Err(e) = crate::store::federation::insert(&mut tx, record.client_id.as_str(), identities, now).await {
         if e.is_unique_violation() {
             return Err(ClientError::Invalid("one of these identities already names another client".into()));
@@ -320,14 +322,29 @@ pub async fn set_groups(
     Ok(ClientRecord { groups, ..record })
 }
 
-/// Replaces a client's secret; the old one stops working at once.
+/// Longest a replaced secret may keep working (`rotate-secret --grace`, design §20): 7 days.
+pub const MAX_GRACE_SECS: i64 = 7 * 24 * 3600;
+
+/// Replaces a client's secret. With `grace_secs` (1 to [`MAX_GRACE_SECS`]) the old one keeps
+/// working until then, each use of it counted; with `None` or 0 it stops working at once.
+/// Rotating again within a grace ends the older secret now.
 pub async fn rotate_secret(
     store: &Store,
     client_id: &str,
+    grace_secs: Option<i64>,
     actor: &str,
     now: i64,
-) -> Result<(ClientRecord, ClientSecret), ClientError> {
+) -> Result<(ClientRecord, ClientSecret, Option<i64>), ClientError> {
+    let grace = grace_secs.filter(|g| *g != 0);
+    if let Some(g) = grace
+        && !(1..=MAX_GRACE_SECS).contains(&g)
+    {
+        return Err(ClientError::Invalid(format!("grace must be 0 to {MAX_GRACE_SECS} seconds (7 days), not {g}")));
+    }
     let record = rows::get(store, client_id).await?.ok_or_else(|| ClientError::NotFound(client_id.to_owned()))?;
+    if record.disabled {
+        return Err(ClientError::Invalid(format!("{client_id} is disabled; a disabled client gets no new secret")));
+    }
     if crate::store::federation::is_federated(store, client_id).await? {
         return Err(ClientError::Invalid(format!(
             "{client_id} is a federated client: it has no secret, an assertion of its identity authenticates it"
@@ -339,13 +356,15 @@ pub async fn rotate_secret(
         )));
     }
     let secret = new_secret()?;
+    let until = grace.map(|g| now + g);
     let mut tx = audit::Change::begin(store).await?;
-    if !rows::set_secret_hash(&mut tx, client_id, &hash_secret(secret.expose()), now).await? {
+    if !rows::rotate_secret(&mut tx, client_id, &hash_secret(secret.expose()), until, now).await? {
         return Err(ClientError::NotFound(client_id.to_owned()));
     }
-    tx.record(AuditEvent::of(Event::ClientSecretRotated, actor, record.tenant.as_str(), client_id));
+    let detail = event::SecretRotated { previous_expires_at: until };
+    tx.record(AuditEvent::of(Event::ClientSecretRotated(detail), actor, record.tenant.as_str(), client_id));
     tx.commit(now).await?;
-    Ok((record, secret))
+    Ok((record, secret, until))
 }
 
 /// Disables a client: its secret stops working at once and every token it holds is revoked.
@@ -357,32 +376,214 @@ pub async fn disable(store: &Store, client_id: &str, actor: &str, now: i64) -> R
     }
     let revocation = crate::revocations::of_client(client_id, record.tenant.as_str(), now);
     crate::revocations::insert_in(&mut tx, &revocation, actor, now).await?;
-    let event = Event::ClientDisabled(event::ClientDisabled { tokens_revoked: true });
+    let event = Event::ClientDisabled(event::ClientDisabled {
+        tokens_revoked: true,
+        stale_after_days: None,
+        last_used_at: None,
+    });
     tx.record(AuditEvent::of(event, actor, record.tenant.as_str(), client_id));
     tx.commit(now).await?;
     Ok(ClientRecord { disabled: true, ..record })
 }
 
-/// A hash no secret has: compared against when the client is unknown, so an unknown client
-/// and a wrong secret cost the same work.
+/// Most clients one pass of the stale sweep disables; the next pass takes the rest.
+const STALE_PER_PASS: i64 = 100;
+
+/// The actor of the stale sweep's records.
+pub const STALE_SWEEP: &str = "stale_sweep";
+
+/// Disables the agent and workspace clients unused (no token, or since registration) for
+/// `days` days at `now`, each with its tokens revoked and a `client.disabled` record naming
+/// the policy's `stale_after_days` (design §20). Safe beside other replicas sweeping: a client
+/// is disabled, and recorded, once. Returns the ids disabled.
+pub async fn disable_stale(store: &Store, days: u32, now: i64) -> Result<Vec<ClientId>, ClientError> {
+    let cutoff = now - i64::from(days) * 86_400;
+    let mut disabled = Vec::new();
+    for record in rows::idle_since_before(store, cutoff, STALE_PER_PASS).await? {
+        let id = record.client_id.as_str();
+        let last_used_at = rows::get_inventory(store, id).await?.and_then(|(_, inv)| inv.last_used_at);
+        let mut tx = audit::Change::begin(store).await?;
+        if !rows::disable_if_idle(&mut tx, id, cutoff, now).await? {
+            continue;
+        }
+        let revocation = crate::revocations::of_client(id, record.tenant.as_str(), now);
+        crate::revocations::insert_in(&mut tx, &revocation, STALE_SWEEP, now).await?;
+        let event = Event::ClientDisabled(event::ClientDisabled {
+            tokens_revoked: true,
+            stale_after_days: Some(days),
+            last_used_at,
+        });
+        tx.record(AuditEvent::of(event, STALE_SWEEP, record.tenant.as_str(), id));
+        tx.commit(now).await?;
+        disabled.push(record.client_id);
+    }
+    Ok(disabled)
+}
+
+/// When clients were last used and how often their previous secrets were, kept in memory by
+/// the token endpoint and written by the broker's upkeep (design §20): a client's
+/// `last_used_at` at most once a minute, uses of a previous secret at the next write. The
+/// token endpoint only takes a lock and compares a number; it never waits for the database.
+#[derive(Debug, Default)]
+pub struct Usage {
+    entries: Mutex<HashMap<String, UseEntry>>,
+    previous_uses: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct UseEntry {
+    /// The latest minute it was used in.
+    minute: i64,
+    /// The minute last written, and when (process time, Unix seconds).
+    written_minute: i64,
+    written_at: i64,
+    /// Uses of its previous secret not yet written.
+    previous: i64,
+}
+
+/// Most clients tracked between writes; beyond, entries already written are dropped.
+const USAGE_CAPACITY: usize = 10_000;
+
+/// Least time between two writes of one client's `last_used_at`, seconds.
+pub const LAST_USED_WRITE_SECS: i64 = 60;
+
+impl Usage {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, UseEntry>> {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes that `client_id` got a token at `now`.
+    pub fn used(&self, client_id: &str, now: i64) {
+        self.note(client_id, now, 0);
+    }
+
+    /// Notes that `client_id` authenticated with its previous secret at `now`.
+    pub fn used_previous_secret(&self, client_id: &str, now: i64) {
+        self.previous_uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.note(client_id, now, 1);
+    }
+
+    fn note(&self, client_id: &str, now: i64, previous: i64) {
+        let minute = now - now.rem_euclid(60);
+        let mut entries = self.entries();
+        if let Some(e) = entries.get_mut(client_id) {
+            e.minute = e.minute.max(minute);
+            e.previous += previous;
+            return;
+        }
+        if entries.len() >= USAGE_CAPACITY {
+            entries.retain(|_, e| e.minute > e.written_minute || e.previous > 0);
+        }
+        entries.insert(
+            client_id.to_owned(),
+            UseEntry { minute, written_minute: i64::MIN, written_at: i64::MIN, previous },
+        );
+    }
+
+    /// Uses of previous secrets since start, for `/metrics`.
+    pub fn previous_uses(&self) -> u64 {
+        self.previous_uses.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes what is due at `now`: each client's last use if it moved and its last write was
+    /// at least [`LAST_USED_WRITE_SECS`] ago, with its previous secret's uses; those uses
+    /// alone whenever there are any. What fails to be written is kept for the next call.
+    pub async fn write_due(&self, store: &Store, now: i64) -> Result<usize, StoreError> {
+        let due: Vec<(String, UseEntry)> = {
+            let mut entries = self.entries();
+            let mut due = Vec::new();
+            for (id, e) in entries.iter_mut() {
+                let moved = e.minute > e.written_minute && now.saturating_sub(e.written_at) >= LAST_USED_WRITE_SECS;
+                if moved || e.previous > 0 {
+                    due.push((id.clone(), *e));
+                    if moved {
+                        (e.written_minute, e.written_at) = (e.minute, now);
+                    }
+                    e.previous = 0;
+                }
+            }
+            due
+        };
+        let mut written = 0;
+        let mut failed = None;
+        for (id, e) in due {
+            // A last use written before is written again as it is: `record_use` keeps the later.
+            match rows::record_use(store, &id, e.minute, e.previous).await {
+                Ok(()) => written += 1,
+                Err(err) => {
+                    let mut entries = self.entries();
+                    if let Some(cur) = entries.get_mut(&id) {
+                        cur.previous += e.previous;
+                        (cur.written_minute, cur.written_at) = (e.written_minute, e.written_at);
+                    }
+                    failed = Some(err);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(written),
+        }
+    }
+
+    /// Writes everything noted, whatever the time since the last write (at shutdown).
+    pub async fn write_all(&self, store: &Store) -> Result<usize, StoreError> {
+        for e in self.entries().values_mut() {
+            e.written_at = i64::MIN;
+        }
+        self.write_due(store, i64::MAX).await
+    }
+}
+
+/// A hash no secret has: compared against when the client is unknown or has no previous
+/// secret, so every authentication costs the same work.
 const UNKNOWN_CLIENT_HASH: &str = "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
 
-/// Checks a client id and secret. Unknown client, wrong secret and disabled client all give
-/// `None` after the same steps: one lookup, one hash, one constant-time compare.
+/// Which of a client's secrets a presented one is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretUsed {
+    /// The current secret.
+    Current,
+    /// The secret a rotation with grace replaced, still within its grace.
+    Previous,
+}
+
+/// Compares `presented` (a hash) with both of `stored`'s secrets, always both, in constant
+/// time; the previous one counts only before it expires.
+fn matched(presented: &str, stored: Option<&rows::StoredSecrets>, now: i64) -> Option<SecretUsed> {
+    let (current, previous, until) = match stored {
+        Some(s) => (
+            s.current.as_str(),
+            if s.previous.is_empty() { UNKNOWN_CLIENT_HASH } else { s.previous.as_str() },
+            s.previous_until,
+        ),
+        None => (UNKNOWN_CLIENT_HASH, UNKNOWN_CLIENT_HASH, None),
+    };
+    let is_current: bool = presented.as_bytes().ct_eq(current.as_bytes()).into();
+    let is_previous: bool = presented.as_bytes().ct_eq(previous.as_bytes()).into();
+    if is_current {
+        Some(SecretUsed::Current)
+    } else if is_previous && until.is_some_and(|u| u > now) {
+        Some(SecretUsed::Previous)
+    } else {
+        None
+    }
+}
+
+/// Checks a client id and secret at `now`. Unknown client, wrong or expired secret and
+/// disabled client all give `None` after the same steps: one lookup, one hash, two
+/// constant-time compares.
 pub async fn authenticate(
     store: &Store,
     client_id: &str,
     secret: &ClientSecret,
-) -> Result<Option<ClientRecord>, StoreError> {
-    let found = rows::get_with_hash(store, client_id).await?;
+    now: i64,
+) -> Result<Option<(ClientRecord, SecretUsed)>, StoreError> {
+    let found = rows::get_for_auth(store, client_id).await?;
     let presented = hash_secret(secret.expose());
-    let (record, stored) = match found {
-        Some((r, h)) => (Some(r), h),
-        None => (None, UNKNOWN_CLIENT_HASH.to_owned()),
-    };
-    let equal: bool = presented.as_bytes().ct_eq(stored.as_bytes()).into();
-    Ok(match record {
-        Some(r) if equal && !r.disabled => Some(r),
+    let used = matched(&presented, found.as_ref().map(|(_, s, _)| s), now);
+    Ok(match (found, used) {
+        (Some((r, _, _)), Some(used)) if !r.disabled => Some((r, used)),
         _ => None,
     })
 }
@@ -403,7 +604,7 @@ pub struct AuthCache {
 #[derive(Debug)]
 struct CachedClient {
     record: Arc<ClientRecord>,
-    secret_hash: String,
+    secrets: rows::StoredSecrets,
     check: Precondition,
 }
 
@@ -433,35 +634,44 @@ impl AuthCache {
     }
 }
 
-/// As [`authenticate`], answered from `cache` when the client authenticated before with the
-/// same secret. A cached answer comes with the [`Precondition`] its audit record must pass;
-/// an answer read from the database comes with none, and refreshes the cache.
+/// A successful authentication.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The client as it was read.
+    pub record: Arc<ClientRecord>,
+    /// For an answer from memory, what its token's audit record must still find at commit.
+    pub check: Option<Precondition>,
+    /// Which secret it presented.
+    pub used: SecretUsed,
+}
+
+/// As [`authenticate`], answered from `cache` when the client authenticated before against the
+/// same row. A cached answer comes with the [`Precondition`] its audit record must pass; an
+/// answer read from the database comes with none, and refreshes the cache.
 pub async fn authenticate_cached(
     store: &Store,
     cache: &AuthCache,
     client_id: &str,
     secret: &ClientSecret,
-) -> Result<Option<(Arc<ClientRecord>, Option<Precondition>)>, StoreError> {
+    now: i64,
+) -> Result<Option<Authenticated>, StoreError> {
     let presented = hash_secret(secret.expose());
-    if let Some(hit) = cache.get(client_id) {
-        let equal: bool = presented.as_bytes().ct_eq(hit.secret_hash.as_bytes()).into();
-        if equal && !hit.record.disabled {
-            return Ok(Some((Arc::clone(&hit.record), Some(hit.check.clone()))));
-        }
+    if let Some(hit) = cache.get(client_id)
+        && !hit.record.disabled
+        && let Some(used) = matched(&presented, Some(&hit.secrets), now)
+    {
+        return Ok(Some(Authenticated { record: Arc::clone(&hit.record), check: Some(hit.check.clone()), used }));
     }
-    // The same steps as `authenticate`: one lookup, one constant-time compare.
+    // The same steps as `authenticate`: one lookup, two constant-time compares.
     let found = Box::pin(rows::get_for_auth(store, client_id)).await?;
-    let (record, stored, updated_at) = match found {
-        Some((r, h, at)) => (Some(r), h, at),
-        None => (None, UNKNOWN_CLIENT_HASH.to_owned(), 0),
-    };
-    let equal: bool = presented.as_bytes().ct_eq(stored.as_bytes()).into();
-    match record {
-        Some(r) if equal && !r.disabled => {
-            let check = Precondition { key: client_id.to_owned(), fingerprint: fingerprint(&stored, updated_at) };
+    let used = matched(&presented, found.as_ref().map(|(_, s, _)| s), now);
+    match (found, used) {
+        (Some((r, secrets, updated_at)), Some(used)) if !r.disabled => {
+            let check =
+                Precondition { key: client_id.to_owned(), fingerprint: fingerprint(&secrets.current, updated_at) };
             let r = Arc::new(r);
-            cache.put(CachedClient { record: Arc::clone(&r), secret_hash: stored, check });
-            Ok(Some((r, None)))
+            cache.put(CachedClient { record: Arc::clone(&r), secrets, check });
+            Ok(Some(Authenticated { record: r, check: None, used }))
         }
         _ => {
             cache.forget(client_id);
@@ -505,4 +715,49 @@ impl PreconditionReader for ClientPreconditions {
                 .collect())
         })
     }
+}
+
+/// A client as `tessera clients show` and `GET /v1/clients/{id}` give it (design §20): its
+/// registration, who made it, its last use, and its secrets with their ages (never a secret
+/// or a hash). `secret_expires_at` is when a previous secret still working stops.
+pub fn view(c: &ClientRecord, inv: &Inventory, now: i64) -> serde_json::Value {
+    let mut secrets = Vec::new();
+    if let Some(at) = inv.secret_created_at {
+        secrets.push(serde_json::json!({ "secret": "current", "created_at": at, "age_secs": now - at }));
+    }
+    let previous = inv.previous_at(now);
+    if let Some(p) = previous {
+        secrets.push(serde_json::json!({
+            "secret": "previous",
+            "created_at": p.created_at,
+            "age_secs": p.created_at.map(|at| now - at),
+            "expires_at": p.expires_at,
+            "uses": p.uses,
+        }));
+    }
+    serde_json::json!({
+        "client_id": c.client_id,
+        "tenant": c.tenant,
+        "kind": c.kind,
+        "name": c.name,
+        "workspace": c.workspace,
+        "scope": c.scopes.to_string(),
+        "allow_bypass": c.allow_bypass,
+        "delegates": c.delegates,
+        "require_dpop": c.require_dpop,
+        "groups": c.groups,
+        "owner": c.owner,
+        "state": if c.disabled { "disabled" } else { "active" },
+        "created_at": c.created_at,
+        "created_by": inv.created_by,
+        "last_used_at": inv.last_used_at,
+        "secret_expires_at": previous.map(|p| p.expires_at),
+        "secrets": secrets,
+    })
+}
+
+/// The answer to a rotation (command line and HTTP): the new secret, shown this once, and when
+/// the previous one stops working (`null`: it already has).
+pub fn rotated_view(c: &ClientRecord, secret: &ClientSecret, until: Option<i64>) -> serde_json::Value {
+    serde_json::json!({ "client_id": c.client_id, "client_secret": secret.expose(), "secret_expires_at": until })
 }

@@ -558,6 +558,14 @@ impl FromStr for DecisionMethod {
     }
 }
 
+/// The RFC 3339 text of a Unix time (UTC), or the number itself if it is out of range.
+pub fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

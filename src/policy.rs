@@ -102,6 +102,9 @@ pub struct Policy {
     pub passkey_actions: BTreeSet<String>,
     /// Whether an operator who has a passkey must sign in to the console with it.
     pub console_passkey_only: bool,
+    /// Agent and workspace clients unused for this many days are disabled (design §20);
+    /// `None`: never.
+    pub stale_after_days: Option<u32>,
     quorum: BTreeMap<String, Vec<Requirement>>,
     times: BTreeMap<String, ActionTimes>,
     require_dpop: BTreeSet<CallerKind>,
@@ -183,6 +186,8 @@ pub struct PolicyFile {
     pub passkey_actions: Option<Vec<String>>,
     /// Operators with a passkey sign in to the console with it.
     pub console_passkey_only: Option<bool>,
+    /// Days unused after which agent and workspace clients are disabled.
+    pub stale_after_days: Option<u32>,
     /// Quorum per action.
     pub quorum: Option<BTreeMap<String, QuorumFile>>,
     /// Per-action times.
@@ -229,6 +234,7 @@ impl Default for Policy {
             max_pending_per_requester: 20,
             passkey_actions: BTreeSet::new(),
             console_passkey_only: false,
+            stale_after_days: None,
             quorum: BTreeMap::new(),
             times: BTreeMap::new(),
             require_dpop: BTreeSet::new(),
@@ -279,6 +285,7 @@ impl Policy {
         if let Some(v) = file.console_passkey_only {
             p.console_passkey_only = v;
         }
+        p.stale_after_days = file.stale_after_days;
         if let Some(q) = &file.quorum {
             p.quorum = q
                 .iter()
@@ -348,6 +355,11 @@ impl Policy {
             if !(1..=max).contains(&ttl) {
                 return Err(PolicyError(format!("{what} must be between 1 and {max}")));
             }
+        }
+        if let Some(d) = self.stale_after_days
+            && !(1..=3650).contains(&d)
+        {
+            return Err(PolicyError("stale_after_days must be between 1 and 3650".into()));
         }
         for g in &self.gated {
             if self.catalogue.contains(g) {

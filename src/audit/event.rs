@@ -239,6 +239,21 @@ pub struct Forbidden {
 pub struct ClientDisabled {
     /// Always true: disabling revokes its tokens.
     pub tokens_revoked: bool,
+    /// Set when the stale sweep disabled it: the policy's `stale_after_days` it was unused for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_after_days: Option<u32>,
+    /// With `stale_after_days`: its last use (`null` if it never got a token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<i64>,
+}
+
+/// `client.secret_rotated`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRotated {
+    /// With a grace: when the replaced secret stops working (absent: it stopped at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_expires_at: Option<i64>,
 }
 
 /// `approval.requested`: what the operator will be shown and the capability binds.
@@ -459,7 +474,7 @@ pub enum Event {
     /// A client registered.
     ClientCreated(Box<ClientCreated>),
     /// A secret replaced.
-    ClientSecretRotated,
+    ClientSecretRotated(SecretRotated),
     /// A client disabled.
     ClientDisabled(ClientDisabled),
     /// An approval requested.
@@ -512,7 +527,7 @@ impl Event {
             Event::TokenRevoked(_) => EventName::TokenRevoked,
             Event::ClientTokensRevoked(_) => EventName::ClientTokensRevoked,
             Event::ClientCreated(_) => EventName::ClientCreated,
-            Event::ClientSecretRotated => EventName::ClientSecretRotated,
+            Event::ClientSecretRotated(_) => EventName::ClientSecretRotated,
             Event::ClientDisabled(_) => EventName::ClientDisabled,
             Event::ApprovalRequested(_) => EventName::ApprovalRequested,
             Event::ApprovalBypassed(_) => EventName::ApprovalBypassed,
@@ -555,9 +570,8 @@ impl Event {
             Event::TokenIssued(d) => d.clone(),
             Event::TokenRevoked(d) | Event::ClientTokensRevoked(d) => v(d),
             Event::ClientCreated(d) => v(d),
-            Event::ClientSecretRotated | Event::ApprovalDenied | Event::ApprovalWithdrawn | Event::ApprovalReviewed => {
-                v(&Nothing {})
-            }
+            Event::ClientSecretRotated(d) => v(d),
+            Event::ApprovalDenied | Event::ApprovalWithdrawn | Event::ApprovalReviewed => v(&Nothing {}),
             Event::ClientDisabled(d) => v(d),
             Event::ApprovalRequested(d) => v(d),
             Event::ApprovalBypassed(d) => v(d),
@@ -591,7 +605,7 @@ impl Event {
             EventName::TokenRevoked => Event::TokenRevoked(r(name, detail)?),
             EventName::ClientTokensRevoked => Event::ClientTokensRevoked(r(name, detail)?),
             EventName::ClientCreated => Event::ClientCreated(r(name, detail)?),
-            EventName::ClientSecretRotated => r::<Nothing>(name, detail).map(|_| Event::ClientSecretRotated)?,
+            EventName::ClientSecretRotated => Event::ClientSecretRotated(r(name, detail)?),
             EventName::ClientDisabled => Event::ClientDisabled(r(name, detail)?),
             EventName::ApprovalRequested => Event::ApprovalRequested(r(name, detail)?),
             EventName::ApprovalBypassed => Event::ApprovalBypassed(r(name, detail)?),
@@ -695,8 +709,12 @@ mod tests {
                 groups: vec![s("security")],
                 owner: Some(s("a@example.com")),
             })),
-            Event::ClientSecretRotated,
-            Event::ClientDisabled(ClientDisabled { tokens_revoked: true }),
+            Event::ClientSecretRotated(SecretRotated { previous_expires_at: Some(9) }),
+            Event::ClientDisabled(ClientDisabled {
+                tokens_revoked: true,
+                stale_after_days: Some(30),
+                last_used_at: Some(60),
+            }),
             Event::ApprovalRequested(Box::new(Requested {
                 action: s("a"),
                 resource: s("r"),
@@ -748,6 +766,19 @@ mod tests {
             let text = crate::token::jcs::canonicalize(&e.detail());
             assert_eq!(Event::read(e.name().as_str(), &text).as_ref(), Ok(&e), "{}", e.name());
         }
+        // Records written before rotations had a grace, or disabling a reason, read as such.
+        assert_eq!(
+            Event::read("client.secret_rotated", "{}"),
+            Ok(Event::ClientSecretRotated(SecretRotated::default()))
+        );
+        assert_eq!(
+            Event::read("client.disabled", r#"{"tokens_revoked":true}"#),
+            Ok(Event::ClientDisabled(ClientDisabled {
+                tokens_revoked: true,
+                stale_after_days: None,
+                last_used_at: None
+            }))
+        );
         // A member the shape does not have, or one missing, is refused, naming the event.
         let e = Event::read("approval.expired", r#"{"expired":"request","extra":1}"#).unwrap_err();
         assert!(e.starts_with("approval.expired"), "{e}");

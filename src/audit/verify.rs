@@ -73,12 +73,7 @@ impl Checkpoint {
     }
 }
 
-fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| t.to_string())
-}
+use crate::domain::rfc3339;
 
 /// One property of the stream.
 pub trait Check: Send {

@@ -70,17 +70,32 @@ pub(super) enum ClientsCmd {
         #[arg(value_name = "NAME")]
         groups: Vec<GroupName>,
     },
-    /// List clients.
-    List,
-    /// Disable a client: its secret stops working at once.
+    /// List clients, with their owner, last use and state.
+    List {
+        /// Only agent and workspace clients unused for the policy's `stale_after_days` (30 if
+        /// it sets none), whatever their state.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show one client as JSON: its registration, who made it, its last use, and its secrets'
+    /// ages (and, within a rotation's grace, the previous secret's expiry and uses).
+    Show {
+        /// Client id.
+        id: String,
+    },
+    /// Disable a client: every secret of it stops working at once, its tokens are revoked.
     Disable {
         /// Client id.
         id: String,
     },
-    /// Issue a new secret; the old one stops working at once.
+    /// Issue a new secret; the old one stops working at once, or after `--grace`.
     RotateSecret {
         /// Client id.
         id: String,
+        /// Seconds the old secret keeps working beside the new one (at most 604800, 7 days);
+        /// each use of it is counted (`clients show`, `tessera_client_previous_secret_uses_total`).
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        grace: i64,
     },
     /// Issue a one-time code with which an operator enrols its first passkey in the console
     /// (valid 30 minutes). Without it, an operator secret alone never enrols an authenticator.
@@ -135,6 +150,11 @@ fn owner_text(c: &crate::clients::ClientRecord) -> String {
         (None, CallerKind::Agent | CallerKind::Workspace) => "(unowned)".to_owned(),
         (None, _) => "-".to_owned(),
     }
+}
+
+/// What `clients list --stale` counts as stale: the policy's `stale_after_days`, or 30.
+fn stale_days(config: &Config) -> u32 {
+    config.policy.stale_after_days.unwrap_or(30)
 }
 
 pub(super) fn now() -> i64 {
@@ -216,14 +236,17 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
                 "require_dpop": c.require_dpop,
                 "groups": c.groups,
                 "owner": c.owner,
+                "created_by": "cli",
             }))
         }
         ClientsCmd::SetGroups { id, groups } => {
             let c = clients::set_groups(store, &id, groups, "cli", now()).await?;
             print_json(&json!({ "client_id": c.client_id, "groups": c.groups }))
         }
-        ClientsCmd::List => {
-            let list = client_rows::list(store).await?;
+        ClientsCmd::List { stale } => {
+            let now = now();
+            let idle_before = stale.then(|| now - i64::from(stale_days(config)) * 86_400);
+            let list = client_rows::list_inventory(store, None, idle_before).await?;
             let mut identities: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
             for (client, id) in crate::clients::identities(store).await? {
                 identities.entry(client).or_default().push(format!("federated:{}={}", id.issuer, id.subject));
@@ -234,13 +257,13 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
-                "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {:<40} {:<24} {:<20} AUTHENTICATES_BY",
-                "CLIENT_ID", "TENANT", "KIND", "STATUS", "NAME", "WORKSPACE", "SCOPE", "OWNER", "GROUPS"
+                "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {:<40} {:<24} {:<20} {:<20} AUTHENTICATES_BY",
+                "CLIENT_ID", "TENANT", "KIND", "STATUS", "NAME", "WORKSPACE", "SCOPE", "OWNER", "GROUPS", "LAST_USED"
             )?;
-            for c in list {
+            for (c, inv) in list {
                 writeln!(
                     out,
-                    "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {:<40} {:<24} {:<20} {}",
+                    "{:<26} {:<16} {:<10} {:<9} {:<20} {:<12} {:<40} {:<24} {:<20} {:<20} {}",
                     c.client_id,
                     c.tenant,
                     c.kind,
@@ -254,6 +277,7 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
                     } else {
                         c.groups.iter().map(GroupName::as_str).collect::<Vec<_>>().join(",")
                     },
+                    inv.last_used_at.map_or_else(|| "never".to_owned(), crate::domain::rfc3339),
                     identities.get(c.client_id.as_str()).map_or("secret".to_owned(), |ids| ids.join(","))
                 )?;
             }
@@ -263,9 +287,15 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
             let c = clients::disable(store, &id, "cli", now()).await?;
             print_json(&json!({ "client_id": c.client_id, "disabled": true }))
         }
-        ClientsCmd::RotateSecret { id } => {
-            let (c, secret) = clients::rotate_secret(store, &id, "cli", now()).await?;
-            print_json(&json!({ "client_id": c.client_id, "client_secret": secret.expose() }))
+        ClientsCmd::Show { id } => {
+            let Some((c, inv)) = client_rows::get_inventory(store, &id).await? else {
+                return Err(Failure(format!("no client {id}")));
+            };
+            print_json(&clients::view(&c, &inv, now()))
+        }
+        ClientsCmd::RotateSecret { id, grace } => {
+            let (c, secret, until) = clients::rotate_secret(store, &id, Some(grace), "cli", now()).await?;
+            print_json(&clients::rotated_view(&c, &secret, until))
         }
         ClientsCmd::PasskeyEnrolment { id } => {
             let Some(c) =

@@ -32,3 +32,39 @@ pub struct ClientRecord {
     /// Registration time, Unix seconds.
     pub created_at: i64,
 }
+
+/// What the inventory keeps of a client beside its registration (design §20): read by the
+/// command line, the client API and the console, never on the token endpoint's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    /// Who registered it: `cli`, or the id of the install client that did over HTTP.
+    pub created_by: String,
+    /// When it last got a token, to the minute (written at most once a minute).
+    pub last_used_at: Option<i64>,
+    /// When its current secret was issued; `None` for a client that has no secret.
+    pub secret_created_at: Option<i64>,
+    /// The secret a rotation with grace replaced, while it is kept.
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// A replaced secret that keeps working until `expires_at` (`rotate-secret --grace`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    /// When it was issued, if known.
+    pub created_at: Option<i64>,
+    /// When it stops working (`secret_expires_at`).
+    pub expires_at: i64,
+    /// How many times it authenticated since the rotation (as far as written).
+    pub uses: i64,
+}
+
+impl Inventory {
+    /// The last use, or the registration if it was never used: what staleness counts from.
+    pub fn idle_since(&self, record: &ClientRecord) -> i64 {
+        self.last_used_at.unwrap_or(record.created_at)
+    }
+    /// The previous secret if it still works at `now`.
+    pub fn previous_at(&self, now: i64) -> Option<&PreviousSecret> {
+        self.previous_secret.as_ref().filter(|p| p.expires_at > now)
+    }
+}

@@ -47,13 +47,7 @@ impl From<ApprovalError> for ApiError {
     }
 }
 
-/// RFC 3339 text of a Unix time.
-pub(crate) fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
-}
+pub(crate) use crate::domain::rfc3339;
 
 /// An approval as the API shows it. `capability` only in the requester's own reading.
 pub(crate) fn approval_json(row: &ApprovalRow, now: i64, capability: Option<String>) -> Value {

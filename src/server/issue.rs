@@ -207,6 +207,7 @@ pub(super) async fn issue_checked(
         },
     }
     state.metrics().token_issued(claims.caller_kind, grant);
+    state.usage().used(actor, now);
     let body = TokenResponse {
         access_token: &token,
         token_type: if claims.cnf.is_some() { "DPoP" } else { "Bearer" },

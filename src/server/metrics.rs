@@ -386,6 +386,11 @@ async fn scrape(State(state): State<AppState>) -> Response {
             "Webhook notifications dropped, oldest first, from a full queue.",
             n.dropped(),
         ),
+        (
+            "tessera_client_previous_secret_uses_total",
+            "Client authentications with a secret a rotation replaced, within its grace.",
+            state.usage().previous_uses(),
+        ),
     ] {
         body.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
     }

@@ -84,6 +84,7 @@ struct Inner {
     keys: KeyRing,
     audit: AuditWriter,
     client_cache: crate::clients::AuthCache,
+    usage: crate::clients::Usage,
     clock: Clock,
     verifier: crate::verify::Policy,
     dpop: dpop::DpopState,
@@ -130,6 +131,7 @@ impl AppState {
                 keys,
                 audit,
                 client_cache: crate::clients::AuthCache::default(),
+                usage: crate::clients::Usage::default(),
                 clock,
                 verifier,
                 dpop,
@@ -163,6 +165,11 @@ impl AppState {
     /// precondition the writer checks at commit (see [`crate::clients::authenticate_cached`]).
     pub fn client_cache(&self) -> &crate::clients::AuthCache {
         &self.inner.client_cache
+    }
+    /// Clients' last uses and previous-secret uses, noted by the token endpoint and written by
+    /// the upkeep (design §20).
+    pub fn usage(&self) -> &crate::clients::Usage {
+        &self.inner.usage
     }
     /// The trusted issuers of workload identities (design §14).
     pub fn federation(&self) -> &crate::federation::Federation {
@@ -345,6 +352,10 @@ impl Application {
         background.abort();
         checkpoints.abort();
         notices.abort();
+        // Last uses noted since the last write, so that none is lost by stopping.
+        if let Err(e) = self.state.usage().write_all(self.state.store()).await {
+            request_log!(WARN, error = %e, "writing clients' last uses on shutdown failed");
+        }
         // A checkpoint on shutdown, once every answered request's record is committed.
         if let Err(e) = audit::sign_checkpoint(&self.state).await {
             request_log!(WARN, error = %e, "signing the shutdown audit checkpoint failed");
@@ -355,9 +366,10 @@ impl Application {
 }
 
 /// Background upkeep. Every 5 seconds: follow key rotations (switch to a rotated-in key once
-/// its activation time comes, re-read every replica's published keys) and rotate on schedule.
-/// Every 30 seconds: record the expiry of overdue approvals, so the audit log shows them even
-/// when nobody reads them.
+/// its activation time comes, re-read every replica's published keys) and rotate on schedule;
+/// write clients' last uses that are due. Every 30 seconds: record the expiry of overdue
+/// approvals, so the audit log shows them even when nobody reads them; with
+/// `stale_after_days`, disable the agent and workspace clients unused that long.
 async fn background(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut n: u64 = 0;
@@ -371,10 +383,26 @@ async fn background(state: AppState) {
         if let Err(e) = state.keys().tick(now).await {
             request_log!(WARN, error = %e, "following key rotation failed");
         }
+        if let Err(e) = state.usage().write_due(state.store(), now).await {
+            request_log!(WARN, error = %e, "writing clients' last uses failed");
+        }
         if n % 6 == 0
             && let Err(e) = crate::approvals::sweep_expired(state.store(), now).await
         {
             request_log!(WARN, error = %e, "approval expiry sweep failed");
+        }
+        if n % 6 == 0
+            && let Some(days) = state.config().policy.stale_after_days
+        {
+            match crate::clients::disable_stale(state.store(), days, now).await {
+                Ok(ids) => {
+                    for id in ids {
+                        state.client_cache().forget(id.as_str());
+                        request_log!(INFO, client_id = %id, stale_after_days = days, "disabled a stale client");
+                    }
+                }
+                Err(e) => request_log!(WARN, error = %e, "stale client sweep failed"),
+            }
         }
     }
 }

@@ -87,14 +87,22 @@ async fn check_credentials(
     {
         return Err(failed());
     }
+    let now = state.now();
     let found = if cached {
         let cache = state.client_cache();
-        clients::authenticate_cached(state.store(), cache, &creds.client_id, &creds.secret).await?
+        clients::authenticate_cached(state.store(), cache, &creds.client_id, &creds.secret, now).await?
     } else {
-        clients::authenticate(state.store(), &creds.client_id, &creds.secret).await?.map(|c| (Arc::new(c), None))
+        clients::authenticate(state.store(), &creds.client_id, &creds.secret, now)
+            .await?
+            .map(|(c, used)| clients::Authenticated { record: Arc::new(c), check: None, used })
     };
     match found {
-        Some(c) => Ok(c),
+        Some(a) => {
+            if a.used == clients::SecretUsed::Previous {
+                state.usage().used_previous_secret(a.record.client_id.as_str(), now);
+            }
+            Ok((a.record, a.check))
+        }
         None => {
             request_log!(INFO, client_id = %creds.client_id.chars().take(64).collect::<String>(), "client authentication failed");
             Err(failed())

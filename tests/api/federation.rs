@@ -330,7 +330,9 @@ async fn a_disabled_federated_client_gets_nothing() {
     tessera::clients::disable(app.state.store(), &client_id, "test", app.state.now()).await.unwrap();
     assert_error(bearer_grant(&app, &ed.sign(&claims(&app, "d-1")), &[]).await, 400, "invalid_grant").await;
     // Nor may a federated client be given a secret.
-    assert!(tessera::clients::rotate_secret(app.state.store(), &client_id, "test", app.state.now()).await.is_err());
+    assert!(
+        tessera::clients::rotate_secret(app.state.store(), &client_id, None, "test", app.state.now()).await.is_err()
+    );
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ mod console;
 mod delegation;
 mod dpop;
 mod federation;
+mod fleet;
 mod gate;
 mod helpers;
 mod limits;

@@ -384,15 +384,18 @@ async fn sign_in(State(state): State<AppState>, req: Request) -> PageResult {
 
     let well_formed =
         !client_id.is_empty() && client_id.len() <= MAX_CREDENTIAL_LEN && secret.expose().len() <= MAX_CREDENTIAL_LEN;
-    let found = if well_formed { clients::authenticate(state.store(), &client_id, &secret).await? } else { None };
-    // Only operators sign in. Any other client, however right its secret, is refused with
-    // exactly the answer a wrong secret gets, and counts as a failure.
-    let Some(client) = found.filter(|c| c.kind == CallerKind::Operator) else {
+    let now = state.now();
+    let found = if well_formed { clients::authenticate(state.store(), &client_id, &secret, now).await? } else { None };
+    // Only operators sign in, with their current secret (a session lives as long as the secret
+    // it was opened with). Any other client or secret, however right, is refused with exactly
+    // the answer a wrong secret gets, and counts as a failure.
+    let Some((client, _)) =
+        found.filter(|(c, used)| c.kind == CallerKind::Operator && *used == clients::SecretUsed::Current)
+    else {
         state.auth_failures().record_failure(&keys);
         request_log!(INFO, client_id = %client_id.chars().take(64).collect::<String>(), "console sign-in refused");
         return Ok(sign_in_refused(next));
     };
-    let now = state.now();
     if state.config().policy.console_passkey_only
         && !crate::passkeys::ceremonies::of_client(state.store(), client.client_id.as_str()).await?.is_empty()
     {

@@ -1,0 +1,323 @@
+//! Managing clients at fleet scale (design §20): rotation with grace, the inventory, stale
+//! clients, and the client API.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tessera::domain::CallerKind;
+
+use crate::helpers::*;
+
+/// `tessera clients show ID` as JSON.
+async fn show(app: &TestApp, id: &str) -> Value {
+    let out = app.cli(&["clients", "show", id]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn rotate(app: &TestApp, id: &str, grace: &str) -> Value {
+    let out = app.cli(&["clients", "rotate-secret", id, "--grace", grace]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn mints(app: &TestApp, c: &TestClient) -> u16 {
+    app.token_request(&[("grant_type", "client_credentials")], Some(c)).await.status().as_u16()
+}
+
+async fn metric(app: &TestApp, name: &str) -> u64 {
+    let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[tokio::test]
+async fn a_rotation_with_grace_keeps_both_secrets_until_it_ends_and_counts_the_old_ones_uses() {
+    let app = spawn_app().await;
+    let old = app.create_client("org-1", CallerKind::Agent, "a").await;
+    assert_eq!(mints(&app, &old).await, 200);
+
+    let rotated = rotate(&app, &old.id, "3600").await;
+    let new = TestClient { id: old.id.clone(), secret: rotated["client_secret"].as_str().unwrap().to_owned() };
+    let until = rotated["secret_expires_at"].as_i64().unwrap();
+    assert!((until - app.state.now() - 3600).abs() <= 2, "{rotated}");
+    assert_ne!(new.secret, old.secret);
+
+    // Both work, through the cache and through the database alike.
+    for _ in 0..3 {
+        assert_eq!(mints(&app, &old).await, 200, "the old secret works within the grace");
+        assert_eq!(mints(&app, &new).await, 200, "the new secret works at once");
+    }
+    assert_eq!(metric(&app, "tessera_client_previous_secret_uses_total").await, 3);
+    app.state.usage().write_due(app.state.store(), app.state.now()).await.unwrap();
+    let shown = show(&app, &old.id).await;
+    assert_eq!(shown["secret_expires_at"], json!(until), "{shown}");
+    let secrets = shown["secrets"].as_array().unwrap();
+    assert_eq!(secrets.len(), 2, "{shown}");
+    assert_eq!(secrets[0]["secret"], "current");
+    assert_eq!(secrets[1]["secret"], "previous");
+    assert_eq!(secrets[1]["uses"], 3, "each use of the old secret is counted: {shown}");
+    assert_eq!(secrets[1]["expires_at"], json!(until));
+    assert!(secrets[1]["age_secs"].as_i64().unwrap() >= secrets[0]["age_secs"].as_i64().unwrap());
+    let text = shown.to_string();
+    assert!(!text.contains(&old.secret) && !text.contains(&new.secret), "no secret is ever shown again");
+    assert!(!text.contains(&tessera::clients::hash_secret(&old.secret)), "nor its hash");
+
+    // The grace ends: the old secret is refused, from memory or not, and is no longer listed.
+    app.state.clock().advance(3601);
+    assert_error(app.token_request(&[("grant_type", "client_credentials")], Some(&old)).await, 401, "invalid_client")
+        .await;
+    assert_eq!(mints(&app, &new).await, 200);
+    // `clients show` runs with the real clock; the service's view at the test clock's time:
+    let (c, inv) = tessera::clients::get_inventory(app.state.store(), &old.id).await.unwrap().unwrap();
+    let view = tessera::clients::view(&c, &inv, app.state.now());
+    assert_eq!(view["secrets"].as_array().unwrap().len(), 1, "{view}");
+    assert_eq!(view["secret_expires_at"], Value::Null);
+    // The rotation is audited with the grace's end.
+    let events = app.audit_events().await;
+    assert!(events.iter().any(|e| e == "client.secret_rotated"), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_rotation_without_grace_ends_the_old_secret_at_once_and_a_second_ends_the_first() {
+    let app = spawn_app().await;
+    let first = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let r = rotate(&app, &first.id, "0").await;
+    assert_eq!(r["secret_expires_at"], Value::Null);
+    assert_eq!(mints(&app, &first).await, 401);
+    let second = TestClient { id: first.id.clone(), secret: r["client_secret"].as_str().unwrap().to_owned() };
+    assert_eq!(mints(&app, &second).await, 200);
+    // Within one grace, a second rotation ends the secret before the previous at once.
+    let r = rotate(&app, &first.id, "600").await;
+    let third = TestClient { id: first.id.clone(), secret: r["client_secret"].as_str().unwrap().to_owned() };
+    let r = rotate(&app, &first.id, "600").await;
+    let fourth = TestClient { id: first.id.clone(), secret: r["client_secret"].as_str().unwrap().to_owned() };
+    assert_eq!(mints(&app, &second).await, 401, "two rotations back");
+    assert_eq!(mints(&app, &third).await, 200, "the previous, within its grace");
+    assert_eq!(mints(&app, &fourth).await, 200);
+}
+
+#[tokio::test]
+async fn disabling_a_client_within_its_grace_ends_both_secrets_at_once() {
+    let app = spawn_app().await;
+    let old = app.create_client("org-1", CallerKind::Agent, "a").await;
+    assert_eq!(mints(&app, &old).await, 200, "cached");
+    let r = rotate(&app, &old.id, "3600").await;
+    let new = TestClient { id: old.id.clone(), secret: r["client_secret"].as_str().unwrap().to_owned() };
+    assert_eq!(mints(&app, &old).await, 200);
+    assert_eq!(mints(&app, &new).await, 200);
+    let out = app.cli(&["clients", "disable", &old.id]).await;
+    assert!(out.status.success());
+    assert_eq!(mints(&app, &old).await, 401, "the old secret");
+    assert_eq!(mints(&app, &new).await, 401, "the new secret");
+    let shown = show(&app, &old.id).await;
+    assert_eq!(shown["state"], "disabled");
+    assert_eq!(shown["secret_expires_at"], Value::Null, "{shown}");
+    // A disabled client gets no new secret either.
+    let out = app.cli(&["clients", "rotate-secret", &old.id, "--grace", "60"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disabled"));
+}
+
+#[tokio::test]
+async fn a_grace_outside_zero_to_seven_days_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let c = app.create_client("org-1", CallerKind::Agent, "a").await;
+    for grace in ["604801", "-1", "99999999999999"] {
+        let out = app.cli(&["clients", "rotate-secret", &c.id, &format!("--grace={grace}")]).await;
+        assert_eq!(out.status.code(), Some(1), "{grace}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("604800"), "{grace}: {err}");
+        assert_eq!(mints(&app, &c).await, 200, "{grace}: the secret still works");
+    }
+    let out = app.cli(&["clients", "rotate-secret", &c.id, "--grace", "soon"]).await;
+    assert_eq!(out.status.code(), Some(2), "a grace that is not a number is a usage error");
+    assert_eq!(mints(&app, &c).await, 200);
+    assert!(!app.audit_events().await.iter().any(|e| e == "client.secret_rotated"));
+}
+
+#[tokio::test]
+async fn the_console_takes_only_the_current_secret_of_an_operator_within_its_grace() {
+    let app = spawn_app().await;
+    let op = app.create_client("org-1", CallerKind::Operator, "op").await;
+    let r = rotate(&app, &op.id, "3600").await;
+    let sign_in = |secret: String| {
+        let app = &app;
+        let id = op.id.clone();
+        async move {
+            app.http
+                .post(app.url("/console/sign-in"))
+                .form(&[("client_id", id.as_str()), ("client_secret", secret.as_str())])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let refused = sign_in(op.secret.clone()).await;
+    assert_eq!(refused.status(), 401, "a session lives as long as its secret: the previous one opens none");
+    let ok = sign_in(r["client_secret"].as_str().unwrap().to_owned()).await;
+    assert_eq!(ok.status(), 303);
+}
+
+#[tokio::test]
+async fn last_use_is_written_to_the_minute_and_at_most_once_a_minute() {
+    let app = spawn_app().await;
+    let c = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let store = app.state.store();
+    let last_used = || async { tessera::clients::get_inventory(store, &c.id).await.unwrap().unwrap().1.last_used_at };
+    assert_eq!(last_used().await, None, "never used");
+    for _ in 0..5 {
+        assert_eq!(mints(&app, &c).await, 200);
+    }
+    let now = app.state.now();
+    assert_eq!(app.state.usage().write_due(store, now).await.unwrap(), 1);
+    assert_eq!(last_used().await, Some(now - now % 60), "to the minute");
+    // More uses within the minute write nothing.
+    app.state.clock().advance(30);
+    assert_eq!(mints(&app, &c).await, 200);
+    assert_eq!(app.state.usage().write_due(store, app.state.now()).await.unwrap(), 0);
+    app.state.clock().advance(31);
+    assert_eq!(mints(&app, &c).await, 200);
+    assert_eq!(app.state.usage().write_due(store, app.state.now()).await.unwrap(), 1, "a minute on");
+    let now = app.state.now();
+    assert!(last_used().await.unwrap() >= now - 61 - 60 && last_used().await.unwrap() <= now);
+    // Writing moves nothing a cached authentication relies on: the next token is answered
+    // from memory and commits.
+    assert_eq!(mints(&app, &c).await, 200);
+    // Stopping writes what was noted since.
+    app.state.clock().advance(120);
+    assert_eq!(mints(&app, &c).await, 200);
+    let at = app.state.now();
+    let (dir, url) = app.stop().await;
+    let app = spawn_on(dir, url, |_| {}).await;
+    let seen = tessera::clients::get_inventory(app.state.store(), &c.id).await.unwrap().unwrap().1.last_used_at;
+    assert_eq!(seen, Some(at - at % 60), "written on shutdown");
+}
+
+#[tokio::test]
+async fn agents_and_workspaces_unused_past_stale_after_days_are_disabled_with_an_audit_record() {
+    let app = spawn_app_with(|c| c.policy.stale_after_days = Some(2)).await;
+    let store = app.state.store();
+    let policy = &app.state.config().policy;
+    // Beyond the policy's two days here, and the 30 `clients list --stale` counts by without one.
+    let long_ago = app.state.now() - 31 * 86_400;
+    let make = |kind: CallerKind, name: &str| {
+        let new = tessera::clients::NewClient {
+            tenant: "org-1".parse().unwrap(),
+            kind,
+            name: name.to_owned(),
+            workspace: (kind == CallerKind::Workspace).then(|| "ws-1".parse().unwrap()),
+            scopes: vec![],
+            allow_bypass: vec![],
+            delegates: vec![],
+            require_dpop: false,
+            groups: vec![],
+            owner: None,
+        };
+        async move { tessera::clients::create(store, policy, new, "test", long_ago).await.unwrap() }
+    };
+    let (idle_agent, idle_secret) = make(CallerKind::Agent, "idle agent").await;
+    let (idle_ws, _) = make(CallerKind::Workspace, "idle workspace").await;
+    let (busy, busy_secret) = make(CallerKind::Agent, "busy agent").await;
+    let (install, _) = make(CallerKind::Install, "install").await;
+    let (operator, _) = make(CallerKind::Operator, "operator").await;
+    let busy = TestClient { id: busy.client_id.to_string(), secret: busy_secret.expose().to_owned() };
+    let idle = TestClient { id: idle_agent.client_id.to_string(), secret: idle_secret.expose().to_owned() };
+    // Used once, long ago; the idle workspace never.
+    app.state.usage().used(&idle.id, long_ago);
+    assert_eq!(mints(&app, &busy).await, 200);
+    app.state.usage().write_due(store, app.state.now()).await.unwrap();
+
+    let listed = app.cli(&["clients", "list", "--stale"]).await;
+    assert!(listed.status.success());
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    for (id, stale) in [(&idle.id, true), (&idle_ws.client_id.to_string(), true), (&busy.id, false)] {
+        assert_eq!(listed.contains(id.as_str()), stale, "{id}: {listed}");
+    }
+    assert!(!listed.contains(install.client_id.as_str()) && !listed.contains(operator.client_id.as_str()));
+
+    let disabled = tessera::clients::disable_stale(store, 2, app.state.now()).await.unwrap();
+    let mut disabled: Vec<String> = disabled.iter().map(ToString::to_string).collect();
+    disabled.sort();
+    let mut expected = vec![idle.id.clone(), idle_ws.client_id.to_string()];
+    expected.sort();
+    assert_eq!(disabled, expected, "only the idle agent and workspace");
+    assert_eq!(mints(&app, &busy).await, 200);
+    assert_eq!(mints(&app, &idle).await, 401);
+    // A second sweep, as another replica's would be, disables and records nothing more.
+    assert!(tessera::clients::disable_stale(store, 2, app.state.now()).await.unwrap().is_empty());
+    let records = tessera::audit::of_subject(store, "org-1", &idle.id, 100).await.unwrap();
+    let stale: Vec<_> = records.iter().filter(|r| r.event == "client.disabled").collect();
+    assert_eq!(stale.len(), 1, "one record");
+    let detail: Value = serde_json::from_str(&stale[0].detail).unwrap();
+    assert_eq!(
+        detail,
+        json!({"tokens_revoked": true, "stale_after_days": 2, "last_used_at": long_ago - long_ago % 60})
+    );
+    assert_eq!(stale[0].actor, tessera::clients::STALE_SWEEP);
+    let out = app.cli(&["audit", "verify"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn a_bad_stale_after_days_is_refused_at_start() {
+    for days in [0u32, 3651] {
+        let file = tessera::policy::PolicyFile { stale_after_days: Some(days), ..Default::default() };
+        let err = tessera::policy::Policy::from_file(&file).unwrap_err();
+        assert!(err.to_string().contains("stale_after_days"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_minting_through_a_rotation_with_grace_never_fails_a_request() {
+    let app = Arc::new(spawn_app().await);
+    let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    // What each worker presents; swapped to the new secret partway through the grace.
+    let secret = Arc::new(std::sync::RwLock::new(agent.secret.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (app, id, secret, stop, ok, failed) =
+            (app.clone(), agent.id.clone(), secret.clone(), stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let c = TestClient { id: id.clone(), secret: secret.read().unwrap().clone() };
+                match mints(&app, &c).await {
+                    200 => ok.fetch_add(1, Ordering::SeqCst),
+                    s => {
+                        eprintln!("token request failed: {s}");
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = ok.load(Ordering::SeqCst);
+    let out = cli_on(
+        &app.database_url,
+        &app.keys_dir(),
+        &app.base,
+        &["clients", "rotate-secret", &agent.id, "--grace", "300"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let on_old = ok.load(Ordering::SeqCst);
+    *secret.write().unwrap() = r["client_secret"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        t.await.unwrap();
+    }
+    let total = ok.load(Ordering::SeqCst);
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "failed token requests across the rotation");
+    assert!(before > 10 && on_old > before && total > on_old, "load ran throughout: {before} {on_old} {total}");
+    assert!(app.state.usage().previous_uses() > 0, "the old secret was used after the rotation");
+}
