@@ -20,7 +20,7 @@ use crate::store::clients as rows;
 // the tables.
 pub use crate::store::client_keys::{get as key_of, list as keys};
 pub use crate::store::clients::{
-    ClientRecord, Inventory, PreviousSecret, get, get_inventory, get_with_hash, list, list_inventory,
+    ClientRecord, Inventory, PreviousSecret, get, get_inventory, get_with_hash, list, list_inventory, page_inventory,
 };
 pub use crate::store::federation::{
     FederatedIdentity, client_for as federated_client, list as identities, use_jti as use_assertion_id,

@@ -15,9 +15,12 @@ pub const DEFAULT_GATED_ACTIONS: [&str; 5] =
     ["org_token_mint", "secret_write", "workspace_delete", "workspace_deprovision", "workspace_token_mint"];
 
 /// Scopes only an operator may ever hold.
-pub const OPERATOR_ONLY_SCOPES: [&str; 2] = ["approvals:read", "approvals:decide"];
+pub const OPERATOR_ONLY_SCOPES: [&str; 3] = ["approvals:read", "approvals:decide", "clients:read"];
 
-const CATALOGUE: [&str; 12] = [
+/// Scopes only an install client may ever hold: managing its tenant's clients (design §20).
+pub const INSTALL_ONLY_SCOPES: [&str; 1] = ["clients:manage"];
+
+const CATALOGUE: [&str; 14] = [
     "workspaces:read",
     "workspaces:write",
     "plugins:read",
@@ -30,11 +33,13 @@ const CATALOGUE: [&str; 12] = [
     "approvals:decide",
     "tokens:introspect",
     "tokens:revoke",
+    "clients:manage",
+    "clients:read",
 ];
 
 fn default_ceiling(kind: CallerKind) -> &'static [&'static str] {
     match kind {
-        CallerKind::Agent | CallerKind::Install => &[
+        CallerKind::Agent => &[
             "workspaces:read",
             "workspaces:write",
             "plugins:read",
@@ -43,6 +48,17 @@ fn default_ceiling(kind: CallerKind) -> &'static [&'static str] {
             "budgets:write",
             "secrets:list",
             "approvals:create",
+        ],
+        CallerKind::Install => &[
+            "workspaces:read",
+            "workspaces:write",
+            "plugins:read",
+            "plugins:write",
+            "budgets:read",
+            "budgets:write",
+            "secrets:list",
+            "approvals:create",
+            "clients:manage",
         ],
         CallerKind::Workspace => {
             &["workspaces:read", "workspaces:write", "plugins:read", "budgets:read", "secrets:list", "approvals:create"]
@@ -56,6 +72,7 @@ fn default_ceiling(kind: CallerKind) -> &'static [&'static str] {
             "approvals:decide",
             "tokens:introspect",
             "tokens:revoke",
+            "clients:read",
         ],
         CallerKind::Service => &["tokens:introspect"],
     }
@@ -421,6 +438,15 @@ impl Policy {
                     if kp.ceiling.contains(s) {
                         return Err(PolicyError(format!(
                             "only operators may hold {s}; remove it from the {kind} ceiling"
+                        )));
+                    }
+                }
+            }
+            if *kind != CallerKind::Install {
+                for s in INSTALL_ONLY_SCOPES {
+                    if kp.ceiling.contains(s) {
+                        return Err(PolicyError(format!(
+                            "only install clients may hold {s}; remove it from the {kind} ceiling"
                         )));
                     }
                 }

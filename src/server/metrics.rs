@@ -20,7 +20,7 @@ use crate::domain::CallerKind;
 
 /// Every route template the broker serves, as axum matches them. Anything else (the
 /// fallback) is counted as `other`.
-pub const ROUTE_TEMPLATES: [&str; 37] = [
+pub const ROUTE_TEMPLATES: [&str; 41] = [
     "/.well-known/jwks.json",
     "/.well-known/oauth-authorization-server",
     "/oauth/token",
@@ -58,6 +58,10 @@ pub const ROUTE_TEMPLATES: [&str; 37] = [
     "/console/static/console.css",
     "/console/static/favicon.svg",
     "/console/{*rest}",
+    "/v1/clients",
+    "/v1/clients/{id}",
+    "/v1/clients/{id}/disable",
+    "/v1/clients/{id}/rotate-secret",
 ];
 const OTHER_ROUTE: usize = ROUTE_TEMPLATES.len();
 const TOKEN_ROUTE: usize = 2;

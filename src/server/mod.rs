@@ -16,6 +16,7 @@ mod approvals;
 pub mod audit;
 pub mod auth;
 mod client_assertion;
+mod clients;
 pub mod connection;
 mod console;
 pub mod dpop;
@@ -222,6 +223,7 @@ pub fn app(state: AppState) -> Router {
         .merge(oauth::routes())
         .merge(health::routes())
         .merge(approvals::routes())
+        .merge(clients::routes())
         .merge(audit::routes())
         .merge(console::routes())
         .merge(tokens::routes())

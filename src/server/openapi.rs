@@ -186,6 +186,54 @@ pub const OPERATIONS: &[Operation] = &[
         None,
         &[("200", JSON, "AuditCheckpoint"), ("401", JSON, "Error"), ("403", JSON, "Error"), ("404", JSON, "Error")],
     ),
+    op(
+        "post",
+        "/v1/clients",
+        "Register a client of the caller's tenant, as an install client holding clients:manage (never an operator \
+         or service client, never a scope or bypass beyond the caller's own); the secret is in this answer only",
+        Auth::Bearer,
+        Some((JSON, "NewClient")),
+        &[("201", JSON, "ClientCreated"), ("400", JSON, "Error"), ("401", JSON, "Error"), ("403", JSON, "Error")],
+    ),
+    op(
+        "get",
+        "/v1/clients",
+        "The tenant's clients with owner, last use, state and secrets' ages, for clients:manage or an operator's \
+         clients:read (query: stale, cursor, limit)",
+        Auth::Bearer,
+        None,
+        &[("200", JSON, "ClientList"), ("400", JSON, "Error"), ("401", JSON, "Error"), ("403", JSON, "Error")],
+    ),
+    op(
+        "get",
+        "/v1/clients/{id}",
+        "One client of the tenant, as `tessera clients show`",
+        Auth::Bearer,
+        None,
+        &[("200", JSON, "Client"), ("401", JSON, "Error"), ("403", JSON, "Error"), ("404", JSON, "Error")],
+    ),
+    op(
+        "post",
+        "/v1/clients/{id}/disable",
+        "Disable a client: every secret of it stops working and its tokens are revoked",
+        Auth::Bearer,
+        None,
+        &[("200", JSON, "ClientDisabled"), ("401", JSON, "Error"), ("403", JSON, "Error"), ("404", JSON, "Error")],
+    ),
+    op(
+        "post",
+        "/v1/clients/{id}/rotate-secret",
+        "Issue a new secret, shown once; with grace_secs (at most 604800) the old one keeps working until then",
+        Auth::Bearer,
+        Some((JSON, "RotateSecret")),
+        &[
+            ("200", JSON, "SecretRotated"),
+            ("400", JSON, "Error"),
+            ("401", JSON, "Error"),
+            ("403", JSON, "Error"),
+            ("404", JSON, "Error"),
+        ],
+    ),
     op("get", "/healthz", "Liveness", Auth::None, None, &[("200", JSON, "Health")]),
     op(
         "get",
@@ -402,7 +450,67 @@ fn schemas() -> Value {
             "capability_expires_at": string(), "capability": string(),
         }),
     );
+    let strings = || json!({"type": "array", "items": string()});
+    let nullable = || json!({"type": ["string", "null"]});
+    let registration = json!({
+        "client_id": string(), "tenant": string(), "kind": {"enum": ["agent", "workspace", "install", "operator", "service"]},
+        "name": string(), "workspace": nullable(), "scope": string(), "allow_bypass": strings(),
+        "delegates": strings(), "require_dpop": {"type": "boolean"}, "groups": strings(), "owner": nullable(),
+        "created_by": string(),
+    });
+    let mut client = registration.clone();
+    if let Some(m) = client.as_object_mut() {
+        m.insert("state".into(), json!({"enum": ["active", "disabled"]}));
+        m.insert("created_at".into(), json!({"type": "integer"}));
+        m.insert(
+            "last_used_at".into(),
+            json!({"type": ["integer", "null"], "description": "Unix seconds, to the minute"}),
+        );
+        m.insert(
+            "secret_expires_at".into(),
+            json!({"type": ["integer", "null"], "description": "when a previous secret still working stops"}),
+        );
+        m.insert("secrets".into(), json!({"type": "array", "items": object(&["secret", "created_at", "age_secs"], json!({
+            "secret": {"enum": ["current", "previous"]}, "created_at": {"type": ["integer", "null"]},
+            "age_secs": {"type": ["integer", "null"]}, "expires_at": {"type": "integer"}, "uses": {"type": "integer"},
+        }))}));
+    }
+    let mut created = registration;
+    if let Some(m) = created.as_object_mut() {
+        m.insert(
+            "client_secret".into(),
+            json!({"type": ["string", "null"], "description": "shown this once; null for a federated or key client"}),
+        );
+        m.insert("federated".into(), json!({"type": "array", "items": {"$ref": "#/components/schemas/Identity"}}));
+        m.insert("key".into(), json!({"type": ["object", "null"]}));
+    }
     json!({
+        "Identity": object(&["issuer", "subject"], json!({"issuer": string(), "subject": string()})),
+        "NewClient": {
+            "type": "object",
+            "required": ["kind", "name"],
+            "additionalProperties": false,
+            "properties": {
+                "tenant": string(), "kind": {"enum": ["agent", "workspace", "install"]}, "name": string(),
+                "workspace": string(), "scope": {"type": "string", "description": "space-separated; absent: the kind's defaults"},
+                "allow_bypass": strings(), "delegates": strings(), "require_dpop": {"type": "boolean"},
+                "owner": string(), "federated": {"type": "array", "items": {"$ref": "#/components/schemas/Identity"}},
+                "key": {"type": "object", "description": "a public JWK (Ed25519 or P-256): private_key_jwt, no secret"},
+            },
+        },
+        "ClientCreated": {"type": "object", "required": ["client_id", "client_secret", "tenant", "kind", "scope", "created_by"], "properties": created},
+        "Client": {"type": "object", "required": ["client_id", "tenant", "kind", "state", "scope", "created_by", "secrets"], "properties": client},
+        "ClientList": object(&["clients", "next"], json!({
+            "clients": {"type": "array", "items": {"$ref": "#/components/schemas/Client"}},
+            "next": {"type": ["string", "null"]},
+        })),
+        "ClientDisabled": object(&["client_id", "disabled"], json!({"client_id": string(), "disabled": {"const": true}})),
+        "RotateSecret": {"type": "object", "additionalProperties": false, "properties": {
+            "grace_secs": {"type": "integer", "minimum": 0, "maximum": crate::clients::MAX_GRACE_SECS},
+        }},
+        "SecretRotated": object(&["client_id", "client_secret", "secret_expires_at"], json!({
+            "client_id": string(), "client_secret": string(), "secret_expires_at": {"type": ["integer", "null"]},
+        })),
         "Error": object(&["error", "error_description"], json!({"error": string(), "error_description": string()})),
         "Empty": {"type": "object"},
         "Object": {"type": "object"},

@@ -340,13 +340,38 @@ pub async fn list_inventory(
     tenant: Option<&str>,
     idle_before: Option<i64>,
 ) -> Result<Vec<(ClientRecord, Inventory)>, StoreError> {
+    inventory_where(store, tenant, idle_before, None, "tenant, name, client_id", i64::MAX).await
+}
+
+/// As [`list_inventory`] for one tenant, a page at a time by client id: at most `limit` after
+/// the client `after`.
+pub async fn page_inventory(
+    store: &Store,
+    tenant: &str,
+    idle_before: Option<i64>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<(ClientRecord, Inventory)>, StoreError> {
+    inventory_where(store, Some(tenant), idle_before, after, "client_id", limit).await
+}
+
+async fn inventory_where(
+    store: &Store,
+    tenant: Option<&str>,
+    idle_before: Option<i64>,
+    after: Option<&str>,
+    order: &str,
+    limit: i64,
+) -> Result<Vec<(ClientRecord, Inventory)>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS}, {INVENTORY} FROM clients WHERE ($1 IS NULL OR tenant = $1) AND ($2 IS NULL OR \
          (kind IN ('agent', 'workspace') AND COALESCE(last_used_at, created_at) < $2)) \
-         ORDER BY tenant, name, client_id"
+         AND ($3 IS NULL OR client_id > $3) ORDER BY {order} LIMIT $4"
     ))
     .bind(tenant)
     .bind(idle_before)
+    .bind(after)
+    .bind(limit)
     .fetch_all(store.pool())
     .await?;
     rows.iter().map(|r| Ok((from_row(r)?, inventory_from(r)?))).collect()

@@ -321,3 +321,258 @@ async fn an_agent_minting_through_a_rotation_with_grace_never_fails_a_request() 
     assert!(before > 10 && on_old > before && total > on_old, "load ran throughout: {before} {on_old} {total}");
     assert!(app.state.usage().previous_uses() > 0, "the old secret was used after the rotation");
 }
+
+// ------------------------------------------------------------------------------------------
+// The client API
+
+const INSTALL_SCOPES: &[&str] = &["workspaces:read", "workspaces:write", "approvals:create", "clients:manage"];
+
+/// An install client of `tenant` allowed to manage clients, and its token.
+async fn installer(app: &TestApp, tenant: &str) -> (TestClient, String) {
+    let c = app.create_client_with(tenant, CallerKind::Install, "provisioner", None, INSTALL_SCOPES, &[]).await;
+    let t = app.access_token(&c).await;
+    (c, t)
+}
+
+async fn post(app: &TestApp, path: &str, token: &str, body: &Value) -> reqwest::Response {
+    app.post_bearer(path, token, body).await
+}
+
+async fn client_count(app: &TestApp) -> usize {
+    tessera::clients::list(app.state.store()).await.unwrap().len()
+}
+
+#[tokio::test]
+async fn an_install_client_registers_lists_rotates_and_disables_its_tenants_agents_over_http() {
+    let app = spawn_app().await;
+    let (install, token) = installer(&app, "org-1").await;
+    let res = post(
+        &app,
+        "/v1/clients",
+        &token,
+        &json!({"kind": "agent", "name": "concierge", "owner": "alice@example.com", "scope": "workspaces:read approvals:create"}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let made: Value = res.json().await.unwrap();
+    assert_eq!(made["created_by"], install.id);
+    assert_eq!(made["tenant"], "org-1");
+    assert_eq!(made["scope"], "approvals:create workspaces:read");
+    let agent = TestClient {
+        id: made["client_id"].as_str().unwrap().to_owned(),
+        secret: made["client_secret"].as_str().unwrap().to_owned(),
+    };
+    assert_eq!(mints(&app, &agent).await, 200, "the new agent gets tokens at once");
+
+    // Listed and shown with who made it; the same JSON as `tessera clients show`.
+    let list: Value = app.get_bearer("/v1/clients", &token).await.json().await.unwrap();
+    let listed = list["clients"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{list}");
+    assert!(listed.iter().any(|c| c["client_id"] == agent.id && c["owner"] == "alice@example.com"));
+    let shown: Value = app.get_bearer(&format!("/v1/clients/{}", agent.id), &token).await.json().await.unwrap();
+    assert_eq!(shown, show(&app, &agent.id).await);
+    assert_eq!(shown["created_by"], install.id);
+    assert!(!shown.to_string().contains(&agent.secret));
+
+    // Paged by id.
+    let page: Value = app.get_bearer("/v1/clients?limit=1", &token).await.json().await.unwrap();
+    assert_eq!(page["clients"].as_array().unwrap().len(), 1);
+    let next = page["next"].as_str().unwrap();
+    let rest: Value = app.get_bearer(&format!("/v1/clients?limit=1&cursor={next}"), &token).await.json().await.unwrap();
+    assert_eq!(rest["clients"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["next"], Value::Null);
+    assert_ne!(page["clients"][0]["client_id"], rest["clients"][0]["client_id"]);
+
+    // Rotated with grace: both work until it ends; disabled: neither.
+    let res = post(&app, &format!("/v1/clients/{}/rotate-secret", agent.id), &token, &json!({"grace_secs": 600})).await;
+    assert_eq!(res.status(), 200);
+    let r: Value = res.json().await.unwrap();
+    let new = TestClient { id: agent.id.clone(), secret: r["client_secret"].as_str().unwrap().to_owned() };
+    assert!(r["secret_expires_at"].as_i64().unwrap() > app.state.now());
+    assert_eq!(mints(&app, &agent).await, 200);
+    assert_eq!(mints(&app, &new).await, 200);
+    let res =
+        app.http.post(app.url(&format!("/v1/clients/{}/disable", agent.id))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(mints(&app, &agent).await, 401);
+    assert_eq!(mints(&app, &new).await, 401);
+    // Every change is audited with the install client as its actor.
+    let records = tessera::audit::of_subject(app.state.store(), "org-1", &agent.id, 100).await.unwrap();
+    for event in ["client.created", "client.secret_rotated", "client.disabled"] {
+        let r = records.iter().find(|r| r.event == event).unwrap_or_else(|| panic!("{event}"));
+        assert_eq!(r.actor, install.id, "{event}");
+    }
+}
+
+#[tokio::test]
+async fn no_install_client_makes_an_operator_to_approve_its_own_request_nor_reaches_one_over_http() {
+    let app = spawn_app().await;
+    let (_, token) = installer(&app, "org-1").await;
+    let operator = app.create_client("org-1", CallerKind::Operator, "op").await;
+    let service = app.create_client("org-1", CallerKind::Service, "core").await;
+    let before = client_count(&app).await;
+    // The incident again: an operator of its own making would decide its own requests.
+    for kind in ["operator", "service"] {
+        let res = post(&app, "/v1/clients", &token, &json!({"kind": kind, "name": "mine"})).await;
+        let body = assert_error(res, 403, "forbidden").await;
+        assert!(body["error_description"].as_str().unwrap().contains("tessera clients"), "{body}");
+    }
+    // Nor a client an operator acts for.
+    let res =
+        post(&app, "/v1/clients", &token, &json!({"kind": "agent", "name": "a", "delegates": [operator.id]})).await;
+    assert_error(res, 403, "forbidden").await;
+    // Nor an existing operator's or service's secret, which would then be the caller's.
+    for target in [&operator, &service] {
+        let res = post(&app, &format!("/v1/clients/{}/rotate-secret", target.id), &token, &json!({})).await;
+        assert_error(res, 403, "forbidden").await;
+        let res = app
+            .http
+            .post(app.url(&format!("/v1/clients/{}/disable", target.id)))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 403, "forbidden").await;
+        assert_eq!(mints(&app, target).await, 200, "its secret still works");
+    }
+    assert_eq!(client_count(&app).await, before, "nothing registered");
+    let events = app.audit_events().await;
+    assert!(!events.iter().any(|e| e == "client.secret_rotated" || e == "client.disabled"), "{events:?}");
+}
+
+#[tokio::test]
+async fn no_scope_or_bypass_beyond_the_callers_own_is_given_over_http() {
+    let app = spawn_app().await;
+    // Holds clients:manage and approvals:create only: not even the agent defaults.
+    let narrow = app
+        .create_client_with("org-1", CallerKind::Install, "narrow", None, &["approvals:create", "clients:manage"], &[])
+        .await;
+    let token = app.access_token(&narrow).await;
+    let before = client_count(&app).await;
+    for body in [
+        json!({"kind": "agent", "name": "a", "scope": "plugins:write"}),
+        json!({"kind": "agent", "name": "a"}),
+        json!({"kind": "install", "name": "i", "scope": "approvals:create", "allow_bypass": ["secret_write"]}),
+    ] {
+        let res = post(&app, "/v1/clients", &token, &body).await;
+        let err = assert_error(res, 403, "forbidden").await;
+        assert!(
+            err["error_description"].as_str().unwrap().contains("does not hold itself")
+                || err["error_description"].as_str().unwrap().contains("not allowed itself"),
+            "{body}: {err}"
+        );
+    }
+    // Within its own: allowed.
+    let res =
+        post(&app, "/v1/clients", &token, &json!({"kind": "agent", "name": "a", "scope": "approvals:create"})).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(client_count(&app).await, before + 1);
+    // A client holding more (a bypass, a scope) is out of its reach: no new secret for it.
+    let wide =
+        app.create_client_with("org-1", CallerKind::Install, "wide", None, INSTALL_SCOPES, &["secret_write"]).await;
+    let res = post(&app, &format!("/v1/clients/{}/rotate-secret", wide.id), &token, &json!({"grace_secs": 0})).await;
+    assert_error(res, 403, "forbidden").await;
+    assert_eq!(mints(&app, &wide).await, 200);
+    // A gated action as a scope is refused as on the command line.
+    let (_, full) = installer(&app, "org-1").await;
+    let res = post(&app, "/v1/clients", &full, &json!({"kind": "agent", "name": "a", "scope": "secret_write"})).await;
+    assert!(matches!(res.status().as_u16(), 400 | 403), "{}", res.status());
+}
+
+#[tokio::test]
+async fn the_client_api_is_for_install_managers_and_operators_reading_and_within_one_tenant() {
+    let app = spawn_app().await;
+    let (_, token) = installer(&app, "org-1").await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let (_, other) = installer(&app, "org-2").await;
+    // Another tenant's client does not exist for it.
+    assert_error(app.get_bearer(&format!("/v1/clients/{}", agent.id), &other).await, 404, "not_found").await;
+    let res = post(&app, &format!("/v1/clients/{}/rotate-secret", agent.id), &other, &json!({})).await;
+    assert_error(res, 404, "not_found").await;
+    let list: Value = app.get_bearer("/v1/clients", &other).await.json().await.unwrap();
+    assert!(list["clients"].as_array().unwrap().iter().all(|c| c["tenant"] == "org-2"), "{list}");
+    let res = post(&app, "/v1/clients", &token, &json!({"tenant": "org-2", "kind": "agent", "name": "a"})).await;
+    assert_error(res, 403, "forbidden").await;
+
+    // An install token without clients:manage, an agent: refused.
+    let install_c = app.create_client_with("org-1", CallerKind::Install, "p2", None, INSTALL_SCOPES, &[]).await;
+    let narrowed = app.access_token_scoped(&install_c, Some("workspaces:read")).await;
+    let agent_token = app.access_token(&agent).await;
+    for t in [&narrowed, &agent_token] {
+        assert_error(app.get_bearer("/v1/clients", t).await, 403, "forbidden").await;
+        let res = post(&app, "/v1/clients", t, &json!({"kind": "agent", "name": "a"})).await;
+        assert_error(res, 403, "forbidden").await;
+    }
+    // An operator with clients:read reads, and changes nothing.
+    let reader = app
+        .create_client_with("org-1", CallerKind::Operator, "reader", None, &["approvals:read", "clients:read"], &[])
+        .await;
+    let reader_token = app.access_token(&reader).await;
+    assert_eq!(app.get_bearer("/v1/clients", &reader_token).await.status(), 200);
+    assert_eq!(app.get_bearer(&format!("/v1/clients/{}", agent.id), &reader_token).await.status(), 200);
+    let res = post(&app, "/v1/clients", &reader_token, &json!({"kind": "agent", "name": "a"})).await;
+    assert_error(res, 403, "forbidden").await;
+    let res = post(&app, &format!("/v1/clients/{}/rotate-secret", agent.id), &reader_token, &json!({})).await;
+    assert_error(res, 403, "forbidden").await;
+    // Without clients:read, an operator reads nothing.
+    let op = app.create_client("org-1", CallerKind::Operator, "op").await;
+    assert_error(app.get_bearer("/v1/clients", &app.access_token(&op).await).await, 403, "forbidden").await;
+    // No token at all.
+    let res = app.http.get(app.url("/v1/clients")).send().await.unwrap();
+    assert_error(res, 401, "invalid_token").await;
+    // Only install clients may ever hold clients:manage, only operators clients:read.
+    for (kind, scope) in [(CallerKind::Agent, "clients:manage"), (CallerKind::Install, "clients:read")] {
+        let new = tessera::clients::NewClient {
+            tenant: "org-1".parse().unwrap(),
+            kind,
+            name: "x".into(),
+            workspace: None,
+            scopes: vec![scope.parse().unwrap()],
+            allow_bypass: vec![],
+            delegates: vec![],
+            require_dpop: false,
+            groups: vec![],
+            owner: None,
+        };
+        let r = tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", 0).await;
+        assert!(r.is_err(), "{kind} with {scope}");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_to_the_client_api_is_a_clear_400_and_changes_nothing() {
+    let app = spawn_app().await;
+    let (_, token) = installer(&app, "org-1").await;
+    let agent = app.create_client("org-1", CallerKind::Agent, "a").await;
+    let before = client_count(&app).await;
+    for body in [
+        json!({"kind": "agent", "name": "a", "groups": ["security"]}),
+        json!({"kind": "admin", "name": "a"}),
+        json!({"kind": "agent"}),
+        json!({"kind": "agent", "name": ""}),
+        json!({"kind": "agent", "name": "a", "scope": "not a scope!"}),
+        json!({"kind": "workspace", "name": "w"}),
+        json!({"kind": "agent", "name": "a", "federated": [{"issuer": "https://nobody.example", "subject": "x"}]}),
+        json!({"kind": "agent", "name": "a", "key": {"kty": "oct", "k": "c2VjcmV0"}}),
+        json!({"kind": "agent", "name": "a", "delegates": ["tc_nobody"]}),
+        json!([1, 2]),
+    ] {
+        let res = post(&app, "/v1/clients", &token, &body).await;
+        assert_error(res, 400, "invalid_request").await;
+    }
+    let res = app.http.post(app.url("/v1/clients")).bearer_auth(&token).body("kind=agent").send().await.unwrap();
+    assert_error(res, 400, "invalid_request").await;
+    assert_eq!(client_count(&app).await, before);
+    for grace in
+        [json!({"grace_secs": 604_801}), json!({"grace_secs": -5}), json!({"grace_secs": "1h"}), json!({"extra": 1})]
+    {
+        let res = post(&app, &format!("/v1/clients/{}/rotate-secret", agent.id), &token, &grace).await;
+        assert_error(res, 400, "invalid_request").await;
+    }
+    assert_eq!(mints(&app, &agent).await, 200, "the secret is unchanged");
+    for q in ["limit=0", "limit=501", "stale=perhaps", "cursor=", "colour=red"] {
+        assert_error(app.get_bearer(&format!("/v1/clients?{q}"), &token).await, 400, "invalid_request").await;
+    }
+    assert_error(app.get_bearer("/v1/clients/tc_nobody", &token).await, 404, "not_found").await;
+}
