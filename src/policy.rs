@@ -82,7 +82,9 @@ fn default_defaults(kind: CallerKind) -> &'static [&'static str] {
     match kind {
         CallerKind::Agent | CallerKind::Install => &["workspaces:read", "workspaces:write", "approvals:create"],
         CallerKind::Workspace => &["workspaces:read", "approvals:create"],
-        CallerKind::Operator => &["workspaces:read", "approvals:read", "approvals:decide", "tokens:revoke"],
+        CallerKind::Operator => {
+            &["workspaces:read", "approvals:read", "approvals:decide", "tokens:revoke", "clients:read"]
+        }
         CallerKind::Service => &["tokens:introspect"],
     }
 }

@@ -20,7 +20,7 @@ use crate::domain::CallerKind;
 
 /// Every route template the broker serves, as axum matches them. Anything else (the
 /// fallback) is counted as `other`.
-pub const ROUTE_TEMPLATES: [&str; 41] = [
+pub const ROUTE_TEMPLATES: [&str; 42] = [
     "/.well-known/jwks.json",
     "/.well-known/oauth-authorization-server",
     "/oauth/token",
@@ -62,6 +62,7 @@ pub const ROUTE_TEMPLATES: [&str; 41] = [
     "/v1/clients/{id}",
     "/v1/clients/{id}/disable",
     "/v1/clients/{id}/rotate-secret",
+    "/console/agents",
 ];
 const OTHER_ROUTE: usize = ROUTE_TEMPLATES.len();
 const TOKEN_ROUTE: usize = 2;

@@ -281,6 +281,14 @@ pub const OPERATIONS: &[Operation] = &[
     op("get", "/console/history", "Operator console: decided requests", Auth::Console, None, &[("200", HTML, "Html")]),
     op(
         "get",
+        "/console/agents",
+        "Operator console: the tenant's clients with owner, kind, scopes, last use and state (clients:read; query: stale)",
+        Auth::Console,
+        None,
+        &[("200", HTML, "Html")],
+    ),
+    op(
+        "get",
         "/console/review",
         "Operator console: break-glass approvals to review",
         Auth::Console,

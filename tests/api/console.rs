@@ -1595,3 +1595,138 @@ async fn the_console_lists_and_decides_only_where_the_approval_policy_counts_the
     assert_eq!(res.status(), 303);
     assert_eq!(status_of(&o, &id).await, "approved");
 }
+
+// ------------------------------------------------------------------------------------------
+// Agents (design §20)
+
+/// The Agents page's fleet: an owned agent that got a token, an unowned one never used, a
+/// disabled workspace, and an install client whose secret is in a rotation's grace.
+async fn fleet(o: &Org) -> (String, String, String) {
+    let app = &o.app;
+    let store = app.state.store();
+    let new = |kind: CallerKind, name: &str, owner: Option<&str>| tessera::clients::NewClient {
+        tenant: "acme".parse().unwrap(),
+        kind,
+        name: name.to_owned(),
+        workspace: (kind == CallerKind::Workspace).then(|| "ws-9".parse().unwrap()),
+        scopes: vec![],
+        allow_bypass: vec![],
+        delegates: vec![],
+        require_dpop: false,
+        groups: vec![],
+        owner: owner.map(|o| o.parse().unwrap()),
+    };
+    let policy = &app.state.config().policy;
+    let now = app.state.now();
+    let (billing, secret) = tessera::clients::create(
+        store,
+        policy,
+        new(CallerKind::Agent, "billing-agent", Some("dana@acme.example")),
+        "cli",
+        now,
+    )
+    .await
+    .unwrap();
+    let billing_client = TestClient { id: billing.client_id.to_string(), secret: secret.expose().to_owned() };
+    app.access_token(&billing_client).await;
+    app.state.usage().write_due(store, app.state.now()).await.unwrap();
+    let (orphan, _) = tessera::clients::create(store, policy, new(CallerKind::Agent, "orphan-agent", None), "cli", now)
+        .await
+        .unwrap();
+    let (ws, _) = tessera::clients::create(
+        store,
+        policy,
+        new(CallerKind::Workspace, "ws-9-runner", Some("ops@acme.example")),
+        "cli",
+        now,
+    )
+    .await
+    .unwrap();
+    tessera::clients::disable(store, ws.client_id.as_str(), "cli", now).await.unwrap();
+    let (install, _) = tessera::clients::create(
+        store,
+        policy,
+        new(CallerKind::Install, "provisioner", Some("platform@acme.example")),
+        "cli",
+        now,
+    )
+    .await
+    .unwrap();
+    tessera::clients::rotate_secret(store, install.client_id.as_str(), Some(3600), "cli", now).await.unwrap();
+    (billing.client_id.to_string(), orphan.client_id.to_string(), ws.client_id.to_string())
+}
+
+#[tokio::test]
+async fn the_agents_page_lists_owner_kind_scopes_last_use_and_state_for_operators_with_clients_read() {
+    let o = org().await;
+    let (billing, orphan, ws) = fleet(&o).await;
+    let cookie = sign_in(&o.app, &o.op).await;
+    let res = get_page(&o.app, "/console/agents", Some(&cookie)).await;
+    assert_eq!(res.status(), 200);
+    let html = res.text().await.unwrap();
+    for needle in [
+        billing.as_str(),
+        orphan.as_str(),
+        ws.as_str(),
+        "billing-agent",
+        "dana@acme.example",
+        "unowned",
+        "Disabled",
+        "never",
+        "old secret until",
+        "approvals:create",
+    ] {
+        assert!(html.contains(needle), "{needle}");
+    }
+    assert!(!html.contains("tessera_sk_"), "no secret on the page");
+    // Only the long-unused: nothing here is (all were registered now).
+    let html = get_page(&o.app, "/console/agents?stale=1", Some(&cookie)).await.text().await.unwrap();
+    assert!(!html.contains(&orphan) && html.contains("gone unused"), "{html}");
+    // Signed out: to the sign-in page. Without clients:read: refused, saying why.
+    let res = get_page(&o.app, "/console/agents", None).await;
+    assert_eq!(res.status(), 303);
+    let reader = o
+        .app
+        .create_client_with("acme", CallerKind::Operator, "bob", None, &["approvals:read", "approvals:decide"], &[])
+        .await;
+    let cookie = sign_in(&o.app, &reader).await;
+    let res = get_page(&o.app, "/console/agents", Some(&cookie)).await;
+    assert_eq!(res.status(), 403);
+    assert!(res.text().await.unwrap().contains("clients:read"));
+}
+
+#[tokio::test]
+async fn console_browser_the_agents_page_reads_at_phone_width() {
+    let o = org().await;
+    let (billing, orphan, _) = fleet(&o).await;
+    let app = &o.app;
+    let browser = Browser::start().await;
+    browser.sign_in(app, &o.op.id, &o.op.secret).await;
+    browser.c().find(Locator::Css("a[href=\"/console/agents\"]")).await.unwrap().click().await.unwrap();
+    browser.wait_for("table.agents").await;
+    assert_eq!(browser.path().await, "/console/agents");
+    browser.c().set_window_size(390, 844).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // As rendered: the badges are styled in capitals.
+    let text = browser.text().await.to_lowercase();
+    for needle in [billing.as_str(), orphan.as_str(), "dana@acme.example", "unowned", "disabled", "never"] {
+        assert!(text.contains(&needle.to_lowercase()), "{needle}:\n{text}");
+    }
+    // Nothing wider than the phone: no sideways scrolling to read a row.
+    let overflow =
+        browser.c().execute("return document.documentElement.scrollWidth - window.innerWidth;", vec![]).await.unwrap();
+    if overflow.as_i64().unwrap() > 0 {
+        let wide = browser
+            .c()
+            .execute(
+                "return Array.from(document.querySelectorAll('body *')).filter(e => e.getBoundingClientRect().right > window.innerWidth).slice(-5).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right) + ' ' + e.textContent.slice(0, 40)).join('\\n');",
+                vec![],
+            )
+            .await
+            .unwrap();
+        browser.screenshot("agents-phone-overflow", 390, 844).await;
+        panic!("the page is {overflow} px wider than the phone:\n{}", wide.as_str().unwrap_or_default());
+    }
+    browser.screenshot("agents-phone", 390, 844).await;
+    browser.close().await;
+}

@@ -516,7 +516,9 @@ async fn the_client_api_is_for_install_managers_and_operators_reading_and_within
     let res = post(&app, &format!("/v1/clients/{}/rotate-secret", agent.id), &reader_token, &json!({})).await;
     assert_error(res, 403, "forbidden").await;
     // Without clients:read, an operator reads nothing.
-    let op = app.create_client("org-1", CallerKind::Operator, "op").await;
+    let op = app
+        .create_client_with("org-1", CallerKind::Operator, "op", None, &["approvals:read", "approvals:decide"], &[])
+        .await;
     assert_error(app.get_bearer("/v1/clients", &app.access_token(&op).await).await, 403, "forbidden").await;
     // No token at all.
     let res = app.http.get(app.url("/v1/clients")).send().await.unwrap();

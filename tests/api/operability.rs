@@ -264,7 +264,7 @@ fn configuration_reference_matches_the_configuration_type() {
     }
     for row in rows
         .iter()
-        .filter(|r| r.len() == 3 && !["agent", "workspace", "operator", "service"].iter().any(|k| r[0].contains(k)))
+        .filter(|r| r.len() == 3 && !["agent", "workspace", "install", "operator", "service"].iter().any(|k| r[0].contains(k)))
     {
         let key = row[0].trim_matches('`');
         if key.starts_with("[policy.") {

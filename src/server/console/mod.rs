@@ -72,6 +72,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/approvals/{id}/audit", get(audit_trail))
         .route("/console/approvals/{id}/review", post(review))
         .route("/console/review", get(to_review))
+        .route("/console/agents", get(agents))
         .route("/console/approvals/{id}/passkey", post(passkeys::decision_options))
         .route("/console/passkeys", get(passkeys::page_).post(passkeys::enrol))
         .route("/console/passkeys/options", post(passkeys::enrol_options))
@@ -612,6 +613,42 @@ fn decode_cursor(c: &str) -> Option<(i64, String)> {
     let text = String::from_utf8(b64::decode(c).ok()?).ok()?;
     let (t, id) = text.split_once(':')?;
     Some((t.parse().ok()?, id.to_owned()))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AgentsQuery {
+    stale: Option<String>,
+}
+
+/// Most clients the Agents page shows.
+const AGENTS_PAGE: i64 = 500;
+
+/// The tenant's clients, with owner, kind, scopes, last use and state (design §20), for
+/// operators holding `clients:read`; `?stale=1`: only agents and workspaces unused for the
+/// policy's `stale_after_days` (30 without one).
+async fn agents(State(state): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> PageResult {
+    let Some(op) = session::current(&state, &headers).await? else {
+        return Ok(to_sign_in(&state, &headers, Some("/console/agents")));
+    };
+    let q: AgentsQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|_| Failure::BadRequest("The filter could not be read".into()))?;
+    if op.claims.caller_kind != CallerKind::Operator || !op.claims.has_scope(super::clients::READ_SCOPE) {
+        return Err(Failure::Approval(ApprovalError::Forbidden(format!(
+            "your client lacks {}, which reading the clients takes",
+            super::clients::READ_SCOPE
+        ))));
+    }
+    let now = state.now();
+    let days = state.config().policy.stale_after_days.unwrap_or(30);
+    let stale = matches!(q.stale.as_deref(), Some("1" | "true" | "on"));
+    let idle_before = stale.then(|| now - i64::from(days) * 86_400);
+    let mut rows =
+        clients::page_inventory(state.store(), &op.claims.tenant, idle_before, None, AGENTS_PAGE + 1).await?;
+    let more = rows.len() as i64 > AGENTS_PAGE;
+    rows.truncate(AGENTS_PAGE as usize);
+    rows.sort_by(|a, b| (a.0.kind.as_str(), &a.0.name).cmp(&(b.0.kind.as_str(), &b.0.name)));
+    let view = pages::AgentsView { stale, stale_days: days, policy_days: state.config().policy.stale_after_days, more };
+    Ok(page(StatusCode::OK, pages::agents(&op, &view, &rows, now)))
 }
 
 async fn history(State(state): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> PageResult {

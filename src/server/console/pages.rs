@@ -42,6 +42,8 @@ pub enum Nav {
     Review,
     /// The operator's passkeys.
     Passkeys,
+    /// The tenant's clients.
+    Agents,
     /// Neither.
     Other,
 }
@@ -70,6 +72,7 @@ pub fn layout(title: &str, op: Option<&Operator>, nav: Nav, body: Markup) -> Mar
                             a href="/console" aria-current=[(nav == Nav::Pending).then_some("page")] { "Pending" }
                             a href="/console/review" aria-current=[(nav == Nav::Review).then_some("page")] { "To review" }
                             a href="/console/history" aria-current=[(nav == Nav::History).then_some("page")] { "History" }
+                            a href="/console/agents" aria-current=[(nav == Nav::Agents).then_some("page")] { "Agents" }
                             a href="/console/passkeys" aria-current=[(nav == Nav::Passkeys).then_some("page")] { "Passkeys" }
                         }
                         div.who {
@@ -757,6 +760,101 @@ pub fn history(op: &Operator, v: &HistoryView<'_>, rows: &[ApprovalRow], names: 
         }
     };
     layout("History", Some(op), Nav::History, body)
+}
+
+/// What the Agents page shows beside its rows.
+#[derive(Debug, Clone)]
+pub struct AgentsView {
+    /// Only stale clients.
+    pub stale: bool,
+    /// The days that count as stale.
+    pub stale_days: u32,
+    /// The policy's `stale_after_days`, if set.
+    pub policy_days: Option<u32>,
+    /// More clients than shown.
+    pub more: bool,
+}
+
+/// When a client was last used, in words.
+fn last_use(inv: &crate::clients::Inventory, now: i64) -> Markup {
+    match inv.last_used_at {
+        None => html! { span.muted { "never" } },
+        Some(t) => {
+            let days = (now - t) / 86_400;
+            html! {
+                (utc(t))
+                @if days >= 1 { br; span.small.muted { (days) (if days == 1 { " day ago" } else { " days ago" }) } }
+            }
+        }
+    }
+}
+
+/// The tenant's clients: owner, kind, scopes, last use and state (design §20).
+pub fn agents(
+    op: &Operator,
+    v: &AgentsView,
+    rows: &[(crate::clients::ClientRecord, crate::clients::Inventory)],
+    now: i64,
+) -> Markup {
+    let body = html! {
+        h1 { "Agents" }
+        p.lede {
+            "Every client of " strong { (op.client.tenant.as_str()) } ": who answers for it, what it may do, and when it last got a token. "
+            @match v.policy_days {
+                Some(d) => { "Agents and workspaces unused for " (d) " days are disabled automatically." }
+                None => { "Nothing is disabled automatically (the policy sets no " code { "stale_after_days" } ")." }
+            }
+        }
+        nav.filters aria-label="Filter" {
+            @if v.stale {
+                a.button.secondary href="/console/agents" { "Show all" }
+            } @else {
+                a.button.secondary href="/console/agents?stale=1" { "Only unused for " (v.stale_days) " days" }
+            }
+        }
+        @if rows.is_empty() {
+            p.empty { @if v.stale { "No agent or workspace has gone unused that long." } @else { "No clients." } }
+        } @else {
+            table.list.agents {
+                thead {
+                    tr {
+                        th scope="col" { "Client" } th scope="col" { "Kind" } th scope="col" { "Owner" }
+                        th scope="col" { "Scopes" } th scope="col" { "Last use" } th scope="col" { "State" }
+                    }
+                }
+                tbody {
+                    @for (c, inv) in rows {
+                        tr {
+                            td data-label="Client" { strong { (c.name) } br; code.small.id { (c.client_id.as_str()) } }
+                            td data-label="Kind" {
+                                (c.kind.as_str())
+                                @if let Some(w) = &c.workspace { br; code.small { (w.as_str()) } }
+                            }
+                            td data-label="Owner" {
+                                @match (&c.owner, c.kind) {
+                                    (Some(o), _) => { (o.as_str()) }
+                                    (None, CallerKind::Agent | CallerKind::Workspace) => { span.urgent { "unowned" } }
+                                    (None, _) => { span.muted { "—" } }
+                                }
+                            }
+                            td data-label="Scopes" {
+                                @for s in c.scopes.iter() { code.small.scope { (s.as_str()) } " " }
+                            }
+                            td.nowrap data-label="Last use" { (last_use(inv, now)) }
+                            td data-label="State" {
+                                @if c.disabled { span class="status status-denied" { "Disabled" } } @else { span class="status status-approved" { "Active" } }
+                                @if let Some(p) = inv.previous_at(now) {
+                                    br; span.small { "old secret until " (utc(p.expires_at)) ", used " (p.uses) "×" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if v.more { p.muted { "Only the first 500 are shown; " code { "GET /v1/clients" } " pages through all." } }
+        }
+    };
+    layout("Agents", Some(op), Nav::Agents, body)
 }
 
 /// One approval's audit trail.
