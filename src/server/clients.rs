@@ -53,15 +53,17 @@ enum Access {
 
 fn access(caller: &Caller) -> ApiResult<Access> {
     let claims = &caller.claims;
-    if claims.every_party_is(&[CallerKind::Install]) && claims.has_scope(MANAGE_SCOPE) {
+    // Managing takes the install client's own token: a delegated one would leave open whose
+    // holdings bound what it may give.
+    if claims.caller_kind == CallerKind::Install && claims.act.is_none() && claims.has_scope(MANAGE_SCOPE) {
         return Ok(Access::Manage);
     }
     if claims.every_party_is(&[CallerKind::Operator]) && claims.has_scope(READ_SCOPE) {
         return Ok(Access::Read);
     }
     Err(ApiError::forbidden(format!(
-        "managing clients takes an install client's token with {MANAGE_SCOPE}; reading them, an operator's with \
-         {READ_SCOPE}"
+        "managing clients takes an install client's own token (not a delegated one) with {MANAGE_SCOPE}; reading \
+         them, an operator's with {READ_SCOPE}"
     )))
 }
 
@@ -76,18 +78,22 @@ fn manager(caller: &Caller) -> ApiResult<()> {
 
 /// Whether `caller` (an install client) may create or change a client that is, or will be,
 /// `kind` with `scopes` and `bypass`: never an operator or service client, never more than
-/// the caller holds itself.
-fn within_reach(caller: &ClientRecord, kind: CallerKind, scopes: &ScopeSet, bypass: &[Action]) -> ApiResult<()> {
+/// the caller holds itself: a scope both its token and its registration (as it is now) hold,
+/// a bypass its registration allows.
+fn within_reach(caller: &Caller, kind: CallerKind, scopes: &ScopeSet, bypass: &[Action]) -> ApiResult<()> {
     if matches!(kind, CallerKind::Operator | CallerKind::Service) {
         return Err(ApiError::forbidden(format!(
             "{kind} clients are registered and changed with `tessera clients` on the database only, never over HTTP"
         )));
     }
-    let beyond = scopes.difference(&caller.scopes);
+    let held: ScopeSet = caller.client.scopes.iter().filter(|s| caller.claims.has_scope(s.as_str())).cloned().collect();
+    let beyond = scopes.difference(&held);
     if !beyond.is_empty() {
-        return Err(ApiError::forbidden(format!("{beyond}: a client cannot give a scope it does not hold itself")));
+        return Err(ApiError::forbidden(format!(
+            "{beyond}: a client cannot give a scope it does not hold itself (in its registration and this token)"
+        )));
     }
-    if let Some(a) = bypass.iter().find(|a| !caller.allow_bypass.contains(a)) {
+    if let Some(a) = bypass.iter().find(|a| !caller.client.allow_bypass.contains(a)) {
         return Err(ApiError::forbidden(format!("{a}: a client cannot give a bypass it is not allowed itself")));
     }
     Ok(())
@@ -156,7 +162,7 @@ async fn create(
     };
     let effective: ScopeSet =
         if scopes.is_empty() { policy.defaults(body.kind) } else { scopes.iter().cloned().collect() };
-    within_reach(&caller.client, body.kind, &effective, &body.allow_bypass)?;
+    within_reach(&caller, body.kind, &effective, &body.allow_bypass)?;
     for d in &body.delegates {
         match clients::get(state.store(), d.as_str()).await? {
             Some(c) if c.tenant == tenant && !matches!(c.kind, CallerKind::Operator | CallerKind::Service) => {}
@@ -268,7 +274,7 @@ async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<Stri
 async fn disable(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     manager(&caller)?;
     let (target, _) = of_tenant(&state, &caller, &id).await?;
-    within_reach(&caller.client, target.kind, &target.scopes, &target.allow_bypass)?;
+    within_reach(&caller, target.kind, &target.scopes, &target.allow_bypass)?;
     let now = state.now();
     let c = clients::disable(state.store(), &id, caller.client.client_id.as_str(), now).await?;
     state.client_cache().forget(&id);
@@ -291,7 +297,7 @@ async fn rotate(
     manager(&caller)?;
     let (target, _) = of_tenant(&state, &caller, &id).await?;
     // Its new secret would be the caller's to use: never for a client holding more.
-    within_reach(&caller.client, target.kind, &target.scopes, &target.allow_bypass)?;
+    within_reach(&caller, target.kind, &target.scopes, &target.allow_bypass)?;
     let now = state.now();
     let (c, secret, until) =
         clients::rotate_secret(state.store(), &id, body.grace_secs, caller.client.client_id.as_str(), now).await?;

@@ -578,3 +578,55 @@ async fn bad_input_to_the_client_api_is_a_clear_400_and_changes_nothing() {
     }
     assert_error(app.get_bearer("/v1/clients/tc_nobody", &token).await, 404, "not_found").await;
 }
+
+#[tokio::test]
+async fn a_narrowed_or_delegated_install_token_gives_nothing_beyond_what_it_holds() {
+    let app = spawn_app().await;
+    let (install, _) = installer(&app, "org-1").await;
+    // Its registration holds workspaces:read; this token does not.
+    let narrowed = app.access_token_scoped(&install, Some("clients:manage approvals:create")).await;
+    let res =
+        post(&app, "/v1/clients", &narrowed, &json!({"kind": "agent", "name": "a", "scope": "workspaces:read"})).await;
+    assert_error(res, 403, "forbidden").await;
+    let res =
+        post(&app, "/v1/clients", &narrowed, &json!({"kind": "agent", "name": "a", "scope": "approvals:create"})).await;
+    assert_eq!(res.status(), 201, "what the token holds, it may give");
+    // Another install client acting for this one (RFC 8693) manages nothing.
+    let subject = {
+        let new = tessera::clients::NewClient {
+            tenant: "org-1".parse().unwrap(),
+            kind: CallerKind::Install,
+            name: "subject".into(),
+            workspace: None,
+            scopes: INSTALL_SCOPES.iter().map(|s| s.parse().unwrap()).collect(),
+            allow_bypass: vec![],
+            delegates: vec![install.id.parse().unwrap()],
+            require_dpop: false,
+            groups: vec![],
+            owner: None,
+        };
+        let (rec, secret) =
+            tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", app.state.now())
+                .await
+                .unwrap();
+        TestClient { id: rec.client_id.to_string(), secret: secret.expose().to_owned() }
+    };
+    let subject_token = app.access_token(&subject).await;
+    let res = app
+        .token_request(
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", subject_token.as_str()),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+            ],
+            Some(&install),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let delegated = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    assert!(peek_claims(&delegated)["scope"].as_str().unwrap().contains("clients:manage"));
+    let res =
+        post(&app, "/v1/clients", &delegated, &json!({"kind": "agent", "name": "a", "scope": "approvals:create"}))
+            .await;
+    assert_error(res, 403, "forbidden").await;
+}

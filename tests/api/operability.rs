@@ -262,10 +262,9 @@ fn configuration_reference_matches_the_configuration_type() {
             assert!(known || extra_vars.contains(&var), "{var} on row `{key}` is not read for it");
         }
     }
-    for row in rows
-        .iter()
-        .filter(|r| r.len() == 3 && !["agent", "workspace", "install", "operator", "service"].iter().any(|k| r[0].contains(k)))
-    {
+    for row in rows.iter().filter(|r| {
+        r.len() == 3 && !["agent", "workspace", "install", "operator", "service"].iter().any(|k| r[0].contains(k))
+    }) {
         let key = row[0].trim_matches('`');
         if key.starts_with("[policy.") {
             continue;
