@@ -717,6 +717,27 @@ impl PreconditionReader for ClientPreconditions {
     }
 }
 
+/// What a client's registration says, as every answer about it shows it.
+fn registration_json(c: &ClientRecord) -> serde_json::Map<String, serde_json::Value> {
+    let v = serde_json::json!({
+        "client_id": c.client_id,
+        "tenant": c.tenant,
+        "kind": c.kind,
+        "name": c.name,
+        "workspace": c.workspace,
+        "scope": c.scopes.to_string(),
+        "allow_bypass": c.allow_bypass,
+        "delegates": c.delegates,
+        "require_dpop": c.require_dpop,
+        "groups": c.groups,
+        "owner": c.owner,
+    });
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
 /// A client as `tessera clients show` and `GET /v1/clients/{id}` give it (design §20): its
 /// registration, who made it, its last use, and its secrets with their ages (never a secret
 /// or a hash). `secret_expires_at` is when a previous secret still working stops.
@@ -735,25 +756,60 @@ pub fn view(c: &ClientRecord, inv: &Inventory, now: i64) -> serde_json::Value {
             "uses": p.uses,
         }));
     }
-    serde_json::json!({
-        "client_id": c.client_id,
-        "tenant": c.tenant,
-        "kind": c.kind,
-        "name": c.name,
-        "workspace": c.workspace,
-        "scope": c.scopes.to_string(),
-        "allow_bypass": c.allow_bypass,
-        "delegates": c.delegates,
-        "require_dpop": c.require_dpop,
-        "groups": c.groups,
-        "owner": c.owner,
-        "state": if c.disabled { "disabled" } else { "active" },
-        "created_at": c.created_at,
-        "created_by": inv.created_by,
-        "last_used_at": inv.last_used_at,
-        "secret_expires_at": previous.map(|p| p.expires_at),
-        "secrets": secrets,
-    })
+    let mut m = registration_json(c);
+    m.insert("state".into(), (if c.disabled { "disabled" } else { "active" }).into());
+    m.insert("created_at".into(), c.created_at.into());
+    m.insert("created_by".into(), inv.created_by.clone().into());
+    m.insert("last_used_at".into(), inv.last_used_at.into());
+    m.insert("secret_expires_at".into(), previous.map(|p| p.expires_at).into());
+    m.insert("secrets".into(), secrets.into());
+    serde_json::Value::Object(m)
+}
+
+/// How a client registered from the command line or over HTTP authenticates.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// A bootstrap secret, generated and shown once.
+    Secret,
+    /// Assertions of these workload identities (design §14).
+    Federated(&'a [FederatedIdentity]),
+    /// Assertions signed by the private half of this public JWK (`private_key_jwt`).
+    Key(&'a str),
+}
+
+/// Registers a client as `tessera clients create` and `POST /v1/clients` do, by `actor`, and
+/// the answer both give: the registration, `client_secret` (this once; `null` without a
+/// secret), the federated identities or the key's `kid` and `alg`, and `created_by`.
+pub async fn register_answering(
+    store: &Store,
+    policy: &Policy,
+    new: NewClient,
+    credential: Credential<'_>,
+    actor: &str,
+    now: i64,
+) -> Result<(ClientRecord, serde_json::Value), ClientError> {
+    let (c, secret, key) = match credential {
+        Credential::Key(jwk) => {
+            let c = create_with_key(store, policy, new, jwk, actor, now).await?;
+            let key = key_of(store, c.client_id.as_str()).await?;
+            (c, None, key.map(|k| serde_json::json!({"kid": k.kid, "alg": k.alg})))
+        }
+        Credential::Secret => {
+            let (c, secret) = create(store, policy, new, actor, now).await?;
+            (c, Some(secret), None)
+        }
+        Credential::Federated(ids) => (create_federated(store, policy, new, ids, actor, now).await?, None, None),
+    };
+    let federated = match credential {
+        Credential::Federated(ids) => ids,
+        _ => &[],
+    };
+    let mut m = registration_json(&c);
+    m.insert("client_secret".into(), secret.as_ref().map(|s| s.expose()).into());
+    m.insert("federated".into(), serde_json::json!(federated));
+    m.insert("key".into(), key.into());
+    m.insert("created_by".into(), actor.into());
+    Ok((c, serde_json::Value::Object(m)))
 }
 
 /// The answer to a rotation (command line and HTTP): the new secret, shown this once, and when

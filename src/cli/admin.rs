@@ -210,34 +210,14 @@ async fn run_clients(config: &Config, store: &Store, cmd: ClientsCmd) -> Result<
                     )));
                 }
             }
-            let (c, secret, key) = if let Some(path) = &jwk {
-                let text = read_jwk_file(path)?;
-                let c = clients::create_with_key(store, &config.policy, new, &text, "cli", now()).await?;
-                let key = crate::clients::key_of(store, c.client_id.as_str()).await?;
-                (c, None, key.map(|k| json!({"kid": k.kid, "alg": k.alg})))
-            } else if federated.is_empty() {
-                let (c, secret) = clients::create(store, &config.policy, new, "cli", now()).await?;
-                (c, Some(secret), None)
-            } else {
-                (clients::create_federated(store, &config.policy, new, &federated, "cli", now()).await?, None, None)
+            let text = jwk.as_deref().map(read_jwk_file).transpose()?;
+            let credential = match &text {
+                Some(text) => clients::Credential::Key(text),
+                None if federated.is_empty() => clients::Credential::Secret,
+                None => clients::Credential::Federated(&federated),
             };
-            print_json(&json!({
-                "client_id": c.client_id,
-                "client_secret": secret.as_ref().map(|s| s.expose()),
-                "federated": federated,
-                "key": key,
-                "tenant": c.tenant,
-                "kind": c.kind,
-                "name": c.name,
-                "workspace": c.workspace,
-                "scope": c.scopes.to_string(),
-                "allow_bypass": c.allow_bypass,
-                "delegates": c.delegates,
-                "require_dpop": c.require_dpop,
-                "groups": c.groups,
-                "owner": c.owner,
-                "created_by": "cli",
-            }))
+            let (_, answer) = clients::register_answering(store, &config.policy, new, credential, "cli", now()).await?;
+            print_json(&answer)
         }
         ClientsCmd::SetGroups { id, groups } => {
             let c = clients::set_groups(store, &id, groups, "cli", now()).await?;

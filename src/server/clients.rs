@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Caller, StrictJson};
 use super::{ApiError, ApiResult, AppState};
-use crate::clients::{self, ClientError, ClientRecord, FederatedIdentity, NewClient};
+use crate::clients::{self, ClientError, ClientRecord, Credential, FederatedIdentity, NewClient};
 use crate::domain::{Action, CallerKind, ClientId, Owner, Scope, ScopeSet, TenantId, WorkspaceId};
 
 /// The scope with which an install client manages its tenant's clients.
@@ -198,35 +198,13 @@ async fn create(
         owner: body.owner,
     };
     let actor = caller.client.client_id.as_str();
-    let now = state.now();
-    let (c, secret, key) = if let Some(jwk) = body.key {
-        let c =
-            clients::create_with_key(state.store(), policy, new, &Value::Object(jwk).to_string(), actor, now).await?;
-        let key = clients::key_of(state.store(), c.client_id.as_str()).await?;
-        (c, None, key.map(|k| json!({"kid": k.kid, "alg": k.alg})))
-    } else if federated.is_empty() {
-        let (c, secret) = clients::create(state.store(), policy, new, actor, now).await?;
-        (c, Some(secret), None)
-    } else {
-        (clients::create_federated(state.store(), policy, new, &federated, actor, now).await?, None, None)
+    let jwk = body.key.map(|k| Value::Object(k).to_string());
+    let credential = match &jwk {
+        Some(jwk) => Credential::Key(jwk),
+        None if federated.is_empty() => Credential::Secret,
+        None => Credential::Federated(&federated),
     };
-    let answer = json!({
-        "client_id": c.client_id,
-        "client_secret": secret.as_ref().map(|s| s.expose()),
-        "federated": federated,
-        "key": key,
-        "tenant": c.tenant,
-        "kind": c.kind,
-        "name": c.name,
-        "workspace": c.workspace,
-        "scope": c.scopes.to_string(),
-        "allow_bypass": c.allow_bypass,
-        "delegates": c.delegates,
-        "require_dpop": c.require_dpop,
-        "groups": c.groups,
-        "owner": c.owner,
-        "created_by": actor,
-    });
+    let (_, answer) = clients::register_answering(state.store(), policy, new, credential, actor, state.now()).await?;
     Ok(no_store(StatusCode::CREATED, answer))
 }
 
