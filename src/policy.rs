@@ -39,7 +39,8 @@ const CATALOGUE: [&str; 14] = [
 
 fn default_ceiling(kind: CallerKind) -> &'static [&'static str] {
     match kind {
-        CallerKind::Agent => &[
+        // An install client's ceiling adds INSTALL_ONLY_SCOPES to this (see `Policy::default`).
+        CallerKind::Agent | CallerKind::Install => &[
             "workspaces:read",
             "workspaces:write",
             "plugins:read",
@@ -48,17 +49,6 @@ fn default_ceiling(kind: CallerKind) -> &'static [&'static str] {
             "budgets:write",
             "secrets:list",
             "approvals:create",
-        ],
-        CallerKind::Install => &[
-            "workspaces:read",
-            "workspaces:write",
-            "plugins:read",
-            "plugins:write",
-            "budgets:read",
-            "budgets:write",
-            "secrets:list",
-            "approvals:create",
-            "clients:manage",
         ],
         CallerKind::Workspace => {
             &["workspaces:read", "workspaces:write", "plugins:read", "budgets:read", "secrets:list", "approvals:create"]
@@ -240,7 +230,13 @@ impl Default for Policy {
         let kinds = CallerKind::ALL
             .into_iter()
             .map(|k| {
-                (k, KindPolicy { ceiling: scope_set(default_ceiling(k)), defaults: scope_set(default_defaults(k)) })
+                let mut ceiling = scope_set(default_ceiling(k));
+                if k == CallerKind::Install {
+                    for s in scope_set(&INSTALL_ONLY_SCOPES).iter() {
+                        ceiling.insert(s.clone());
+                    }
+                }
+                (k, KindPolicy { ceiling, defaults: scope_set(default_defaults(k)) })
             })
             .collect();
         Policy {

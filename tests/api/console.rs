@@ -1605,16 +1605,9 @@ async fn fleet(o: &Org) -> (String, String, String) {
     let app = &o.app;
     let store = app.state.store();
     let new = |kind: CallerKind, name: &str, owner: Option<&str>| tessera::clients::NewClient {
-        tenant: "acme".parse().unwrap(),
-        kind,
-        name: name.to_owned(),
         workspace: (kind == CallerKind::Workspace).then(|| "ws-9".parse().unwrap()),
-        scopes: vec![],
-        allow_bypass: vec![],
-        delegates: vec![],
-        require_dpop: false,
-        groups: vec![],
         owner: owner.map(|o| o.parse().unwrap()),
+        ..new_client("acme", kind, name)
     };
     let policy = &app.state.config().policy;
     let now = app.state.now();

@@ -206,16 +206,8 @@ async fn agents_and_workspaces_unused_past_stale_after_days_are_disabled_with_an
     let long_ago = app.state.now() - 31 * 86_400;
     let make = |kind: CallerKind, name: &str| {
         let new = tessera::clients::NewClient {
-            tenant: "org-1".parse().unwrap(),
-            kind,
-            name: name.to_owned(),
             workspace: (kind == CallerKind::Workspace).then(|| "ws-1".parse().unwrap()),
-            scopes: vec![],
-            allow_bypass: vec![],
-            delegates: vec![],
-            require_dpop: false,
-            groups: vec![],
-            owner: None,
+            ..new_client("org-1", kind, name)
         };
         async move { tessera::clients::create(store, policy, new, "test", long_ago).await.unwrap() }
     };
@@ -525,18 +517,8 @@ async fn the_client_api_is_for_install_managers_and_operators_reading_and_within
     assert_error(res, 401, "invalid_token").await;
     // Only install clients may ever hold clients:manage, only operators clients:read.
     for (kind, scope) in [(CallerKind::Agent, "clients:manage"), (CallerKind::Install, "clients:read")] {
-        let new = tessera::clients::NewClient {
-            tenant: "org-1".parse().unwrap(),
-            kind,
-            name: "x".into(),
-            workspace: None,
-            scopes: vec![scope.parse().unwrap()],
-            allow_bypass: vec![],
-            delegates: vec![],
-            require_dpop: false,
-            groups: vec![],
-            owner: None,
-        };
+        let new =
+            tessera::clients::NewClient { scopes: vec![scope.parse().unwrap()], ..new_client("org-1", kind, "x") };
         let r = tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", 0).await;
         assert!(r.is_err(), "{kind} with {scope}");
     }
@@ -592,25 +574,13 @@ async fn a_narrowed_or_delegated_install_token_gives_nothing_beyond_what_it_hold
         post(&app, "/v1/clients", &narrowed, &json!({"kind": "agent", "name": "a", "scope": "approvals:create"})).await;
     assert_eq!(res.status(), 201, "what the token holds, it may give");
     // Another install client acting for this one (RFC 8693) manages nothing.
-    let subject = {
-        let new = tessera::clients::NewClient {
-            tenant: "org-1".parse().unwrap(),
-            kind: CallerKind::Install,
-            name: "subject".into(),
-            workspace: None,
+    let subject = app
+        .create_new(tessera::clients::NewClient {
             scopes: INSTALL_SCOPES.iter().map(|s| s.parse().unwrap()).collect(),
-            allow_bypass: vec![],
             delegates: vec![install.id.parse().unwrap()],
-            require_dpop: false,
-            groups: vec![],
-            owner: None,
-        };
-        let (rec, secret) =
-            tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", app.state.now())
-                .await
-                .unwrap();
-        TestClient { id: rec.client_id.to_string(), secret: secret.expose().to_owned() }
-    };
+            ..new_client("org-1", CallerKind::Install, "subject")
+        })
+        .await;
     let subject_token = app.access_token(&subject).await;
     let res = app
         .token_request(

@@ -143,6 +143,15 @@ impl TestApp {
         self.create_client_with(tenant, kind, name, None, &[], &[]).await
     }
 
+    /// Registers `new` as `tessera clients create` would, now.
+    pub async fn create_new(&self, new: tessera::clients::NewClient) -> TestClient {
+        let (rec, secret) =
+            tessera::clients::create(self.state.store(), &self.state.config().policy, new, "test", self.state.now())
+                .await
+                .unwrap();
+        TestClient { id: rec.client_id.to_string(), secret: secret.expose().to_owned() }
+    }
+
     pub async fn create_client_with(
         &self,
         tenant: &str,
@@ -153,22 +162,12 @@ impl TestApp {
         bypass: &[&str],
     ) -> TestClient {
         let new = tessera::clients::NewClient {
-            tenant: tenant.parse().unwrap(),
-            kind,
-            name: name.to_owned(),
             workspace: workspace.map(|w| w.parse().unwrap()),
             scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(),
             allow_bypass: bypass.iter().map(|s| s.parse().unwrap()).collect(),
-            delegates: vec![],
-            require_dpop: false,
-            groups: vec![],
-            owner: None,
+            ..new_client(tenant, kind, name)
         };
-        let (rec, secret) =
-            tessera::clients::create(self.state.store(), &self.state.config().policy, new, "test", self.state.now())
-                .await
-                .unwrap();
-        TestClient { id: rec.client_id.to_string(), secret: secret.expose().to_owned() }
+        self.create_new(new).await
     }
 
     /// POST /oauth/token with a form and optional HTTP Basic.
@@ -221,6 +220,22 @@ pub async fn cli_on(
     }
     cmd.kill_on_drop(true);
     tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output()).await.expect("CLI finished").unwrap()
+}
+
+/// What `tessera clients create --tenant T --kind K --name N` registers, with nothing more.
+pub fn new_client(tenant: &str, kind: CallerKind, name: &str) -> tessera::clients::NewClient {
+    tessera::clients::NewClient {
+        tenant: tenant.parse().unwrap(),
+        kind,
+        name: name.to_owned(),
+        workspace: None,
+        scopes: vec![],
+        allow_bypass: vec![],
+        delegates: vec![],
+        require_dpop: false,
+        groups: vec![],
+        owner: None,
+    }
 }
 
 /// Asserts an error answer in the pinned shape and returns its body.

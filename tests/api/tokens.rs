@@ -867,18 +867,7 @@ async fn client_secret_post_works_and_jtis_are_unique() {
 #[tokio::test]
 async fn workspace_client_without_workspace_is_refused() {
     let app = spawn_app().await;
-    let new = tessera::clients::NewClient {
-        tenant: "org-1".parse().unwrap(),
-        kind: CallerKind::Workspace,
-        name: "rt".into(),
-        workspace: None,
-        scopes: vec![],
-        allow_bypass: vec![],
-        delegates: vec![],
-        require_dpop: false,
-        groups: vec![],
-        owner: None,
-    };
+    let new = new_client("org-1", CallerKind::Workspace, "rt");
     let r = tessera::clients::create(app.state.store(), &app.state.config().policy, new, "test", 0).await;
     assert!(r.is_err());
 }
