@@ -63,7 +63,7 @@ pub fn thumbprint(public_key: &[u8]) -> String {
 /// A private key that signs tokens. Its Debug output shows only the `kid`.
 pub struct Signer {
     kid: String,
-    pair: Ed25519KeyPair,
+    key: ed25519_dalek::SigningKey,
     header_access: String,
     header_capability: String,
 }
@@ -75,13 +75,13 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    fn new(pair: Ed25519KeyPair) -> Signer {
-        let kid = thumbprint(pair.public_key().as_ref());
+    fn new(key: ed25519_dalek::SigningKey) -> Signer {
+        let kid = thumbprint(key.verifying_key().as_bytes());
         Signer {
             header_access: jws::encode_header(TYP_ACCESS, &kid),
             header_capability: jws::encode_header(TYP_CAPABILITY, &kid),
             kid,
-            pair,
+            key,
         }
     }
 
@@ -92,22 +92,22 @@ impl Signer {
 
     /// The raw public key.
     pub fn public_key(&self) -> &[u8] {
-        self.pair.public_key().as_ref()
+        self.key.as_ref().as_bytes()
     }
 
     /// Signs an access token.
     pub fn sign_access<C: Serialize>(&self, claims: &C) -> Result<String, serde_json::Error> {
-        jws::sign_ed25519(&self.header_access, claims, &self.pair)
+        jws::sign_ed25519(&self.header_access, claims, &self.key)
     }
 
     /// Signs a capability token.
     pub fn sign_capability<C: Serialize>(&self, claims: &C) -> Result<String, serde_json::Error> {
-        jws::sign_ed25519(&self.header_capability, claims, &self.pair)
+        jws::sign_ed25519(&self.header_capability, claims, &self.key)
     }
 
     /// Signs a JWS of another type (the revocation feed).
     pub fn sign_typed<C: Serialize>(&self, typ: &str, claims: &C) -> Result<String, serde_json::Error> {
-        jws::sign_ed25519(&jws::encode_header(typ, &self.kid), claims, &self.pair)
+        jws::sign_ed25519(&jws::encode_header(typ, &self.kid), claims, &self.key)
     }
 }
 
@@ -158,14 +158,19 @@ fn pkcs8_v1(v2: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     Some(out)
 }
 
-/// Parses a PKCS#8 Ed25519 key, v2 (checked: its public key must match the seed) or v1.
-fn parse_pkcs8(der: &[u8]) -> Option<Ed25519KeyPair> {
-    Ed25519KeyPair::from_pkcs8(der).ok().or_else(|| {
+/// Parses a PKCS#8 Ed25519 key, v2 (checked: its public key must match the seed) or v1, into
+/// the signing key. ring checks the document; the seed sits at bytes 16..48 of both forms.
+fn parse_pkcs8(der: &[u8]) -> Option<ed25519_dalek::SigningKey> {
+    let pair = Ed25519KeyPair::from_pkcs8(der).ok().or_else(|| {
         // `maybe_unchecked` accepts v1, which carries no public key to check.
         (der.len() == 48 && der[..16] == PKCS8_V1_PREFIX)
             .then(|| Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).ok())
             .flatten()
-    })
+    })?;
+    let seed = Zeroizing::new(<[u8; 32]>::try_from(der.get(16..48)?).ok()?);
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    // The same key in both libraries, or none.
+    (key.verifying_key().as_bytes() == pair.public_key().as_ref()).then_some(key)
 }
 
 /// Refuses a keys folder someone else could have planted a key in: it must belong to the
@@ -470,7 +475,8 @@ mod tests {
         let loaded = load_dir(dir.path()).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].kid(), s.kid());
-        assert!(!format!("{s:?}").contains("pair"));
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("pair") && !shown.contains("key:") && !shown.contains("secret"), "{shown}");
     }
 
     #[test]
@@ -526,8 +532,8 @@ mod tests {
 
         // A v2 file (ring's own form, written by earlier versions) still loads, checked.
         let v2 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-        let pair = parse_pkcs8(v2.as_ref()).unwrap();
-        let v2_path = dir.path().join(format!("{}.pem", thumbprint(pair.public_key().as_ref())));
+        let key = parse_pkcs8(v2.as_ref()).unwrap();
+        let v2_path = dir.path().join(format!("{}.pem", thumbprint(key.verifying_key().as_bytes())));
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&v2_path).unwrap();
         f.write_all(pem_encode(v2.as_ref()).as_bytes()).unwrap();
         drop(f);

@@ -14,7 +14,7 @@
 //! authenticator signed which decision.
 
 use ring::digest::{SHA256, digest};
-use ring::signature::{ECDSA_P256_SHA256_ASN1, ED25519, UnparsedPublicKey};
+use ring::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use serde::Deserialize;
 
 pub mod ceremonies;
@@ -214,12 +214,12 @@ pub fn verify_assertion(
     let (_, count) = authenticator_data(rp, &data)?;
     let mut signed = data.clone();
     signed.extend_from_slice(digest(&SHA256, &client).as_ref());
-    let alg: &dyn ring::signature::VerificationAlgorithm = match key.alg {
-        COSE_ES256 => &ECDSA_P256_SHA256_ASN1,
-        COSE_EDDSA => &ED25519,
+    let verified = match key.alg {
+        COSE_ES256 => UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &key.raw).verify(&signed, &signature).is_ok(),
+        COSE_EDDSA => crate::token::jws::ed25519_verify(&key.raw, &signed, &signature),
         _ => return refuse("the stored key's algorithm is not accepted"),
     };
-    if UnparsedPublicKey::new(alg, &key.raw).verify(&signed, &signature).is_err() {
+    if !verified {
         return refuse("the signature does not verify");
     }
     if (count != 0 || stored_count != 0) && count <= stored_count {

@@ -33,8 +33,7 @@ use std::sync::Mutex;
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{
-    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
-    UnparsedPublicKey,
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, UnparsedPublicKey,
 };
 use serde_json::{Map, Value, json};
 
@@ -266,10 +265,7 @@ pub fn check_proof(proof: &str, check: &ProofCheck<'_>) -> Result<CheckedProof, 
     let signature = b64::decode(s).map_err(|_| malformed("signature is not canonical base64url"))?;
     let signing_input = &proof[..h.len() + 1 + p.len()];
     let verified = match &key {
-        ProofKey::Ed25519 { x } => {
-            signature.len() == 64
-                && UnparsedPublicKey::new(&ED25519, x).verify(signing_input.as_bytes(), &signature).is_ok()
-        }
+        ProofKey::Ed25519 { x } => crate::token::jws::ed25519_verify(x, signing_input.as_bytes(), &signature),
         ProofKey::P256 { point } => {
             signature.len() == 64
                 && UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
@@ -796,6 +792,35 @@ mod tests {
             let proof = key.proof("PUT", URL, Some("tok"), None, NOW).unwrap();
             assert_eq!(v.verify_bound(&proof, &check(Some("tok")), other.jkt(), "tc_a"), Err(DpopError::WrongKey));
         }
+    }
+
+    /// A proof "signed" by a small-order key needs no secret: under the identity point,
+    /// R = [S]B verifies any message. Such a proof is refused, however well formed.
+    #[test]
+    fn a_proof_under_a_small_order_key_is_refused() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let x = b64::encode(&identity);
+        let header = json!({ "typ": TYP_DPOP, "alg": "EdDSA", "jwk": { "kty": "OKP", "crv": "Ed25519", "x": x } });
+        let claims =
+            json!({ "jti": "forged-1", "htm": "PUT", "htu": URL, "iat": NOW, "ath": access_token_hash("tok") });
+        let mut proof = b64::encode(header.to_string().as_bytes());
+        proof.push('.');
+        proof.push_str(&b64::encode(claims.to_string().as_bytes()));
+        // R = [1]B (the base point's encoding), S = 1.
+        let mut sig = vec![0x58];
+        sig.extend_from_slice(&[0x66; 31]);
+        sig.push(1);
+        sig.extend_from_slice(&[0u8; 31]);
+        // The forgery is a valid signature to a check that takes small-order keys.
+        let signing_input = proof.clone();
+        assert!(
+            UnparsedPublicKey::new(&ring::signature::ED25519, &identity).verify(signing_input.as_bytes(), &sig).is_ok()
+        );
+        proof.push('.');
+        proof.push_str(&b64::encode(&sig));
+        let v = DpopVerifier::default();
+        assert_eq!(v.verify(&proof, &check(Some("tok")), "tc_a"), Err(DpopError::BadSignature));
     }
 
     #[test]

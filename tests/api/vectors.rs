@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::Deserialize;
 use tessera::domain::CallerKind;
 use tessera::token::claims::Audience;
@@ -274,14 +273,15 @@ fn vectors_presented_forms_match() {
     }
 }
 
-/// The signature check of `UnverifiedJws::verify_ed25519` (src/token/jws.rs), applied to raw
-/// messages: a JWS signing input cannot carry Wycheproof's arbitrary message bytes.
+/// The signature check every Ed25519 signature goes through (`jws::ed25519_verify`, behind
+/// `UnverifiedJws::verify_ed25519`, DPoP proofs and passkeys), applied to raw messages: a JWS
+/// signing input cannot carry Wycheproof's arbitrary message bytes.
 fn ed25519_check(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
-    signature.len() == 64 && UnparsedPublicKey::new(&ED25519, public_key).verify(message, signature).is_ok()
+    tessera::token::jws::ed25519_verify(public_key, message, signature)
 }
 
 /// Every Ed25519 vector of Wycheproof. `acceptable` results (none in the current Ed25519 set)
-/// may go either way; ring, and so Tessera, rejects non-canonical S and non-canonical point
+/// may go either way; Tessera (as ring) rejects non-canonical S and non-canonical point
 /// encodings.
 #[test]
 fn vectors_wycheproof_ed25519() {
