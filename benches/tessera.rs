@@ -108,7 +108,12 @@ fn rate_once(slice: Duration, f: &mut impl FnMut()) -> f64 {
 }
 
 struct InProcess {
+    /// The faster library's raw sign (the limit the targets are stated against) and verify.
     raw_sign: f64,
+    /// Raw sign and verify of each library, paired: ring, then ed25519-dalek.
+    libraries: [(&'static str, f64, f64); 2],
+    /// Which library `raw_sign` and `raw_verify` are.
+    raw_library: &'static str,
     mint: f64,
     raw_verify: f64,
     verify: f64,
@@ -188,31 +193,61 @@ fn in_process(budget: Duration) -> InProcess {
     let message = token.as_bytes()[..signing_input_len].to_vec();
     let raw_sig = pair.sign(&message);
     let raw_pk = UnparsedPublicKey::new(&ED25519, pair.public_key().as_ref().to_vec());
-
-    let (raw_sign, mint) = paired_rates(
+    // The same key in ed25519-dalek (the seed is bytes 16..48 of ring's document).
+    let dalek = ed25519_dalek::SigningKey::from_bytes(&doc.as_ref()[16..48].try_into().unwrap());
+    let dalek_pk = dalek.verifying_key().to_bytes();
+    let dalek_sig = ed25519_dalek::Signature::from_bytes(&raw_sig.as_ref().try_into().unwrap());
+    let (ring_sign, dalek_sign) = paired_rates(
         budget,
         || {
             black_box(pair.sign(black_box(&message)));
         },
         || {
-            black_box(signer.sign_access(black_box(&claims)).unwrap());
+            black_box(ed25519_dalek::Signer::sign(&dalek, black_box(&message)));
         },
     );
+    // Verification from the raw 32-byte key, as a JWKS gives it: each library decodes it.
+    let dalek_verify = || {
+        let key = ed25519_dalek::VerifyingKey::from_bytes(black_box(&dalek_pk)).unwrap();
+        ed25519_dalek::Verifier::verify(&key, black_box(&message), black_box(&dalek_sig)).unwrap();
+    };
+    let (ring_verify, dalek_verify_rate) = paired_rates(
+        budget,
+        || {
+            raw_pk.verify(black_box(&message), black_box(raw_sig.as_ref())).unwrap();
+        },
+        dalek_verify,
+    );
+    let dalek_faster = dalek_sign > ring_sign;
+    let raw_library = if dalek_faster { "ed25519-dalek" } else { "ring" };
+    let libraries = [("ring", ring_sign, ring_verify), ("ed25519-dalek", dalek_sign, dalek_verify_rate)];
+    let mut raw_sign_op = || {
+        if dalek_faster {
+            black_box(ed25519_dalek::Signer::sign(&dalek, black_box(&message)));
+        } else {
+            black_box(pair.sign(black_box(&message)));
+        }
+    };
+    let raw_verify_op = || {
+        if dalek_faster {
+            dalek_verify();
+        } else {
+            raw_pk.verify(black_box(&message), black_box(raw_sig.as_ref())).unwrap();
+        }
+    };
+
+    let (raw_sign, mint) = paired_rates(budget, &mut raw_sign_op, || {
+        black_box(signer.sign_access(black_box(&claims)).unwrap());
+    });
     let mut keys = HashMap::new();
     keys.insert(
         signer.kid().to_owned(),
         Arc::new(PublicKey { kid: signer.kid().to_owned(), alg: "EdDSA".into(), raw: signer.public_key().to_vec() }),
     );
     let policy = Policy::new("http://127.0.0.1:8700", "core");
-    let (raw_verify, verify) = paired_rates(
-        budget,
-        || {
-            raw_pk.verify(black_box(&message), black_box(raw_sig.as_ref())).unwrap();
-        },
-        || {
-            black_box(policy.verify_access(&keys, black_box(&token), now + 1).unwrap());
-        },
-    );
+    let (raw_verify, verify) = paired_rates(budget, raw_verify_op, || {
+        black_box(policy.verify_access(&keys, black_box(&token), now + 1).unwrap());
+    });
     // The same token bound to a key, presented with a fresh proof each time: proofs are made
     // ahead (a proof is single use) and the replay cache starts afresh each round of them.
     let key = tessera::verify::dpop::DpopKey::generate_ed25519().unwrap();
@@ -226,24 +261,53 @@ fn in_process(budget: Duration) -> InProcess {
     let proofs: Vec<String> = (0..4096).map(|_| key.proof("GET", url, Some(&bound), None, now).unwrap()).collect();
     let mut dpop = tessera::verify::dpop::DpopVerifier::default();
     let mut i = 0usize;
-    let (dpop_raw_verify, dpop_verify) = paired_rates(
-        budget,
-        || {
-            raw_pk.verify(black_box(&message), black_box(raw_sig.as_ref())).unwrap();
-        },
-        || {
-            if i == proofs.len() {
-                i = 0;
-                dpop = tessera::verify::dpop::DpopVerifier::default();
-            }
-            let c = policy.verify_access(&keys, black_box(&bound), now + 1).unwrap();
-            let scheme = tessera::verify::dpop::Scheme::Dpop;
-            black_box(dpop.check_presentation(&c, scheme, &bound, Some(&proofs[i]), "GET", url, now + 1).unwrap());
-            i += 1;
-        },
-    );
+    let (dpop_raw_verify, dpop_verify) = paired_rates(budget, raw_verify_op, || {
+        if i == proofs.len() {
+            i = 0;
+            dpop = tessera::verify::dpop::DpopVerifier::default();
+        }
+        let c = policy.verify_access(&keys, black_box(&bound), now + 1).unwrap();
+        let scheme = tessera::verify::dpop::Scheme::Dpop;
+        black_box(dpop.check_presentation(&c, scheme, &bound, Some(&proofs[i]), "GET", url, now + 1).unwrap());
+        i += 1;
+    });
     let stages_us = stage_costs(budget / 3);
-    InProcess { raw_sign, mint, raw_verify, verify, dpop_raw_verify, dpop_verify, token_bytes: token.len(), stages_us }
+    InProcess {
+        raw_sign,
+        libraries,
+        raw_library,
+        mint,
+        raw_verify,
+        verify,
+        dpop_raw_verify,
+        dpop_verify,
+        token_bytes: token.len(),
+        stages_us,
+    }
+}
+
+/// Raw sign on both cores: one thread per core, each signing the token's signing input with
+/// the faster library for `budget`; the sum of their rates.
+fn two_core_raw_sign(budget: Duration, dalek: bool) -> f64 {
+    let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+    let message = vec![b'a'; 597];
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (doc, message) = (doc.as_ref().to_vec(), message.clone());
+            std::thread::spawn(move || {
+                let pair = Ed25519KeyPair::from_pkcs8(&doc).unwrap();
+                let key = ed25519_dalek::SigningKey::from_bytes(&doc[16..48].try_into().unwrap());
+                rate(budget, || {
+                    if dalek {
+                        black_box(ed25519_dalek::Signer::sign(&key, black_box(&message)));
+                    } else {
+                        black_box(pair.sign(black_box(&message)));
+                    }
+                })
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
 }
 
 /// Fetches the JWKS and verifies `token` with the verifier library: the tokens measured are
@@ -480,7 +544,8 @@ async fn run_tessera(
         Ok(t) => check_token(server.addr, &t).await.map_err(|e| format!("{e:#}")),
         Err(e) => Err(format!("{e:#}")),
     };
-    let steps = token_steps(opts, &target, server.pid(), label).await;
+    // On both cores only wrk drives the broker (the benchmark's own generator stays on core 1).
+    let steps = if pin.spread { Vec::new() } else { token_steps(opts, &target, server.pid(), label).await };
     let wrk_steps = wrk_steps(opts, pin, dir, &target, server.pid(), label).await;
     let memory_after_tokens = procs::memory_mib(server.pid());
     let dpop = if approvals { dpop_mint(opts, &target, server.pid(), label).await } else { Value::Null };
@@ -681,6 +746,53 @@ async fn http_part(opts: &Opts, pin: &Pinning) -> Value {
     })
 }
 
+/// The broker on both cores, driven by wrk on both cores, against raw sign on both cores (two
+/// threads): how the token endpoint scales with a second core. wrk shares the cores, so the
+/// broker has less than two to itself.
+async fn two_core_part(opts: &Opts, pin: &Pinning, dalek: bool, one_core: Option<f64>) -> Value {
+    if !pin.enabled || !wrk::available() {
+        return json!({"skipped": "needs taskset, two cores and wrk"});
+    }
+    let both = pin.both_cores();
+    both.pin_self(0);
+    let raw = two_core_raw_sign(opts.budget, dalek);
+    pin.pin_self(1);
+    eprintln!("two cores: raw sign {raw:.0}/s (two threads)");
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/tessera.db", dir.path().display());
+    let run = run_tessera(opts, &both, dir.path(), &url, "tessera (SQLite, 2 cores)", false, &[]).await;
+    let peak = run["wrk_peak_per_sec"].as_f64();
+    json!({
+        "raw_sign_per_sec": round(raw, 0),
+        "mint_http_per_sec": peak,
+        "mint_http_ratio": peak.map(|p| round(p / raw, 3)),
+        "over_one_core": peak.zip(one_core).map(|(p, o)| round(p / o, 3)),
+        "steps": run["wrk_steps"],
+        "memory": run["memory"],
+        "audit_verify": {"ok": run["audit_verify"]["ok"], "output": run["audit_verify"]["output"]},
+    })
+}
+
+/// Tessera's tokens/s over the peer's at 16 and at 64 connections (wrk's figures when both
+/// have them, else the benchmark's own generator's).
+fn peer_ratios(tessera: &Value, peer: &Value) -> Vec<(u64, Option<f64>)> {
+    let at = |run: &Value, c: u64| {
+        let find = |steps: &Value| {
+            steps.as_array().and_then(|s| s.iter().find(|s| s["concurrency"] == c)).and_then(|s| s["per_sec"].as_f64())
+        };
+        find(&run["wrk_steps"]).or_else(|| find(&run["steps"]))
+    };
+    [16, 64]
+        .into_iter()
+        .map(|c| (c, at(tessera, c).zip(at(peer, c).filter(|p| *p > 0.0)).map(|(t, p)| t / p)))
+        .collect()
+}
+
+fn print_peer_ratios(ratios: &[(u64, Option<f64>)]) {
+    let text: Vec<String> = ratios.iter().map(|(c, r)| format!("c={c} {}", fmt_opt(*r, 2))).collect();
+    println!("tessera / peer (tokens/s, target >= 4): {}", text.join(", "));
+}
+
 /// The peak tokens/s and the p99 at 16 connections the targets are judged on, and which load
 /// generator measured them: wrk's when it ran (the leaner client), else the benchmark's own.
 fn headline(run: &Value) -> (Option<f64>, Option<f64>, &'static str) {
@@ -691,6 +803,32 @@ fn headline(run: &Value) -> (Option<f64>, Option<f64>, &'static str) {
         Some(peak) => (Some(peak), p99_at_16(&run["wrk_steps"]), "wrk"),
         None => (run["peak_per_sec"].as_f64(), p99_at_16(&run["steps"]), "the benchmark's own load generator"),
     }
+}
+
+fn libraries_json(ip: &InProcess) -> Value {
+    Value::Array(
+        ip.libraries
+            .iter()
+            .map(|(name, sign, verify)| json!({"library": name, "sign_per_sec": round(*sign, 0), "verify_per_sec": round(*verify, 0)}))
+            .collect(),
+    )
+}
+
+fn print_libraries(ip: &InProcess) {
+    for (name, sign, verify) in &ip.libraries {
+        println!(
+            "{name:<14} Ed25519 sign {sign:>8.0}/s ({:.1} µs), verify {verify:>8.0}/s ({:.1} µs)",
+            1e6 / sign,
+            1e6 / verify
+        );
+    }
+    let [(_, ring_sign, ring_verify), (_, dalek_sign, dalek_verify)] = ip.libraries;
+    println!(
+        "ed25519-dalek / ring: sign {:.3}, verify {:.3}; the raw limit below is {}'s",
+        dalek_sign / ring_sign,
+        dalek_verify / ring_verify,
+        ip.raw_library
+    );
 }
 
 fn fmt_opt(x: Option<f64>, digits: usize) -> String {
@@ -767,7 +905,8 @@ fn main() {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "raw_sign_per_sec": ip.raw_sign, "mint_per_sec": ip.mint,
+                "raw_sign_per_sec": ip.raw_sign, "raw_library": ip.raw_library,
+                "libraries": libraries_json(&ip), "mint_per_sec": ip.mint,
                 "raw_verify_per_sec": ip.raw_verify, "verify_per_sec": ip.verify,
                 "verify_ratio": ip.verify / ip.raw_verify,
                 "dpop_raw_verify_per_sec": ip.dpop_raw_verify, "dpop_verify_per_sec": ip.dpop_verify,
@@ -786,27 +925,52 @@ fn main() {
         let url = format!("sqlite://{}/tessera.db", dir.path().display());
         let run = runtime.block_on(run_tessera(&opts, &pin, dir.path(), &url, "tessera (SQLite)", false, &[]));
         let (peak, p99_16, generator) = headline(&run);
+        let two = runtime.block_on(two_core_part(&opts, &pin, ip.raw_library == "ed25519-dalek", peak));
+        let peer = if opts.peer {
+            runtime.block_on(run_peer(&opts, &pin, dir.path()))
+        } else {
+            json!({"skipped": "--no-peer"})
+        };
+        let ratios = peer_ratios(&run, &peer);
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "raw_sign_per_sec": round(ip.raw_sign, 0),
+                "raw_library": ip.raw_library,
+                "libraries": libraries_json(&ip),
                 "mint_http_per_sec": peak,
                 "mint_http_ratio": peak.map(|p| round(p / ip.raw_sign, 3)),
                 "p99_ms_at_16": p99_16,
                 "generator": generator,
                 "steps": run["steps"],
                 "wrk_steps": run["wrk_steps"],
+                "memory": run["memory"],
                 "audit_verify": {"ok": run["audit_verify"]["ok"], "output": run["audit_verify"]["output"]},
+                "two_cores": two,
+                "peer_wrk_steps": peer["wrk_steps"],
+                "tessera_over_peer": ratios.iter().map(|(c, r)| (format!("c{c}"), json!(r.map(|r| round(r, 3))))).collect::<serde_json::Map<_, _>>(),
             }))
             .unwrap_or_default()
         );
+        print_libraries(&ip);
+        println!(
+            "one core: mint over HTTP / raw sign {} (target >= 0.5); p99 at c=16 {} ms (target < 5)",
+            fmt_opt(peak.map(|p| p / ip.raw_sign), 3),
+            fmt_opt(p99_16, 2)
+        );
+        println!(
+            "two cores: mint over HTTP / two cores' raw sign {}; over one core's tokens/s {} (target >= 1.8)",
+            fmt_opt(two["mint_http_ratio"].as_f64(), 3),
+            fmt_opt(two["over_one_core"].as_f64(), 3)
+        );
+        print_peer_ratios(&ratios);
         return;
     }
     let http = runtime.block_on(http_part(&opts, &pin));
-    let load_after = procs::loadavg();
-
     let sqlite = &http["tessera_sqlite"];
     let (mint_http, p99_16, generator) = headline(sqlite);
+    let two = runtime.block_on(two_core_part(&opts, &pin, ip.raw_library == "ed25519-dalek", mint_http));
+    let load_after = procs::loadavg();
     let hwm = sqlite["memory"]["vm_hwm_mib"].as_f64();
     let peer_peak = headline(&http["peer"]).0.filter(|p| *p > 0.0);
     let mint_ratio = mint_http.map(|m| m / ip.raw_sign);
@@ -841,9 +1005,9 @@ fn main() {
     println!();
     println!("{:<36} {:>12} {:>8}", "in-process (core 0)", "ops/s", "ratio");
     for (name, r, ratio) in [
-        ("raw ring Ed25519 sign", ip.raw_sign, None),
+        ("raw Ed25519 sign (faster library)", ip.raw_sign, None),
         ("mint access token (in-process)", ip.mint, Some(ip.mint / ip.raw_sign)),
-        ("raw ring Ed25519 verify", ip.raw_verify, None),
+        ("raw Ed25519 verify (same library)", ip.raw_verify, None),
         ("verify access token (in-process)", ip.verify, Some(verify_ratio)),
         ("raw verify (paired with DPoP)", ip.dpop_raw_verify, None),
         ("verify bound token + proof", ip.dpop_verify, Some(dpop_verify_ratio)),
@@ -851,6 +1015,7 @@ fn main() {
         println!("{:<36} {:>12.0} {:>8}", name, r, fmt_opt(ratio, 3));
     }
     println!("{:<36} {:>12.1}", "raw sign, microseconds each", 1e6 / ip.raw_sign);
+    print_libraries(&ip);
     for (name, us) in &ip.stages_us {
         println!("{name:<36} {us:>12.1}");
     }
@@ -940,6 +1105,12 @@ fn main() {
         fmt_opt(normal_peak.map(|m| m / ip.raw_sign), 3),
         fmt_opt(normal_peak.zip(peer_peak).map(|(m, p)| m / p), 2),
     );
+    println!(
+        "two cores: mint over HTTP / two cores' raw sign {}; over one core's tokens/s {} (target >= 1.8)",
+        fmt_opt(two["mint_http_ratio"].as_f64(), 3),
+        fmt_opt(two["over_one_core"].as_f64(), 3)
+    );
+    let ratios = peer_ratios(sqlite, &http["peer"]);
 
     let report = json!({
         "quick": opts.quick,
@@ -950,6 +1121,10 @@ fn main() {
         "broker_bin": procs::tessera_bin(),
         "cpu": procs::cpu_model(),
         "raw_sign_per_sec": ip.raw_sign,
+        "raw_library": ip.raw_library,
+        "libraries": libraries_json(&ip),
+        "two_cores": two,
+        "tessera_over_peer_at": ratios.iter().map(|(c, r)| (format!("c{c}"), json!(r))).collect::<serde_json::Map<_, _>>(),
         "mint_in_process_per_sec": ip.mint,
         "mint_in_process_ratio": ip.mint / ip.raw_sign,
         "raw_verify_per_sec": ip.raw_verify,
@@ -975,4 +1150,7 @@ fn main() {
     if let Some(path) = opts.json_out {
         std::fs::write(path, report.to_string()).unwrap();
     }
+    // The lead over the peer, last, so that it is always in view.
+    println!();
+    print_peer_ratios(&ratios);
 }

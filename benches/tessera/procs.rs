@@ -22,6 +22,8 @@ pub struct Pinning {
     pub enabled: bool,
     /// Why not, when not.
     pub note: String,
+    /// Everything on both cores (the two-core step): servers and load generator alike.
+    pub spread: bool,
 }
 
 impl Pinning {
@@ -33,21 +35,36 @@ impl Pinning {
             (Ok(s), c) if s.success() && c >= 2 => Pinning {
                 enabled: true,
                 note: "server processes on core 0, the load generator on core 1 (taskset)".into(),
+                spread: false,
             },
             (Ok(s), _) if s.success() => {
-                Pinning { enabled: false, note: format!("only {cores} core available: nothing pinned") }
+                Pinning { enabled: false, note: format!("only {cores} core available: nothing pinned"), spread: false }
             }
-            _ => Pinning { enabled: false, note: "taskset not found: nothing pinned, figures are not per core".into() },
+            _ => Pinning {
+                enabled: false,
+                note: "taskset not found: nothing pinned, figures are not per core".into(),
+                spread: false,
+            },
         }
     }
 
-    /// Moves every thread of this process to `cpu`. Threads started later inherit it.
+    /// The same placement with everything on cores 0 and 1: the two-core step.
+    pub fn both_cores(&self) -> Pinning {
+        Pinning { spread: true, ..self.clone() }
+    }
+
+    fn cpus(&self, cpu: u32) -> String {
+        if self.spread { "0,1".to_owned() } else { cpu.to_string() }
+    }
+
+    /// Moves every thread of this process to `cpu` (to both cores when spread). Threads
+    /// started later inherit it.
     pub fn pin_self(&self, cpu: u32) {
         if !self.enabled {
             return;
         }
         let pid = std::process::id().to_string();
-        let cpu = cpu.to_string();
+        let cpu = self.cpus(cpu);
         let status = Command::new("taskset")
             .args(["-a", "-p", "-c", &cpu, &pid])
             .stdout(Stdio::null())
@@ -56,11 +73,12 @@ impl Pinning {
         assert!(status.is_ok_and(|s| s.success()), "taskset could not pin the benchmark to core {cpu}");
     }
 
-    /// A command for `program`, pinned to `cpu` when pinning is on.
+    /// A command for `program`, pinned to `cpu` when pinning is on (to both cores when
+    /// spread).
     pub fn command(&self, cpu: u32, program: &str) -> Command {
         if self.enabled {
             let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string(), program]);
+            c.args(["-c", &self.cpus(cpu), program]);
             c
         } else {
             Command::new(program)
