@@ -172,18 +172,22 @@ async fn last_use_is_written_to_the_minute_and_at_most_once_a_minute() {
     for _ in 0..5 {
         assert_eq!(mints(&app, &c).await, 200);
     }
+    // The broker's own upkeep (every 5 s) may write first: then this call finds nothing due.
     let now = app.state.now();
-    assert_eq!(app.state.usage().write_due(store, now).await.unwrap(), 1);
-    assert_eq!(last_used().await, Some(now - now % 60), "to the minute");
+    assert!(app.state.usage().write_due(store, now).await.unwrap() <= 1);
+    let first = now - now % 60;
+    assert_eq!(last_used().await, Some(first), "to the minute");
     // More uses within the minute write nothing.
     app.state.clock().advance(30);
     assert_eq!(mints(&app, &c).await, 200);
     assert_eq!(app.state.usage().write_due(store, app.state.now()).await.unwrap(), 0);
+    assert_eq!(last_used().await, Some(first), "unchanged within the minute");
     app.state.clock().advance(31);
     assert_eq!(mints(&app, &c).await, 200);
-    assert_eq!(app.state.usage().write_due(store, app.state.now()).await.unwrap(), 1, "a minute on");
+    assert!(app.state.usage().write_due(store, app.state.now()).await.unwrap() <= 1);
     let now = app.state.now();
-    assert!(last_used().await.unwrap() >= now - 61 - 60 && last_used().await.unwrap() <= now);
+    assert_eq!(last_used().await, Some(now - now % 60), "a minute on");
+    assert!(now - now % 60 > first);
     // Writing moves nothing a cached authentication relies on: the next token is answered
     // from memory and commits.
     assert_eq!(mints(&app, &c).await, 200);
